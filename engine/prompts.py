@@ -1,0 +1,124 @@
+"""Chat formatting, left-padded prompt batches and the choice of target token positions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from engine.errors import EngineError
+
+# Target positions for the MELBO objective. "user" is the default: the chat template's shared
+# preamble (system prompt, first token) would otherwise dominate the objective.
+POSITION_CHOICES = ("user", "prompt", "all", "last:<k>")
+
+
+def format_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> str:
+    """The text the model sees for one user message: its chat template, or the plain prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(text)
+
+
+@dataclass
+class PromptBatch:
+    input_ids: Tensor  # [P, T] left-padded
+    attention_mask: Tensor  # [P, T] 1 for real tokens
+    position_ids: Tensor  # [P, T] positions counted from each row's first real token
+    user_mask: Tensor  # [P, T] bool: the user message through the end of the prompt
+    texts: list[str]  # rendered prompts
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.attention_mask.sum(dim=1)
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.user_mask.to(device),
+            self.texts,
+        )
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+        }
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    # HF derives positions from the mask only inside generate(); a plain forward needs them given.
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _encode_one(tokenizer: Any, prompt: str, chat: bool) -> tuple[list[int], int, str]:
+    """Token ids of one rendered prompt and the index of its first user-message token."""
+    text = format_prompt(tokenizer, prompt) if chat else prompt
+    templated = text != prompt
+    # A rendered chat template already carries its special tokens; a plain prompt gets BOS etc.
+    enc = tokenizer(text, add_special_tokens=not templated, return_offsets_mapping=tokenizer.is_fast)
+    ids = list(enc["input_ids"])
+    start_char = text.rfind(prompt) if prompt else len(text)
+    if not templated:
+        # Plain prompts: every token belongs to the user; a leading BOS (if any) does not.
+        return ids, (1 if ids and ids[0] == tokenizer.bos_token_id and len(ids) > 1 else 0), text
+    if tokenizer.is_fast:
+        offsets = enc["offset_mapping"]
+        first = next((i for i, (_, end) in enumerate(offsets) if end > start_char), len(ids) - 1)
+    else:
+        first = len(tokenizer(text[:start_char], add_special_tokens=False)["input_ids"])
+    return ids, min(first, len(ids) - 1), text
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], *, chat: bool = True) -> PromptBatch:
+    """Render and tokenize prompts into one left-padded batch."""
+    if not prompts:
+        raise EngineError("give at least one prompt")
+    rows = [_encode_one(tokenizer, p, chat) for p in prompts]
+    width = max(len(ids) for ids, _, _ in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    user = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, (ids, first_user, _) in enumerate(rows):
+        offset = width - len(ids)
+        input_ids[r, offset:] = torch.tensor(ids, dtype=torch.long)
+        attention[r, offset:] = 1
+        user[r, offset + first_user :] = True
+    return PromptBatch(input_ids, attention, positions_from_mask(attention), user, [t for _, _, t in rows])
+
+
+def target_mask(batch: PromptBatch, positions: str) -> Tensor:
+    """Boolean [P, T] mask of the token positions the objective reads."""
+    real = batch.attention_mask.bool()
+    if positions == "all":
+        return real
+    if positions == "prompt":
+        # Every real token but the first: the first is an attention sink with a huge residual norm.
+        first = real.long().cumsum(dim=1) == 1
+        return real & ~first
+    if positions == "user":
+        return batch.user_mask & real
+    if positions.startswith("last:"):
+        try:
+            k = int(positions.split(":", 1)[1])
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise EngineError(f"positions {positions!r}: k in last:k must be a positive integer")
+        from_end = real.long().flip(1).cumsum(dim=1).flip(1)  # 1 at the last real token
+        return real & (from_end <= k)
+    raise EngineError(f"unknown target positions {positions!r}: choose one of {', '.join(POSITION_CHOICES)}")

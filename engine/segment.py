@@ -1,0 +1,109 @@
+"""Run only the blocks between a source and a target block, on cached activations.
+
+Activations up to the source block do not depend on a steering vector added there, and nothing
+after the target block is read: caching the first part and skipping the second (LM head
+included) is where the fast MELBO and chain modes save most of their time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engine.errors import EngineError
+from engine.models import get_blocks
+from engine.prompts import PromptBatch
+
+
+def check_span(n_blocks: int, source: int, target: int) -> None:
+    """Source is a block index; target indexes hidden_states (the output of block target-1)."""
+    if not 0 <= source < n_blocks:
+        raise EngineError(f"source block {source} is out of range: the model has blocks 0..{n_blocks - 1}")
+    if not source + 2 <= target <= n_blocks - 1:
+        raise EngineError(
+            f"target {target} must lie between source + 2 = {source + 2} and {n_blocks - 1} "
+            "(it reads the output of block target-1, at least one block after the source)"
+        )
+
+
+def _repeat_rows(value: Any, rows: int, times: int) -> Any:
+    """Tile every per-row tensor argument (dim 0 == rows) `times` over, vector-major."""
+    if isinstance(value, Tensor):
+        if value.dim() >= 2 and value.shape[0] == rows and times > 1:
+            return value.repeat(times, *([1] * (value.dim() - 1)))
+        return value
+    if isinstance(value, tuple):
+        return tuple(_repeat_rows(v, rows, times) for v in value)
+    if isinstance(value, list):
+        return [_repeat_rows(v, rows, times) for v in value]
+    if isinstance(value, dict):
+        return {k: _repeat_rows(v, rows, times) for k, v in value.items()}
+    return value
+
+
+class Segment:
+    """Blocks source+1 .. target-1 of `model` on a fixed prompt batch.
+
+    Rows of a run are vector-major: row k * P + i is vector k on prompt i.
+    """
+
+    def __init__(self, model: nn.Module, batch: PromptBatch, source: int, target: int) -> None:
+        blocks = get_blocks(model)
+        check_span(len(blocks), source, target)
+        self.model, self.batch, self.source, self.target = model, batch, source, target
+        self.blocks = [blocks[i] for i in range(source + 1, target)]
+        self._calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._expanded: dict[int, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+        captured: dict[str, Tensor] = {}
+
+        def keep_source(module: nn.Module, args: Any, output: Any) -> None:
+            captured["source"] = (output[0] if isinstance(output, tuple) else output).detach()
+
+        def keep_target(module: nn.Module, args: Any, output: Any) -> None:
+            captured["target"] = (output[0] if isinstance(output, tuple) else output).detach()
+
+        def keep_call(module: nn.Module, args: Any, kwargs: Any) -> None:
+            # Everything a block gets besides its hidden states: masks, positions, rotary tables.
+            self._calls.append((tuple(args[1:]), dict(kwargs)))
+
+        handles = [blocks[source].register_forward_hook(keep_source)]
+        handles += [b.register_forward_pre_hook(keep_call, with_kwargs=True) for b in self.blocks]
+        handles.append(blocks[target - 1].register_forward_hook(keep_target))
+        try:
+            with torch.no_grad():
+                self.model(**batch.model_inputs(), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        self.h_source: Tensor = captured["source"]  # [P, T, d] output of the source block
+        self.z0: Tensor = captured["target"]  # [P, T, d] unsteered hidden_states[target]
+
+    @property
+    def prompts(self) -> int:
+        return self.batch.size
+
+    def _calls_for(self, times: int) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        if times not in self._expanded:
+            self._expanded = {
+                times: [
+                    (_repeat_rows(a, self.prompts, times), _repeat_rows(k, self.prompts, times))
+                    for a, k in self._calls
+                ]
+            }
+        return self._expanded[times]
+
+    def run(self, delta: Tensor) -> Tensor:
+        """hidden_states[target] with delta [K, d] added at the source: [K * P, T, d]."""
+        k = delta.shape[0]
+        hidden = self.h_source.repeat(k, 1, 1)  # [K*P, T, d]
+        hidden = hidden + delta.to(hidden.dtype).repeat_interleave(self.prompts, dim=0)[:, None, :]
+        for block, (args, kwargs) in zip(self.blocks, self._calls_for(k), strict=True):
+            out = block(hidden, *args, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def baseline(self, k: int) -> Tensor:
+        """The unsteered target activations tiled for K vectors: [K * P, T, d]."""
+        return self.z0.repeat(k, 1, 1)
