@@ -139,7 +139,7 @@ def load_model(
     where, kwargs = resolve(name, data_dir(data))
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(where, dtype=dt, **kwargs)
     except OSError as exc:
         raise EngineError(
             f"cannot load model {name!r}: not a local folder and not in the Hugging Face cache ({exc})"
@@ -158,7 +158,7 @@ def prepare_tokenizer(tokenizer: Any) -> None:
 
 
 def describe(model: nn.Module, tokenizer: Any, name: str) -> ModelInfo:
-    config = model.config
+    config: Any = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     width = getattr(text_config, "hidden_size", None) or text_config.n_embd
     context = (
