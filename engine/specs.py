@@ -1,0 +1,214 @@
+"""Job specs: the JSON-able contract between callers (CLI, web app) and the engine.
+
+Each spec is a frozen dataclass; `from_dict` checks every field and raises EngineError with a
+message written for the user. `check_model` adds the checks that need the loaded model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, TypeVar
+
+from engine.errors import EngineError
+from engine.models import ModelInfo
+
+MAX_VECTORS = 1024  # vectors in one MELBO run or chain
+MAX_STEPS = 20_000  # optimizer steps per vector
+MAX_PROMPTS = 64
+MAX_NEW_TOKENS = 2048
+
+S = TypeVar("S", bound="_Spec")
+
+
+def default_source(n_blocks: int) -> int:
+    """Source block from depth: 7 on deep models (the reference default), a quarter of shallow ones."""
+    return max(0, min(7, n_blocks // 4))
+
+
+def default_target(n_blocks: int, source: int) -> int:
+    """Target from depth: L - 8 (the reference default), kept at least two past the source."""
+    return min(n_blocks - 1, max(source + 2, n_blocks - 8))
+
+
+def _finite_positive(name: str, value: float | None, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise EngineError(f"{name} must be a finite number > 0, got {value}")
+
+
+def _int_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise EngineError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _prompts(value: tuple[str, ...]) -> None:
+    if not value:
+        raise EngineError("give at least one prompt")
+    if len(value) > MAX_PROMPTS:
+        raise EngineError(f"at most {MAX_PROMPTS} prompts, got {len(value)}")
+    for p in value:
+        if not p.strip():
+            raise EngineError("prompts must not be empty")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[S], data: dict[str, Any]) -> S:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise EngineError(f"unknown field(s) for {cls.__name__}: {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            values[name] = _coerce(name, known[name].type, value)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise EngineError(f"{cls.__name__}: {exc}") from None
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    """Accept JSON values for the annotated field type, with a clear error otherwise."""
+    ann = str(annotation)
+    if value is None:
+        if "None" in ann:
+            return None
+        raise EngineError(f"{name} is required")
+    if "tuple[str" in ann:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise EngineError(f"{name} must be a list of strings")
+        return tuple(value)
+    if ann.startswith("bool"):
+        if not isinstance(value, bool):
+            raise EngineError(f"{name} must be true or false")
+        return value
+    if ann.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EngineError(f"{name} must be an integer, got {value!r}")
+        return value
+    if ann.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise EngineError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if ann.startswith("str") or ann.startswith("Literal"):
+        if not isinstance(value, str):
+            raise EngineError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _span(info: ModelInfo, source: int | None, target: int | None) -> tuple[int, int]:
+    s = default_source(info.n_blocks) if source is None else source
+    t = default_target(info.n_blocks, s) if target is None else target
+    if not 0 <= s < info.n_blocks:
+        raise EngineError(f"source block {s} is out of range: the model has blocks 0..{info.n_blocks - 1}")
+    if not s + 2 <= t <= info.n_blocks - 1:
+        raise EngineError(f"target {t} must lie between source + 2 = {s + 2} and {info.n_blocks - 1}")
+    return s, t
+
+
+@dataclass(frozen=True)
+class MelboSpec(_Spec):
+    """A MELBO run: n vectors of norm R at the source block maximizing the change at the target."""
+
+    prompts: tuple[str, ...]
+    model: str = "default"
+    source: int | None = None  # block whose output is steered; None: from depth
+    target: int | None = None  # hidden_states index read by the objective; None: L - 8
+    radius: float | None = None  # R; None: 0.08 x median residual norm at the source
+    p: float = 2.0  # exponent on per-position change norms
+    q: float | None = None  # outer root; None: q = p
+    n_vectors: int = 8
+    steps: int | None = None  # None: 300 (fast mode may stop earlier on convergence)
+    lr: float | None = None  # None: 1e-3 in reference mode, matched to R in fast mode
+    positions: str = "user"  # user | prompt | all | last:k
+    loss: Literal["token", "reference"] = "token"  # where the p-norm is taken (see ALGORITHMS.md)
+    normalize: bool = False  # divide each position's change by its unsteered norm
+    orthogonal: bool = True
+    method: Literal["melbo", "random"] = "melbo"  # random: the 0-step baseline
+    mode: Literal["fast", "reference"] = "fast"
+    seed: int = 0
+    batch_size: int = 16  # vectors trained together in fast mode
+
+    def __post_init__(self) -> None:
+        _prompts(self.prompts)
+        _finite_positive("R (radius)", self.radius)
+        _finite_positive("p", self.p, allow_none=False)
+        _finite_positive("q", self.q)
+        _finite_positive("lr", self.lr)
+        _int_range("number of vectors", self.n_vectors, 1, MAX_VECTORS)
+        if self.steps is not None:
+            _int_range("steps", self.steps, 0, MAX_STEPS)
+        _int_range("batch size", self.batch_size, 1, MAX_VECTORS)
+        for name, choices in (
+            ("loss", ("token", "reference")),
+            ("method", ("melbo", "random")),
+            ("mode", ("fast", "reference")),
+        ):
+            if getattr(self, name) not in choices:
+                raise EngineError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+
+    def span(self, info: ModelInfo) -> tuple[int, int]:
+        return _span(info, self.source, self.target)
+
+
+@dataclass(frozen=True)
+class ChainSpec(_Spec):
+    """An orthogonal chain (MELBO-ortho) from a vector theta0 given alongside the spec."""
+
+    prompts: tuple[str, ...]
+    source: int  # the block theta0 steers
+    model: str = "default"
+    target: int | None = None  # None: L - 8
+    n_vectors: int = 8
+    steps: int | None = None  # None: 1000 in reference mode; fast mode stops early
+    lr: float | None = None  # None: 0.01 in reference mode, matched to |theta0| in fast mode
+    loss_threshold: float | None = None  # fast mode: stop a vector's steps below this loss
+    mode: Literal["fast", "reference"] = "fast"
+    batch_size: int = 4  # chain vectors optimized together in fast mode
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _prompts(self.prompts)
+        _int_range("number of vectors", self.n_vectors, 1, MAX_VECTORS)
+        if self.steps is not None:
+            _int_range("steps", self.steps, 1, MAX_STEPS)
+        _finite_positive("lr", self.lr)
+        _finite_positive("loss threshold", self.loss_threshold)
+        _int_range("batch size", self.batch_size, 1, MAX_VECTORS)
+        if self.mode not in ("fast", "reference"):
+            raise EngineError(f"mode must be fast or reference, got {self.mode!r}")
+
+    def span(self, info: ModelInfo) -> tuple[int, int]:
+        return _span(info, self.source, self.target)
+
+
+@dataclass(frozen=True)
+class CalibrateSpec(_Spec):
+    """Find R where the response to random vectors at the source stops being linear."""
+
+    prompts: tuple[str, ...]
+    model: str = "default"
+    source: int | None = None
+    target: int | None = None
+    positions: str = "user"
+    directions: int = 30  # random unit directions averaged over
+    threshold: float = 0.5  # nonlinearity ratio that defines the calibrated R
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _prompts(self.prompts)
+        _int_range("directions", self.directions, 1, 1024)
+        if not 0 < self.threshold < 10:
+            raise EngineError(f"threshold must be between 0 and 10, got {self.threshold}")
+
+    def span(self, info: ModelInfo) -> tuple[int, int]:
+        return _span(info, self.source, self.target)
