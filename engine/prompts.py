@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,23 @@ def format_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> str
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(text)
+
+
+def format_messages(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
+    """The text the model sees for a conversation ({"role", "content"} dicts), ready for its reply.
+
+    Without a chat template (base models) the contents are joined by newlines.
+    """
+    if not messages:
+        raise EngineError("give at least one message")
+    for m in messages:
+        if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise EngineError("every message needs a role and a content, both text")
+    if not getattr(tokenizer, "chat_template", None):
+        return "\n".join(m["content"] for m in messages)
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
     return str(text)
 
 

@@ -1,0 +1,352 @@
+"""Steered text generation: many rows decoded together, each with its own steering and seed, and a
+streaming path for chat that gives the same text as the batched one."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import threading
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from engine.errors import EngineError
+from engine.models import LoadedModel, get_blocks
+from engine.prompts import format_messages, format_prompt, positions_from_mask
+from engine.specs import MAX_NEW_TOKENS
+from engine.steering import Term, Where, stack_rows
+
+FinishReason = Literal["eos", "length", "stopped"]
+# A stop request: an event someone sets, or a callable asked between tokens.
+Stop = threading.Event | Callable[[], bool] | None
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no plain truth value to compare by
+class GenerationRequest:
+    """One row: a prompt (or a conversation), optional steering, seed and sampling settings."""
+
+    prompt: str | None = None  # one user message, formatted with the model's chat template
+    messages: tuple[Mapping[str, str], ...] | None = None  # or a conversation of {role, content}
+    block: int | None = None  # the block whose output the terms are added to
+    terms: tuple[Term, ...] = ()  # (vector [d], scale) pairs; none = unsteered
+    where: Where = "all"  # steer prompt positions, generated ones, or both
+    seed: int = 0
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling mass; 1 = the whole distribution
+    ignore_eos: bool = False  # keep decoding past EOS (fixed-length benchmarks)
+
+    def __post_init__(self) -> None:
+        # Lists are accepted for convenience; store tuples so the request stays immutable.
+        object.__setattr__(self, "terms", tuple(self.terms))
+        if self.messages is not None:
+            object.__setattr__(self, "messages", tuple(self.messages))
+        if (self.prompt is None) == (self.messages is None):
+            raise EngineError("give either a prompt or a list of messages")
+        if self.prompt is not None and not self.prompt.strip():
+            raise EngineError("the prompt is empty")
+        if self.messages is not None and not any(str(m.get("content", "")).strip() for m in self.messages):
+            raise EngineError("the conversation is empty")
+        if self.terms and self.block is None:
+            raise EngineError("steering terms need a block to steer")
+        if self.where not in ("all", "prompt", "generated"):
+            raise EngineError(f"where must be all, prompt or generated, got {self.where!r}")
+        for vector, scale in self.terms:
+            if not isinstance(scale, int | float) or not math.isfinite(scale):
+                raise EngineError(f"steering scale must be a finite number, got {scale}")
+            if not isinstance(vector, Tensor) or vector.dim() != 1:
+                raise EngineError("a steering vector must be a 1-D tensor")
+            if not bool(torch.isfinite(vector).all()):
+                raise EngineError("steering vector contains NaN or infinite values")
+        if not 0 <= self.seed < 2**63:
+            raise EngineError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise EngineError(
+                f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}"
+            )
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise EngineError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: tuple[int, ...]  # the generated tokens, EOS excluded
+    n_tokens: int
+    finish_reason: FinishReason
+
+
+def _stopped(stop: Stop) -> bool:
+    if stop is None:
+        return False
+    return stop.is_set() if isinstance(stop, threading.Event) else bool(stop())
+
+
+def _encode(lm: LoadedModel, req: GenerationRequest) -> list[int]:
+    """Prompt token ids of one request, after the checks that need the model."""
+    _, tokenizer, info = lm
+    if req.block is not None and not 0 <= req.block < info.n_blocks:
+        raise EngineError(f"block {req.block} is out of range: the model has blocks 0..{info.n_blocks - 1}")
+    for vector, _ in req.terms:
+        if vector.shape != (info.width,):
+            raise EngineError(f"a steering vector has width {vector.shape[0]}, the model needs {info.width}")
+    if req.prompt is not None:
+        text = format_prompt(tokenizer, req.prompt)
+    else:
+        text = format_messages(tokenizer, req.messages or ())
+    # A rendered chat template carries its own special tokens; plain text gets BOS etc.
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    ids = list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+    if not ids:
+        raise EngineError("the prompt has no tokens")
+    if len(ids) + req.max_new_tokens > info.context_length:
+        raise EngineError(
+            f"the prompt has {len(ids)} tokens; with {req.max_new_tokens} new tokens that exceeds "
+            f"the model's context of {info.context_length} tokens"
+        )
+    return ids
+
+
+class _RowDelta:
+    """Forward hook adding a per-row delta to a block's output: one set for the prompt (the first
+    forward), another for every generated token. Deltas are prepared once, so a step is one add."""
+
+    def __init__(self, prompt: Tensor | None, generated: Tensor | None) -> None:
+        self.deltas = (prompt, generated)  # each [B, 1, d] in the model's dtype and device, or None
+        self.calls = 0
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        delta = self.deltas[0] if self.calls == 0 else self.deltas[1]
+        self.calls += 1
+        if delta is None:
+            return None  # keep the output as it is
+        if isinstance(output, tuple):
+            return (output[0] + delta, *output[1:])
+        return output + delta
+
+
+class _Batch:
+    """Tensors and per-row state of one decoding batch (rows may be steered at different blocks)."""
+
+    def __init__(self, lm: LoadedModel, requests: Sequence[GenerationRequest], rows: list[list[int]]) -> None:
+        model, tokenizer, info = lm
+        param = next(model.parameters())
+        dev, dtype = param.device, param.dtype
+        self.requests = requests
+        b, t, s = len(rows), max(len(r) for r in rows), max(r.max_new_tokens for r in requests)
+        self.prompt_width, self.steps = t, s
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.full((b, t), self.pad, dtype=torch.long)
+        mask = torch.ones((b, t + s), dtype=torch.long)  # generated positions are always attended
+        for i, row in enumerate(rows):
+            ids[i, t - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, : t - len(row)] = 0
+        lengths = mask[:, :t].sum(dim=1)  # [B]
+        self.input_ids = ids.to(dev)  # [B, T] left-padded
+        self.mask = mask.to(dev)  # [B, T + S]
+        self.prompt_pos = positions_from_mask(mask[:, :t]).to(dev)  # [B, T]
+        # Position of the k-th generated token of every row; [S, B] so that row k is contiguous.
+        self.gen_pos = (lengths[None, :] + torch.arange(s)[:, None]).to(dev)
+        self.eos = torch.tensor(sorted(_eos_ids(lm)), dtype=torch.long, device=dev)
+        self.limit = torch.tensor([r.max_new_tokens for r in requests], device=dev)  # [B]
+        self.ignore_eos = torch.tensor([r.ignore_eos for r in requests], device=dev)  # [B]
+
+        # Sampling: each row draws its uniforms up front from its own generator, so its tokens
+        # depend only on its seed and logits, never on the other rows or the device.
+        self.sampling = any(r.temperature > 0 for r in requests)
+        self.greedy = torch.tensor([r.temperature == 0 for r in requests], device=dev)  # [B]
+        self.temps = torch.tensor([r.temperature or 1.0 for r in requests], device=dev)  # [B]
+        # top_p = 1 becomes inf so float rounding of the cumulative mass never drops a token.
+        self.top_p = torch.tensor([r.top_p if r.top_p < 1 else math.inf for r in requests], device=dev)
+        uniforms = torch.zeros((b, s))
+        for i, r in enumerate(requests):
+            if r.temperature > 0:
+                gen = torch.Generator().manual_seed(r.seed)
+                uniforms[i, : r.max_new_tokens] = torch.rand(r.max_new_tokens, generator=gen)
+        self.uniforms = uniforms.to(dev)  # [B, S]
+
+        # One hook per steered block; rows steered elsewhere (or not at all) get zero rows.
+        self.deltas: dict[int, tuple[Tensor | None, Tensor | None]] = {}
+        for block in sorted({r.block for r in requests if r.terms and r.block is not None}):
+            phases = []
+            for phase in ("prompt", "generated"):
+                terms = [r.terms if r.block == block and r.where in ("all", phase) else () for r in requests]
+                delta = stack_rows(terms, info.width).to(dev, dtype)[:, None, :] if any(terms) else None
+                phases.append(delta)  # [B, 1, d] or None
+            self.deltas[block] = (phases[0], phases[1])
+
+        self.keep = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+        self.tokens = torch.full((b, s), self.pad, dtype=torch.long, device=dev)  # [B, S]
+        self.count = torch.zeros(b, dtype=torch.long, device=dev)  # generated tokens, EOS excluded
+        self.eos_hit = torch.zeros(b, dtype=torch.bool, device=dev)
+        self.done = torch.zeros(b, dtype=torch.bool, device=dev)
+
+    def pick(self, logits: Tensor, k: int) -> Tensor:
+        """Next token of every row from the last-position logits [B, V]: [B]."""
+        logits = logits.float()
+        greedy = logits.argmax(dim=-1)
+        if not self.sampling:
+            return greedy
+        probs = torch.softmax(logits / self.temps[:, None], dim=-1)
+        # Sorting (stable) gives every row the same token order whatever the batch holds.
+        probs, order = probs.sort(dim=-1, descending=True, stable=True)
+        above = probs.cumsum(dim=-1) - probs  # [B, V] mass ranked above each token
+        probs = probs.masked_fill(above >= self.top_p[:, None], 0.0)
+        cdf = probs.cumsum(dim=-1)
+        target = (self.uniforms[:, k] * cdf[:, -1])[:, None]
+        # right=True never lands on a zero-probability token.
+        rank = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+        return torch.where(self.greedy, greedy, order.gather(-1, rank)[:, 0])
+
+    def advance(self, logits: Tensor, k: int) -> Tensor:
+        """Choose step k's tokens [B] and update which rows are done."""
+        live = ~self.done
+        nxt = torch.where(live, self.pick(logits, k), self.pad)
+        hit = live & torch.isin(nxt, self.eos) & ~self.ignore_eos
+        self.tokens[:, k] = nxt
+        self.count += live & ~hit
+        self.eos_hit |= hit
+        self.done |= hit | (self.count >= self.limit)
+        return nxt
+
+    def results(self, tokenizer: Any) -> list[GenerationResult]:
+        tokens, counts, eos = self.tokens.cpu(), self.count.tolist(), self.eos_hit.tolist()
+        out = []
+        for i, req in enumerate(self.requests):
+            ids = tokens[i, : counts[i]].tolist()
+            reason: FinishReason = (
+                "eos" if eos[i] else "length" if counts[i] >= req.max_new_tokens else "stopped"
+            )
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            out.append(GenerationResult(text, tuple(ids), len(ids), reason))
+        return out
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    ids = {lm.tokenizer.eos_token_id}
+    configured = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return {int(i) for i in ids if i is not None}
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    # Without it the prefill computes the LM head at every prompt position ([B, T, V]).
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _decode(lm: LoadedModel, batch: _Batch, stop: Stop) -> Generator[Tensor, None, None]:
+    """Yield every step's tokens [B] (pad for finished rows) until all rows finish or stop is set.
+
+    Hooks live exactly as long as this generator; close it to remove them early.
+    """
+    model, t = lm.model, batch.prompt_width
+    with ExitStack() as hooks:
+        blocks = get_blocks(model)
+        for block, (prompt, generated) in batch.deltas.items():
+            hooks.callback(blocks[block].register_forward_hook(_RowDelta(prompt, generated)).remove)
+        cache: Any = None
+        nxt = batch.input_ids
+        for k in range(batch.steps):
+            if _stopped(stop):
+                return
+            # no_grad per step, not around the loop: grad mode must not leak to the consumer.
+            with torch.no_grad():
+                if k == 0:
+                    kwargs = {"position_ids": batch.prompt_pos, **batch.keep}
+                else:
+                    kwargs = {"position_ids": batch.gen_pos[k - 1][:, None], "past_key_values": cache}
+                out = model(input_ids=nxt, attention_mask=batch.mask[:, : t + k], use_cache=True, **kwargs)
+                cache = out.past_key_values
+                nxt = batch.advance(out.logits[:, -1], k)
+            yield nxt
+            if bool(batch.done.all()):
+                return
+            nxt = nxt[:, None]  # [B, 1] the next forward's input
+
+
+def generate(
+    lm: LoadedModel, requests: Sequence[GenerationRequest], *, batch_size: int = 32, stop: Stop = None
+) -> list[GenerationResult]:
+    """Decode the requests in batches of `batch_size` rows; results come back in request order.
+
+    A stop request finishes every unfinished row with finish_reason "stopped".
+    """
+    if batch_size < 1:
+        raise EngineError(f"batch size must be at least 1, got {batch_size}")
+    rows = [_encode(lm, r) for r in requests]  # every check runs before any decoding starts
+    # Rows of similar length together: less padding to compute.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    results: list[GenerationResult | None] = [None] * len(rows)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = _Batch(lm, [requests[i] for i in chunk], [rows[i] for i in chunk])
+        for _ in _decode(lm, batch, stop):
+            pass
+        for i, result in zip(chunk, batch.results(lm.tokenizer), strict=True):
+            results[i] = result
+    return [r for r in results if r is not None]
+
+
+class _Detokenizer:
+    """Token ids to text pieces; holds back a tail that decodes to U+FFFD (a partial character)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.emitted = ""
+        # Decode a short window, not everything: ids[start:read] is already-emitted context that
+        # lets tokenizers which drop a leading space decode the new tokens the way they would in full.
+        self.start = self.read = 0
+
+    def _text(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._text(self.ids[self.start : self.read])
+        window = self._text(self.ids[self.start :])
+        if len(window) <= len(before) or window.endswith("\ufffd"):
+            return ""
+        piece = window[len(before) :]
+        self.start, self.read = self.read, len(self.ids)
+        self.emitted += piece
+        return piece
+
+    def flush(self) -> str:
+        """Whatever the full decode has beyond the pieces emitted (a held-back tail)."""
+        full = self._text(self.ids)
+        return full[len(self.emitted) :] if full.startswith(self.emitted) else ""
+
+
+def stream(
+    lm: LoadedModel, request: GenerationRequest, *, stop: Stop = None
+) -> Generator[str, None, GenerationResult]:
+    """Yield text pieces of one generation as they are decoded; the generator returns the result.
+
+    Checks run now, before the first piece; same request and seed give the text `generate` gives.
+    """
+    batch = _Batch(lm, [request], [_encode(lm, request)])
+    return _stream(lm, batch, stop)
+
+
+def _stream(lm: LoadedModel, batch: _Batch, stop: Stop) -> Generator[str, None, GenerationResult]:
+    detok = _Detokenizer(lm.tokenizer)
+    steps = _decode(lm, batch, stop)
+    try:
+        for nxt in steps:
+            if int(batch.count[0]) > len(detok.ids):  # a real token, not the EOS
+                piece = detok.push(int(nxt[0]))
+                if piece:
+                    yield piece
+    finally:
+        steps.close()  # removes the hooks even when the consumer abandons the stream
+    rest = detok.flush()
+    if rest:
+        yield rest
+    return batch.results(lm.tokenizer)[0]
