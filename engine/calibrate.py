@@ -23,7 +23,6 @@ from engine.prompts import encode_prompts, target_mask
 from engine.segment import Segment
 from engine.specs import CalibrateSpec
 
-START = 1e-3  # first radius tried, relative to the residual norm
 LIMIT = 100.0  # give up past this radius, relative to the residual norm
 RTOL = 0.02  # stop when the ratio is within 2% of the threshold
 MAX_EVALS = 30
@@ -47,15 +46,24 @@ class RatioProbe:
         # passes here, which also work for every attention implementation. Error is O(step²).
         plus = torch.cat(list(downstream_deltas(seg, step * directions, mask, chunk=chunk)))
         minus = torch.cat(list(downstream_deltas(seg, -step * directions, mask, chunk=chunk)))
+        self.step = step
         self.jv = (plus - minus) / (2 * step)  # [D, N, d] float32
+        # Δ(hv) − hJv = (Δ(hv) + Δ(−hv)) / 2: the ratio at R = step comes free with the difference.
+        self.at_step = self._ratio((plus + minus) / 2, step * self.jv)
 
-    def __call__(self, radius: float) -> float:
-        linear = radius * self.jv  # [D, N, d]
-        parts = downstream_deltas(self.seg, radius * self.directions, self.mask, chunk=self.chunk)
-        delta = torch.cat(list(parts))  # [D, N, d]
-        err = (delta - linear).flatten(1).pow(2).sum(dim=1)  # [D]
+    @staticmethod
+    def _ratio(residual: Tensor, linear: Tensor) -> float:
+        """sqrt(mean over directions of ‖residual‖² / ‖linear‖²); both [D, N, d]."""
+        err = residual.flatten(1).pow(2).sum(dim=1)  # [D]
         lin = linear.flatten(1).pow(2).sum(dim=1).clamp_min(1e-30)  # [D]
         return math.sqrt(float((err / lin).mean()))
+
+    def __call__(self, radius: float) -> float:
+        if radius == self.step:
+            return self.at_step
+        linear = radius * self.jv  # [D, N, d]
+        parts = downstream_deltas(self.seg, radius * self.directions, self.mask, chunk=self.chunk)
+        return self._ratio(torch.cat(list(parts)) - linear, linear)
 
 
 @dataclass
@@ -141,7 +149,8 @@ def find_radius(
 
 
 def fd_step(norm: float, dtype: torch.dtype) -> float:
-    """Finite-difference step: ~eps^(1/3) of the residual scale balances truncation and rounding."""
+    """Finite-difference step, also the first R tried: ~eps^(1/3) of the residual scale balances
+    truncation and rounding."""
     return 0.2 * norm * torch.finfo(dtype).eps ** (1 / 3)  # float32: 1e-3 x norm
 
 
@@ -166,7 +175,7 @@ def calibrate(
             on_progress(radius, value)
         return value
 
-    radius, ratio, curve = find_radius(measured, spec.threshold, START * norm, LIMIT * norm)
+    radius, ratio, curve = find_radius(measured, spec.threshold, probe.step, LIMIT * norm)
     return CalibrationResult(
         radius=radius,
         ratio=ratio,
