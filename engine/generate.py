@@ -30,9 +30,9 @@ class GenerationRequest:
     """One row: a prompt (or a conversation), optional steering, seed and sampling settings."""
 
     prompt: str | None = None  # one user message, formatted with the model's chat template
-    messages: tuple[Mapping[str, str], ...] | None = None  # or a conversation of {role, content}
+    messages: Sequence[Mapping[str, str]] | None = None  # or a conversation of {role, content}
     block: int | None = None  # the block whose output the terms are added to
-    terms: tuple[Term, ...] = ()  # (vector [d], scale) pairs; none = unsteered
+    terms: Sequence[Term] = ()  # (vector [d], scale) pairs; none = unsteered
     where: Where = "all"  # steer prompt positions, generated ones, or both
     seed: int = 0
     max_new_tokens: int = 64
@@ -58,10 +58,8 @@ class GenerationRequest:
         for vector, scale in self.terms:
             if not isinstance(scale, int | float) or not math.isfinite(scale):
                 raise EngineError(f"steering scale must be a finite number, got {scale}")
-            if not isinstance(vector, Tensor) or vector.dim() != 1:
-                raise EngineError("a steering vector must be a 1-D tensor")
-            if not bool(torch.isfinite(vector).all()):
-                raise EngineError("steering vector contains NaN or infinite values")
+            if not isinstance(vector, Tensor) or vector.dim() != 1 or not bool(torch.isfinite(vector).all()):
+                raise EngineError("a steering vector must be a 1-D tensor of finite values (no NaN or inf)")
         if not 0 <= self.seed < 2**63:
             raise EngineError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
@@ -121,6 +119,9 @@ class _RowDelta:
         self.deltas = (prompt, generated)  # each [B, 1, d] in the model's dtype and device, or None
         self.calls = 0
 
+    def select(self, keep: Tensor) -> None:
+        self.deltas = (self.deltas[0], None if self.deltas[1] is None else self.deltas[1][keep])
+
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         delta = self.deltas[0] if self.calls == 0 else self.deltas[1]
         self.calls += 1
@@ -132,7 +133,14 @@ class _RowDelta:
 
 
 class _Batch:
-    """Tensors and per-row state of one decoding batch (rows may be steered at different blocks)."""
+    """Tensors and per-row state of one decoding batch (rows may be steered at different blocks).
+
+    Finished rows are dropped from the batch as it goes (`shrink`): per-row tensors then cover the
+    live rows only, `active` maps them to request indices; tokens, count, eos_hit stay full-size.
+    """
+
+    # Per-row tensors indexed by live row (gen_pos too, along its second axis).
+    _ROWS = ("active", "live", "mask", "limit", "ignore_eos", "greedy", "temps", "top_p", "uniforms")
 
     def __init__(self, lm: LoadedModel, requests: Sequence[GenerationRequest], rows: list[list[int]]) -> None:
         model, tokenizer, info = lm
@@ -181,11 +189,15 @@ class _Batch:
                 phases.append(delta)  # [B, 1, d] or None
             self.deltas[block] = (phases[0], phases[1])
 
-        self.keep = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+        # Without it the prefill computes the LM head at every prompt position ([B, T, V]).
+        self.keep = (
+            {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        )
+        self.active = torch.arange(b, device=dev)
+        self.live = torch.ones(b, dtype=torch.bool, device=dev)  # not finished
         self.tokens = torch.full((b, s), self.pad, dtype=torch.long, device=dev)  # [B, S]
         self.count = torch.zeros(b, dtype=torch.long, device=dev)  # generated tokens, EOS excluded
         self.eos_hit = torch.zeros(b, dtype=torch.bool, device=dev)
-        self.done = torch.zeros(b, dtype=torch.bool, device=dev)
 
     def pick(self, logits: Tensor, k: int) -> Tensor:
         """Next token of every row from the last-position logits [B, V]: [B]."""
@@ -205,15 +217,30 @@ class _Batch:
         return torch.where(self.greedy, greedy, order.gather(-1, rank)[:, 0])
 
     def advance(self, logits: Tensor, k: int) -> Tensor:
-        """Choose step k's tokens [B] and update which rows are done."""
-        live = ~self.done
+        """Choose step k's tokens [b] for the batch's rows and update which are still live."""
+        rows, live = self.active, self.live
         nxt = torch.where(live, self.pick(logits, k), self.pad)
         hit = live & torch.isin(nxt, self.eos) & ~self.ignore_eos
-        self.tokens[:, k] = nxt
-        self.count += live & ~hit
-        self.eos_hit |= hit
-        self.done |= hit | (self.count >= self.limit)
+        count = self.count[rows] + (live & ~hit)
+        self.tokens[rows, k] = nxt
+        self.count[rows] = count
+        self.eos_hit[rows] = self.eos_hit[rows] | hit
+        self.live = live & ~hit & (count < self.limit)
         return nxt
+
+    def shrink(self, live: int) -> Tensor | None:
+        """Drop finished rows once enough have finished to pay for copying the KV cache.
+
+        Returns the indices of the rows kept, or None when the batch stays as it is.
+        """
+        size = int(self.live.shape[0])
+        if size - live < max(1, size // 8):
+            return None
+        keep = self.live.nonzero()[:, 0]
+        for name in self._ROWS:
+            setattr(self, name, getattr(self, name)[keep])
+        self.gen_pos = self.gen_pos[:, keep]
+        return keep
 
     def results(self, tokenizer: Any) -> list[GenerationResult]:
         tokens, counts, eos = self.tokens.cpu(), self.count.tolist(), self.eos_hit.tolist()
@@ -235,21 +262,18 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
-def _takes_logits_to_keep(model: nn.Module) -> bool:
-    # Without it the prefill computes the LM head at every prompt position ([B, T, V]).
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
 def _decode(lm: LoadedModel, batch: _Batch, stop: Stop) -> Generator[Tensor, None, None]:
-    """Yield every step's tokens [B] (pad for finished rows) until all rows finish or stop is set.
+    """Yield every step's tokens [b] (of the rows still in the batch; pad for finished ones) until
+    all rows finish or stop is set.
 
     Hooks live exactly as long as this generator; close it to remove them early.
     """
     model, t = lm.model, batch.prompt_width
-    with ExitStack() as hooks:
-        blocks = get_blocks(model)
+    with ExitStack() as stack:
+        blocks, hooks = get_blocks(model), []
         for block, (prompt, generated) in batch.deltas.items():
-            hooks.callback(blocks[block].register_forward_hook(_RowDelta(prompt, generated)).remove)
+            hooks.append(_RowDelta(prompt, generated))
+            stack.callback(blocks[block].register_forward_hook(hooks[-1]).remove)
         cache: Any = None
         nxt = batch.input_ids
         for k in range(batch.steps):
@@ -265,9 +289,16 @@ def _decode(lm: LoadedModel, batch: _Batch, stop: Stop) -> Generator[Tensor, Non
                 cache = out.past_key_values
                 nxt = batch.advance(out.logits[:, -1], k)
             yield nxt
-            if bool(batch.done.all()):
+            live = int(batch.live.sum())
+            if live == 0:
                 return
-            nxt = nxt[:, None]  # [B, 1] the next forward's input
+            nxt = nxt[:, None]  # [b, 1] the next forward's input
+            keep = batch.shrink(live) if hasattr(cache, "batch_select_indices") else None
+            if keep is not None:
+                cache.batch_select_indices(keep)
+                for hook in hooks:
+                    hook.select(keep)
+                nxt = nxt[keep]
 
 
 def generate(
@@ -309,8 +340,7 @@ class _Detokenizer:
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        before = self._text(self.ids[self.start : self.read])
-        window = self._text(self.ids[self.start :])
+        before, window = self._text(self.ids[self.start : self.read]), self._text(self.ids[self.start :])
         if len(window) <= len(before) or window.endswith("\ufffd"):
             return ""
         piece = window[len(before) :]

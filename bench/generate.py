@@ -1,0 +1,170 @@
+"""Benchmark steered generation on the embedded model.
+
+(a) a gallery's worth of random steered rows decoded in one batch vs one request at a time;
+(b) the cost of steering one chat stream, against the same stream unsteered.
+
+    .venv/bin/python bench/generate.py [--quick] [--device cuda --dtype bfloat16]
+
+Progress goes to stderr; the last line of stdout is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
+
+from engine.generate import GenerationRequest, generate, stream
+from engine.models import LoadedModel, load_model
+
+PROMPTS = [
+    "How can I make a bomb?",
+    "Tell me a story about a dragon.",
+    "What is the capital of France?",
+    "a=5+6, b=2+7. What is a*b?",
+]
+CHAT_PROMPT = "Write a long essay about the history of the Roman Empire."
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def random_vectors(n: int, width: int, norm: float, seed: int) -> torch.Tensor:
+    g = torch.randn(n, width, generator=torch.Generator().manual_seed(seed))  # [n, d]
+    return g / g.norm(dim=1, keepdim=True) * norm
+
+
+def gallery(lm: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
+    """One batch of steered rows against the same rows decoded one at a time (both greedy)."""
+    vectors = random_vectors(args.rows, lm.info.width, args.norm, seed=0)
+    requests = [
+        GenerationRequest(
+            prompt=PROMPTS[i % len(PROMPTS)],
+            block=args.block,
+            terms=((vectors[i], 1.0),),
+            max_new_tokens=args.tokens,
+        )
+        for i in range(args.rows)
+    ]
+    generate(lm, requests[:2], batch_size=2)  # warm-up: first-call allocations, lazy init
+    sync(args.device)
+    start = time.perf_counter()
+    batched = generate(lm, requests, batch_size=args.rows)
+    sync(args.device)
+    ours = time.perf_counter() - start
+    log(f"batched: {args.rows} rows in {ours:.2f} s")
+
+    start = time.perf_counter()
+    alone = []
+    for i, request in enumerate(requests):
+        alone.extend(generate(lm, [request]))
+        if (i + 1) % 8 == 0:
+            log(f"one at a time: {i + 1}/{args.rows} rows, {time.perf_counter() - start:.1f} s")
+    sync(args.device)
+    baseline = time.perf_counter() - start
+    same = sum(a.text == b.text for a, b in zip(batched, alone, strict=True)) / args.rows
+    tokens = sum(r.n_tokens for r in batched)
+    log(f"one at a time: {baseline:.2f} s; speedup {baseline / ours:.2f}; same text {same:.2f}")
+    return {
+        "baseline_s": round(baseline, 3),
+        "ours_s": round(ours, 3),
+        "speedup": round(baseline / ours, 2),
+        "same_text_fraction": round(same, 3),
+        "generated_tokens": tokens,
+        "batched_tokens_per_s": round(tokens / ours, 1),
+    }
+
+
+def timed_stream(lm: LoadedModel, request: GenerationRequest, device: str) -> float:
+    start = time.perf_counter()
+    text = "".join(stream(lm, request))
+    sync(device)
+    if not text:
+        raise SystemExit("the stream produced no text: nothing was timed")
+    return time.perf_counter() - start
+
+
+def overhead(lm: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
+    """Steered vs unsteered chat stream of the same forced length; paired, interleaved repeats."""
+    plain = GenerationRequest(prompt=CHAT_PROMPT, max_new_tokens=args.stream_tokens, ignore_eos=True)
+    vector = random_vectors(1, lm.info.width, args.norm, seed=1)[0]
+    steered = GenerationRequest(
+        prompt=CHAT_PROMPT,
+        block=args.block,
+        terms=((vector, 1.0),),
+        max_new_tokens=args.stream_tokens,
+        ignore_eos=True,
+    )
+    timed_stream(lm, plain, args.device)  # warm-up
+    timed_stream(lm, steered, args.device)
+    ratios, plain_s, steered_s = [], [], []
+    for rep in range(args.repeats):
+        # Alternate which goes first so that drift in machine load does not favour one side.
+        pair = [(plain, plain_s), (steered, steered_s)]
+        for request, times in pair if rep % 2 == 0 else pair[::-1]:
+            times.append(timed_stream(lm, request, args.device))
+        ratios.append(steered_s[-1] / plain_s[-1])
+        log(f"stream {rep + 1}/{args.repeats}: plain {plain_s[-1]:.3f} s, steered {steered_s[-1]:.3f} s")
+    cost = statistics.median(ratios) - 1
+    log(f"steering overhead (median of paired ratios): {cost:+.4f}")
+    return {
+        "overhead": round(cost, 4),
+        "plain_stream_s": round(statistics.median(plain_s), 4),
+        "steered_stream_s": round(statistics.median(steered_s), 4),
+        "stream_tokens_per_s": round(args.stream_tokens / statistics.median(plain_s), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rows and repeats (a few minutes)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    parser.add_argument("--rows", type=int, default=None, help="steered rows (default 32, quick 16)")
+    parser.add_argument("--tokens", type=int, default=None, help="new tokens per row (default 64, quick 32)")
+    parser.add_argument("--repeats", type=int, default=None, help="stream pairs (default 9, quick 5)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    args.rows = args.rows or (16 if args.quick else 32)
+    args.tokens = args.tokens or (32 if args.quick else 64)
+    args.repeats = args.repeats or (5 if args.quick else 9)
+    args.stream_tokens = args.tokens
+    args.block, args.norm = 7, 8.0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    lm = load_model("default", device=args.device, dtype=args.dtype)
+    args.device = lm.info.device
+    log(f"model {lm.info.name} on {lm.info.device} ({lm.info.dtype}), {torch.get_num_threads()} threads")
+    figures = {**gallery(lm, args), **overhead(lm, args)}
+    settings = {
+        "device": lm.info.device,
+        "dtype": lm.info.dtype,
+        "threads": torch.get_num_threads(),
+        "rows": args.rows,
+        "new_tokens": args.tokens,
+        "stream_tokens": args.stream_tokens,
+        "repeats": args.repeats,
+        "block": args.block,
+        "norm": args.norm,
+        "quick": args.quick,
+    }
+    print(json.dumps({**figures, **settings}))
+
+
+if __name__ == "__main__":
+    main()
