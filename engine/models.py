@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -102,11 +103,16 @@ def convert_embedded(target: Path) -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
-    tmp = target.with_name(target.name + ".partial")
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "steerscope.json").write_text(json.dumps({"source": gguf.name}))
-    tmp.rename(target)  # only a finished conversion is ever seen under the final name
+    try:
+        tmp.rename(target)  # only a finished conversion is ever seen under the final name
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # another process finished the same conversion first
     return target
 
 

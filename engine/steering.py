@@ -92,7 +92,8 @@ def steer(
         return
     if not bool(torch.isfinite(delta).all()):
         raise EngineError("steering vector contains NaN or infinite values")
-    handle = blocks[block].register_forward_hook(_Adder(delta.detach(), where, prompt_len))
+    # Not detached: the MELBO reference mode trains through this hook.
+    handle = blocks[block].register_forward_hook(_Adder(delta, where, prompt_len))
     try:
         yield
     finally:
