@@ -112,7 +112,7 @@ def _samples(
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from engine.melbo import train_melbo
+    from engine.melbo import step_budget, train_melbo
     from engine.specs import MelboSpec
     from engine.vectors import save_vectors
 
@@ -132,8 +132,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
         )
     )
-    steps = 0 if spec.method == "random" else (spec.steps or 300)
-    bar = _Bar(spec.n_vectors * max(steps, 1), "step")
+    bar = _Bar(spec.n_vectors * max(step_budget(spec), 1), "step")
     result = train_melbo(lm, spec, on_progress=bar)
     bar.close()
     metadata = {
@@ -247,14 +246,14 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """A few vectors trained with the defaults; each completion next to the unsteered one."""
-    from engine.melbo import train_melbo
+    from engine.melbo import step_budget, train_melbo
     from engine.specs import MelboSpec
 
     print("loading the embedded model (the first run converts it once, ~15 s) ...", flush=True)
     lm = _load(args)
     spec = MelboSpec(prompts=(args.prompt or DEMO_PROMPT,), n_vectors=args.n_vectors, seed=args.seed)
     began = time.perf_counter()
-    bar = _Bar(spec.n_vectors * 300, "step")
+    bar = _Bar(spec.n_vectors * step_budget(spec), "step")
     result = train_melbo(lm, spec, on_progress=bar)
     bar.close()
     print(
