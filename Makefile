@@ -25,8 +25,8 @@ test: install lint
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check engine tests bench
-	$(BIN)/ruff format --check engine tests bench
+	$(BIN)/ruff check engine app tests bench
+	$(BIN)/ruff format --check engine app tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

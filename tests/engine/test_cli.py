@@ -1,0 +1,74 @@
+"""The command line on the tiny model: files written, errors reported without a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.cli import main
+from engine.vectors import load_vectors
+
+
+def test_train_then_generate(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, samples = tmp_path / "v.safetensors", tmp_path / "s.jsonl"
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    args = [
+        "train",
+        *model,
+        "--prompt",
+        "Tell me a story",
+        "--n-vectors",
+        "3",
+        "--steps",
+        "5",
+        "--radius",
+        "2",
+    ]
+    args += ["--source", "0", "--target", "3", "--out", str(out), "--samples", str(samples)]
+    code = main([*args, "--max-new-tokens", "4"])
+    assert code == 0
+    file = load_vectors(out)
+    assert file.vectors.shape == (3, 64)
+    torch.testing.assert_close(file.vectors.norm(dim=1), torch.full((3,), 2.0))
+    assert file.metadata["block"] == 0 and file.metadata["radius"] == 2.0
+    assert file.metadata["spec"]["n_vectors"] == 3 and len(file.metadata["records"]) == 3
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert [r["vector"] for r in rows] == [None, 0, 1, 2]
+
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "generate",
+                *model,
+                "--vectors",
+                str(out),
+                "--index",
+                "1",
+                "--prompt",
+                "Hi",
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["steered"] for line in lines] == [False, True]
+
+
+def test_bad_input_is_a_message_not_a_traceback(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "v.safetensors"
+    model = ["--model", str(tiny_dir), "--device", "cpu"]
+    assert main(["train", *model, "--prompt", "Hi", "--radius", "-1", "--out", str(out)]) == 2
+    assert "R (radius) must be a finite number > 0" in capsys.readouterr().err
+    assert main(["train", *model, "--prompt", "Hi", "--source", "9", "--out", str(out)]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["train", "--model", str(tmp_path / "missing"), "--prompt", "Hi", "--out", str(out)]) == 2
+    assert "cannot load model" in capsys.readouterr().err
+    assert not out.exists()
