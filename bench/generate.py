@@ -15,8 +15,9 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -62,20 +63,20 @@ def gallery(lm: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
     ]
     generate(lm, requests[:2], batch_size=2)  # warm-up: first-call allocations, lazy init
     sync(args.device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     batched = generate(lm, requests, batch_size=args.rows)
     sync(args.device)
-    ours = time.perf_counter() - start
+    ours, ours_cpu = time.perf_counter() - start, time.process_time() - cpu
     log(f"batched: {args.rows} rows in {ours:.2f} s")
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     alone = []
     for i, request in enumerate(requests):
         alone.extend(generate(lm, [request]))
         if (i + 1) % 8 == 0:
             log(f"one at a time: {i + 1}/{args.rows} rows, {time.perf_counter() - start:.1f} s")
     sync(args.device)
-    baseline = time.perf_counter() - start
+    baseline, baseline_cpu = time.perf_counter() - start, time.process_time() - cpu
     same = sum(a.text == b.text for a, b in zip(batched, alone, strict=True)) / args.rows
     tokens = sum(r.n_tokens for r in batched)
     log(f"one at a time: {baseline:.2f} s; speedup {baseline / ours:.2f}; same text {same:.2f}")
@@ -83,49 +84,74 @@ def gallery(lm: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
         "baseline_s": round(baseline, 3),
         "ours_s": round(ours, 3),
         "speedup": round(baseline / ours, 2),
+        "speedup_cpu_time": round(baseline_cpu / ours_cpu, 2),
         "same_text_fraction": round(same, 3),
         "generated_tokens": tokens,
         "batched_tokens_per_s": round(tokens / ours, 1),
     }
 
 
-def timed_stream(lm: LoadedModel, request: GenerationRequest, device: str) -> float:
-    start = time.perf_counter()
-    text = "".join(stream(lm, request))
-    sync(device)
-    if not text:
+class Timing(NamedTuple):
+    wall_s: float  # the whole stream
+    cpu_s: float  # process CPU time: steadier than wall time on a shared machine
+    token_s: float  # median time between pieces: one load spike cannot move it
+
+
+def timed_stream(lm: LoadedModel, request: GenerationRequest, device: str) -> Timing:
+    gaps, pieces = [], []
+    start = last = time.perf_counter()
+    cpu = time.process_time()
+    for piece in stream(lm, request):
+        sync(device)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        pieces.append(piece)
+        last = now
+    if not "".join(pieces):
         raise SystemExit("the stream produced no text: nothing was timed")
-    return time.perf_counter() - start
+    # gaps[0] includes the prefill; the rest are one decoding step each (a held-back piece: two).
+    token_s = statistics.median(gaps[1:] or gaps)
+    return Timing(time.perf_counter() - start, time.process_time() - cpu, token_s)
 
 
 def overhead(lm: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
     """Steered vs unsteered chat stream of the same forced length; paired, interleaved repeats."""
     plain = GenerationRequest(prompt=CHAT_PROMPT, max_new_tokens=args.stream_tokens, ignore_eos=True)
     vector = random_vectors(1, lm.info.width, args.norm, seed=1)[0]
-    steered = GenerationRequest(
-        prompt=CHAT_PROMPT,
-        block=args.block,
-        terms=((vector, 1.0),),
-        max_new_tokens=args.stream_tokens,
-        ignore_eos=True,
-    )
+    steered = replace(plain, block=args.block, terms=((vector, 1.0),))
     timed_stream(lm, plain, args.device)  # warm-up
     timed_stream(lm, steered, args.device)
-    ratios, plain_s, steered_s = [], [], []
+    plain_t: list[Timing] = []
+    steered_t: list[Timing] = []
     for rep in range(args.repeats):
         # Alternate which goes first so that drift in machine load does not favour one side.
-        pair = [(plain, plain_s), (steered, steered_s)]
+        pair = [(plain, plain_t), (steered, steered_t)]
         for request, times in pair if rep % 2 == 0 else pair[::-1]:
             times.append(timed_stream(lm, request, args.device))
-        ratios.append(steered_s[-1] / plain_s[-1])
-        log(f"stream {rep + 1}/{args.repeats}: plain {plain_s[-1]:.3f} s, steered {steered_s[-1]:.3f} s")
-    cost = statistics.median(ratios) - 1
-    log(f"steering overhead (median of paired ratios): {cost:+.4f}")
+        p, s = plain_t[-1], steered_t[-1]
+        log(
+            f"stream pair {rep + 1}/{args.repeats}: plain {p.wall_s:.2f} s ({p.token_s * 1e3:.1f} ms/token), "
+            f"steered {s.wall_s:.2f} s ({s.token_s * 1e3:.1f} ms/token)"
+        )
+
+    def cost(field: str) -> float:
+        # Median over pairs of steered/plain: each pair ran back to back, under about the same load.
+        ratios = [getattr(s, field) / getattr(p, field) for s, p in zip(steered_t, plain_t, strict=True)]
+        return round(statistics.median(ratios) - 1, 4)
+
+    figures = {
+        "overhead": cost("token_s"),
+        "overhead_wall": cost("wall_s"),
+        "overhead_cpu_time": cost("cpu_s"),
+    }
+    log(f"steering overhead: {figures}")
+    plain_token_s = statistics.median(p.token_s for p in plain_t)
     return {
-        "overhead": round(cost, 4),
-        "plain_stream_s": round(statistics.median(plain_s), 4),
-        "steered_stream_s": round(statistics.median(steered_s), 4),
-        "stream_tokens_per_s": round(args.stream_tokens / statistics.median(plain_s), 1),
+        **figures,
+        "plain_ms_per_token": round(plain_token_s * 1e3, 2),
+        "steered_ms_per_token": round(statistics.median(s.token_s for s in steered_t) * 1e3, 2),
+        "plain_stream_s": round(statistics.median(p.wall_s for p in plain_t), 3),
+        "steered_stream_s": round(statistics.median(s.wall_s for s in steered_t), 3),
     }
 
 
