@@ -6,6 +6,8 @@
     .venv/bin/python bench/generate.py [--quick] [--device cuda --dtype bfloat16]
 
 Progress goes to stderr; the last line of stdout is one JSON object with the figures.
+On a machine other jobs share, pass --threads 1: oversubscribed OpenMP threads made 2-thread
+steps ~25x slower here and the timings meaningless.
 """
 
 from __future__ import annotations
@@ -157,15 +159,15 @@ def overhead(lm: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rows and repeats (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a few minutes)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    parser.add_argument("--rows", type=int, default=None, help="steered rows (default 32, quick 16)")
+    parser.add_argument("--rows", type=int, default=None, help="steered rows (default 32)")
     parser.add_argument("--tokens", type=int, default=None, help="new tokens per row (default 64, quick 32)")
     parser.add_argument("--repeats", type=int, default=None, help="stream pairs (default 9, quick 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
-    args.rows = args.rows or (16 if args.quick else 32)
+    args.rows = args.rows or 32  # quick keeps every row: batching them is the point
     args.tokens = args.tokens or (32 if args.quick else 64)
     args.repeats = args.repeats or (5 if args.quick else 9)
     args.stream_tokens = args.tokens
