@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from engine.errors import EngineError
-from engine.models import LoadedModel, get_blocks
+from engine.models import LoadedModel
 from engine.prompts import format_messages, format_prompt, positions_from_mask
 from engine.specs import MAX_NEW_TOKENS
-from engine.steering import Term, Where, stack_rows
+from engine.steering import Adder, Term, Where, adding, stack_rows
 
 FinishReason = Literal["eos", "length", "stopped"]
 # A stop request: an event someone sets, or a callable asked between tokens.
@@ -111,27 +111,6 @@ def _encode(lm: LoadedModel, req: GenerationRequest) -> list[int]:
     return ids
 
 
-class _RowDelta:
-    """Forward hook adding a per-row delta to a block's output: one set for the prompt (the first
-    forward), another for every generated token. Deltas are prepared once, so a step is one add."""
-
-    def __init__(self, prompt: Tensor | None, generated: Tensor | None) -> None:
-        self.deltas = (prompt, generated)  # each [B, 1, d] in the model's dtype and device, or None
-        self.calls = 0
-
-    def select(self, keep: Tensor) -> None:
-        self.deltas = (self.deltas[0], None if self.deltas[1] is None else self.deltas[1][keep])
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
-        delta = self.deltas[0] if self.calls == 0 else self.deltas[1]
-        self.calls += 1
-        if delta is None:
-            return None  # keep the output as it is
-        if isinstance(output, tuple):
-            return (output[0] + delta, *output[1:])
-        return output + delta
-
-
 class _Batch:
     """Tensors and per-row state of one decoding batch (rows may be steered at different blocks).
 
@@ -185,8 +164,8 @@ class _Batch:
             phases = []
             for phase in ("prompt", "generated"):
                 terms = [r.terms if r.block == block and r.where in ("all", phase) else () for r in requests]
-                delta = stack_rows(terms, info.width).to(dev, dtype)[:, None, :] if any(terms) else None
-                phases.append(delta)  # [B, 1, d] or None
+                delta = stack_rows(terms, info.width).to(dev, dtype) if any(terms) else None
+                phases.append(delta)  # [B, d] or None
             self.deltas[block] = (phases[0], phases[1])
 
         # Without it the prefill computes the LM head at every prompt position ([B, T, V]).
@@ -270,10 +249,9 @@ def _decode(lm: LoadedModel, batch: _Batch, stop: Stop) -> Generator[Tensor, Non
     """
     model, t = lm.model, batch.prompt_width
     with ExitStack() as stack:
-        blocks, hooks = get_blocks(model), []
+        hooks: list[Adder] = []
         for block, (prompt, generated) in batch.deltas.items():
-            hooks.append(_RowDelta(prompt, generated))
-            stack.callback(blocks[block].register_forward_hook(hooks[-1]).remove)
+            hooks.append(stack.enter_context(adding(model, block, Adder(prompt, generated))))
         cache: Any = None
         nxt = batch.input_ids
         for k in range(batch.steps):

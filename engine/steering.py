@@ -36,36 +36,73 @@ def stack_rows(rows: Sequence[Sequence[Term]], width: int) -> Tensor:
     return torch.stack([combine(terms, width) for terms in rows]) if rows else torch.zeros(0, width)
 
 
-class _Adder:
-    """The hook's state: which absolute positions it has seen, where the prompt ends."""
+class Adder:
+    """Forward hook adding a delta to a block's output: one for prompt positions, one for generated.
 
-    def __init__(self, delta: Tensor, where: Where, prompt_len: int | None) -> None:
-        self.delta = delta  # [d] or [B, d]
-        self.where = where
+    Each delta is [d] (every row) or [B, d] (one per row), or None for no change in that phase.
+    Positions are counted across forwards, so with a KV cache the first forward is the prompt.
+    """
+
+    def __init__(
+        self, prompt: Tensor | None, generated: Tensor | None, prompt_len: int | None = None
+    ) -> None:
+        self.deltas = (prompt, generated)
         self.prompt_len = prompt_len
         self.seen = 0
 
+    def select(self, keep: Tensor) -> None:
+        """Keep only these batch rows (decoding drops finished rows from its batch)."""
+        prompt, generated = (d[keep] if d is not None and d.dim() == 2 else d for d in self.deltas)
+        self.deltas = (prompt, generated)
+
+    def _shaped(self, delta: Tensor | None, hidden: Tensor) -> Tensor | None:
+        if delta is None:
+            return None
+        delta = delta.to(device=hidden.device, dtype=hidden.dtype)
+        if delta.dim() == 1:
+            return delta[None, None, :]
+        if delta.shape[0] != hidden.shape[0]:
+            raise EngineError(f"steering has {delta.shape[0]} rows but the batch has {hidden.shape[0]}")
+        return delta[:, None, :]
+
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output  # [B, T, d]
-        batch, length = hidden.shape[0], hidden.shape[1]
+        length = hidden.shape[1]
         start, self.seen = self.seen, self.seen + length
         if self.prompt_len is None:
             self.prompt_len = length  # the first call is the prompt (prefill)
-        delta = self.delta.to(device=hidden.device, dtype=hidden.dtype)
-        if delta.dim() == 2:
-            if delta.shape[0] != batch:
-                raise EngineError(f"steering has {delta.shape[0]} rows but the batch has {batch}")
-            add = delta[:, None, :]
-        else:
-            add = delta[None, None, :]
-        if self.where != "all":
-            pos = torch.arange(start, start + length, device=hidden.device)
-            keep = pos < self.prompt_len if self.where == "prompt" else pos >= self.prompt_len
-            if not bool(keep.any()):
-                return output
-            add = add * keep[None, :, None].to(hidden.dtype)
+        in_prompt = max(0, min(length, self.prompt_len - start))  # this call's prompt positions
+        prompt = self._shaped(self.deltas[0], hidden) if in_prompt > 0 else None
+        generated = self._shaped(self.deltas[1], hidden) if in_prompt < length else None
+        if in_prompt == length:
+            add = prompt
+        elif in_prompt == 0:
+            add = generated
+        elif prompt is None and generated is None:
+            add = None
+        else:  # one forward over prompt and continuation together
+            zero = hidden.new_zeros(())
+            is_prompt = (torch.arange(length, device=hidden.device) < in_prompt)[None, :, None]
+            add = torch.where(
+                is_prompt, zero if prompt is None else prompt, zero if generated is None else generated
+            )
+        if add is None:
+            return output
         steered = hidden + add
         return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+
+@contextmanager
+def adding(model: nn.Module, block: int, hook: Adder) -> Iterator[Adder]:
+    """Register an Adder on a block for the duration of the context; it is always removed."""
+    blocks = get_blocks(model)
+    if not 0 <= block < len(blocks):
+        raise EngineError(f"block {block} is out of range: the model has blocks 0..{len(blocks) - 1}")
+    handle = blocks[block].register_forward_hook(hook)
+    try:
+        yield hook
+    finally:
+        handle.remove()
 
 
 @contextmanager
@@ -84,17 +121,10 @@ def steer(
     """
     if where not in ("all", "prompt", "generated"):
         raise EngineError(f"where must be all, prompt or generated, got {where!r}")
-    blocks = get_blocks(model)
-    if not 0 <= block < len(blocks):
-        raise EngineError(f"block {block} is out of range: the model has blocks 0..{len(blocks) - 1}")
-    if delta is None:
-        yield
-        return
-    if not bool(torch.isfinite(delta).all()):
+    if delta is not None and not bool(torch.isfinite(delta).all()):
         raise EngineError("steering vector contains NaN or infinite values")
-    # Not detached: the MELBO reference mode trains through this hook.
-    handle = blocks[block].register_forward_hook(_Adder(delta, where, prompt_len))
-    try:
+    # Not detached: the MELBO and chain reference modes train through this hook.
+    prompt = delta if where in ("all", "prompt") else None
+    generated = delta if where in ("all", "generated") else None
+    with adding(model, block, Adder(prompt, generated, prompt_len)):
         yield
-    finally:
-        handle.remove()
