@@ -39,7 +39,12 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (1 gives stable timings on a busy machine)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n = args.vectors or (8 if args.quick else 16)
 
     lm = load_model("default", device=args.device, dtype=args.dtype)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.errors import EngineError
+from engine.metrics import median_norm
 from engine.models import LoadedModel
 from engine.objective import Objective, orthonormal_basis, project_out, retract
 from engine.prompts import PromptBatch, encode_prompts, target_mask
@@ -104,7 +105,7 @@ class _Problem:
         q = spec.q if spec.q is not None else spec.p
         self.objective = Objective(mask, spec.p, q, spec.loss, spec.normalize)
         self.segment = Segment(lm.model, self.batch, self.source, self.target)
-        self.residual_norm = float(self.segment.h_source.float().norm(dim=-1)[mask].median())
+        self.residual_norm = median_norm(self.segment.h_source, mask)
         self.radius = spec.radius if spec.radius is not None else RADIUS_FRACTION * self.residual_norm
         self.width = lm.info.width
         self.device = device
