@@ -4,16 +4,20 @@ A plain torch + transformers library: no web, database or app imports (an import
 checks it). The names below are the public API; everything else is an implementation detail.
 """
 
+from engine.calibrate import CalibrationResult, calibrate, sweep_radius
 from engine.errors import EngineError
 from engine.generate import GenerationRequest, GenerationResult, generate, stream
 from engine.melbo import MelboResult, VectorRecord, train_melbo
+from engine.metrics import cosine_matrix, downstream_cosine_matrix, downstream_norms, next_token_kl
 from engine.models import LoadedModel, ModelInfo, get_blocks, load_model
 from engine.prompts import encode_prompts, format_prompt, target_mask
 from engine.specs import CalibrateSpec, ChainSpec, MelboSpec
 from engine.steering import combine, steer
+from engine.vectors import VectorFile, export_gguf, import_gguf, load_any, load_vectors, save_vectors
 
 __all__ = [
     "CalibrateSpec",
+    "CalibrationResult",
     "ChainSpec",
     "EngineError",
     "GenerationRequest",
@@ -22,15 +26,27 @@ __all__ = [
     "MelboResult",
     "MelboSpec",
     "ModelInfo",
+    "VectorFile",
     "VectorRecord",
+    "calibrate",
     "combine",
+    "cosine_matrix",
+    "downstream_cosine_matrix",
+    "downstream_norms",
     "encode_prompts",
+    "export_gguf",
     "format_prompt",
     "generate",
     "get_blocks",
+    "import_gguf",
+    "load_any",
     "load_model",
+    "load_vectors",
+    "next_token_kl",
+    "save_vectors",
     "steer",
     "stream",
+    "sweep_radius",
     "target_mask",
     "train_melbo",
 ]
