@@ -180,7 +180,7 @@ def cmd_chain(args: argparse.Namespace) -> None:
     result = train_chain(lm, spec, source.vectors[args.index], on_progress=bar)
     bar.close()
     metadata = {"model": args.model, "block": block, "method": f"chain/{spec.mode}", "spec": spec.to_dict()}
-    metadata["records"] = result.to_dict().get("vectors", [])
+    metadata["chain"] = result.to_dict()
     save_vectors(args.out, result.vectors, metadata)
     print(f"saved {len(result.vectors)} chain vectors to {args.out} (stopped: {result.stop_reason})")
 

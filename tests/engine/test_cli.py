@@ -72,3 +72,16 @@ def test_bad_input_is_a_message_not_a_traceback(
     assert main(["train", "--model", str(tmp_path / "missing"), "--prompt", "Hi", "--out", str(out)]) == 2
     assert "cannot load model" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_chain_from_a_trained_vector(tiny_dir: Path, tmp_path: Path) -> None:
+    vectors, chain = tmp_path / "v.safetensors", tmp_path / "c.safetensors"
+    model = ["--model", str(tiny_dir), "--device", "cpu", "--prompt", "Tell me a story"]
+    train = ["--n-vectors", "1", "--steps", "5", "--radius", "3", "--source", "0", "--target", "3"]
+    assert main(["train", *model, *train, "--out", str(vectors)]) == 0
+    grow = ["--vectors", str(vectors), "--target", "3", "--n-vectors", "3", "--steps", "20"]
+    assert main(["chain", *model, *grow, "--out", str(chain)]) == 0
+    file = load_vectors(chain)
+    theta0 = load_vectors(vectors).vectors[0].double()
+    assert file.metadata["block"] == 0 and len(file.metadata["chain"]["records"]) == len(file.vectors)
+    assert float((file.vectors.double() @ theta0).abs().max()) < 1e-4 * float(theta0.norm()) ** 2
