@@ -42,7 +42,10 @@ class ChainConfig:
 
     reference_steps: int = 1000  # the published step count
     reference_lr: float = 1e-2  # the published Adam learning rate
-    fast_steps: int = 150  # fast mode's cap on loss evaluations per batch when the spec sets none
+    # Fast mode's cap on loss evaluations per batch when the spec sets none: fast_steps plus
+    # fast_steps_per_vector per vector, as one L-BFGS over a bigger batch needs more evaluations.
+    fast_steps: int = 100
+    fast_steps_per_vector: int = 25
     fast_lr: float = 1.0  # L-BFGS step multiplier: 1 takes the quasi-Newton step as it is
     history: int = 20  # L-BFGS memory
     threshold: float = 0.02  # fast: a batch is done once every loss < this share of the loss at 0 ...
@@ -242,8 +245,10 @@ class _Trainer:
         self.on_progress, self.should_stop, self.seed = on_progress, should_stop, spec.seed
         fast = spec.mode == "fast"
         self.lr = spec.lr if spec.lr is not None else (config.fast_lr if fast else config.reference_lr)
-        default = config.fast_steps if fast else config.reference_steps
-        self.steps = spec.steps if spec.steps is not None else default
+        self.steps = spec.steps if spec.steps is not None else config.reference_steps
+        if fast and spec.steps is None:
+            batch = min(spec.batch_size, spec.n_vectors)
+            self.steps = config.fast_steps + config.fast_steps_per_vector * batch
         self.threshold = 0.0  # set once the loss at 0 is known
 
     def step_hooks(self, index: int, step: int, value: float) -> None:
@@ -357,13 +362,18 @@ def train_chain(
     )
     records: list[ChainVector] = []
     chain = [prev]
+
+    def verdict() -> StopReason:  # only a chain short of its length can have stopped early
+        done = len(records) >= spec.n_vectors
+        return "completed" if done else _verdict(records, theta0_norm, loss_at_zero, config)
+
     if prev.shape[0]:
         values, kl = loss.measure(prev)
         records = [
             ChainVector(i, float(v.norm()), float(values[i]), float(kl[i]), 0, True)
             for i, v in enumerate(prev)
         ]
-    reason = _verdict(records, theta0_norm, loss_at_zero, config)
+    reason = verdict()
     while reason == "completed" and len(records) < spec.n_vectors:
         first = len(records)
         k = min(spec.batch_size, spec.n_vectors - first) if fast else 1
@@ -379,7 +389,7 @@ def train_chain(
                 ChainVector(first + j, float(new[j].norm()), float(values[j]), float(kl[j]), out[1])
             )
             chain.append(new[j : j + 1])
-            reason = _verdict(records, theta0_norm, loss_at_zero, config)
+            reason = verdict()
             if reason != "completed":
                 break  # the rest of this batch lies past the end of the chain
     settings = {

@@ -4,6 +4,7 @@ cancellation, resumption, the chain's own stop rules and readable errors."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -55,6 +56,7 @@ def test_fast_chain_is_exactly_orthogonal(amplified: LoadedModel) -> None:
     assert result.vectors.shape == (12, 64) and result.vectors.dtype == torch.float32
     assert [r.index for r in result.records] == list(range(12))
     assert result.stop_reason == "completed" and not result.cancelled
+    assert json.loads(json.dumps(result.to_dict()))["records"][11]["index"] == 11
     assert max_abs_cos(torch.cat([t0[None], result.vectors])) <= 1e-6
     assert bool((result.vectors.norm(dim=1) > 0).all())
     for r, v in zip(result.records, result.vectors, strict=True):
@@ -75,8 +77,17 @@ def test_reference_chain_is_exactly_orthogonal_and_removes_its_hook(amplified: L
     assert max_abs_cos(torch.cat([t0[None], result.vectors])) <= 1e-6
 
 
+def test_bfloat16_model_gives_float32_orthogonal_vectors(amplified: LoadedModel) -> None:
+    half = LoadedModel(copy.deepcopy(amplified.model).to(torch.bfloat16), amplified.tokenizer, amplified.info)
+    t0 = theta0()
+    result = train_chain(half, spec(n_vectors=2, batch_size=2, steps=20), t0, config=KEEP_GOING)
+    assert result.vectors.dtype == torch.float32
+    assert max_abs_cos(torch.cat([t0[None], result.vectors])) <= 1e-6
+    assert result.records[0].loss < result.loss_at_zero
+
+
 def test_loss_falls_from_its_value_at_zero(amplified: LoadedModel) -> None:
-    result = train_chain(amplified, spec(n_vectors=2, batch_size=2, steps=150), theta0())
+    result = train_chain(amplified, spec(n_vectors=2, batch_size=2, steps=60), theta0())
     assert result.records[0].loss < 0.5 * result.loss_at_zero
     assert all(r.loss < result.loss_at_zero for r in result.records)
 
