@@ -1,7 +1,7 @@
 """Job specs: the JSON-able contract between callers (CLI, web app) and the engine.
 
 Each spec is a frozen dataclass; `from_dict` checks every field and raises EngineError with a
-message written for the user. `check_model` adds the checks that need the loaded model.
+message written for the user. engine.validate adds the checks that need the loaded model.
 """
 
 from __future__ import annotations
@@ -80,6 +80,12 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
         if "None" in ann:
             return None
         raise EngineError(f"{name} is required")
+    if "tuple[float" in ann:
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        ):
+            raise EngineError(f"{name} must be a list of numbers")
+        return tuple(float(v) for v in value)
     if "tuple[str" in ann:
         if isinstance(value, str):
             value = [value]
@@ -212,3 +218,32 @@ class CalibrateSpec(_Spec):
 
     def span(self, info: ModelInfo) -> tuple[int, int]:
         return _span(info, self.source, self.target)
+
+
+@dataclass(frozen=True)
+class SampleSpec(_Spec):
+    """Completions of the prompts under given vectors (handed in alongside) at each scale."""
+
+    prompts: tuple[str, ...]
+    model: str = "default"
+    scales: tuple[float, ...] = (1.0,)
+    seed: int = 0
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    unsteered: bool = True  # also the unsteered completion of each prompt
+
+    def __post_init__(self) -> None:
+        _prompts(self.prompts)
+        if not self.scales or len(self.scales) > 16:
+            raise EngineError(f"give between 1 and 16 scales, got {len(self.scales)}")
+        for scale in self.scales:
+            if not math.isfinite(scale):
+                raise EngineError(f"scales must be finite numbers, got {scale}")
+        _int_range("max new tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise EngineError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.seed < 2**63:
+            raise EngineError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")

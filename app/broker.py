@@ -1,0 +1,83 @@
+"""In-process publish/subscribe: worker events fan out to SSE streams and waiting requests.
+
+Publishers run on any thread (the executor's event pump); a subscriber created inside the event
+loop receives on an asyncio queue, one created elsewhere on a thread-safe queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any
+
+Message = dict[str, Any]
+
+
+class Subscription:
+    def __init__(self, broker: Broker, topic: str) -> None:
+        self.broker, self.topic = broker, topic
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+        self.aqueue: asyncio.Queue[Message] = asyncio.Queue()
+        self.tqueue: queue.Queue[Message] = queue.Queue()
+
+    def deliver(self, message: Message) -> None:
+        if self.loop is None:
+            self.tqueue.put(message)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.aqueue.put_nowait, message)
+
+    async def next(self, timeout: float) -> Message | None:
+        """The next message, or None after `timeout` seconds without one."""
+        try:
+            return await asyncio.wait_for(self.aqueue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    def next_sync(self, timeout: float) -> Message | None:
+        try:
+            return self.tqueue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.broker.unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Broker:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.topics: dict[str, list[Subscription]] = {}
+
+    def subscribe(self, topic: str) -> Subscription:
+        sub = Subscription(self, topic)
+        with self.lock:
+            self.topics.setdefault(topic, []).append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self.lock:
+            subs = self.topics.get(sub.topic, [])
+            if sub in subs:
+                subs.remove(sub)
+            if not subs:
+                self.topics.pop(sub.topic, None)
+
+    def publish(self, topic: str, message: Message) -> None:
+        with self.lock:
+            subs = list(self.topics.get(topic, ()))
+        for sub in subs:
+            sub.deliver(message)
+
+    def has_subscribers(self, topic: str) -> bool:
+        with self.lock:
+            return bool(self.topics.get(topic))

@@ -1,0 +1,85 @@
+"""Starting work: check a request completely, then write the run and its job in one transaction.
+
+Nothing is written until every check passed, so a refused request leaves no trace. The API and the
+CLI both come through here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from app import schemas, store
+from app.errors import Invalid
+from app.models import Job, Run, Vector
+from app.service import Service
+
+
+def _limits(service: Service, n_vectors: int, steps: int | None) -> None:
+    s = service.settings
+    if not 1 <= n_vectors <= s.max_vectors:
+        raise Invalid(f"number of vectors must be between 1 and {s.max_vectors}, got {n_vectors}")
+    if steps is not None and not 0 <= steps <= s.max_steps:
+        raise Invalid(f"steps must be between 0 and {s.max_steps}, got {steps}")
+
+
+def _queue(
+    service: Service, kind: str, checked: dict[str, Any], *, priority: int, owner: str, **extra: Any
+) -> Job:
+    with service.db.session() as session:
+        model = store.upsert_model(session, checked["model"])
+        job = store.create_run(
+            session, kind=kind, spec=checked["spec"], model=model, priority=priority, owner=owner, **extra
+        )
+    service.notify()
+    return job
+
+
+def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "") -> Job:
+    _limits(service, body.n_vectors, body.steps)
+    checked = service.validate("melbo", body.spec(), reserve=service.settings.gallery_tokens)
+    return _queue(service, body.method, checked, priority=body.priority, owner=owner)
+
+
+def start_chain(service: Service, body: schemas.ChainCreate, *, owner: str = "") -> Job:
+    _limits(service, body.n_vectors, body.steps)
+    with service.db.session() as session:
+        theta0 = store.get_vector(session, body.vector_id)
+        run = theta0.run
+        model, prompts, block = run.model_name, body.prompts or list(run.prompts), theta0.block
+    spec = {**body.spec(exclude={"vector_id"}), "prompts": prompts, "model": model, "source": block}
+    checked = service.validate("chain", spec, reserve=service.settings.gallery_tokens)
+    return _queue(
+        service, "chain", checked, priority=body.priority, owner=owner, parent_vector_id=body.vector_id
+    )
+
+
+def start_calibration(service: Service, body: schemas.CalibrationCreate, *, owner: str = "") -> Job:
+    checked = service.validate("calibrate", body.spec())
+    return _queue(service, "calibrate", checked, priority=body.priority, owner=owner)
+
+
+def start_samples(service: Service, body: schemas.SamplesCreate, *, owner: str = "") -> Job:
+    if not 1 <= len(body.vector_ids) <= 64:
+        raise Invalid(f"give between 1 and 64 vectors, got {len(body.vector_ids)}")
+    if body.max_new_tokens > service.settings.max_new_tokens:
+        raise Invalid(f"max new tokens must be at most {service.settings.max_new_tokens}")
+    with service.db.session() as session:
+        vectors = session.scalars(select(Vector).where(Vector.id.in_(body.vector_ids))).all()
+        missing = sorted(set(body.vector_ids) - {v.id for v in vectors})
+        if missing:
+            raise Invalid(f"no vector(s) {', '.join(map(str, missing))}")
+        models = {session.get(Run, v.run_id).model_name for v in vectors}  # type: ignore[union-attr]
+    if len(models) > 1:
+        raise Invalid(f"the vectors belong to different models ({', '.join(sorted(models))})")
+    spec = {**body.spec(exclude={"vector_ids"}), "model": models.pop()}
+    checked = service.validate("generate", spec)
+    return _queue(
+        service,
+        "generate",
+        checked,
+        priority=body.priority,
+        owner=owner,
+        inputs={"vector_ids": body.vector_ids},
+    )

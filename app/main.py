@@ -1,0 +1,76 @@
+"""The web app: `create_app(settings)` builds one; each test builds its own."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.errors import AppError
+from app.routes import api_data, api_jobs, api_runs, pages
+from app.service import Service
+from app.settings import ROOT, Settings
+from app.templating import make_templates
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, service: Service | None = None) -> FastAPI:
+    """The app; its service (database, worker, dispatcher) starts with the app's lifespan."""
+    settings = settings or Settings()
+    service = service or Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(
+        title="steerscope",
+        summary="Train, browse and chat with unsupervised steering vectors.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.templates = make_templates()
+    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    for module in (pages, api_runs, api_jobs, api_data):
+        app.include_router(module.router)
+
+    @app.exception_handler(AppError)
+    async def app_error(request: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(problems), "errors": exc.errors()}, status_code=422)
+
+    if settings.token:
+        token = settings.token
+
+        @app.middleware("http")
+        async def require_token(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            given = (
+                given or request.query_params.get("token", "") or request.cookies.get("steerscope_token", "")
+            )
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return JSONResponse({"detail": "an access token is required"}, status_code=401)
+            response = await call_next(request)
+            if request.query_params.get("token"):  # a browser that came with ?token= keeps it
+                response.set_cookie("steerscope_token", token, httponly=True, samesite="strict")
+            return response
+
+    return app

@@ -1,0 +1,203 @@
+"""Tables. Alembic writes the schema from these (migrations/); the app never calls create_all."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import text as sql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)  # stored naive, always UTC
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class LanguageModel(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(500), unique=True)  # "default", a hub id or a folder
+    architecture: Mapped[str] = mapped_column(String(100), server_default="")
+    n_blocks: Mapped[int] = mapped_column(Integer, server_default="0")
+    width: Mapped[int] = mapped_column(Integer, server_default="0")
+    context_length: Mapped[int] = mapped_column(Integer, server_default="0")
+    chat_template: Mapped[bool] = mapped_column(Boolean, server_default=sql("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Run(Base):
+    """What was asked: the kind of work, every setting, the prompts and the seed."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # melbo | random | chain | generate | calibrate
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    model_name: Mapped[str] = mapped_column(String(500))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the engine spec, exactly as validated
+    prompts: Mapped[list[Any]] = mapped_column(JSON)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # e.g. the vector ids it samples
+    seed: Mapped[int] = mapped_column(Integer, server_default="0")
+    status: Mapped[str] = mapped_column(String(20), server_default="queued")  # mirrors its job
+    # A chain's θ₀. No foreign key: runs and vectors would then reference each other, a cycle
+    # SQLite cannot create in one pass; each chain vector's parent_id carries the constraint.
+    parent_vector_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    source: Mapped[int | None] = mapped_column(Integer)  # resolved blocks and R, once known
+    target: Mapped[int | None] = mapped_column(Integer)
+    radius: Mapped[float | None] = mapped_column(Float)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # run-level outcome
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    vectors: Mapped[list[Vector]] = relationship(
+        back_populates="run", foreign_keys="Vector.run_id", order_by="Vector.index"
+    )
+
+
+class Vector(Base):
+    __tablename__ = "vectors"
+    __table_args__ = (Index("ix_vectors_run_index", "run_id", "index", unique=True),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)  # position in its run (or chain)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("vectors.id", ondelete="SET NULL"), index=True
+    )  # a chain's θ₀
+    block: Mapped[int] = mapped_column(Integer)  # the block whose output it is added to
+    width: Mapped[int] = mapped_column(Integer)
+    values: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian
+    norm: Mapped[float] = mapped_column(Float)
+    objective: Mapped[float | None] = mapped_column(Float, index=True)  # MELBO objective / chain loss
+    kl: Mapped[float | None] = mapped_column(Float, index=True)  # next-token KL from unsteered
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+    run: Mapped[Run] = relationship(back_populates="vectors", foreign_keys=[run_id])
+
+
+class Generation(Base):
+    """One completion with everything that produced it; identical requests share one row."""
+
+    __tablename__ = "generations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # hash of the request: the dedupe key
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    vector_id: Mapped[int | None] = mapped_column(ForeignKey("vectors.id", ondelete="CASCADE"), index=True)
+    unsteered_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    scale: Mapped[float] = mapped_column(Float, server_default="0")
+    block: Mapped[int | None] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(Integer, server_default="0")
+    temperature: Mapped[float] = mapped_column(Float, server_default="0")
+    top_p: Mapped[float] = mapped_column(Float, server_default="1")
+    max_new_tokens: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    n_tokens: Mapped[int] = mapped_column(Integer)
+    finish_reason: Mapped[str] = mapped_column(String(20))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class LabelSet(Base):
+    __tablename__ = "label_sets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Label(Base):
+    __tablename__ = "labels"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(ForeignKey("label_sets.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    colour: Mapped[str] = mapped_column(String(20), server_default="#888888")
+    key: Mapped[int | None] = mapped_column(Integer)  # keyboard shortcut 1-9
+    description: Mapped[str] = mapped_column(Text, server_default="")
+
+
+class Labeling(Base):
+    """A label put on a vector or on a single generation, by someone, at some time."""
+
+    __tablename__ = "labelings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), index=True)
+    vector_id: Mapped[int | None] = mapped_column(ForeignKey("vectors.id", ondelete="CASCADE"), index=True)
+    generation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("generations.id", ondelete="CASCADE"), index=True
+    )
+    author: Mapped[str] = mapped_column(String(100), server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Note(Base):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vector_id: Mapped[int | None] = mapped_column(ForeignKey("vectors.id", ondelete="CASCADE"), index=True)
+    generation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("generations.id", ondelete="CASCADE"), index=True
+    )
+    text: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(100), server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200), server_default="")
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
+
+
+class Message(Base):
+    """A chat turn in one pane, with the exact steering and sampling that produced it."""
+
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    pane: Mapped[str] = mapped_column(String(20))  # steered | unsteered
+    role: Mapped[str] = mapped_column(String(20))  # user | assistant
+    content: Mapped[str] = mapped_column(Text)
+    steering: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # vectors, scales, block
+    sampling: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # seed, temperature, ...
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_queue", "status", "priority", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20), server_default="queued")
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")  # higher runs first
+    progress: Mapped[float] = mapped_column(Float, server_default="0")  # 0..1
+    message: Mapped[str] = mapped_column(Text, server_default="")
+    error: Mapped[str] = mapped_column(Text, server_default="")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    owner: Mapped[str] = mapped_column(String(100), server_default="")  # who may run it ("" = any)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=sql("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    run: Mapped[Run] = relationship()
+
+
+class JobEvent(Base):
+    """What a job reported, in order; its id is the SSE event id (Last-Event-ID replays from it)."""
+
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(20))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)

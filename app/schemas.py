@@ -1,0 +1,199 @@
+"""Request bodies of the JSON API (their fields are the engine's specs) and the shapes it answers with.
+
+Types are checked here; ranges that depend on the model (blocks, prompt length) are checked by a
+worker against the loaded model, with the engine's own messages.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.models import Generation, Job, LanguageModel, Run, Vector
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def spec(self, *, exclude: set[str] | None = None) -> dict[str, Any]:
+        """The fields the engine spec takes, leaving out unset ones so the engine's defaults apply."""
+        return self.model_dump(exclude_none=True, exclude={"priority", *(exclude or set())})
+
+
+class MelboCreate(Body):
+    prompts: list[str] = Field(description="Prompts to train on; each is formatted with the chat template.")
+    model: str | None = Field(
+        None, description="Model name, hub id or folder; default: the server's default."
+    )
+    method: Literal["melbo", "random"] = Field("melbo", description="`random`: the 0-step baseline.")
+    source: int | None = Field(None, description="Block whose output is steered; default from depth.")
+    target: int | None = Field(None, description="Block the objective reads; default L - 8.")
+    radius: float | None = Field(
+        None, description="R, the norm of every vector; default from the residual norm."
+    )
+    p: float = Field(2.0, description="Exponent on per-position change norms.")
+    q: float | None = Field(None, description="Outer root; default p.")
+    n_vectors: int = Field(8, description="Number of vectors.")
+    steps: int | None = Field(None, description="Optimizer steps per vector (fast mode may stop early).")
+    lr: float | None = Field(None, description="Learning rate; default matched to R.")
+    positions: str = Field("user", description="Target positions: user | prompt | all | last:k.")
+    loss: Literal["token", "reference"] = "token"
+    normalize: bool = Field(False, description="Divide each position's change by its unsteered norm.")
+    orthogonal: bool = True
+    mode: Literal["fast", "reference"] = "fast"
+    seed: int = 0
+    batch_size: int = Field(16, description="Vectors trained together in fast mode.")
+    priority: int = Field(0, description="Higher runs first.")
+
+
+class ChainCreate(Body):
+    vector_id: int = Field(description="θ₀: the stored vector the chain starts from.")
+    prompts: list[str] | None = Field(None, description="Default: the prompts of θ₀'s run.")
+    target: int | None = None
+    n_vectors: int = 8
+    steps: int | None = None
+    lr: float | None = None
+    loss_threshold: float | None = None
+    mode: Literal["fast", "reference"] = "fast"
+    batch_size: int = 4
+    seed: int = 0
+    priority: int = 0
+
+
+class CalibrationCreate(Body):
+    prompts: list[str]
+    model: str | None = None
+    source: int | None = None
+    target: int | None = None
+    positions: str = "user"
+    directions: int = 30
+    threshold: float = 0.5
+    seed: int = 0
+    priority: int = 0
+
+
+class SamplesCreate(Body):
+    vector_ids: list[int] = Field(description="Stored vectors of one model (1 to 64).")
+    prompts: list[str]
+    scales: list[float] = [1.0]
+    seed: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    unsteered: bool = True
+    priority: int = 0
+
+
+class GenerationCreate(Body):
+    prompt: str
+    vector_id: int | None = Field(None, description="None: the unsteered model only.")
+    scale: float = 1.0
+    model: str | None = Field(None, description="Only without a vector (a vector knows its model).")
+    seed: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    stream: bool = Field(False, description="Answer as an SSE stream of tokens, then the stored rows.")
+
+
+def values_list(data: bytes) -> list[float]:
+    return list(struct.unpack(f"<{len(data) // 4}f", data))
+
+
+def model_out(model: LanguageModel) -> dict[str, Any]:
+    return {
+        k: getattr(model, k)
+        for k in ("id", "name", "architecture", "n_blocks", "width", "context_length", "chat_template")
+    }
+
+
+def job_out(job: Job) -> dict[str, Any]:
+    out = {
+        k: getattr(job, k)
+        for k in (
+            "id",
+            "kind",
+            "run_id",
+            "status",
+            "priority",
+            "progress",
+            "message",
+            "error",
+            "attempts",
+            "cancel_requested",
+        )
+    }
+    for k in ("created_at", "started_at", "finished_at", "heartbeat_at"):
+        value = getattr(job, k)
+        out[k] = value.isoformat() + "Z" if value else None
+    return out
+
+
+def run_out(run: Run) -> dict[str, Any]:
+    out = {
+        k: getattr(run, k)
+        for k in (
+            "id",
+            "kind",
+            "model_id",
+            "model_name",
+            "spec",
+            "prompts",
+            "seed",
+            "status",
+            "parent_vector_id",
+            "source",
+            "target",
+            "radius",
+            "result",
+            "inputs",
+        )
+    }
+    out["created_at"] = run.created_at.isoformat() + "Z"
+    out["finished_at"] = run.finished_at.isoformat() + "Z" if run.finished_at else None
+    return out
+
+
+def vector_out(vector: Vector, *, values: bool = False) -> dict[str, Any]:
+    out = {
+        k: getattr(vector, k)
+        for k in (
+            "id",
+            "run_id",
+            "index",
+            "parent_id",
+            "block",
+            "width",
+            "norm",
+            "objective",
+            "kl",
+            "metrics",
+        )
+    }
+    if values:
+        out["values"] = values_list(vector.values)
+    return out
+
+
+def generation_out(generation: Generation) -> dict[str, Any]:
+    return {
+        k: getattr(generation, k)
+        for k in (
+            "id",
+            "model_id",
+            "vector_id",
+            "unsteered_id",
+            "scale",
+            "block",
+            "prompt",
+            "seed",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "text",
+            "n_tokens",
+            "finish_reason",
+        )
+    }

@@ -1,0 +1,172 @@
+"""The service behind the web app and the CLI: database, executor, dispatcher and recorder together.
+
+The dispatcher is a thread that hands queued jobs to free workers, forwards cancel requests,
+keeps the heartbeats of running jobs fresh, and queues again jobs whose runner vanished.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import jobs, store
+from app.broker import Broker
+from app.db import Database
+from app.errors import Invalid, Unavailable
+from app.executor import Executor, LocalExecutor, Order
+from app.models import Job, Run
+from app.recorder import Recorder
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+SERVER_OWNER = "server"  # one server per database: at its start, jobs it was running are orphans
+
+
+class Service:
+    def __init__(
+        self, settings: Settings, *, owner: str = SERVER_OWNER, executor: Executor | None = None
+    ) -> None:
+        self.settings = settings
+        self.owner = owner
+        self.db = Database(settings.resolved_database_url())
+        self.broker = Broker()
+        self.executor: Executor = executor or LocalExecutor(worker_config(settings))
+        self.wakeup = threading.Event()
+        self.stopping = threading.Event()
+        self.recorder = Recorder(
+            self.db, self.broker, max_attempts=settings.max_attempts, wake=self.wakeup.set
+        )
+        self.thread: threading.Thread | None = None
+        self.cancels_sent: set[int] = set()
+
+    # lifecycle
+
+    def start(self) -> None:
+        self.db.upgrade()
+        with self.db.session() as session:
+            orphans = (self.owner,) if self.owner == SERVER_OWNER else ()
+            for job in jobs.requeue_interrupted(
+                session, owners=orphans, stale_before=jobs.stale_cutoff(self.settings.lease_s)
+            ):
+                log.info("job %s was interrupted; queued again", job.id)
+        self.executor.start(self.recorder)
+        self.thread = threading.Thread(target=self._dispatch_loop, name="steerscope-dispatcher", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wakeup.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        self.executor.close()
+        self.db.close()
+
+    # dispatching
+
+    def _dispatch_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.dispatch_once()
+            except Exception:
+                log.exception("dispatcher pass failed")
+            self.wakeup.wait(self.settings.heartbeat_s)
+            self.wakeup.clear()
+
+    def dispatch_once(self) -> None:
+        with self.db.session() as session:
+            mine = session.scalars(select(Job).where(Job.status == "running", Job.owner == self.owner)).all()
+            jobs.beat(session, [j.id for j in mine])
+            for job in mine:
+                if job.cancel_requested and job.id not in self.cancels_sent:
+                    self.executor.cancel(job.id)
+                    self.cancels_sent.add(job.id)
+            jobs.requeue_interrupted(
+                session, owners=(), stale_before=jobs.stale_cutoff(self.settings.lease_s)
+            )
+        while self.executor.free_slots() > 0:
+            with self.db.session() as session:
+                claimed = jobs.claim_next(session, owner=self.owner)
+                if claimed is None:
+                    return
+                order = self.order_for(session, claimed)
+            self.executor.submit(order)
+
+    def order_for(self, session: Session, job: Job) -> Order:
+        """What the worker needs: the spec, and what earlier attempts stored (so it resumes)."""
+        run: Run = job.run
+        theta0 = None
+        if run.parent_vector_id is not None:
+            theta0 = store.get_vector(session, run.parent_vector_id).values
+        gallery: dict[str, Any] = {"batch": self.settings.gallery_batch}
+        if run.kind in ("melbo", "random", "chain"):
+            tokens = self.settings.gallery_tokens
+            gallery.update(
+                prompts=run.prompts,
+                max_new_tokens=tokens,
+                done=store.gallery_done(session, run, run.prompts, tokens),
+            )
+        vectors = [
+            (v.id, v.block, v.values)
+            for v in (store.get_vector(session, i) for i in run.inputs.get("vector_ids", []))
+        ]
+        return Order(
+            job_id=job.id,
+            attempt=job.attempts,
+            kind=run.kind,
+            spec=run.spec,
+            done=[v.values for v in run.vectors],
+            theta0=theta0,
+            vectors=vectors,
+            gallery=gallery,
+        )
+
+    def notify(self) -> None:
+        """Something changed in the queue: dispatch now rather than at the next heartbeat."""
+        self.wakeup.set()
+
+    # interactive requests
+
+    def ask(self, message: dict[str, Any], *, timeout: float | None = None) -> Any:
+        """Send an interactive request to a worker and wait for its reply (from any thread but the loop)."""
+        rid = uuid.uuid4().hex
+        with self.broker.subscribe(f"request:{rid}") as sub:
+            self.executor.request({**message, "id": rid})
+            limit = timeout or self.settings.request_timeout_s
+            while True:
+                event = sub.next_sync(limit)
+                if event is None:
+                    self.executor.request({"type": "stop", "id": rid})
+                    raise Unavailable(f"the worker did not answer within {limit:.0f} s")
+                if event["type"] == "reply":
+                    if not event["ok"]:
+                        raise Invalid(event["error"])
+                    return event["value"]
+
+    def validate(self, kind: str, spec: dict[str, Any], *, reserve: int = 0) -> dict[str, Any]:
+        """Check a spec against its model on the worker; the normalized spec and the model's info."""
+        model = spec.get("model") or self.settings.default_model
+        value: dict[str, Any] = self.ask(
+            {
+                "type": "validate",
+                "kind": kind,
+                "spec": {**spec, "model": model},
+                "model": model,
+                "reserve": reserve,
+            }
+        )
+        return value
+
+
+def worker_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "device": settings.device,
+        "dtype": settings.dtype,
+        "data_dir": str(settings.data_dir),
+        "threads": settings.worker_threads,
+        "nice": 5,
+    }

@@ -1,0 +1,57 @@
+"""Settings: every knob has a default and help text, and can be set as STEERSCOPE_<NAME>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: templates/, static/, migrations/
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STEERSCOPE_", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Where the database and converted models live.")
+    database_url: str = Field(
+        "", description="SQLAlchemy URL of the database; empty means sqlite:///<data_dir>/steerscope.db."
+    )
+    host: str = Field("127.0.0.1", description="Address `steerscope serve` binds to.")
+    port: int = Field(8000, description="Port `steerscope serve` listens on.")
+    token: str = Field(
+        "",
+        description="Access token; required when the server binds to anything but the loopback "
+        "address. Clients send it as `Authorization: Bearer <token>` or `?token=`.",
+    )
+    default_model: str = Field(
+        "default", description="Model used when a request names none: `default` is the embedded model."
+    )
+    device: str = Field("auto", description="Torch device for the worker: auto, cpu, cuda, cuda:1, mps.")
+    dtype: str = Field("auto", description="Weights dtype for the worker: auto, float32, bfloat16, float16.")
+    worker_threads: int = Field(0, description="Torch threads in the worker; 0 lets torch decide.")
+    gallery_tokens: int = Field(
+        48, ge=1, le=2048, description="New tokens per gallery sample generated after each run."
+    )
+    gallery_batch: int = Field(16, ge=1, le=256, description="Gallery samples decoded together.")
+    max_vectors: int = Field(256, ge=1, le=1024, description="Most vectors one run or chain may ask for.")
+    max_steps: int = Field(5000, ge=1, le=20000, description="Most optimizer steps per vector.")
+    max_new_tokens: int = Field(512, ge=1, le=2048, description="Most new tokens one generation may ask for.")
+    max_attempts: int = Field(
+        3, ge=1, description="Times a job is started before a worker that keeps dying fails it."
+    )
+    heartbeat_s: float = Field(
+        2.0, gt=0, description="Seconds between the dispatcher's checks on the worker and its jobs."
+    )
+    lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="A running job whose heartbeat is older than this is taken to be interrupted "
+        "and queued again.",
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="How long an API call waits on the worker (validation, one generation)."
+    )
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'steerscope.db'}"

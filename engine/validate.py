@@ -1,0 +1,55 @@
+"""Checks of a job spec against the model it names: blocks in range, prompts within the context.
+
+Callers that cannot load a model themselves (the web app) send the spec to a worker, which runs
+`check_spec` and answers with the normalized spec or the EngineError's message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.errors import EngineError
+from engine.models import LoadedModel
+from engine.prompts import format_prompt
+from engine.specs import CalibrateSpec, ChainSpec, MelboSpec, SampleSpec
+
+SPECS: dict[str, type[MelboSpec | ChainSpec | CalibrateSpec | SampleSpec]] = {
+    "melbo": MelboSpec,
+    "random": MelboSpec,
+    "chain": ChainSpec,
+    "calibrate": CalibrateSpec,
+    "generate": SampleSpec,
+}
+
+
+def parse_spec(kind: str, data: dict[str, Any]) -> MelboSpec | ChainSpec | CalibrateSpec | SampleSpec:
+    if kind not in SPECS:
+        raise EngineError(f"unknown job kind {kind!r}; expected one of {', '.join(SPECS)}")
+    return SPECS[kind].from_dict(data)
+
+
+def check_prompts(lm: LoadedModel, prompts: tuple[str, ...], reserve: int) -> None:
+    """Every formatted prompt plus `reserve` new tokens must fit in the model's context."""
+    limit = lm.info.context_length
+    for i, prompt in enumerate(prompts):
+        n = len(lm.tokenizer(format_prompt(lm.tokenizer, prompt), add_special_tokens=False)["input_ids"])
+        if n + reserve > limit:
+            raise EngineError(
+                f"prompt {i + 1} is {n} tokens long; with {reserve} new tokens it exceeds the "
+                f"model's context of {limit} tokens"
+            )
+
+
+def check_spec(lm: LoadedModel, kind: str, data: dict[str, Any], *, reserve: int = 0) -> dict[str, Any]:
+    """Parse and check `data` for `kind` on the loaded model; return the spec as a dict.
+
+    `reserve`: new tokens that will be generated after the prompts (gallery samples), which must
+    fit in the context too.
+    """
+    spec = parse_spec(kind, data)
+    if isinstance(spec, MelboSpec | ChainSpec | CalibrateSpec):
+        spec.span(lm.info)
+    if isinstance(spec, SampleSpec):
+        reserve = max(reserve, spec.max_new_tokens)
+    check_prompts(lm, spec.prompts, reserve)
+    return spec.to_dict()
