@@ -61,13 +61,14 @@ def enqueue(session: Session, *, run: Run, priority: int = 0, owner: str = "") -
     return job
 
 
-def claim_next(session: Session, *, owner: str) -> Job | None:
-    """Take the highest-priority queued job this owner may run and mark it running."""
+def claim_next(session: Session, *, owner: str, any_owner: bool = True) -> Job | None:
+    """Take the highest-priority queued job this owner may run and mark it running.
+
+    A job with an owner is reserved for it; `any_owner` also takes the unreserved ones.
+    """
+    mine = or_(Job.owner == "", Job.owner == owner) if any_owner else Job.owner == owner
     job = session.scalars(
-        select(Job)
-        .where(Job.status == "queued", or_(Job.owner == "", Job.owner == owner))
-        .order_by(Job.priority.desc(), Job.id)
-        .limit(1)
+        select(Job).where(Job.status == "queued", mine).order_by(Job.priority.desc(), Job.id).limit(1)
     ).first()
     if job is None:
         return None

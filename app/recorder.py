@@ -132,8 +132,8 @@ class Recorder:
                 )
                 status = "failed"
             else:
+                # Same owner: whoever ran it (server or CLI) runs it again once its new worker is up.
                 jobs.transition(job, "queued", message="the worker died; resumes from what it stored")
-                job.owner = ""
                 status = "queued"
             row = store.add_event(session, job.id, "status", {"status": status, "message": job.message})
             event_id, data = row.id, {"type": "status", **row.data}

@@ -29,10 +29,16 @@ SERVER_OWNER = "server"  # one server per database: at its start, jobs it was ru
 
 class Service:
     def __init__(
-        self, settings: Settings, *, owner: str = SERVER_OWNER, executor: Executor | None = None
+        self,
+        settings: Settings,
+        *,
+        owner: str = SERVER_OWNER,
+        claim_any: bool = True,
+        executor: Executor | None = None,
     ) -> None:
         self.settings = settings
         self.owner = owner
+        self.claim_any = claim_any  # the server takes any queued job; a CLI process only its own
         self.db = Database(settings.resolved_database_url())
         self.broker = Broker()
         self.executor: Executor = executor or LocalExecutor(worker_config(settings))
@@ -90,7 +96,7 @@ class Service:
             )
         while self.executor.free_slots() > 0:
             with self.db.session() as session:
-                claimed = jobs.claim_next(session, owner=self.owner)
+                claimed = jobs.claim_next(session, owner=self.owner, any_owner=self.claim_any)
                 if claimed is None:
                     return
                 order = self.order_for(session, claimed)

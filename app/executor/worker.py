@@ -62,14 +62,15 @@ class Models:
     def use(self, name: str) -> Iterator[LoadedModel]:
         with self.lock:
             if name not in self.loaded:
-                for other in [n for n in self.loaded if not self.users.get(n)]:
-                    del self.loaded[other]
-                self.loaded[name] = load_model(
+                lm = load_model(
                     name,
                     device=self.config["device"],
                     dtype=self.config["dtype"],
                     data=self.config["data_dir"],
-                )
+                )  # before evicting: a name that fails to load costs the resident model nothing
+                for other in [n for n in self.loaded if not self.users.get(n)]:
+                    del self.loaded[other]
+                self.loaded[name] = lm
             self.users[name] = self.users.get(name, 0) + 1
             lm = self.loaded[name]
         try:

@@ -1,0 +1,188 @@
+"""`steerscope`: serve the app, migrate the database, or run one job from the shell.
+
+`train | chain | calibrate | generate` take the same fields as the JSON API (their flags are made
+from the request bodies), run on a worker of their own, show tqdm progress and write the same
+database as the server. A job started here is reserved for this process; if it dies, a running
+server takes the job over once its heartbeat goes stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+import types
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from app import jobs, launch, schemas
+from app.errors import AppError
+from app.service import Service
+from app.settings import Settings
+
+COMMANDS: dict[str, tuple[type[schemas.Body], Callable[..., Any], str]] = {
+    "train": (schemas.MelboCreate, launch.start_melbo, "train MELBO vectors (or a random baseline)"),
+    "chain": (schemas.ChainCreate, launch.start_chain, "grow an orthogonal chain from a stored vector"),
+    "calibrate": (schemas.CalibrationCreate, launch.start_calibration, "calibrate R"),
+    "generate": (
+        schemas.SamplesCreate,
+        launch.start_samples,
+        "completions of stored vectors at given scales",
+    ),
+}
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, is a list) of a field's annotation, Optional stripped."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is list:
+        return get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_body_flags(parser: argparse.ArgumentParser, body: type[BaseModel]) -> None:
+    for name, field in body.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind, many = _base_type(field.annotation)
+        help_text = field.description or ""
+        if kind is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif many:
+            parser.add_argument(flag, dest=name, nargs="+", type=kind, default=None, help=help_text)
+        else:
+            choices = list(get_args(kind)) if get_origin(kind) is not None else None
+            convert = str if choices else kind
+            parser.add_argument(flag, dest=name, type=convert, choices=choices, default=None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steerscope", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="migrate, then serve the web app with its worker")
+    serve.add_argument("--host", help="address to bind (default STEERSCOPE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default STEERSCOPE_PORT or 8000)")
+    db = sub.add_parser("db", help="database maintenance")
+    db.add_argument("action", choices=["upgrade"], help="upgrade: apply every migration")
+    for command, (body, _, summary) in COMMANDS.items():
+        p = sub.add_parser(command, help=summary)
+        add_body_flags(p, body)
+        p.add_argument(
+            "--json", dest="spec_json", help="the request body as JSON (flags override its fields)"
+        )
+    return parser
+
+
+def body_from(args: argparse.Namespace, body: type[schemas.Body]) -> schemas.Body:
+    data: dict[str, Any] = json.loads(args.spec_json) if args.spec_json else {}
+    data.update({k: v for k, v in vars(args).items() if k in body.model_fields and v is not None})
+    return body.model_validate(data)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: Settings, host: str | None, port: int | None) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    host, port = host or settings.host, port or settings.port
+    if not is_loopback(host) and not settings.token:
+        print(f"refusing to bind {host} without an access token: set STEERSCOPE_TOKEN", file=sys.stderr)
+        return 2
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
+def follow(service: Service, job_id: int) -> dict[str, Any]:
+    """Show the job's progress with tqdm until it finishes; Ctrl-C cancels it (finished work stays)."""
+    from tqdm import tqdm
+
+    with (
+        service.broker.subscribe(f"job:{job_id}") as sub,
+        tqdm(total=1000, unit="‰", desc=f"job {job_id}") as bar,
+    ):
+        try:
+            while True:
+                sub.next_sync(1.0)  # wakes on any event of the job, or once a second
+                with service.db.session() as session:
+                    job = schemas.job_out(jobs.get(session, job_id))
+                bar.n = int(1000 * job["progress"])
+                bar.set_postfix_str(job["message"][:60])
+                bar.refresh()
+                if job["status"] in jobs.FINISHED:
+                    return job
+        except KeyboardInterrupt:
+            with service.db.session() as session:
+                jobs.request_cancel(session, job_id)
+            service.notify()
+            print("\ncancelling; finished vectors are kept", file=sys.stderr)
+            return follow(service, job_id)
+
+
+def summary(service: Service, job: dict[str, Any]) -> dict[str, Any]:
+    with service.db.session() as session:
+        run = jobs.get(session, job["id"]).run
+        out: dict[str, Any] = {"job": job, "run": schemas.run_out(run)}
+        out["vectors"] = [schemas.vector_out(v) for v in run.vectors]
+    return out
+
+
+def run_job(settings: Settings, command: str, body: schemas.Body) -> int:
+    _, start, _ = COMMANDS[command]
+    service = Service(settings, owner=f"cli:{uuid.uuid4().hex[:12]}", claim_any=False)
+    service.start()
+    try:
+        job = start(service, body, owner=service.owner)
+        print(f"run {job.run_id}, job {job.id} queued", file=sys.stderr)
+        done = follow(service, job.id)
+        print(json.dumps(summary(service, done), indent=2))
+        if done["status"] == "failed":
+            print(f"failed: {done['error']}", file=sys.stderr)
+        return 0 if done["status"] == "succeeded" else 1
+    finally:
+        service.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    try:
+        if args.command == "serve":
+            return serve(settings, args.host, args.port)
+        if args.command == "db":
+            from app.db import upgrade
+
+            upgrade(settings.resolved_database_url())
+            print(f"database at {settings.resolved_database_url()} is up to date")
+            return 0
+        body = body_from(args, COMMANDS[args.command][0])
+        return run_job(settings, args.command, body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"steerscope {args.command}: {problems}", file=sys.stderr)
+        return 2
+    except AppError as exc:
+        print(f"steerscope {args.command}: {exc.message}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:
+        print(f"steerscope {args.command}: --json is not valid JSON ({exc})", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

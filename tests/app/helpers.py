@@ -1,0 +1,37 @@
+"""Reading a test server's results back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from fastapi.testclient import TestClient
+
+
+def vectors_of(client: TestClient, run_id: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = client.get(f"/api/runs/{run_id}/vectors", params={"values": True}).json()
+    return rows
+
+
+def max_abs_cos(rows: list[dict[str, Any]]) -> float:
+    unit = torch.nn.functional.normalize(
+        torch.tensor([r["values"] for r in rows], dtype=torch.float64), dim=1
+    )
+    gram = unit @ unit.T - torch.eye(len(rows), dtype=torch.float64)
+    return float(gram.abs().max())
+
+
+def parse_sse(body: str) -> list[dict[str, Any]]:
+    """Server-sent events as {id, event, data} dicts (comments skipped)."""
+    events = []
+    for block in body.strip().split("\n\n"):
+        event: dict[str, Any] = {}
+        for line in block.splitlines():
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(": ")
+            event[name] = json.loads(value) if name == "data" else value
+        if event:
+            events.append(event)
+    return events

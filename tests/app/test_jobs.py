@@ -1,0 +1,98 @@
+"""The job state machine on a real SQLite file: legal moves happen, the others are refused."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import jobs, store
+from app.db import Database
+from app.errors import Conflict
+from app.models import Job, now
+
+SPEC = {"prompts": ["hi"], "model": "m", "seed": 0}
+
+
+def new_job(session: Session, *, priority: int = 0, owner: str = "") -> Job:
+    model = store.upsert_model(session, {"name": "m", "architecture": "llama", "n_blocks": 4, "width": 8})
+    return store.create_run(session, kind="melbo", spec=SPEC, model=model, priority=priority, owner=owner)
+
+
+def test_a_job_runs_through_its_life(db: Database) -> None:
+    with db.session() as session:
+        job = new_job(session)
+        assert (job.status, job.run.status) == ("queued", "queued")
+        claimed = jobs.claim_next(session, owner="server")
+        assert claimed is job and job.status == "running" and job.attempts == 1
+        assert job.started_at is not None and job.heartbeat_at is not None
+        jobs.transition(job, "succeeded")
+        assert job.run.status == "succeeded" and job.finished_at is not None
+
+
+@pytest.mark.parametrize(
+    ("start", "illegal"),
+    [
+        ("queued", ["succeeded", "failed", "queued"]),
+        ("running", ["running"]),
+        ("succeeded", ["queued", "running", "failed", "cancelled"]),
+        ("failed", ["running", "succeeded", "cancelled"]),
+        ("cancelled", ["running", "succeeded", "failed"]),
+    ],
+)
+def test_illegal_moves_are_refused(db: Database, start: str, illegal: list[str]) -> None:
+    with db.session() as session:
+        job = new_job(session)
+        job.status = start
+        for to in illegal:
+            with pytest.raises(Conflict, match=f"is {start}; it cannot become {to}"):
+                jobs.transition(job, to)  # type: ignore[arg-type]
+            assert job.status == start
+
+
+def test_claim_order_and_owners(db: Database) -> None:
+    with db.session() as session:
+        low = new_job(session)
+        high = new_job(session, priority=5)
+        reserved = new_job(session, priority=9, owner="cli:abc")
+        assert jobs.claim_next(session, owner="server") is high  # a reserved job is not the server's
+        assert jobs.claim_next(session, owner="server") is low
+        assert jobs.claim_next(session, owner="server") is None
+        assert jobs.claim_next(session, owner="cli:abc", any_owner=False) is reserved
+
+
+def test_cancel_and_retry(db: Database) -> None:
+    with db.session() as session:
+        queued, running = new_job(session), new_job(session)
+        jobs.claim_next(session, owner="server")  # takes `queued` (lower id)
+        queued, running = running, queued
+        assert jobs.request_cancel(session, queued.id).status == "cancelled"
+        job = jobs.request_cancel(session, running.id)
+        assert job.status == "running" and job.cancel_requested  # the worker stops it between steps
+        jobs.transition(running, "cancelled")
+        with pytest.raises(Conflict, match="only queued or running"):
+            jobs.request_cancel(session, running.id)
+        again = jobs.retry(session, running.id)
+        assert again.status == "queued" and not again.cancel_requested and again.finished_at is None
+
+
+def test_interrupted_jobs_are_queued_again(db: Database) -> None:
+    with db.session() as session:
+        orphan, stale, fresh = new_job(session), new_job(session), new_job(session)
+        for owner in ("server", "cli:1", "cli:2"):  # claimed in id order: orphan, stale, fresh
+            jobs.claim_next(session, owner=owner)
+        stale.heartbeat_at = now() - timedelta(minutes=5)
+        back = jobs.requeue_interrupted(session, owners=("server",), stale_before=jobs.stale_cutoff(30))
+        assert {j.id for j in back} == {orphan.id, stale.id}
+        assert fresh.status == "running"  # another process is still running it
+        assert all(j.status == "queued" and j.owner == "" for j in back)
+
+
+def test_statuses_are_a_closed_set(db: Database) -> None:
+    assert set(jobs.STATUSES) == {"queued", "running", "succeeded", "failed", "cancelled"}
+    assert set(jobs.TRANSITIONS) == set(jobs.STATUSES)
+    with db.session() as session:
+        new_job(session)
+        assert session.scalars(select(Job.status)).all() == ["queued"]
