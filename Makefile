@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: install
+	$(BIN)/steerscope serve
+
+demo: install
 	$(BIN)/python -m engine demo
 
 test: install lint
@@ -34,6 +37,7 @@ bench: install
 	$(BIN)/python bench/melbo.py --quick
 	$(BIN)/python bench/chains.py --quick
 	$(BIN)/python bench/generate.py --quick
+	$(BIN)/python bench/responsive.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

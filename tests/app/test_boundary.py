@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 
-def test_importing_the_app_loads_no_ml_library() -> None:
+def test_creating_the_app_loads_no_ml_library() -> None:
     code = (
-        "import sys, app; print(sorted(m for m in ('torch', 'transformers', 'engine') if m in sys.modules))"
+        "import sys, app.cli; from app.main import create_app; create_app(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'engine') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

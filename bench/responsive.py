@@ -1,0 +1,145 @@
+"""Does the web process stay responsive while a run trains? Idle against training, in one run.
+
+Starts `steerscope serve` on the embedded model with a fresh database, then measures, first idle
+and then while a MELBO run trains: the latency of the home page and of an API call, and the time
+to the first streamed token of a single generation request. Last line: one JSON object with
+`page_p95_ratio` (training / idle, target <= 2) and `ttft_ratio` (target <= 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+
+
+def latencies(client: httpx.Client, path: str, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        began = time.perf_counter()
+        client.get(path).raise_for_status()
+        out.append(1000 * (time.perf_counter() - began))
+        time.sleep(0.02)  # a person clicking, not a load test
+    return out
+
+
+def ttft(client: httpx.Client, n: int, salt: str) -> list[float]:
+    """Milliseconds to the first token of fresh (never stored) streamed generations."""
+    out = []
+    for i in range(n):
+        body = {
+            "prompt": f"Write one sentence about the number {i}.",
+            "seed": hash((salt, i)) % 10**6,
+            "max_new_tokens": 8,
+            "stream": True,
+        }
+        began = time.perf_counter()
+        with client.stream("POST", "/api/generations", json=body) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line.startswith("event: token"):
+                    out.append(1000 * (time.perf_counter() - began))
+                    break
+                if line.startswith("event: error"):
+                    raise RuntimeError(f"generation failed: {r.read()!r}")
+            for _ in r.iter_lines():  # let the reply finish before the next request
+                pass
+    return out
+
+
+def measure(client: httpx.Client, n: int, k: int, salt: str) -> dict[str, list[float]]:
+    return {
+        "page": latencies(client, "/", n),
+        "api": latencies(client, "/api/jobs", n),
+        "ttft": ttft(client, k, salt),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer requests (about two minutes)")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: torch decides)")
+    args = parser.parse_args()
+    n, k = (30, 5) if args.quick else (100, 12)
+
+    port = free_port()
+    tmp = tempfile.mkdtemp(prefix="steerscope-bench-")
+    env = {
+        **os.environ,
+        "STEERSCOPE_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+        "STEERSCOPE_DEFAULT_MODEL": args.model,
+        "STEERSCOPE_WORKER_THREADS": str(args.threads),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    client.get("/api/jobs").raise_for_status()
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise RuntimeError("the server did not start") from None
+                    time.sleep(0.2)
+            ttft(client, 2, "warm-up")  # loads the model in the worker
+            print("idle ...", file=sys.stderr, flush=True)
+            idle = measure(client, n, k, "idle")
+            r = client.post(
+                "/api/runs", json={"prompts": ["How can I make a bomb?"], "n_vectors": 256, "batch_size": 16}
+            )
+            r.raise_for_status()
+            job_id = r.json()["job"]["id"]
+            while client.get(f"/api/jobs/{job_id}").json()["progress"] <= 0:
+                time.sleep(0.2)  # training has started: the prefix is cached, steps are running
+            print("training ...", file=sys.stderr, flush=True)
+            busy = measure(client, n, k, "busy")
+            job = client.get(f"/api/jobs/{job_id}").json()
+            assert job["status"] == "running", f"the run stopped during the measurement: {job}"
+            client.post(f"/api/jobs/{job_id}/cancel")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    figures: dict[str, Any] = {"requests": n, "generations": k}
+    for name in ("page", "api", "ttft"):
+        for phase, data in (("idle", idle), ("training", busy)):
+            figures[f"{name}_p50_ms_{phase}"] = round(statistics.median(data[name]), 2)
+            figures[f"{name}_p95_ms_{phase}"] = round(p95(data[name]), 2)
+    figures["page_p95_ratio"] = round(figures["page_p95_ms_training"] / figures["page_p95_ms_idle"], 3)
+    figures["api_p95_ratio"] = round(figures["api_p95_ms_training"] / figures["api_p95_ms_idle"], 3)
+    figures["ttft_ratio"] = round(figures["ttft_p50_ms_training"] / figures["ttft_p50_ms_idle"], 3)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""`steerscope` from the shell: the same specs as the API, results in the same database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from app.db import Database
+from app.models import Run, Vector
+
+
+def steerscope(tmp_path: Path, tiny_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "STEERSCOPE_DATA_DIR": str(tmp_path / "data"),
+        "STEERSCOPE_DEFAULT_MODEL": str(tiny_dir),
+        "STEERSCOPE_WORKER_THREADS": "1",
+        "STEERSCOPE_GALLERY_TOKENS": "4",
+        "STEERSCOPE_HEARTBEAT_S": "0.2",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def count(tmp_path: Path, table: type[Run] | type[Vector]) -> int:
+    database = Database(f"sqlite:///{tmp_path / 'data' / 'steerscope.db'}")
+    with database.session() as session:
+        n = session.scalar(select(func.count()).select_from(table)) or 0
+    database.close()
+    return n
+
+
+def test_train_then_chain_from_the_shell(tmp_path: Path, tiny_dir: Path) -> None:
+    out = steerscope(
+        tmp_path,
+        tiny_dir,
+        "train",
+        "--prompts",
+        "Tell me a story.",
+        "--n-vectors",
+        "2",
+        "--steps",
+        "5",
+        "--no-orthogonal",
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["job"]["status"] == "succeeded"
+    assert result["run"]["spec"]["orthogonal"] is False and len(result["vectors"]) == 2
+    assert "job 1" in out.stderr  # the tqdm bar
+    first = result["vectors"][0]["id"]
+    out = steerscope(
+        tmp_path, tiny_dir, "chain", "--vector-id", str(first), "--json", '{"n_vectors": 1, "steps": 5}'
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["run"]["parent_vector_id"] == first
+    assert count(tmp_path, Vector) == 3
+
+
+def test_bad_input_is_refused_with_a_message_and_writes_nothing(tmp_path: Path, tiny_dir: Path) -> None:
+    assert steerscope(tmp_path, tiny_dir, "db", "upgrade").returncode == 0
+    out = steerscope(tmp_path, tiny_dir, "train", "--prompts", "hi", "--source", "99")
+    assert out.returncode == 2 and "source block 99 is out of range" in out.stderr
+    out = steerscope(tmp_path, tiny_dir, "train", "--prompts", "hi", "--json", "{nope")
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
+    assert count(tmp_path, Run) == 0
+
+
+def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path, tiny_dir: Path) -> None:
+    out = steerscope(tmp_path, tiny_dir, "serve", "--host", "0.0.0.0")
+    assert out.returncode == 2 and "STEERSCOPE_TOKEN" in out.stderr
