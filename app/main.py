@@ -52,8 +52,10 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"detail": "; ".join(problems), "errors": exc.errors()}, status_code=422)
+        # Only where and what: the offending input may not even be JSON-encodable (NaN, inf).
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in errors]
+        return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
 
     if settings.token:
         token = settings.token

@@ -89,9 +89,7 @@ class Recorder:
         run = job.run
         model = session.get(LanguageModel, run.model_id)
         assert model is not None, "a job reports `started` (and its model) before anything else"
-        ids = dict(
-            session.execute(select(Vector.index, Vector.id).where(Vector.run_id == run.id)).tuples().all()
-        )
+        ids = dict(session.execute(select(Vector.index, Vector.id).where(Vector.run_id == run.id)).all())
         stored = []
         for row in event["rows"]:
             if "vector_index" in row:

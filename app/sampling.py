@@ -78,16 +78,17 @@ def save(
     service: Service, plan: Plan, missing: list[dict[str, Any]], value: dict[str, Any]
 ) -> dict[str, Any]:
     """Store what the worker generated; answer with the steered and unsteered rows."""
-    with service.db.session() as session:
-        model = store.upsert_model(session, value["model"])
-        # Unsteered first, so the steered row can link to its partner.
-        for row, result in sorted(
-            zip(missing, value["rows"], strict=True), key=lambda rr: rr[0]["vector_id"] is not None
-        ):
-            fields = {k: v for k, v in row.items() if k not in ("key", "vector")}
-            plan.found[row["key"]] = schemas.generation_out(
-                store.add_generation(session, model, {**fields, **result})
+    if missing:
+        with service.db.session() as session:
+            model = store.upsert_model(session, value["model"])
+            # Unsteered first, so the steered row can link to its partner.
+            pairs = sorted(
+                zip(missing, value["rows"], strict=True), key=lambda rr: rr[0]["vector_id"] is not None
             )
+            for row, result in pairs:
+                fields = {k: v for k, v in row.items() if k not in ("key", "vector")}
+                stored = store.add_generation(session, model, {**fields, **result})
+                plan.found[row["key"]] = schemas.generation_out(stored)
     steered = [plan.found[r["key"]] for r in plan.rows if r["vector_id"] is not None]
     return {"generation": steered[0] if steered else None, "unsteered": plan.found[plan.rows[-1]["key"]]}
 
@@ -96,7 +97,7 @@ def generate_now(service: Service, body: schemas.GenerationCreate) -> dict[str, 
     p = plan(service, body)
     missing = [r for r in p.rows if r["key"] not in p.found]
     value = service.ask(_message(p, missing, False)) if missing else {"rows": []}
-    return save(service, p, missing, value) if missing else save(service, p, [], {"model": {}, "rows": []})
+    return save(service, p, missing, value)
 
 
 def sse(event: str, data: Any, event_id: int | None = None) -> str:
@@ -110,7 +111,7 @@ async def generate_stream(service: Service, p: Plan) -> AsyncIterator[str]:
     if not missing:
         first = p.found[p.rows[0]["key"]]
         yield sse("token", {"row": 0, "text": first["text"]})
-        yield sse("done", await asyncio.to_thread(save, service, p, [], {"model": {}, "rows": []}))
+        yield sse("done", await asyncio.to_thread(save, service, p, [], {"rows": []}))
         return
     rid = uuid.uuid4().hex
     finished = False

@@ -43,6 +43,16 @@ def _int_range(name: str, value: int, low: int, high: int) -> None:
         raise EngineError(f"{name} must be between {low} and {high}, got {value}")
 
 
+def _positions(value: str) -> None:
+    """user | prompt | all | last:k with k >= 1 (engine.prompts.target_mask reads them)."""
+    if value in ("user", "prompt", "all"):
+        return
+    k = value.removeprefix("last:")
+    if value.startswith("last:") and k.isdigit() and int(k) >= 1:
+        return
+    raise EngineError(f"positions must be user, prompt, all or last:k with k >= 1, got {value!r}")
+
+
 def _prompts(value: tuple[str, ...]) -> None:
     if not value:
         raise EngineError("give at least one prompt")
@@ -150,6 +160,7 @@ class MelboSpec(_Spec):
         _finite_positive("p", self.p, allow_none=False)
         _finite_positive("q", self.q)
         _finite_positive("lr", self.lr)
+        _positions(self.positions)
         _int_range("number of vectors", self.n_vectors, 1, MAX_VECTORS)
         if self.steps is not None:
             _int_range("steps", self.steps, 0, MAX_STEPS)
@@ -212,6 +223,7 @@ class CalibrateSpec(_Spec):
 
     def __post_init__(self) -> None:
         _prompts(self.prompts)
+        _positions(self.positions)
         _int_range("directions", self.directions, 1, 1024)
         if not 0 < self.threshold < 10:
             raise EngineError(f"threshold must be between 0 and 10, got {self.threshold}")

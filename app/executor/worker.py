@@ -185,3 +185,6 @@ def main(commands: Connection, events: Connection, config: dict[str, Any]) -> No
     finally:
         worker.jobs.put(None)
         worker.requests.put(None)
+        # Leave at once: the threads may be inside torch, whose teardown would then abort noisily.
+        sys.stderr.flush()
+        os._exit(0)

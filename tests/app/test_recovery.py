@@ -50,7 +50,7 @@ def test_a_restarted_server_picks_up_interrupted_and_queued_jobs(settings: Setti
         wait_for(lambda: vectors_of(client, run_a), what="a first stored vector")
     database = Database(settings.resolved_database_url())
     with database.session() as session:
-        statuses = dict(session.execute(select(Job.id, Job.status)).tuples().all())
+        statuses = dict(session.execute(select(Job.id, Job.status)).all())
     database.close()
     assert statuses == {job_a: "running", job_b: "queued"}  # the server stopped under them
     with TestClient(create_app(settings)) as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -47,7 +48,9 @@ def test_invalid_runs_are_refused_and_write_nothing(
     client: TestClient, change: dict[str, Any], message: str
 ) -> None:
     before = counts(client)
-    r = client.post("/api/runs", json={**GOOD, **change})
+    # json.dumps writes Infinity and NaN as JavaScript does; the server must refuse them, not crash.
+    body = json.dumps({**GOOD, **change})
+    r = client.post("/api/runs", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
     assert message in r.json()["detail"]
     assert counts(client) == before
