@@ -58,13 +58,14 @@ def ttft(client: httpx.Client, n: int, salt: str) -> list[float]:
         began = time.perf_counter()
         with client.stream("POST", "/api/generations", json=body) as r:
             r.raise_for_status()
-            for line in r.iter_lines():
+            lines = r.iter_lines()
+            for line in lines:
                 if line.startswith("event: token"):
                     out.append(1000 * (time.perf_counter() - began))
                     break
                 if line.startswith("event: error"):
-                    raise RuntimeError(f"generation failed: {r.read()!r}")
-            for _ in r.iter_lines():  # let the reply finish before the next request
+                    raise RuntimeError(f"generation failed: {next(lines)}")
+            for _ in lines:  # let the reply finish before the next request
                 pass
     return out
 
