@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.errors import AppError
-from app.routes import api_data, api_jobs, api_runs, pages
+from app.routes import api_data, api_jobs, api_runs, compare_pages, pages, run_pages, vector_pages
 from app.service import Service
 from app.settings import ROOT, Settings
 from app.templating import make_templates
@@ -43,12 +43,18 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.service = service
     app.state.templates = make_templates()
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
-    for module in (pages, api_runs, api_jobs, api_data):
+    for module in (pages, run_pages, vector_pages, compare_pages, api_runs, api_jobs, api_data):
         app.include_router(module.router)
 
     @app.exception_handler(AppError)
-    async def app_error(request: Request, exc: AppError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+    async def app_error(request: Request, exc: AppError) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        context = {"status": exc.status_code, "message": exc.message}
+        response: Response = app.state.templates.TemplateResponse(
+            request, "error.html", context, status_code=exc.status_code
+        )
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

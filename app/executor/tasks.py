@@ -31,7 +31,10 @@ from engine import (
     train_melbo,
 )
 from engine.chains import train_chain
-from engine.specs import SampleSpec
+from engine.metrics import downstream_cosine_matrix
+from engine.prompts import format_prompt, target_mask
+from engine.segment import Segment
+from engine.specs import SampleSpec, default_source, default_target
 from engine.validate import check_spec
 
 PROGRESS_EVERY_S = 0.25  # progress events per job at most this often
@@ -307,6 +310,10 @@ def interactive(
     if message["type"] == "validate":
         spec = check_spec(lm, message["kind"], message["spec"], reserve=int(message.get("reserve", 0)))
         return {"spec": spec, "model": lm.info.to_dict()}
+    if message["type"] == "render":
+        return _render(lm, message["prompts"])
+    if message["type"] == "downstream":
+        return _downstream(lm, message)
     requests = [
         GenerationRequest(
             prompt=row["prompt"],
@@ -336,3 +343,29 @@ def interactive(
         "model": lm.info.to_dict(),
         "rows": [{"text": r.text, "n_tokens": r.n_tokens, "finish_reason": r.finish_reason} for r in results],
     }
+
+
+def _render(lm: LoadedModel, prompts: list[str]) -> dict[str, Any]:
+    """How the model sees each prompt (its chat template), its length, and the default blocks."""
+    shown = [format_prompt(lm.tokenizer, p) for p in prompts]
+    lengths = [len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in shown]
+    source = default_source(lm.info.n_blocks)
+    return {
+        "model": lm.info.to_dict(),
+        "prompts": shown,
+        "tokens": lengths,
+        "source": source,
+        "target": default_target(lm.info.n_blocks, source),
+    }
+
+
+def _downstream(lm: LoadedModel, message: dict[str, Any]) -> dict[str, Any]:
+    """Cosines between the vectors' effects at the target block on one prompt (user-turn positions)."""
+    block = int(message["block"])
+    target = message.get("target") or default_target(lm.info.n_blocks, block)
+    vectors = torch.stack([from_bytes(v) for v in message["vectors"]])
+    batch = encode_prompts(lm.tokenizer, [message["prompt"]])
+    device = next(lm.model.parameters()).device
+    seg = Segment(lm.model, batch.to(device), block, target)
+    matrix = downstream_cosine_matrix(seg, vectors.to(device), target_mask(batch, "user").to(device))
+    return {"matrix": matrix.tolist()}

@@ -102,7 +102,7 @@ class Worker:
             stop = self.stops.get(str(message["id"]))
             if stop is not None:  # a request still waiting or decoding
                 stop.set()
-        elif kind in ("validate", "generate"):
+        elif kind in ("validate", "generate", "render", "downstream"):
             self.stops.setdefault(str(message["id"]), threading.Event())
             self.gate.add()
             self.requests.put(message)

@@ -1,0 +1,109 @@
+"""The pages, rendered by a live server on the tiny model and parsed (not grepped)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bs4 import BeautifulSoup
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.models import Job, Run
+from tests.app.conftest import wait_job
+from tests.app.helpers import vectors_of
+
+PROMPTS = "Tell me a story.\nWhat is two plus two?"
+
+
+def soup(response: Any) -> BeautifulSoup:
+    return BeautifulSoup(response.text, "html.parser")
+
+
+def form(**change: str) -> dict[str, str]:
+    values = {
+        "prompts": PROMPTS,
+        "n_vectors": "3",
+        "steps": "10",
+        "orthogonal": "on",
+        "positions": "user",
+        "p": "2",
+        "seed": "0",
+        "method": "melbo",
+        "mode": "fast",
+    }
+    return {**values, **change}
+
+
+def run_rows(client: TestClient) -> int:
+    with client.app.state.service.db.session() as session:
+        return (session.scalar(select(func.count()).select_from(Run)) or 0) + (
+            session.scalar(select(func.count()).select_from(Job)) or 0
+        )
+
+
+def test_bad_form_shows_errors_next_to_fields_and_queues_nothing(client: TestClient) -> None:
+    before = run_rows(client)
+    r = client.post("/runs/new", data=form(source="99"))
+    assert r.status_code == 422
+    assert "source block 99 is out of range" in soup(r).find(id="error-source").get_text()
+    r = client.post("/runs/new", data=form(radius="abc"))
+    assert r.status_code == 422 and soup(r).find(id="error-radius") is not None
+    assert soup(r).find(id="radius")["value"] == "abc"  # what the user typed stays in the field
+    r = client.post("/runs/new", data=form(prompts=""))
+    assert "give at least one prompt" in soup(r).find(id="error-prompts").get_text()
+    assert run_rows(client) == before
+
+
+def test_form_run_gallery_vector_compare_and_chain_pages(client: TestClient) -> None:
+    r = client.post("/runs/new", data=form(), follow_redirects=False)
+    assert r.status_code == 303, r.text
+    run_id = int(r.headers["location"].rsplit("/", 1)[1])
+    job = client.get("/api/jobs", params={"limit": 1}).json()[0]
+    assert wait_job(client, job["id"])["status"] == "succeeded"
+
+    page = soup(client.get(f"/runs/{run_id}"))
+    assert page.find(id="job-progress")["data-status"] == "succeeded"
+    gallery = soup(client.get(f"/runs/{run_id}/gallery", params={"sort": "kl", "desc": "true"}))
+    cards = gallery.select("article.card")
+    assert len(cards) == 3 and all(len(c.select(".sample")) == 2 for c in cards)
+    kls = [float(c.select_one(".metrics").get_text().split("KL ")[1].split(" ")[0]) for c in cards]
+    assert kls == sorted(kls, reverse=True)
+    points = client.get(f"/runs/{run_id}/map.json").json()
+    assert len(points) == 3 and {"x", "y", "id"} <= set(points[0])
+
+    vectors = vectors_of(client, run_id)
+    vector = soup(client.get(f"/vectors/{vectors[0]['id']}"))
+    assert vector.find(id="custom-form") is not None and len(vector.select("table.scales tr")) == 3
+    custom = soup(
+        client.post(
+            f"/vectors/{vectors[0]['id']}/generate",
+            data={"prompt": "hello", "scale": "2", "max_new_tokens": "4"},
+        )
+    )
+    assert custom.find(id="custom-steered") is not None and "× 2.0" in custom.get_text()
+
+    compare = soup(client.get("/compare", params={"ids": f"{vectors[0]['id']},{vectors[1]['id']}"}))
+    assert len(compare.select(".compare-cell")) == 3  # unsteered + two vectors
+    assert len(compare.select("table.heatmap tr")) == 3
+    heat = soup(
+        client.get(
+            "/compare/downstream", params={"ids": f"{vectors[0]['id']},{vectors[1]['id']}", "prompt": "hi"}
+        )
+    )
+    diagonal = [row.select("td")[i].get_text() for i, row in enumerate(heat.select("tr")[1:])]
+    assert diagonal == ["1.00", "1.00"]
+
+    r = client.post(f"/vectors/{vectors[0]['id']}/chain", data={"n_vectors": "2", "steps": "5"})
+    chain_id = int(r.headers["HX-Redirect"].rsplit("/", 1)[1])
+    job = client.get("/api/jobs", params={"limit": 1}).json()[0]
+    assert wait_job(client, job["id"])["status"] == "succeeded"
+    series = client.get(f"/runs/{chain_id}/chain.json").json()
+    assert series["index"] == [0, 1] and all(n > 0 for n in series["norm"])
+    assert soup(client.get(f"/runs/{chain_id}")).find(id="chain-plot") is not None
+
+
+def test_missing_things_get_an_html_404(client: TestClient) -> None:
+    r = client.get("/runs/999999")
+    assert r.status_code == 404 and "text/html" in r.headers["content-type"]
+    assert "no run 999999" in soup(r).get_text()
+    assert client.get("/compare", params={"ids": "1"}).status_code == 422
