@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/chains.py --quick
 	$(BIN)/python bench/generate.py --quick
 	$(BIN)/python bench/responsive.py --quick
+	$(BIN)/python bench/web.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
