@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import math
 import threading
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -207,6 +207,12 @@ class _Batch:
         self.live = live & ~hit & (count < self.limit)
         return nxt
 
+    def halt(self, requests: Collection[int]) -> None:
+        """Finish these requests now (reason "stopped"); the other rows go on."""
+        if requests:
+            index = torch.tensor(sorted(requests), dtype=torch.long, device=self.active.device)
+            self.live = self.live & ~torch.isin(self.active, index)
+
     def shrink(self, live: int) -> Tensor | None:
         """Drop finished rows once enough have finished to pay for copying the KV cache.
 
@@ -300,61 +306,3 @@ def generate(
         for i, result in zip(chunk, batch.results(lm.tokenizer), strict=True):
             results[i] = result
     return [r for r in results if r is not None]
-
-
-class _Detokenizer:
-    """Token ids to text pieces; holds back a tail that decodes to U+FFFD (a partial character)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = ""
-        # Decode a short window, not everything: ids[start:read] is already-emitted context that
-        # lets tokenizers which drop a leading space decode the new tokens the way they would in full.
-        self.start = self.read = 0
-
-    def _text(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        before, window = self._text(self.ids[self.start : self.read]), self._text(self.ids[self.start :])
-        if len(window) <= len(before) or window.endswith("\ufffd"):
-            return ""
-        piece = window[len(before) :]
-        self.start, self.read = self.read, len(self.ids)
-        self.emitted += piece
-        return piece
-
-    def flush(self) -> str:
-        """Whatever the full decode has beyond the pieces emitted (a held-back tail)."""
-        full = self._text(self.ids)
-        return full[len(self.emitted) :] if full.startswith(self.emitted) else ""
-
-
-def stream(
-    lm: LoadedModel, request: GenerationRequest, *, stop: Stop = None
-) -> Generator[str, None, GenerationResult]:
-    """Yield text pieces of one generation as they are decoded; the generator returns the result.
-
-    Checks run now, before the first piece; same request and seed give the text `generate` gives.
-    """
-    batch = _Batch(lm, [request], [_encode(lm, request)])
-    return _stream(lm, batch, stop)
-
-
-def _stream(lm: LoadedModel, batch: _Batch, stop: Stop) -> Generator[str, None, GenerationResult]:
-    detok = _Detokenizer(lm.tokenizer)
-    steps = _decode(lm, batch, stop)
-    try:
-        for nxt in steps:
-            if int(batch.count[0]) > len(detok.ids):  # a real token, not the EOS
-                piece = detok.push(int(nxt[0]))
-                if piece:
-                    yield piece
-    finally:
-        steps.close()  # removes the hooks even when the consumer abandons the stream
-    rest = detok.flush()
-    if rest:
-        yield rest
-    return batch.results(lm.tokenizer)[0]

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.generate import GenerationRequest, _Detokenizer, generate, stream
+from engine.generate import GenerationRequest, generate
 from engine.models import LoadedModel, get_blocks, load_model
 from engine.prompts import format_messages, format_prompt
+from engine.streaming import _Detokenizer, stream
 from tests.tiny import ARCH_CONFIGS, build_model_dir
 
 PROMPT = "Tell me a story about a dragon."
