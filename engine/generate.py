@@ -86,6 +86,11 @@ def _stopped(stop: Stop) -> bool:
     return stop.is_set() if isinstance(stop, threading.Event) else bool(stop())
 
 
+def prompt_tokens(lm: LoadedModel, req: GenerationRequest) -> int:
+    """Run every check a request meets before decoding (blocks, widths, context); its prompt length."""
+    return len(_encode(lm, req))
+
+
 def _encode(lm: LoadedModel, req: GenerationRequest) -> list[int]:
     """Prompt token ids of one request, after the checks that need the model."""
     _, tokenizer, info = lm

@@ -12,7 +12,9 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -20,11 +22,13 @@ from typing import Any
 
 import torch
 
-from app.executor import tasks
+from app.executor import chat, tasks
 from app.executor.base import Event, Order
 from engine import EngineError, LoadedModel, load_model
 
 log = logging.getLogger("steerscope.worker")
+CHAT_WINDOW_S = 0.02  # a chat waits this long for others to share its batch
+MAX_CHATS = 16  # chat requests decoded together (two rows each: steered and unsteered)
 Send = Callable[[Event], None]
 
 
@@ -102,7 +106,7 @@ class Worker:
             stop = self.stops.get(str(message["id"]))
             if stop is not None:  # a request still waiting or decoding
                 stop.set()
-        elif kind in ("validate", "generate", "render", "downstream"):
+        elif kind in ("validate", "generate", "render", "downstream", "chat", "check_chat"):
             self.stops.setdefault(str(message["id"]), threading.Event())
             self.gate.add()
             self.requests.put(message)
@@ -138,20 +142,75 @@ class Worker:
             )
 
     def request_loop(self) -> None:
-        while (message := self.requests.get()) is not None:
-            rid = str(message["id"])
-            try:
-                with self.models.use(message.get("model", "default")) as lm:
-                    value = tasks.interactive(lm, message, self.send, self.stops[rid], self.config)
-                self.send({"type": "reply", "id": rid, "ok": True, "value": value})
-            except EngineError as exc:
-                self.send({"type": "reply", "id": rid, "ok": False, "error": str(exc)})
-            except Exception:
-                traceback.print_exc()
-                self.send({"type": "reply", "id": rid, "ok": False, "error": "internal error in the worker"})
-            finally:
-                self.stops.pop(rid, None)
-                self.gate.done()
+        waiting: deque[dict[str, Any] | None] = deque()
+        while True:
+            message = waiting.popleft() if waiting else self.requests.get()
+            if message is None:
+                return
+            if message["type"] != "chat":
+                self._serve(message)
+                continue
+            # Chats that arrive together are decoded together: wait a moment for the others.
+            batch, deadline = [message], time.monotonic() + CHAT_WINDOW_S
+            while len(batch) < MAX_CHATS:
+                try:
+                    other = self.requests.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if (
+                    other is not None
+                    and other["type"] == "chat"
+                    and other.get("model") == message.get("model")
+                ):
+                    batch.append(other)
+                else:
+                    waiting.append(other)
+            self._serve_chats(batch)
+
+    def _finish(self, rid: str) -> None:
+        self.stops.pop(rid, None)
+        self.gate.done()
+
+    def _fail(self, rid: str, exc: Exception) -> None:
+        if isinstance(exc, EngineError):
+            self.send({"type": "reply", "id": rid, "ok": False, "error": str(exc)})
+        else:
+            traceback.print_exception(exc)
+            self.send({"type": "reply", "id": rid, "ok": False, "error": "internal error in the worker"})
+
+    def _serve(self, message: dict[str, Any]) -> None:
+        rid = str(message["id"])
+        try:
+            with self.models.use(message.get("model", "default")) as lm:
+                value = (
+                    chat.check(lm, message)
+                    if message["type"] == "check_chat"
+                    else tasks.interactive(lm, message, self.send, self.stops[rid], self.config)
+                )
+            self.send({"type": "reply", "id": rid, "ok": True, "value": value})
+        except Exception as exc:
+            self._fail(rid, exc)
+        finally:
+            self._finish(rid)
+
+    def _serve_chats(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            with self.models.use(batch[0].get("model", "default")) as lm:
+                good = []
+                for message in batch:  # one bad request must not sink the others
+                    try:
+                        chat.check(lm, message)
+                        good.append(message)
+                    except Exception as exc:
+                        self._fail(str(message["id"]), exc)
+                if good:
+                    chat.reply(lm, good, self.send, self.stops)
+        except Exception as exc:
+            for message in batch:
+                self._fail(str(message["id"]), exc)
+        finally:
+            for message in batch:
+                self._finish(str(message["id"]))
 
 
 def main(commands: Connection, events: Connection, config: dict[str, Any]) -> None:
