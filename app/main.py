@@ -12,8 +12,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.chat import ChatHub
 from app.errors import AppError
-from app.routes import api_data, api_jobs, api_runs, compare_pages, pages, run_pages, vector_pages
+from app.routes import (
+    api_chat,
+    api_data,
+    api_jobs,
+    api_runs,
+    chat_pages,
+    compare_pages,
+    pages,
+    run_pages,
+    vector_pages,
+)
 from app.service import Service
 from app.settings import ROOT, Settings
 from app.templating import make_templates
@@ -43,7 +54,18 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.service = service
     app.state.templates = make_templates()
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
-    for module in (pages, run_pages, vector_pages, compare_pages, api_runs, api_jobs, api_data):
+    app.state.chat = ChatHub(service)
+    for module in (
+        pages,
+        run_pages,
+        vector_pages,
+        compare_pages,
+        chat_pages,
+        api_runs,
+        api_jobs,
+        api_data,
+        api_chat,
+    ):
         app.include_router(module.router)
 
     @app.exception_handler(AppError)

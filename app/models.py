@@ -150,6 +150,12 @@ class Conversation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200), server_default="")
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    model_name: Mapped[str] = mapped_column(String(500), server_default="")
+    # The steering panel as it stands: [{vector_id, scale, enabled}], applied from the next reply on.
+    steering: Mapped[list[Any]] = mapped_column(JSON, server_default=sql("'[]'"))
+    settings: Mapped[dict[str, Any]] = mapped_column(
+        JSON, server_default=sql("'{}'")
+    )  # seed, temperature, ...
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
 
@@ -167,6 +173,9 @@ class Message(Base):
     content: Mapped[str] = mapped_column(Text)
     steering: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # vectors, scales, block
     sampling: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # seed, temperature, ...
+    turn: Mapped[int] = mapped_column(Integer, server_default="0")  # user message and its replies share it
+    n_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    finish_reason: Mapped[str] = mapped_column(String(20), server_default="")  # "" while it streams
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
 
 

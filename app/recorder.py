@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 class Recorder:
     def __init__(self, db: Database, broker: Broker, *, max_attempts: int, wake: Callable[[], None]) -> None:
         self.db, self.broker, self.max_attempts, self.wake = db, broker, max_attempts, wake
+        # Chat replies are followed by the chat hub (it stores them); it answers False for other ids.
+        self.chat_events: Callable[[Event], bool] | None = None
 
     def __call__(self, event: Event) -> None:
         kind = event.get("type")
         if kind in ("reply", "token"):
-            self.broker.publish(f"request:{event['id']}", event)
+            if self.chat_events is None or not self.chat_events(event):
+                self.broker.publish(f"request:{event['id']}", event)
             return
         if kind == "ready":
             log.info("worker %s ready", event.get("pid"))

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import inspect, select, text
 
 from app import db as dbmod
-from app.models import Base, Generation, Job, Vector
+from app.models import Base, Conversation, Generation, Job, Message, Vector
 
 
 def test_empty_database_upgrades_and_matches_the_models(tmp_path: Path) -> None:
@@ -34,6 +34,10 @@ FIRST_ROWS = [
     "INSERT INTO generations (id, key, model_id, vector_id, prompt, max_new_tokens, text, n_tokens,"
     " finish_reason, metrics, created_at)"
     " VALUES (1, 'k', 1, 1, 'a', 4, '<b>x</b>', 1, 'eos', '{}', '2026-01-01')",
+    "INSERT INTO conversations (id, title, created_at, updated_at)"
+    " VALUES (1, 't', '2026-01-01', '2026-01-01')",
+    "INSERT INTO messages (id, conversation_id, pane, role, content, steering, sampling, created_at)"
+    " VALUES (1, 1, 'steered', 'user', 'hi', '{}', '{}', '2026-01-01')",
 ]
 
 
@@ -53,6 +57,9 @@ def test_a_database_populated_at_the_first_revision_upgrades_to_head(tmp_path: P
         assert (vector.width, vector.values) == (2, b"\x00\x00\x80?\x00\x00\x00@")
         assert session.scalars(select(Generation.text)).all() == ["<b>x</b>"]
         assert session.get(Job, 1).status == "queued"  # server defaults filled in
+        conversation = session.get(Conversation, 1)
+        assert conversation is not None and (conversation.steering, conversation.settings) == ([], {})
+        assert session.get(Message, 1).finish_reason == ""  # 0002 added columns over existing rows
     database.close()
 
 

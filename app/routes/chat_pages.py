@@ -1,0 +1,151 @@
+"""Chat pages: the list of conversations, and a conversation with its steering panel and two panes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from app import chat
+from app.deps import ServiceDep, SessionDep
+from app.errors import AppError
+from app.models import Conversation, Generation, Label, Labeling, Message, Run, Vector
+from app.routes.run_pages import render
+
+router = APIRouter(include_in_schema=False)
+SEARCH_LIMIT = 12
+
+
+@router.get("/chat", response_class=HTMLResponse)
+def conversations(request: Request, session: SessionDep) -> HTMLResponse:
+    rows = session.scalars(select(Conversation).order_by(Conversation.updated_at.desc()).limit(100)).all()
+    return render(request, "chat/index.html", {"conversations": rows})
+
+
+@router.post("/chat/new")
+async def new_conversation(request: Request, service: ServiceDep) -> Response:
+    form = await request.form()
+    vector = str(form.get("vector_id", "")).strip()
+    body = chat.ConversationCreate(
+        vector_id=int(vector) if vector.isdigit() else None, model=str(form.get("model", "")) or None
+    )
+    conversation_id = await asyncio.to_thread(chat.create, service, body)
+    return RedirectResponse(f"/chat/{conversation_id}", status_code=303)
+
+
+def panel_context(session: Any, conversation: Conversation) -> dict[str, Any]:
+    terms = []
+    for term in conversation.steering:
+        vector = session.get(Vector, term["vector_id"])
+        terms.append({**term, "vector": vector})
+    return {
+        "conversation": conversation,
+        "terms": terms,
+        "settings": {**chat.DEFAULT_SETTINGS, **conversation.settings},
+    }
+
+
+@router.get("/chat/{conversation_id}", response_class=HTMLResponse)
+def show(conversation_id: int, request: Request, session: SessionDep) -> HTMLResponse:
+    conversation = chat.get(session, conversation_id)
+    messages = session.scalars(
+        select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
+    ).all()
+    panes = {pane: [m for m in messages if m.pane == pane] for pane in chat.PANES}
+    return render(request, "chat/show.html", {**panel_context(session, conversation), "panes": panes})
+
+
+@router.post("/chat/{conversation_id}/steering", response_class=HTMLResponse)
+async def steering(conversation_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
+    """The panel form: terms as parallel lists, settings as fields; re-rendered with any error."""
+    form = await request.form()
+    ids, scales = form.getlist("vector_id"), form.getlist("scale")
+    enabled = {str(v) for v in form.getlist("enabled")}
+    removed = str(form.get("remove", ""))
+    error = ""
+    try:
+        terms = [
+            chat.Term(vector_id=int(str(i)), scale=float(str(s)), enabled=str(i) in enabled)
+            for i, s in zip(ids, scales, strict=True)
+            if str(i) != removed
+        ]
+        settings = chat.ChatSettings(
+            seed=int(str(form.get("seed", "0") or 0)),
+            temperature=float(str(form.get("temperature", "0.7") or 0)),
+            max_new_tokens=int(str(form.get("max_new_tokens", "96") or 96)),
+            show_unsteered=form.get("show_unsteered") is not None,
+        )
+        await asyncio.to_thread(
+            chat.update_steering,
+            service,
+            conversation_id,
+            chat.SteeringUpdate(terms=terms, settings=settings),
+        )
+    except (ValidationError, ValueError) as exc:
+        error = (
+            str(exc).splitlines()[0]
+            if not isinstance(exc, ValidationError)
+            else "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
+        )
+    except AppError as exc:
+        error = exc.message
+    with service.db.session() as session:
+        context = {**panel_context(session, chat.get(session, conversation_id)), "error": error}
+        return render(request, "chat/_panel.html", context, status_code=422 if error else 200)
+
+
+@router.post("/chat/{conversation_id}/add", response_class=HTMLResponse)
+async def add_vector(conversation_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
+    form = await request.form()
+    error = ""
+    with service.db.session() as session:
+        conversation = chat.get(session, conversation_id)
+        terms = [
+            chat.Term(**{k: t[k] for k in ("vector_id", "scale", "enabled")}) for t in conversation.steering
+        ]
+    raw = str(form.get("vector_id", ""))
+    if raw.isdigit() and int(raw) not in {t.vector_id for t in terms}:
+        terms.append(chat.Term(vector_id=int(raw)))
+    try:
+        await asyncio.to_thread(
+            chat.update_steering, service, conversation_id, chat.SteeringUpdate(terms=terms)
+        )
+    except AppError as exc:
+        error = exc.message
+    with service.db.session() as session:
+        context = {**panel_context(session, chat.get(session, conversation_id)), "error": error}
+        return render(request, "chat/_panel.html", context, status_code=422 if error else 200)
+
+
+@router.get("/chat/{conversation_id}/search", response_class=HTMLResponse)
+def search(conversation_id: int, request: Request, session: SessionDep, q: str = "") -> HTMLResponse:
+    """Find vectors of the conversation's model by id (#12), run (run:5), label (label:refusal) or
+    by words in their completions."""
+    conversation = chat.get(session, conversation_id)
+    q = q.strip()
+    query = select(Vector).join(Run, Vector.run_id == Run.id).where(Run.model_name == conversation.model_name)
+    if not q:
+        found: list[Vector] = []
+    elif q.lstrip("#").isdigit():
+        found = list(session.scalars(query.where(Vector.id == int(q.lstrip("#")))))
+    elif q.startswith("run:") and q[4:].strip().isdigit():
+        found = list(
+            session.scalars(
+                query.where(Vector.run_id == int(q[4:])).order_by(Vector.index).limit(SEARCH_LIMIT)
+            )
+        )
+    elif q.startswith("label:"):
+        labelled = (
+            select(Labeling.vector_id)
+            .join(Label, Labeling.label_id == Label.id)
+            .where(Label.name == q[6:].strip())
+        )
+        found = list(session.scalars(query.where(Vector.id.in_(labelled)).limit(SEARCH_LIMIT)))
+    else:
+        matching = select(Generation.vector_id).where(Generation.text.contains(q, autoescape=True))
+        found = list(session.scalars(query.where(Vector.id.in_(matching)).limit(SEARCH_LIMIT)))
+    return render(request, "chat/_search.html", {"conversation": conversation, "found": found, "q": q})

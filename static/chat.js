@@ -1,0 +1,98 @@
+// The chat page: send a message, stream the reply into both panes, stop, regenerate, and pick a
+// reply in progress back up after a reload.
+"use strict";
+
+(() => {
+  const root = document.getElementById("chat");
+  const id = root.dataset.conversation;
+  const errorBox = document.getElementById("chat-error");
+  let source = null;
+
+  function bubble(pane, role, text, live) {
+    const box = document.querySelector(`#pane-${pane} .messages`);
+    const div = document.createElement("div");
+    div.className = `message ${role}`;
+    if (live) div.dataset.live = "";
+    const p = document.createElement("p");
+    p.className = "text";
+    p.textContent = text;  // model output is text, never markup
+    div.appendChild(p);
+    box.appendChild(div);
+    return p;
+  }
+
+  function liveText(pane) {
+    const live = document.querySelector(`#pane-${pane} .message[data-live] .text`);
+    return live || bubble(pane, "assistant", "", true);
+  }
+
+  function follow() {
+    if (source) source.close();
+    source = new EventSource(`/api/conversations/${id}/stream`);
+    source.addEventListener("snapshot", (event) => {
+      const data = JSON.parse(event.data);
+      if (!data.live) { source.close(); source = null; return; }
+      for (const [pane, text] of Object.entries(data.panes)) liveText(pane).textContent = text;
+    });
+    source.addEventListener("token", (event) => {
+      const data = JSON.parse(event.data);
+      liveText(data.pane).textContent += data.text;
+    });
+    source.addEventListener("done", (event) => {
+      source.close();
+      source = null;
+      const data = JSON.parse(event.data);
+      if (data.error) errorBox.textContent = data.error;
+      window.location.reload();  // the stored messages, with their steering and finish reasons
+    });
+  }
+
+  async function post(path, body) {
+    errorBox.textContent = "";
+    const response = await fetch(`/api/conversations/${id}/${path}`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body || {}),
+    });
+    if (!response.ok) {
+      const data = await response.json().catch(() => ({ detail: response.statusText }));
+      errorBox.textContent = data.detail;
+      return false;
+    }
+    return true;
+  }
+
+  document.getElementById("composer").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = document.getElementById("message");
+    const content = input.value;
+    if (!(await post("messages", { content }))) return;
+    input.value = "";
+    for (const pane of ["steered", "unsteered"]) {
+      if (document.getElementById(`pane-${pane}`).hidden) continue;
+      bubble(pane, "user", content, false);
+      bubble(pane, "assistant", "", true);
+    }
+    follow();
+  });
+  document.getElementById("message").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      document.getElementById("composer").requestSubmit();
+    }
+  });
+  document.getElementById("stop").addEventListener("click", () => post("stop"));
+  document.getElementById("regenerate").addEventListener("click", async () => {
+    if (!(await post("regenerate"))) return;
+    document.querySelectorAll(".message.assistant").forEach((m) => {
+      if (m === m.parentElement.lastElementChild) m.remove();
+    });
+    follow();
+  });
+  // Hiding the unsteered pane is a setting: show the change at once, the panel stores it.
+  document.addEventListener("change", (event) => {
+    if (event.target.id === "show-unsteered") {
+      document.getElementById("pane-unsteered").hidden = !event.target.checked;
+    }
+  });
+
+  if (document.querySelector(".message[data-live]")) follow();  // a reload during a reply
+})();
