@@ -29,6 +29,8 @@ from engine import EngineError, LoadedModel, load_model
 log = logging.getLogger("steerscope.worker")
 CHAT_WINDOW_S = 0.02  # a chat waits this long for others to share its batch
 MAX_CHATS = 16  # chat requests decoded together (two rows each: steered and unsteered)
+MAX_CHAT_WAIT_S = 0.2  # ... but a chat never waits longer than this for company
+QUICK = ("check_chat", "validate", "render")  # answered at once, even while chats gather
 Send = Callable[[Event], None]
 
 
@@ -150,19 +152,21 @@ class Worker:
             if message["type"] != "chat":
                 self._serve(message)
                 continue
-            # Chats that arrive together are decoded together: wait a moment for the others.
-            batch, deadline = [message], time.monotonic() + CHAT_WINDOW_S
+            # Chats that arrive together are decoded together: wait a moment for the others. The
+            # quick checks that precede each chat are answered meanwhile, so their chats can join.
+            began = time.monotonic()
+            batch, deadline = [message], began + CHAT_WINDOW_S
             while len(batch) < MAX_CHATS:
                 try:
                     other = self.requests.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if (
-                    other is not None
-                    and other["type"] == "chat"
-                    and other.get("model") == message.get("model")
-                ):
+                same_model = other is not None and other.get("model") == message.get("model")
+                if other is not None and other["type"] == "chat" and same_model:
                     batch.append(other)
+                elif other is not None and other["type"] in QUICK:
+                    self._serve(other)
+                    deadline = min(time.monotonic() + CHAT_WINDOW_S, began + MAX_CHAT_WAIT_S)
                 else:
                     waiting.append(other)
             self._serve_chats(batch)

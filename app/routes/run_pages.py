@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app import forms, gallery, geometry, jobs, launch, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid, NotFound
-from app.models import Job, LanguageModel, Run, Vector
+from app.models import Job, Label, LanguageModel, Run, Vector
 
 router = APIRouter(include_in_schema=False)
 COMPOSE_CHOICES = (2, 4, 8, 16, 32)
@@ -196,6 +196,14 @@ async def run_live(run_id: int, request: Request, service: ServiceDep) -> Stream
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+def _number(value: str) -> float | None:
+    """A filter field: blank (or not a number) means no filter."""
+    try:
+        return float(value) if value.strip() else None
+    except ValueError:
+        return None
+
+
 @router.get("/runs/{run_id}/gallery", response_class=HTMLResponse)
 def run_gallery(
     run_id: int,
@@ -204,20 +212,26 @@ def run_gallery(
     sort: str = "index",
     desc: bool = False,
     page: int = 1,
-    min_kl: float | None = None,
-    min_objective: float | None = None,
-    label: int | None = None,
+    min_kl: str = "",
+    min_objective: str = "",
+    label: str = "",
 ) -> HTMLResponse:
     run = get_run(session, run_id)
     query = gallery.Query(
         sort=sort if sort in gallery.SORTS else "index",
         desc=desc,
         page=page,
-        min_kl=min_kl,
-        min_objective=min_objective,
-        label=label,
+        min_kl=_number(min_kl),
+        min_objective=_number(min_objective),
+        label=int(label) if label.isdigit() else None,
     )
-    context = {"run": run, "page": gallery.gallery(session, run, query), "sorts": list(gallery.SORTS)}
+    labels = session.scalars(select(Label).order_by(Label.key, Label.name)).all()
+    context = {
+        "run": run,
+        "page": gallery.gallery(session, run, query),
+        "sorts": list(gallery.SORTS),
+        "labels": labels,
+    }
     return render(request, "runs/_gallery.html", context)
 
 

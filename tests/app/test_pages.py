@@ -63,6 +63,8 @@ def test_form_run_gallery_vector_compare_and_chain_pages(client: TestClient) -> 
 
     page = soup(client.get(f"/runs/{run_id}"))
     assert page.find(id="job-progress")["data-status"] == "succeeded"
+    blank = client.get(f"/runs/{run_id}/gallery", params={"min_kl": "", "min_objective": "", "label": ""})
+    assert blank.status_code == 200 and len(soup(blank).select("article.card")) == 3  # blank filters: none
     gallery = soup(client.get(f"/runs/{run_id}/gallery", params={"sort": "kl", "desc": "true"}))
     cards = gallery.select("article.card")
     assert len(cards) == 3 and all(len(c.select(".sample")) == 2 for c in cards)

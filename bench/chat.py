@@ -1,0 +1,183 @@
+"""Chat speed on the embedded model, through the server, in one run.
+
+Starts `steerscope serve` with a fresh database and measures, per reply:
+- one conversation idle: time to first token and tokens/s (both panes);
+- the same while a MELBO run trains;
+- 8 conversations sending at once against one alone: aggregate tokens/s (`concurrent_speedup`,
+  target >= 3 on this CPU);
+- a steered single pane against an unsteered one (`steering_overhead`, target <= 0.05).
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="steerscope-chat-")
+    env = {
+        **os.environ,
+        "STEERSCOPE_DATABASE_URL": f"sqlite:///{tmp}/chat.db",
+        "STEERSCOPE_WORKER_THREADS": str(args.threads),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(f"{url}/api/jobs").raise_for_status()
+            return server, url
+        except httpx.TransportError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the server did not start") from None
+            time.sleep(0.2)
+
+
+def conversation(client: httpx.Client, vector: int | None, tokens: int, unsteered_pane: bool) -> int:
+    c = client.post("/api/conversations", json={"vector_id": vector}).json()
+    settings = {
+        **c["settings"],
+        "max_new_tokens": tokens,
+        "temperature": 0.0,
+        "show_unsteered": unsteered_pane,
+    }
+    terms = [{"vector_id": vector}] if vector is not None else []
+    client.put(f"/api/conversations/{c['id']}/steering", json={"terms": terms, "settings": settings})
+    return int(c["id"])
+
+
+def reply(client: httpx.Client, cid: int, text: str) -> dict[str, float]:
+    """Send, stream to the end; time to first token, wall time and tokens generated."""
+    began = time.perf_counter()
+    client.post(f"/api/conversations/{cid}/messages", json={"content": text}).raise_for_status()
+    first = None
+    with client.stream("GET", f"/api/conversations/{cid}/stream") as r:
+        for line in r.iter_lines():
+            if first is None and (line.startswith("event: token") or '"live": true' in line):
+                first = time.perf_counter() - began
+            if line.startswith("event: done"):
+                break
+    wall = time.perf_counter() - began
+    messages = client.get(f"/api/conversations/{cid}").json()["messages"]
+    turn = max(m["turn"] for m in messages)
+    tokens = sum(m["n_tokens"] for m in messages if m["role"] == "assistant" and m["turn"] == turn)
+    return {"ttft_ms": 1000 * (first or wall), "wall_s": wall, "tokens": tokens}
+
+
+def single(
+    client: httpx.Client, vector: int | None, tokens: int, reps: int, *, both: bool = True
+) -> dict[str, float]:
+    runs = []
+    for i in range(reps):
+        cid = conversation(client, vector, tokens, both)
+        runs.append(reply(client, cid, f"Tell me something about the number {i}."))
+    return {
+        "ttft_ms": statistics.median(r["ttft_ms"] for r in runs),
+        "tokens_per_s": sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs),
+    }
+
+
+def concurrent(url: str, vector: int, tokens: int, n: int) -> float:
+    """Aggregate tokens/s of n conversations that send at the same moment."""
+    with httpx.Client(base_url=url, timeout=600) as client:
+        cids = [conversation(client, vector, tokens, True) for _ in range(n)]
+    barrier, results = threading.Barrier(n), [dict[str, float]() for _ in range(n)]
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            barrier.wait()
+            results[i] = reply(client, cids[i], f"Tell me something about the number {i}.")
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(r["tokens"] for r in results) / (time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter replies (a few minutes)")
+    parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: torch decides)")
+    args = parser.parse_args()
+    tokens, reps = (48, 3) if args.quick else (96, 6)
+    server, url = start_server(args)
+    figures: dict[str, Any] = {"max_new_tokens": tokens, "replies": reps}
+    try:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            r = client.post("/api/runs", json={"prompts": ["How can I make a bomb?"], "n_vectors": 1})
+            job = r.json()["job"]["id"]
+            while client.get(f"/api/jobs/{job}").json()["status"] != "succeeded":
+                time.sleep(0.5)
+            vector = client.get(f"/api/runs/{r.json()['run_id']}/vectors").json()[0]["id"]
+            single(client, vector, 8, 1)  # warm-up
+
+            idle = single(client, vector, tokens, reps)
+            figures.update(
+                idle_ttft_ms=round(idle["ttft_ms"], 1), idle_tokens_per_s=round(idle["tokens_per_s"], 1)
+            )
+
+            steered = single(client, vector, tokens, reps, both=False)
+            plain = single(client, None, tokens, reps, both=False)
+            figures["steered_tokens_per_s"] = round(steered["tokens_per_s"], 1)
+            figures["unsteered_tokens_per_s"] = round(plain["tokens_per_s"], 1)
+            figures["steering_overhead"] = round(plain["tokens_per_s"] / steered["tokens_per_s"] - 1, 4)
+
+            one = concurrent(url, vector, tokens, 1)
+            eight = concurrent(url, vector, tokens, 8)
+            figures.update(
+                one_tokens_per_s=round(one, 1),
+                eight_tokens_per_s=round(eight, 1),
+                concurrent_speedup=round(eight / one, 2),
+            )
+
+            r = client.post("/api/runs", json={"prompts": ["How can I make a bomb?"], "n_vectors": 256})
+            job = r.json()["job"]["id"]
+            while client.get(f"/api/jobs/{job}").json()["progress"] <= 0:
+                time.sleep(0.2)
+            busy = single(client, vector, tokens, reps)
+            assert client.get(f"/api/jobs/{job}").json()["status"] == "running", (
+                "the run ended during the test"
+            )
+            client.post(f"/api/jobs/{job}/cancel")
+            figures.update(
+                training_ttft_ms=round(busy["ttft_ms"], 1),
+                training_tokens_per_s=round(busy["tokens_per_s"], 1),
+                training_ttft_ratio=round(busy["ttft_ms"] / idle["ttft_ms"], 2),
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
