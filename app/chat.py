@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app import store
@@ -173,6 +173,15 @@ class ChatHub:
         self.lock = threading.Lock()
         self.live: dict[int, Live] = {}
         service.recorder.chat_events = self.on_event
+
+    def recover(self) -> None:
+        """Replies that were streaming when the server stopped will not finish: say so."""
+        with self.service.db.session() as session:
+            session.execute(
+                update(Message)
+                .where(Message.role == "assistant", Message.finish_reason == "")
+                .values(finish_reason="interrupted")
+            )
 
     def _rows(
         self, session: Session, conversation: Conversation, turn: int, new: str | None

@@ -31,7 +31,12 @@
     source = new EventSource(`/api/conversations/${id}/stream`);
     source.addEventListener("snapshot", (event) => {
       const data = JSON.parse(event.data);
-      if (!data.live) { source.close(); source = null; return; }
+      if (!data.live) {  // finished before we connected: the stored reply is the one to show
+        source.close();
+        source = null;
+        if (document.querySelector(".message[data-live]")) window.location.reload();
+        return;
+      }
       for (const [pane, text] of Object.entries(data.panes)) liveText(pane).textContent = text;
     });
     source.addEventListener("token", (event) => {

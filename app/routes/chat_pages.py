@@ -65,7 +65,7 @@ async def steering(conversation_id: int, request: Request, service: ServiceDep) 
     form = await request.form()
     ids, scales = form.getlist("vector_id"), form.getlist("scale")
     enabled = {str(v) for v in form.getlist("enabled")}
-    removed = str(form.get("remove", ""))
+    removed = str(form.get("drop", ""))  # not "remove": a control by that name would hide form.remove()
     error = ""
     try:
         terms = [

@@ -27,6 +27,14 @@ WATCH_STREAMING = """() => {
 FINISHED = "#pane-{pane} .message.assistant .hint"  # stored replies carry their settings; live ones not
 
 
+def set_field(page: Page, selector: str, value: str) -> None:
+    """Change one panel field the way a user does; the panel posts itself and is swapped in anew."""
+    page.fill(selector, value)
+    page.locator(selector).dispatch_event("change")
+    page.wait_for_load_state("networkidle")
+    expect(page.locator(selector)).to_have_value(value)
+
+
 def last_replies(page: Page) -> tuple[str, str]:
     steered = page.locator("#pane-steered .message.assistant .text").last.text_content() or ""
     unsteered = page.locator("#pane-unsteered .message.assistant .text").last.text_content() or ""
@@ -48,32 +56,27 @@ def test_chat_with_a_vector(page: Page, live: LiveServer, shots: Path) -> None:
     page.wait_for_url(re.compile(r"/chat/\d+$"))
     chat_url = page.url
     expect(page.locator(".term")).to_have_count(1)
-    page.fill("input[name=max_new_tokens]", "120")
-    page.fill("input[name=temperature]", "1.0")
-    page.locator("input[name=temperature]").dispatch_event("change")
-    expect(page.locator("input[name=max_new_tokens]")).to_have_value("120")
-    page.evaluate(WATCH_STREAMING)
+    set_field(page, "#steering input[name=max_new_tokens]", "50")  # two turns fit the tiny context
+    set_field(page, "#steering input[name=temperature]", "1.0")
     page.fill("#message", "Tell me about the sea.")
     page.click("#send")
-    page.wait_for_load_state()  # the page reloads itself when the reply is done
-    expect(page.locator(".message[data-live]")).to_have_count(0)
-    page.wait_for_function(
-        "() => document.querySelectorAll('#pane-unsteered .message.assistant').length === 1"
-    )
+    # Stored replies carry a hint with their settings; the page reloads itself when the reply is done.
+    expect(page.locator(FINISHED.format(pane="unsteered"))).to_have_count(1, timeout=TIMEOUT)
     page.screenshot(path=shots / "08-chat.png", full_page=True)
 
-    # Scale 0 from the next reply on: the steered pane answers exactly like the unsteered one.
-    page.locator("input.scale").fill("0")
-    page.locator("input.scale").dispatch_event("change")
+    # Scale 0, then answer the first message again: both panes share its history, so the steered
+    # reply must equal the unsteered one for the same seed.
+    set_field(page, "#steering input.scale", "0")
     expect(page.locator(".term .norm")).to_contain_text("effective norm 0")
-    page.fill("#message", "And about the sky?")
-    page.click("#send")
-    page.wait_for_function(
-        "() => document.querySelectorAll('#pane-steered .message.assistant').length === 2"
-        " && !document.querySelector('.message[data-live]')"
-    )
+    page.click("#regenerate")
+    expect(page.locator(FINISHED.format(pane="steered")).last).to_contain_text("× 0.0", timeout=TIMEOUT)
+    expect(page.locator(".message[data-live]")).to_have_count(0)
+    assert page.locator("#chat-error").text_content() == ""
     steered, unsteered = last_replies(page)
     assert steered and steered == unsteered
+    page.fill("#message", "And about the sky?")
+    page.click("#send")
+    expect(page.locator(FINISHED.format(pane="steered"))).to_have_count(2, timeout=TIMEOUT)
 
     page.goto(f"{live.url}/chat")
     page.click(f"a[href='{chat_url.removeprefix(live.url)}']")
@@ -91,6 +94,8 @@ def test_tokens_stream_into_both_panes_before_the_reply_is_done(page: Page, live
     page.evaluate(WATCH_STREAMING)
     page.fill("#message", "Write a long story.")
     page.click("#send")
-    page.wait_for_function(
-        "() => window.partialSeen && window.partialSeen.steered && window.partialSeen.unsteered"
+    expect(page.locator(FINISHED.format(pane="steered"))).to_have_count(1, timeout=TIMEOUT)
+    seen = page.evaluate(
+        "() => [sessionStorage.getItem('partial-steered'), sessionStorage.getItem('partial-unsteered')]"
     )
+    assert seen == ["1", "1"], "no pane showed text before its reply was complete"
