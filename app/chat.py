@@ -347,20 +347,31 @@ class ChatHub:
         with self.lock:
             return next((live for live in self.live.values() if live.rid == rid), None)
 
+    def on_tokens(self, items: list[list[Any]]) -> None:
+        """One decoding step of the chat batch: [request id, row, text] items, published as one
+        `tokens` event per conversation ({pane: text})."""
+        by_conversation: dict[int, tuple[Live, dict[str, str]]] = {}
+        for rid, row, text in items:
+            live = self.by_rid(str(rid))
+            if live is None:
+                continue
+            with self.lock:
+                live.texts[int(row)] += text
+            pane = live.panes[int(row)]
+            pieces = by_conversation.setdefault(live.conversation_id, (live, {}))[1]
+            pieces[pane] = pieces.get(pane, "") + text
+        for conversation_id, (_, pieces) in by_conversation.items():
+            self.service.broker.publish(f"chat:{conversation_id}", {"type": "tokens", "panes": pieces})
+
     def on_event(self, event: dict[str, Any]) -> bool:
         """A worker event of a chat reply (runs on the executor's event thread); False if not ours."""
+        if event["type"] == "chat_tokens":
+            self.on_tokens(event["items"])
+            return True
         live = self.by_rid(str(event.get("id")))
-        if live is None:
+        if live is None or event["type"] != "reply":
             return False
         topic = f"chat:{live.conversation_id}"
-        if event["type"] == "token":
-            row = int(event["row"])
-            with self.lock:
-                live.texts[row] += event["text"]
-            self.service.broker.publish(
-                topic, {"type": "token", "pane": live.panes[row], "text": event["text"]}
-            )
-            return True
         with self.service.db.session() as session:
             for i, message_id in enumerate(live.message_ids):
                 message = session.get(Message, message_id)

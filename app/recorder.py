@@ -30,7 +30,7 @@ class Recorder:
 
     def __call__(self, event: Event) -> None:
         kind = event.get("type")
-        if kind in ("reply", "token"):
+        if kind in ("reply", "token", "chat_tokens"):
             if self.chat_events is None or not self.chat_events(event):
                 self.broker.publish(f"request:{event['id']}", event)
             return

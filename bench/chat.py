@@ -40,13 +40,16 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
         "STEERSCOPE_DATABASE_URL": f"sqlite:///{tmp}/chat.db",
         "STEERSCOPE_WORKER_THREADS": str(args.threads),
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = Path(tmp) / "server.log"  # the worker says how many replies it decoded together
+    print(f"server log: {log}", file=sys.stderr)
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -79,7 +82,9 @@ def reply(client: httpx.Client, cid: int, text: str) -> dict[str, float]:
     first = None
     with client.stream("GET", f"/api/conversations/{cid}/stream") as r:
         for line in r.iter_lines():
-            if first is None and (line.startswith("event: token") or '"live": true' in line):
+            # The first text: a token event, or a snapshot that already holds some.
+            has_text = line.startswith("data: ") and any(json.loads(line[6:]).get("panes", {}).values())
+            if first is None and (line.startswith("event: token") or has_text):
                 first = time.perf_counter() - began
             if line.startswith("event: done"):
                 break
@@ -96,7 +101,7 @@ def single(
     runs = []
     for i in range(reps):
         cid = conversation(client, vector, tokens, both)
-        runs.append(reply(client, cid, f"Tell me something about the number {i}."))
+        runs.append(reply(client, cid, f"Write a long story about the number {i}."))
     return {
         "ttft_ms": statistics.median(r["ttft_ms"] for r in runs),
         "tokens_per_s": sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs),
@@ -112,7 +117,7 @@ def concurrent(url: str, vector: int, tokens: int, n: int) -> float:
     def one(i: int) -> None:
         with httpx.Client(base_url=url, timeout=600) as client:
             barrier.wait()
-            results[i] = reply(client, cids[i], f"Tell me something about the number {i}.")
+            results[i] = reply(client, cids[i], f"Write a long story about the number {i}.")
 
     began = time.perf_counter()
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]

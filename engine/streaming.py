@@ -76,8 +76,9 @@ def stream_batch(
     requests: Sequence[GenerationRequest],
     *,
     halted: Callable[[], Collection[int]] | None = None,
-) -> Generator[tuple[int, str], None, list[GenerationResult]]:
-    """Decode the requests together, yielding (request index, text piece) as pieces appear.
+) -> Generator[list[tuple[int, str]], None, list[GenerationResult]]:
+    """Decode the requests together; after every step, yield the (request index, text piece) pairs
+    it produced (a step may produce none: pieces wait for whole characters).
 
     `halted` is asked before every step for the indices of requests to stop now (a closed chat
     stream); those rows finish with reason "stopped" and the rest go on. Returns the results in
@@ -95,15 +96,17 @@ def stream_batch(
             except StopIteration:
                 break
             counts = batch.count.tolist()
+            pieces = []
             for row, token in zip(batch.active.tolist(), nxt.tolist(), strict=True):
                 if counts[row] > len(detoks[row].ids):  # a real token, not the EOS or padding
                     piece = detoks[row].push(int(token))
                     if piece:
-                        yield row, piece
+                        pieces.append((row, piece))
+            if pieces:
+                yield pieces
     finally:
         steps.close()
-    for row, detok in enumerate(detoks):
-        rest = detok.flush()
-        if rest:
-            yield row, rest
+    rest = [(row, tail) for row, detok in enumerate(detoks) if (tail := detok.flush())]
+    if rest:
+        yield rest
     return batch.results(lm.tokenizer)

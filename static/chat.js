@@ -39,9 +39,8 @@
       }
       for (const [pane, text] of Object.entries(data.panes)) liveText(pane).textContent = text;
     });
-    source.addEventListener("token", (event) => {
-      const data = JSON.parse(event.data);
-      liveText(data.pane).textContent += data.text;
+    source.addEventListener("tokens", (event) => {  // one decoding step: {pane: text}
+      for (const [pane, text] of Object.entries(JSON.parse(event.data).panes)) liveText(pane).textContent += text;
     });
     source.addEventListener("done", (event) => {
       source.close();

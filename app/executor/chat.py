@@ -54,15 +54,21 @@ def reply(
     def halted() -> set[int]:
         return {i for i, (m, _) in enumerate(owner) if stops[ids[m]].is_set()}
 
-    pieces = stream_batch(lm, requests, halted=halted)
+    steps = stream_batch(lm, requests, halted=halted)
     while True:
         try:
-            row, text = next(pieces)
+            pieces = next(steps)
         except StopIteration as end:
             results = end.value
             break
-        m, r = owner[row]
-        send({"type": "token", "id": ids[m], "row": r, "text": text})
+        # One event per step for every conversation in the batch: the pipe and the server's event
+        # thread carry a message per step, not one per token.
+        send(
+            {
+                "type": "chat_tokens",
+                "items": [[ids[owner[row][0]], owner[row][1], text] for row, text in pieces],
+            }
+        )
     for m, rid in enumerate(ids):
         done = [results[i] for i, (mm, _) in enumerate(owner) if mm == m]
         value = {

@@ -27,9 +27,9 @@ from app.executor.base import Event, Order
 from engine import EngineError, LoadedModel, load_model
 
 log = logging.getLogger("steerscope.worker")
-CHAT_WINDOW_S = 0.02  # a chat waits this long for others to share its batch
+CHAT_WINDOW_S = 0.05  # a chat waits this long for others to share its batch
 MAX_CHATS = 16  # chat requests decoded together (two rows each: steered and unsteered)
-MAX_CHAT_WAIT_S = 0.2  # ... but a chat never waits longer than this for company
+MAX_CHAT_WAIT_S = 0.5  # ... but a chat never waits longer than this for company
 QUICK = ("check_chat", "validate", "render")  # answered at once, even while chats gather
 Send = Callable[[Event], None]
 
@@ -198,6 +198,7 @@ class Worker:
             self._finish(rid)
 
     def _serve_chats(self, batch: list[dict[str, Any]]) -> None:
+        log.info("decoding %d chat replies together", len(batch))
         try:
             with self.models.use(batch[0].get("model", "default")) as lm:
                 good = []

@@ -119,7 +119,7 @@ def test_stop_and_a_client_that_leaves(
     api.post(f"/api/conversations/{cid}/messages", json={"content": "Another long one."})
     with api.stream("GET", f"/api/conversations/{cid}/stream") as r:
         for line in r.iter_lines():
-            if line.startswith("event: token"):
+            if line.startswith("event: tokens"):
                 break  # and hang up mid-stream
     left = replies(api, cid)
     assert any(m["finish_reason"] == "stopped" for m in left.values())
@@ -141,8 +141,9 @@ def test_a_reload_picks_up_the_reply_in_progress(api: httpx.Client, vector_id: i
     if events[0][1]["live"]:
         streamed = {**streamed, **events[0][1]["panes"]}
     for kind, data in events:
-        if kind == "token":
-            streamed[data["pane"]] += data["text"]
+        if kind == "tokens":
+            for pane, text in data["panes"].items():
+                streamed[pane] += text
     final = replies(api, cid)
     assert streamed == {pane: final[pane]["content"] for pane in ("steered", "unsteered")}
     late = api.get(f"/api/conversations/{cid}/stream").text  # after the end: a snapshot that says so

@@ -28,8 +28,8 @@ def drain(gen: object) -> tuple[dict[int, str], list[object]]:
     pieces: dict[int, str] = defaultdict(str)
     while True:
         try:
-            row, piece = next(gen)  # type: ignore[call-overload]
-            pieces[row] += piece
+            for row, piece in next(gen):  # type: ignore[call-overload]
+                pieces[row] += piece
         except StopIteration as end:
             return pieces, end.value
 
