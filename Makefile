@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/generate.py --quick
 	$(BIN)/python bench/responsive.py --quick
 	$(BIN)/python bench/web.py --quick
+	$(BIN)/python bench/chat.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
