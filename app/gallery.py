@@ -8,10 +8,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, column, func, select, text
 from sqlalchemy.orm import Session
 
 from app import geometry
+from app.labels import fts_query
 from app.models import Generation, Label, Labeling, Run, Vector
 
 SORTS = {"index": Vector.index, "objective": Vector.objective, "kl": Vector.kl, "norm": Vector.norm}
@@ -41,6 +42,7 @@ class Query:
     min_kl: float | None = None
     min_objective: float | None = None
     label: int | None = None
+    q: str = ""  # words that must occur in one of the vector's completions (full-text search)
 
     def params(self, **change: Any) -> dict[str, Any]:
         values = {**self.__dict__, **change}
@@ -53,6 +55,16 @@ class Page:
     total: int
     query: Query
     pages: int
+
+
+def matching_vectors(words: str) -> Any:
+    """Ids of vectors with a completion containing all the words (the FTS5 index over generations)."""
+    hits = (
+        text("SELECT rowid FROM generations_fts WHERE generations_fts MATCH :q")
+        .bindparams(q=fts_query(words))
+        .columns(column("rowid", Integer))
+    )
+    return select(Generation.vector_id).where(Generation.id.in_(hits), Generation.vector_id.is_not(None))
 
 
 def labels_of(session: Session, vector_ids: list[int]) -> dict[int, list[Label]]:
@@ -99,6 +111,8 @@ def gallery(session: Session, run: Run, query: Query, *, per_page: int = PER_PAG
     if query.label is not None:
         labelled = select(Labeling.vector_id).where(Labeling.label_id == query.label)
         where.append(Vector.id.in_(labelled))
+    if query.q.strip():
+        where.append(Vector.id.in_(matching_vectors(query.q)))
     total = session.scalar(select(func.count()).select_from(Vector).where(*where)) or 0
     pages = max(1, math.ceil(total / per_page))
     query.page = min(max(1, query.page), pages)

@@ -17,10 +17,12 @@ from app.errors import AppError
 from app.routes import (
     api_chat,
     api_data,
+    api_export,
     api_jobs,
     api_runs,
     chat_pages,
     compare_pages,
+    label_pages,
     pages,
     run_pages,
     vector_pages,
@@ -56,17 +58,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.templates = make_templates()
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.state.chat = ChatHub(service)
-    for module in (
-        pages,
-        run_pages,
-        vector_pages,
-        compare_pages,
-        chat_pages,
-        api_runs,
-        api_jobs,
-        api_data,
-        api_chat,
-    ):
+    pages_ = (pages, run_pages, vector_pages, compare_pages, chat_pages, label_pages)
+    for module in (*pages_, api_runs, api_jobs, api_data, api_chat, api_export):
         app.include_router(module.router)
 
     @app.exception_handler(AppError)

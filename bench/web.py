@@ -24,8 +24,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 from sqlalchemy import event, insert, text
 
+from app.labels import all_labels
 from app.main import create_app
-from app.models import Generation, Job, Label, Labeling, LabelSet, LanguageModel, Run, Vector
+from app.models import Generation, Job, Labeling, LanguageModel, Run, Vector
 from app.service import Service
 from app.settings import Settings
 from app.store import generation_key
@@ -44,15 +45,9 @@ def seed(service: Service) -> dict[str, int]:
         model = LanguageModel(
             name=model_name, architecture="llama", n_blocks=30, width=WIDTH, context_length=8192
         )
-        labels = LabelSet(name="default")
-        session.add_all([model, labels])
+        session.add(model)
         session.flush()
-        label_ids = []
-        for i, name in enumerate(("unchanged", "rephrase", "refusal", "jailbreak", "other language")):
-            label = Label(label_set_id=labels.id, name=name, colour=f"#{i * 40:02x}6699", key=i + 1)
-            session.add(label)
-            session.flush()
-            label_ids.append(label.id)
+        label_ids = [label.id for label in all_labels(session)][:5]  # starting labels from the migrations
         vector_rows, vector_count, generation_count, labeling_count = [], 0, 0, 0
         for _ in range(RUNS):
             run = Run(

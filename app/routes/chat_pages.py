@@ -13,7 +13,8 @@ from sqlalchemy import select
 from app import chat
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
-from app.models import Conversation, Generation, Label, Labeling, Message, Run, Vector
+from app.gallery import matching_vectors
+from app.models import Conversation, Label, Labeling, Message, Run, Vector
 from app.routes.run_pages import render
 
 router = APIRouter(include_in_schema=False)
@@ -146,6 +147,5 @@ def search(conversation_id: int, request: Request, session: SessionDep, q: str =
         )
         found = list(session.scalars(query.where(Vector.id.in_(labelled)).limit(SEARCH_LIMIT)))
     else:
-        matching = select(Generation.vector_id).where(Generation.text.contains(q, autoescape=True))
-        found = list(session.scalars(query.where(Vector.id.in_(matching)).limit(SEARCH_LIMIT)))
+        found = list(session.scalars(query.where(Vector.id.in_(matching_vectors(q))).limit(SEARCH_LIMIT)))
     return render(request, "chat/_search.html", {"conversation": conversation, "found": found, "q": q})

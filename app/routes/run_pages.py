@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import select
 
-from app import forms, gallery, geometry, jobs, launch, schemas, store
+from app import forms, gallery, geometry, jobs, labels, launch, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid, NotFound
-from app.models import Job, Label, LanguageModel, Run, Vector
+from app.models import Job, LanguageModel, Run, Vector
 
 router = APIRouter(include_in_schema=False)
 COMPOSE_CHOICES = (2, 4, 8, 16, 32)
@@ -215,9 +215,11 @@ def run_gallery(
     min_kl: str = "",
     min_objective: str = "",
     label: str = "",
+    q: str = "",
 ) -> HTMLResponse:
     run = get_run(session, run_id)
     query = gallery.Query(
+        q=q,
         sort=sort if sort in gallery.SORTS else "index",
         desc=desc,
         page=page,
@@ -225,12 +227,11 @@ def run_gallery(
         min_objective=_number(min_objective),
         label=int(label) if label.isdigit() else None,
     )
-    labels = session.scalars(select(Label).order_by(Label.key, Label.name)).all()
     context = {
         "run": run,
         "page": gallery.gallery(session, run, query),
         "sorts": list(gallery.SORTS),
-        "labels": labels,
+        "facets": labels.facets(session, run.id),
     }
     return render(request, "runs/_gallery.html", context)
 

@@ -11,7 +11,7 @@ from markupsafe import escape
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from app import geometry, launch, sampling, schemas, store
+from app import gallery, geometry, labels, launch, sampling, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
 from app.models import Generation, Job, Run, Vector
@@ -74,6 +74,8 @@ def show_vector(vector_id: int, request: Request, session: SessionDep, service: 
         "table": scale_table(session, vector, prompts, service.settings.gallery_tokens),
         "neighbours": neighbours,
         "chains": chains,
+        "labels": gallery.labels_of(session, [vector.id]).get(vector.id, []),
+        "notes": labels.notes_of(session, vector.id),
     }
     return render(request, "vectors/show.html", context)
 

@@ -1,0 +1,29 @@
+"""Exports: vector metadata, generations and labels as CSV or JSONL (streamed), and vector values."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from app import exports
+from app.deps import ServiceDep
+
+router = APIRouter(prefix="/api/export", tags=["export"])
+MEDIA = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
+
+
+@router.get("/{table}.{fmt}", summary="A table as CSV or JSONL, optionally one run's rows only")
+def export_table(
+    table: Literal["vectors", "generations", "labels"],
+    fmt: Literal["csv", "jsonl"],
+    service: ServiceDep,
+    run_id: int | None = None,
+) -> StreamingResponse:
+    name = f"{table}{'' if run_id is None else f'-run-{run_id}'}.{fmt}"
+    return StreamingResponse(
+        exports.stream(service.db, table, fmt, run_id),
+        media_type=MEDIA[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

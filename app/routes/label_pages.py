@@ -1,0 +1,151 @@
+"""Labeling: the label set editor, the keyboard queue over a run's vectors, and the labels API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Cookie, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from app import gallery, labels
+from app.deps import ServiceDep, SessionDep
+from app.errors import AppError, Invalid
+from app.routes.run_pages import _number, get_run, render
+
+router = APIRouter()
+AuthorCookie = Annotated[str | None, Cookie(alias="steerscope_author")]
+
+
+# the label set
+
+
+@router.get("/labels", response_class=HTMLResponse, include_in_schema=False)
+def labels_page(request: Request, session: SessionDep, author: AuthorCookie = None) -> HTMLResponse:
+    return render(
+        request,
+        "labels/index.html",
+        {"labels": labels.all_labels(session), "author": author or "", "error": ""},
+    )
+
+
+@router.post("/labels", response_class=HTMLResponse, include_in_schema=False)
+async def save_label(request: Request, service: ServiceDep) -> Response:
+    form = await request.form()
+    raw_id = str(form.get("id", ""))
+    try:
+        edit = labels.LabelEdit(
+            name=str(form.get("name", "")),
+            colour=str(form.get("colour", "#888888")),
+            key=int(str(form["key"])) if str(form.get("key", "")).strip() else None,
+            description=str(form.get("description", "")),
+        )
+        with service.db.session() as session:
+            if form.get("delete"):
+                labels.delete_label(session, int(raw_id))
+            else:
+                labels.save_label(session, edit, int(raw_id) if raw_id.isdigit() else None)
+    except (ValidationError, ValueError, AppError) as exc:
+        message = exc.message if isinstance(exc, AppError) else str(exc).splitlines()[0]
+        with service.db.session() as session:
+            return render(
+                request,
+                "labels/index.html",
+                {"labels": labels.all_labels(session), "author": "", "error": message},
+                status_code=422,
+            )
+    return RedirectResponse("/labels", status_code=303)
+
+
+@router.post("/author", include_in_schema=False)
+async def set_author(request: Request) -> Response:
+    """The name recorded with every label; asked once, kept in a cookie."""
+    form = await request.form()
+    name = str(form.get("name", "")).strip()[:100]
+    back = str(form.get("next", "/labels"))
+    response = RedirectResponse(back if back.startswith("/") else "/labels", status_code=303)
+    if name:
+        response.set_cookie("steerscope_author", name, max_age=10 * 365 * 24 * 3600, samesite="lax")
+    return response
+
+
+# the keyboard queue
+
+
+@router.get("/runs/{run_id}/label", response_class=HTMLResponse, include_in_schema=False)
+def queue(
+    run_id: int,
+    request: Request,
+    session: SessionDep,
+    author: AuthorCookie = None,
+    at: int = 0,
+    sort: str = "index",
+    desc: bool = False,
+    min_kl: str = "",
+    min_objective: str = "",
+    label: str = "",
+    q: str = "",
+) -> HTMLResponse:
+    """One vector at a time from the run (or a filtered gallery), in gallery order."""
+    run = get_run(session, run_id)
+    query = gallery.Query(
+        sort=sort if sort in gallery.SORTS else "index",
+        desc=desc,
+        page=1,
+        min_kl=_number(min_kl),
+        min_objective=_number(min_objective),
+        label=int(label) if label.isdigit() else None,
+        q=q,
+    )
+    everything = gallery.gallery(session, run, query, per_page=100_000)
+    ids = [c.vector.id for c in everything.cards]
+    at = max(0, min(at, len(ids) - 1)) if ids else 0
+    card = everything.cards[at] if ids else None
+    params = query.params(page=None)
+    context: dict[str, Any] = {
+        "run": run,
+        "card": card,
+        "at": at,
+        "total": len(ids),
+        "author": author or "",
+        "labelled": labels.labelled_count(session, ids),
+        "labels": labels.all_labels(session),
+        "on": labels.vector_label_ids(session, card.vector.id) if card else set(),
+        "notes": labels.notes_of(session, card.vector.id) if card else [],
+        "params": params,
+    }
+    return render(request, "labels/queue.html", context)
+
+
+# JSON
+
+
+@router.get("/api/labels", tags=["labels"], summary="The project's labels")
+def list_labels(session: SessionDep) -> list[dict[str, Any]]:
+    return [
+        {k: getattr(x, k) for k in ("id", "name", "colour", "key", "description")}
+        for x in labels.all_labels(session)
+    ]
+
+
+@router.post("/api/labelings", tags=["labels"], summary="Put a label on (or off) a vector or a generation")
+def toggle_label(body: labels.Toggle, service: ServiceDep, author: AuthorCookie = None) -> dict[str, Any]:
+    name = labels.author_of(author)
+    with service.db.session() as session:
+        on = labels.toggle(session, body, name)
+    return {
+        "label_id": body.label_id,
+        "vector_id": body.vector_id,
+        "generation_id": body.generation_id,
+        "on": on,
+    }
+
+
+@router.post("/api/notes", tags=["labels"], summary="A note on a vector")
+def add_note(body: dict[str, Any], service: ServiceDep, author: AuthorCookie = None) -> dict[str, Any]:
+    name = labels.author_of(author)
+    if not isinstance(body.get("vector_id"), int) or not isinstance(body.get("text"), str):
+        raise Invalid("give vector_id (an integer) and text")
+    with service.db.session() as session:
+        note = labels.add_note(session, vector_id=body["vector_id"], text=body["text"], author=name)
+        return {"id": note.id, "vector_id": note.vector_id, "text": note.text, "author": note.author}
