@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_vectors: int = Field(256, ge=1, le=1024, description="Most vectors one run or chain may ask for.")
     max_steps: int = Field(5000, ge=1, le=20000, description="Most optimizer steps per vector.")
     max_new_tokens: int = Field(512, ge=1, le=2048, description="Most new tokens one generation may ask for.")
+    max_upload_bytes: int = Field(
+        64 * 2**20, ge=1, description="Largest vector file an import accepts (safetensors or GGUF)."
+    )
     max_attempts: int = Field(
         3, ge=1, description="Times a job is started before a worker that keeps dying fails it."
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.executor.base import Event
-from app.executor.tasks import from_bytes
+from app.executor.codec import from_bytes
 from engine import GenerationRequest, LoadedModel, stream_batch
 from engine.generate import prompt_tokens
 

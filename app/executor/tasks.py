@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from app.executor import interop
 from app.executor.base import Event, Order
+from app.executor.codec import from_bytes, to_bytes
 from engine import (
     CalibrateSpec,
     ChainSpec,
@@ -39,14 +41,6 @@ from engine.validate import check_spec
 
 PROGRESS_EVERY_S = 0.25  # progress events per job at most this often
 TRAIN_SHARE = 0.9  # of the progress bar; the gallery samples take the rest
-
-
-def to_bytes(vector: Tensor) -> bytes:
-    return vector.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-
-
-def from_bytes(data: bytes) -> Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.float32)
 
 
 class Job:
@@ -312,6 +306,10 @@ def interactive(
         return {"spec": spec, "model": lm.info.to_dict()}
     if message["type"] == "render":
         return _render(lm, message["prompts"])
+    if message["type"] == "export_vectors":
+        return interop.export(message)
+    if message["type"] == "parse_vectors":
+        return {**interop.parse({**message, "width": lm.info.width}), "model": lm.info.to_dict()}
     if message["type"] == "downstream":
         return _downstream(lm, message)
     requests = [

@@ -108,7 +108,16 @@ class Worker:
             stop = self.stops.get(str(message["id"]))
             if stop is not None:  # a request still waiting or decoding
                 stop.set()
-        elif kind in ("validate", "generate", "render", "downstream", "chat", "check_chat"):
+        elif kind in (
+            "validate",
+            "generate",
+            "render",
+            "downstream",
+            "chat",
+            "check_chat",
+            "export_vectors",
+            "parse_vectors",
+        ):
             self.stops.setdefault(str(message["id"]), threading.Event())
             self.gate.add()
             self.requests.put(message)

@@ -1,0 +1,57 @@
+"""Vector files: export a vector or a run, import safetensors or GGUF."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response
+
+from app import interop
+from app.deps import ServiceDep
+
+router = APIRouter(prefix="/api", tags=["interop"])
+
+
+def _download(data: bytes, name: str, fmt: str) -> Response:
+    return Response(
+        data, media_type=interop.MEDIA[fmt], headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
+
+
+@router.get(
+    "/vectors/{vector_id}/export", summary="One vector as safetensors, GGUF, JSON or a Neuronpedia payload"
+)
+async def export_vector(vector_id: int, service: ServiceDep, format: str = "safetensors") -> Response:
+    data, name = await asyncio.to_thread(interop.export_vector, service, vector_id, format)
+    return _download(data, name, format)
+
+
+@router.get("/runs/{run_id}/export", summary="All of a run's vectors in one safetensors or JSON file")
+async def export_run(run_id: int, service: ServiceDep, format: str = "safetensors") -> Response:
+    data, name = await asyncio.to_thread(interop.export_run, service, run_id, format)
+    return _download(data, name, format)
+
+
+@router.post(
+    "/imports", status_code=201, summary="Import vectors from a safetensors or GGUF file (never pickle)"
+)
+async def import_vectors(
+    service: ServiceDep,
+    file: UploadFile = File(...),  # noqa: B008 - FastAPI's way to declare an upload
+    model: str = Form(""),
+    block: str = Form(""),
+) -> dict[str, Any]:
+    data = await file.read(service.settings.max_upload_bytes + 1)
+    run_id = await asyncio.to_thread(
+        lambda: interop.import_file(
+            service,
+            data=data,
+            filename=file.filename or "upload",
+            model=model or None,
+            block=int(block) if block.strip().lstrip("-").isdigit() else None,
+        )
+    )
+    with service.db.session() as session:
+        return {"run_id": run_id, "vector_ids": interop.run_vector_ids(session, run_id)}
