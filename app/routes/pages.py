@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from markupsafe import escape
 from sqlalchemy import select
+from starlette.datastructures import UploadFile as StarletteUpload
 
-from app import jobs
+from app import interop, jobs
 from app.deps import ServiceDep, SessionDep
+from app.errors import AppError
 from app.models import Job, LanguageModel, Run
 from app.routes.run_pages import render
 
@@ -74,3 +79,26 @@ def retry(job_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
 @router.get("/home/jobs", response_class=HTMLResponse)
 def home_jobs(request: Request, session: SessionDep) -> HTMLResponse:
     return render(request, "home/_jobs.html", {"jobs": active_jobs(session)})
+
+
+@router.post("/import", response_class=HTMLResponse)
+async def import_vectors(request: Request, service: ServiceDep) -> HTMLResponse:
+    """The home page's import form: a link to the new run, or why the file was refused."""
+    form = await request.form()
+    upload, block = form.get("file"), str(form.get("block", "")).strip()
+    if not isinstance(upload, StarletteUpload):
+        return HTMLResponse('<p class="error">choose a file</p>', status_code=422)
+    data = await upload.read(service.settings.max_upload_bytes + 1)
+    try:
+        run_id = await asyncio.to_thread(
+            lambda: interop.import_file(
+                service,
+                data=data,
+                filename=upload.filename or "upload",
+                model=str(form.get("model", "")) or None,
+                block=int(block) if block.lstrip("-").isdigit() else None,
+            )
+        )
+    except AppError as exc:
+        return HTMLResponse(f'<p class="error">{escape(exc.message)}</p>', status_code=exc.status_code)
+    return HTMLResponse(f'<p>Imported: <a href="/runs/{run_id}" id="imported-run">run #{run_id}</a></p>')
