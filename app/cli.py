@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default STEERSCOPE_PORT or 8000)")
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply every migration")
+    export = sub.add_parser("export", help="write a vector (or a run's vectors) to a file")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--vector-id", type=int, help="one vector")
+    which.add_argument("--run-id", type=int, help="all of a run's vectors (safetensors or json)")
+    export.add_argument(
+        "--format", default="safetensors", choices=["safetensors", "gguf", "json", "neuronpedia"]
+    )
+    export.add_argument("--out", required=True, help="the file to write")
+    imp = sub.add_parser("import", help="store the vectors of a safetensors or GGUF file as a run")
+    imp.add_argument("file", help="a .safetensors or .gguf file (never a pickle)")
+    imp.add_argument("--model", help="the model the vectors belong to (default STEERSCOPE_DEFAULT_MODEL)")
+    imp.add_argument("--block", type=int, help="the block they steer, when the file does not say")
     for command, (body, _, summary) in COMMANDS.items():
         p = sub.add_parser(command, help=summary)
         add_body_flags(p, body)
@@ -158,6 +170,36 @@ def run_job(settings: Settings, command: str, body: schemas.Body) -> int:
         service.stop()
 
 
+def files(settings: Settings, args: argparse.Namespace) -> int:
+    """`export` and `import`: the engine reads and writes the files on a worker of this process."""
+    from pathlib import Path
+
+    from app import interop
+
+    service = Service(settings, owner=f"cli:{uuid.uuid4().hex[:12]}", claim_any=False)
+    service.start()
+    try:
+        if args.command == "export":
+            if args.vector_id is not None:
+                data, _ = interop.export_vector(service, args.vector_id, args.format)
+            else:
+                data, _ = interop.export_run(service, args.run_id, args.format)
+            Path(args.out).write_bytes(data)
+            print(f"wrote {args.out} ({len(data)} bytes)")
+            return 0
+        path = Path(args.file)
+        if not path.is_file():
+            print(f"steerscope import: no file {path}", file=sys.stderr)
+            return 2
+        run_id = interop.import_file(
+            service, data=path.read_bytes(), filename=path.name, model=args.model, block=args.block
+        )
+        print(json.dumps({"run_id": run_id}))
+        return 0
+    finally:
+        service.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
@@ -170,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             upgrade(settings.resolved_database_url())
             print(f"database at {settings.resolved_database_url()} is up to date")
             return 0
+        if args.command in ("export", "import"):
+            return files(settings, args)
         body = body_from(args, COMMANDS[args.command][0])
         return run_job(settings, args.command, body)
     except ValidationError as exc:

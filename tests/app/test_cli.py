@@ -75,3 +75,20 @@ def test_bad_input_is_refused_with_a_message_and_writes_nothing(tmp_path: Path, 
 def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path, tiny_dir: Path) -> None:
     out = steerscope(tmp_path, tiny_dir, "serve", "--host", "0.0.0.0")
     assert out.returncode == 2 and "STEERSCOPE_TOKEN" in out.stderr
+
+
+def test_export_and_import_from_the_shell(tmp_path: Path, tiny_dir: Path) -> None:
+    out = steerscope(
+        tmp_path, tiny_dir, "train", "--prompts", "Hi.", "--n-vectors", "1", "--method", "random"
+    )
+    vector = json.loads(out.stdout)["vectors"][0]
+    file = tmp_path / "v.safetensors"
+    out = steerscope(tmp_path, tiny_dir, "export", "--vector-id", str(vector["id"]), "--out", str(file))
+    assert out.returncode == 0, out.stderr
+    out = steerscope(tmp_path, tiny_dir, "import", str(file))
+    assert out.returncode == 0, out.stderr
+    assert count(tmp_path, Vector) == 2
+    (tmp_path / "bad.pt").write_bytes(b"\x80\x04not a vector file")
+    out = steerscope(tmp_path, tiny_dir, "import", str(tmp_path / "bad.pt"), "--block", "1")
+    assert out.returncode == 2 and "pickle" in out.stderr
+    assert count(tmp_path, Vector) == 2
