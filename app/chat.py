@@ -144,6 +144,18 @@ def history(
     ]
 
 
+def user_message(conversation_id: int, pane: str, content: str, turn: int) -> Message:
+    return Message(
+        conversation_id=conversation_id,
+        pane=pane,
+        role="user",
+        content=content,
+        turn=turn,
+        steering={},
+        sampling={},
+    )
+
+
 def _steering_record(
     session: Session, terms: list[dict[str, Any]]
 ) -> tuple[dict[str, Any], list[Any], int | None]:
@@ -241,17 +253,7 @@ class ChatHub:
         with self.service.db.session() as session:
             conversation = get(session, conversation_id)
             for pane in panes:
-                session.add(
-                    Message(
-                        conversation_id=conversation_id,
-                        pane=pane,
-                        role="user",
-                        content=content,
-                        turn=turn,
-                        steering={},
-                        sampling={},
-                    )
-                )
+                session.add(user_message(conversation_id, pane, content, turn))
             ids = self._placeholders(session, conversation, panes, turn, record, sampling)
         self._start(conversation_id, model, rows, panes, ids)
         return turn
@@ -288,14 +290,8 @@ class ChatHub:
                 )
                 if not exists:
                     session.add(
-                        Message(
-                            conversation_id=conversation_id,
-                            pane=pane,
-                            role="user",
-                            content=rows[panes.index(pane)]["messages"][-1]["content"],
-                            turn=turn,
-                            steering={},
-                            sampling={},
+                        user_message(
+                            conversation_id, pane, rows[panes.index(pane)]["messages"][-1]["content"], turn
                         )
                     )
             ids = self._placeholders(session, conversation, panes, turn, record, sampling)

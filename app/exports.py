@@ -7,12 +7,14 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Select, select
 
 from app.db import Database
 from app.models import Generation, Label, Labeling, Vector
+from app.schemas import GENERATION_FIELDS
 
 BATCH = 500
 
@@ -30,24 +32,7 @@ VECTOR_COLUMNS: Columns = [
     ("kl", lambda v: v.kl),
     ("created_at", lambda v: v.created_at.isoformat() + "Z"),
 ]
-GENERATION_COLUMNS: Columns = [
-    (name, (lambda n: lambda g: getattr(g, n))(name))
-    for name in (
-        "id",
-        "vector_id",
-        "unsteered_id",
-        "scale",
-        "block",
-        "prompt",
-        "seed",
-        "temperature",
-        "top_p",
-        "max_new_tokens",
-        "text",
-        "n_tokens",
-        "finish_reason",
-    )
-]
+GENERATION_COLUMNS: Columns = [(name, attrgetter(name)) for name in GENERATION_FIELDS]
 LABEL_COLUMNS: Columns = [
     ("id", lambda row: row[0].id),
     ("label", lambda row: row[1].name),

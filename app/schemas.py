@@ -177,23 +177,24 @@ def vector_out(vector: Vector, *, values: bool = False) -> dict[str, Any]:
     return out
 
 
+# What a generation is, in the API and in exports.
+GENERATION_FIELDS = (
+    "id",
+    "model_id",
+    "vector_id",
+    "unsteered_id",
+    "scale",
+    "block",
+    "prompt",
+    "seed",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "text",
+    "n_tokens",
+    "finish_reason",
+)
+
+
 def generation_out(generation: Generation) -> dict[str, Any]:
-    return {
-        k: getattr(generation, k)
-        for k in (
-            "id",
-            "model_id",
-            "vector_id",
-            "unsteered_id",
-            "scale",
-            "block",
-            "prompt",
-            "seed",
-            "temperature",
-            "top_p",
-            "max_new_tokens",
-            "text",
-            "n_tokens",
-            "finish_reason",
-        )
-    }
+    return {k: getattr(generation, k) for k in GENERATION_FIELDS}

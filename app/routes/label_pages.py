@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from app import gallery, labels
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid
-from app.routes.run_pages import _number, get_run, render
+from app.routes.run_pages import GalleryQuery, get_run, render
 
 router = APIRouter()
 AuthorCookie = Annotated[str | None, Cookie(alias="steerscope_author")]
@@ -77,26 +77,13 @@ def queue(
     run_id: int,
     request: Request,
     session: SessionDep,
+    query: GalleryQuery,
     author: AuthorCookie = None,
     at: int = 0,
-    sort: str = "index",
-    desc: bool = False,
-    min_kl: str = "",
-    min_objective: str = "",
-    label: str = "",
-    q: str = "",
 ) -> HTMLResponse:
     """One vector at a time from the run (or a filtered gallery), in gallery order."""
     run = get_run(session, run_id)
-    query = gallery.Query(
-        sort=sort if sort in gallery.SORTS else "index",
-        desc=desc,
-        page=1,
-        min_kl=_number(min_kl),
-        min_objective=_number(min_objective),
-        label=int(label) if label.isdigit() else None,
-        q=q,
-    )
+    query.page = 1
     everything = gallery.gallery(session, run, query, per_page=100_000)
     ids = [c.vector.id for c in everything.cards]
     at = max(0, min(at, len(ids) - 1)) if ids else 0

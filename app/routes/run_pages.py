@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import select
 
@@ -204,11 +204,7 @@ def _number(value: str) -> float | None:
         return None
 
 
-@router.get("/runs/{run_id}/gallery", response_class=HTMLResponse)
-def run_gallery(
-    run_id: int,
-    request: Request,
-    session: SessionDep,
+def gallery_query(
     sort: str = "index",
     desc: bool = False,
     page: int = 1,
@@ -216,17 +212,25 @@ def run_gallery(
     min_objective: str = "",
     label: str = "",
     q: str = "",
-) -> HTMLResponse:
-    run = get_run(session, run_id)
-    query = gallery.Query(
-        q=q,
+) -> gallery.Query:
+    """The gallery's view from the URL; blank or malformed filters mean no filter."""
+    return gallery.Query(
         sort=sort if sort in gallery.SORTS else "index",
         desc=desc,
         page=page,
         min_kl=_number(min_kl),
         min_objective=_number(min_objective),
         label=int(label) if label.isdigit() else None,
+        q=q,
     )
+
+
+GalleryQuery = Annotated[gallery.Query, Depends(gallery_query)]
+
+
+@router.get("/runs/{run_id}/gallery", response_class=HTMLResponse)
+def run_gallery(run_id: int, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
+    run = get_run(session, run_id)
     context = {
         "run": run,
         "page": gallery.gallery(session, run, query),
