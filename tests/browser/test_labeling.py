@@ -74,6 +74,7 @@ def test_label_five_vectors_with_the_keyboard(page: Page, live: LiveServer, shot
         target.text = "the quixotic walrus sings"
         vector_id = target.vector_id
     page.goto(f"{live.url}/runs/{run_id}")
+    expect(page.locator("article.card")).to_have_count(6)  # the gallery is in: typing now is not lost
     page.fill("#gallery-search", "quixotic")
     page.locator("#gallery-search").press("Enter")
     expect(page.locator("article.card")).to_have_count(1)
