@@ -115,7 +115,8 @@ def test_stop_and_a_client_that_leaves(
     assert {m["finish_reason"] for m in stopped.values()} <= {"stopped", "eos"}
     assert all(m["n_tokens"] < 200 for m in stopped.values())
 
-    monkeypatch.setattr(chat, "GRACE_S", 0.3)
+    monkeypatch.setattr(chat, "GRACE_S", 0.1)
+    cid = conversation(api, vector_id, max_new_tokens=220, temperature=1.0)  # long: it must outlast the grace
     api.post(f"/api/conversations/{cid}/messages", json={"content": "Another long one."})
     with api.stream("GET", f"/api/conversations/{cid}/stream") as r:
         for line in r.iter_lines():
