@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.chat import ChatHub
 from app.errors import AppError
+from app.replies import ChatHub
 from app.routes import (
     api_chat,
     api_data,

@@ -13,14 +13,15 @@ from sqlalchemy import select
 from app import chat
 from app.deps import ServiceDep, SessionDep
 from app.models import Conversation
+from app.replies import ChatHub
 from app.sampling import sse
 
 router = APIRouter(prefix="/api/conversations", tags=["chat"])
 KEEPALIVE_S = 15.0
 
 
-def hub(request: Request) -> chat.ChatHub:
-    value: chat.ChatHub = request.app.state.chat
+def hub(request: Request) -> ChatHub:
+    value: ChatHub = request.app.state.chat
     return value
 
 
