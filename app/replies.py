@@ -26,8 +26,6 @@ from app.errors import Conflict, Invalid
 from app.models import Conversation, Message, now
 from app.service import Service
 
-GRACE_S = 3.0  # a reply whose last watcher left is stopped after this long (a reload comes back sooner)
-
 
 @dataclass
 class Live:
@@ -268,7 +266,9 @@ class ChatHub:
             live.watchers += delta
             orphaned = live.watchers <= 0
         if orphaned:
-            timer = threading.Timer(GRACE_S, self._stop_if_unwatched, args=(conversation_id, live.rid))
+            timer = threading.Timer(
+                self.service.settings.chat_grace_s, self._stop_if_unwatched, args=(conversation_id, live.rid)
+            )
             timer.daemon = True
             timer.start()
 

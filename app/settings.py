@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         64 * 2**20, ge=1, description="Largest vector file an import accepts (safetensors or GGUF)."
     )
+    chat_grace_s: float = Field(
+        3.0,
+        gt=0,
+        description="A chat reply whose last watching page went away is stopped after this many seconds "
+        "(a reload comes back sooner and picks the reply up).",
+    )
     max_attempts: int = Field(
         3, ge=1, description="Times a job is started before a worker that keeps dying fails it."
     )

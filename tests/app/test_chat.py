@@ -12,7 +12,6 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app import replies as reply_hub
 from app.main import create_app
 from app.models import Message
 from tests.app.conftest import make_settings, wait_for
@@ -106,7 +105,7 @@ def test_both_panes_answer_and_record_their_steering(api: httpx.Client, vector_i
 
 
 def test_stop_and_a_client_that_leaves(
-    api: httpx.Client, vector_id: int, monkeypatch: pytest.MonkeyPatch
+    api: httpx.Client, live: LiveServer, vector_id: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cid = conversation(api, vector_id, max_new_tokens=200, temperature=1.0)
     api.post(f"/api/conversations/{cid}/messages", json={"content": "Write a long story."})
@@ -115,7 +114,7 @@ def test_stop_and_a_client_that_leaves(
     assert {m["finish_reason"] for m in stopped.values()} <= {"stopped", "eos"}
     assert all(m["n_tokens"] < 200 for m in stopped.values())
 
-    monkeypatch.setattr(reply_hub, "GRACE_S", 0.1)
+    monkeypatch.setattr(live.app.state.service.settings, "chat_grace_s", 0.1)
     cid = conversation(api, vector_id, max_new_tokens=220, temperature=1.0)  # long: it must outlast the grace
     api.post(f"/api/conversations/{cid}/messages", json={"content": "Another long one."})
     with api.stream("GET", f"/api/conversations/{cid}/stream") as r:
