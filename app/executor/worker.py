@@ -29,7 +29,7 @@ from engine import EngineError, LoadedModel, load_model
 log = logging.getLogger("steerscope.worker")
 CHAT_WINDOW_S = 0.05  # a chat waits this long for others to share its batch
 MAX_CHATS = 16  # chat requests decoded together (two rows each: steered and unsteered)
-MAX_CHAT_WAIT_S = 0.5  # ... but a chat never waits longer than this for company
+MAX_CHAT_WAIT_S = 0.5  # ... but a batch never waits longer than this for company
 QUICK = ("check_chat", "validate", "render")  # answered at once, even while chats gather
 Send = Callable[[Event], None]
 
@@ -161,24 +161,34 @@ class Worker:
             if message["type"] != "chat":
                 self._serve(message)
                 continue
-            # Chats that arrive together are decoded together: wait a moment for the others. The
-            # quick checks that precede each chat are answered meanwhile, so their chats can join.
-            began = time.monotonic()
-            batch, deadline = [message], began + CHAT_WINDOW_S
-            while len(batch) < MAX_CHATS:
-                try:
-                    other = self.requests.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                same_model = other is not None and other.get("model") == message.get("model")
-                if other is not None and other["type"] == "chat" and same_model:
-                    batch.append(other)
-                elif other is not None and other["type"] in QUICK:
-                    self._serve(other)
-                    deadline = min(time.monotonic() + CHAT_WINDOW_S, began + MAX_CHAT_WAIT_S)
-                else:
-                    waiting.append(other)
-            self._serve_chats(batch)
+            self._serve_chats(self._gather(message, waiting))
+
+    def _gather(self, first: dict[str, Any], waiting: deque[dict[str, Any] | None]) -> list[dict[str, Any]]:
+        """The chats to decode with `first`: those that arrive while we wait a moment.
+
+        A chat is preceded by its check; checks are answered here at once, and each one that passes
+        means its chat is on the way, so the batch waits for it (up to MAX_CHAT_WAIT_S in all).
+        """
+        began = time.monotonic()
+        batch, deadline, expected = [first], began + CHAT_WINDOW_S, 0
+        while len(batch) < MAX_CHATS:
+            limit = began + MAX_CHAT_WAIT_S if expected > 0 else deadline
+            try:
+                other = self.requests.get(timeout=max(0.0, limit - time.monotonic()))
+            except queue.Empty:
+                break
+            if other is None or other["type"] not in ("chat", *QUICK):
+                waiting.append(other)
+                continue
+            if other["type"] == "chat" and other.get("model") == first.get("model"):
+                batch.append(other)
+                expected = max(0, expected - 1)
+            elif other["type"] == "chat":
+                waiting.append(other)
+            elif self._serve(other) and other["type"] == "check_chat":
+                expected += 1
+            deadline = min(time.monotonic() + CHAT_WINDOW_S, began + MAX_CHAT_WAIT_S)
+        return batch
 
     def _finish(self, rid: str) -> None:
         self.stops.pop(rid, None)
@@ -191,7 +201,8 @@ class Worker:
             traceback.print_exception(exc)
             self.send({"type": "reply", "id": rid, "ok": False, "error": "internal error in the worker"})
 
-    def _serve(self, message: dict[str, Any]) -> None:
+    def _serve(self, message: dict[str, Any]) -> bool:
+        """Answer one request; True if it succeeded."""
         rid = str(message["id"])
         try:
             with self.models.use(message.get("model", "default")) as lm:
@@ -201,8 +212,10 @@ class Worker:
                     else tasks.interactive(lm, message, self.send, self.stops[rid], self.config)
                 )
             self.send({"type": "reply", "id": rid, "ok": True, "value": value})
+            return True
         except Exception as exc:
             self._fail(rid, exc)
+            return False
         finally:
             self._finish(rid)
 
