@@ -10,9 +10,10 @@ import math
 import pytest
 import torch
 
-from engine.chains import ChainConfig, ChainLoss, max_abs_cos, train_chain
+from engine.chains import ChainConfig, ChainLoss, train_chain
 from engine.errors import EngineError
 from engine.models import LoadedModel, get_blocks
+from engine.orthogonal import max_abs_cos
 from engine.prompts import encode_prompts
 from engine.specs import ChainSpec
 
