@@ -77,7 +77,3 @@ class Broker:
             subs = list(self.topics.get(topic, ()))
         for sub in subs:
             sub.deliver(message)
-
-    def has_subscribers(self, topic: str) -> bool:
-        with self.lock:
-            return bool(self.topics.get(topic))

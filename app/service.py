@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -134,6 +135,13 @@ class Service:
     def notify(self) -> None:
         """Something changed in the queue: dispatch now rather than at the next heartbeat."""
         self.wakeup.set()
+
+    def change_job(self, action: Callable[[Session, int], Job], job_id: int) -> Job:
+        """Apply a queue action (cancel, retry) in its own transaction, then dispatch at once."""
+        with self.db.session() as session:
+            job = action(session, job_id)
+        self.notify()
+        return job
 
     # interactive requests
 

@@ -147,15 +147,19 @@ def gallery_done(session: Session, run: Run, prompts: Sequence[str], max_new_tok
     if model is None:
         return []
     sampling = {"seed": 0, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": max_new_tokens}
-    done: list[list[Any]] = []
+    pairs: dict[str, list[Any]] = {}
     for p, prompt in enumerate(prompts):
-        if find_generation(session, generation_key(model.name, None, 0.0, None, prompt, **sampling)):
-            done.append([None, p])
+        pairs[generation_key(model.name, None, 0.0, None, prompt, **sampling)] = [None, p]
         for vector in run.vectors:
-            key = generation_key(model.name, vector.id, 1.0, vector.block, prompt, **sampling)
-            if find_generation(session, key):
-                done.append([vector.index, p])
-    return done
+            pairs[generation_key(model.name, vector.id, 1.0, vector.block, prompt, **sampling)] = [
+                vector.index,
+                p,
+            ]
+    keys = list(pairs)
+    stored: set[str] = set()
+    for lo in range(0, len(keys), 500):  # one query per 500 keys, not one per sample
+        stored.update(session.scalars(select(Generation.key).where(Generation.key.in_(keys[lo : lo + 500]))))
+    return [pair for key, pair in pairs.items() if key in stored]
 
 
 def add_event(session: Session, job_id: int, kind: str, data: dict[str, Any]) -> JobEvent:

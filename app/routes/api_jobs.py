@@ -40,20 +40,14 @@ def read_job(job_id: int, session: SessionDep) -> dict[str, Any]:
     "/{job_id}/cancel", summary="Cancel; a running job stops between steps and keeps what it finished"
 )
 def cancel_job(job_id: int, service: ServiceDep) -> dict[str, Any]:
-    with service.db.session() as session:
-        job = schemas.job_out(jobs.request_cancel(session, job_id))
-    service.notify()
-    return job
+    return schemas.job_out(service.change_job(jobs.request_cancel, job_id))
 
 
 @router.post(
     "/{job_id}/retry", summary="Queue a failed or cancelled job again; it resumes from what it stored"
 )
 def retry_job(job_id: int, service: ServiceDep) -> dict[str, Any]:
-    with service.db.session() as session:
-        job = schemas.job_out(jobs.retry(session, job_id))
-    service.notify()
-    return job
+    return schemas.job_out(service.change_job(jobs.retry, job_id))
 
 
 @router.get("/{job_id}/events", summary="Server-sent events of the job; reconnect with Last-Event-ID")

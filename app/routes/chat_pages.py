@@ -60,14 +60,31 @@ def show(conversation_id: int, request: Request, session: SessionDep) -> HTMLRes
     return render(request, "chat/show.html", {**panel_context(session, conversation), "panes": panes})
 
 
+async def apply_panel(
+    request: Request,
+    service: ServiceDep,
+    conversation_id: int,
+    update: chat.SteeringUpdate | None,
+    error: str = "",
+) -> HTMLResponse:
+    """Apply a panel change (unless reading the form failed already) and render the panel anew."""
+    if update is not None:
+        try:
+            await asyncio.to_thread(chat.update_steering, service, conversation_id, update)
+        except AppError as exc:
+            error = exc.message
+    with service.db.session() as session:
+        context = {**panel_context(session, chat.get(session, conversation_id)), "error": error}
+        return render(request, "chat/_panel.html", context, status_code=422 if error else 200)
+
+
 @router.post("/chat/{conversation_id}/steering", response_class=HTMLResponse)
 async def steering(conversation_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
-    """The panel form: terms as parallel lists, settings as fields; re-rendered with any error."""
+    """The panel form: terms as parallel lists, settings as fields."""
     form = await request.form()
     ids, scales = form.getlist("vector_id"), form.getlist("scale")
     enabled = {str(v) for v in form.getlist("enabled")}
     removed = str(form.get("drop", ""))  # not "remove": a control by that name would hide form.remove()
-    error = ""
     try:
         terms = [
             chat.Term(vector_id=int(str(i)), scale=float(str(s)), enabled=str(i) in enabled)
@@ -80,46 +97,26 @@ async def steering(conversation_id: int, request: Request, service: ServiceDep) 
             max_new_tokens=int(str(form.get("max_new_tokens", "96") or 96)),
             show_unsteered=form.get("show_unsteered") is not None,
         )
-        await asyncio.to_thread(
-            chat.update_steering,
-            service,
-            conversation_id,
-            chat.SteeringUpdate(terms=terms, settings=settings),
-        )
-    except (ValidationError, ValueError) as exc:
-        error = (
-            str(exc).splitlines()[0]
-            if not isinstance(exc, ValidationError)
-            else "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
-        )
-    except AppError as exc:
-        error = exc.message
-    with service.db.session() as session:
-        context = {**panel_context(session, chat.get(session, conversation_id)), "error": error}
-        return render(request, "chat/_panel.html", context, status_code=422 if error else 200)
+    except ValidationError as exc:
+        problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
+        return await apply_panel(request, service, conversation_id, None, problems)
+    except ValueError as exc:
+        return await apply_panel(request, service, conversation_id, None, str(exc).splitlines()[0])
+    return await apply_panel(
+        request, service, conversation_id, chat.SteeringUpdate(terms=terms, settings=settings)
+    )
 
 
 @router.post("/chat/{conversation_id}/add", response_class=HTMLResponse)
 async def add_vector(conversation_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
     form = await request.form()
-    error = ""
     with service.db.session() as session:
-        conversation = chat.get(session, conversation_id)
-        terms = [
-            chat.Term(**{k: t[k] for k in ("vector_id", "scale", "enabled")}) for t in conversation.steering
-        ]
+        steering = chat.get(session, conversation_id).steering
+    terms = [chat.Term(**{k: t[k] for k in ("vector_id", "scale", "enabled")}) for t in steering]
     raw = str(form.get("vector_id", ""))
     if raw.isdigit() and int(raw) not in {t.vector_id for t in terms}:
         terms.append(chat.Term(vector_id=int(raw)))
-    try:
-        await asyncio.to_thread(
-            chat.update_steering, service, conversation_id, chat.SteeringUpdate(terms=terms)
-        )
-    except AppError as exc:
-        error = exc.message
-    with service.db.session() as session:
-        context = {**panel_context(session, chat.get(session, conversation_id)), "error": error}
-        return render(request, "chat/_panel.html", context, status_code=422 if error else 200)
+    return await apply_panel(request, service, conversation_id, chat.SteeringUpdate(terms=terms))
 
 
 @router.get("/chat/{conversation_id}/search", response_class=HTMLResponse)

@@ -60,20 +60,12 @@ def jobs_page(request: Request, session: SessionDep, page: int = 1, status: str 
 
 @router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
 def cancel(job_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
-    with service.db.session() as session:
-        jobs.request_cancel(session, job_id)
-    service.notify()
-    with service.db.session() as session:
-        return render(request, "jobs/_row.html", {"job": jobs.get(session, job_id)})
+    return render(request, "jobs/_row.html", {"job": service.change_job(jobs.request_cancel, job_id)})
 
 
 @router.post("/jobs/{job_id}/retry", response_class=HTMLResponse)
 def retry(job_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
-    with service.db.session() as session:
-        jobs.retry(session, job_id)
-    service.notify()
-    with service.db.session() as session:
-        return render(request, "jobs/_row.html", {"job": jobs.get(session, job_id)})
+    return render(request, "jobs/_row.html", {"job": service.change_job(jobs.retry, job_id)})
 
 
 @router.get("/home/jobs", response_class=HTMLResponse)
