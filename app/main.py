@@ -77,7 +77,12 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Only where and what: the offending input may not even be JSON-encodable (NaN, inf).
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in errors]
+        problems = [
+            "the request body is not valid JSON"
+            if e["type"] == "json_invalid"
+            else f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}"
+            for e in errors
+        ]
         return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
 
     if settings.token:

@@ -68,6 +68,13 @@ def test_invalid_chains_and_generations_are_refused(client: TestClient) -> None:
     assert counts(client) == before
 
 
+def test_a_body_that_is_not_json_is_refused(client: TestClient) -> None:
+    before = counts(client)
+    r = client.post("/api/runs", content="not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"] == "the request body is not valid JSON"
+    assert counts(client) == before
+
+
 def test_unknown_jobs_and_runs_are_404(client: TestClient) -> None:
     assert client.get("/api/jobs/999999").status_code == 404
     assert client.post("/api/jobs/999999/cancel").status_code == 404
