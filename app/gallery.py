@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import Integer, column, func, select, text
 from sqlalchemy.orm import Session
@@ -43,10 +44,22 @@ class Query:
     min_objective: float | None = None
     label: int | None = None
     q: str = ""  # words that must occur in one of the vector's completions (full-text search)
+    pick: list[int] = field(default_factory=list)  # ticked vectors (for compare), kept across pages
 
     def params(self, **change: Any) -> dict[str, Any]:
+        """The view as URL parameters (the selection left out), blank ones dropped."""
         values = {**self.__dict__, **change}
-        return {k: ("1" if v is True else v) for k, v in values.items() if v not in (None, False, "")}
+        values.pop("pick", None)
+        blank = [k for k, v in values.items() if v is None or v is False or v == ""]  # 0 is a filter
+        return {k: ("1" if v is True else v) for k, v in values.items() if k not in blank}
+
+    def url(self, **change: Any) -> str:
+        """The query string of this view, with the selection: what the address bar shows."""
+        pairs = list(self.params(**change).items())
+        if self.page == 1 and "page" not in change:
+            pairs = [(k, v) for k, v in pairs if k != "page"]
+        pairs += [("pick", i) for i in change.get("pick", self.pick)]
+        return urlencode(pairs)
 
 
 @dataclass
@@ -133,23 +146,28 @@ def gallery(session: Session, run: Run, query: Query, *, per_page: int = PER_PAG
     return Page(cards, total, query, pages)
 
 
-def vector_map(session: Session, run: Run) -> list[dict[str, Any]]:
-    """One point per vector of the run on its first two principal components, with its labels."""
+def vector_map(session: Session, run: Run) -> dict[str, Any]:
+    """One point per vector of the run on its first two principal components, with its labels, and
+    what each axis is (the share of the vectors' spread along it)."""
     rows = session.execute(
-        select(Vector.id, Vector.index, Vector.values).where(Vector.run_id == run.id)
+        select(Vector.id, Vector.index, Vector.values).where(Vector.run_id == run.id).order_by(Vector.index)
     ).all()
     if not rows:
-        return []
-    coords = geometry.pca_2d(geometry.stack([r.values for r in rows]))
+        return {"points": [], "axes": []}
+    coords, shares = geometry.pca_2d(geometry.stack([r.values for r in rows]))
     labels = labels_of(session, [r.id for r in rows])
-    return [
+    points = [
         {
             "id": r.id,
             "index": r.index,
             "x": float(coords[i, 0]),
             "y": float(coords[i, 1]),
             "label": labels[r.id][0].name if labels.get(r.id) else "",
-            "colour": labels[r.id][0].colour if labels.get(r.id) else "#2563eb",
+            "colour": labels[r.id][0].colour if labels.get(r.id) else "",
         }
         for i, r in enumerate(rows)
     ]
+    axes = [
+        f"principal component {k + 1} ({100 * share:.0f}% of the spread)" for k, share in enumerate(shares)
+    ]
+    return {"points": points, "axes": axes}

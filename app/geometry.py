@@ -36,14 +36,18 @@ def nearest(query: bytes, candidates: Sequence[bytes], k: int) -> list[tuple[int
     return [(int(i), float(sims[i])) for i in order]
 
 
-def pca_2d(m: Matrix) -> Matrix:
-    """[N, 2] coordinates on the two directions of largest spread (zeros when N < 2)."""
+def pca_2d(m: Matrix) -> tuple[Matrix, list[float]]:
+    """[N, 2] coordinates on the two directions of largest spread (zeros when N < 2), and the share
+    of the spread each direction carries."""
     if m.shape[0] < 2:
-        return np.zeros((m.shape[0], 2))
+        return np.zeros((m.shape[0], 2)), [0.0, 0.0]
     centered = m - m.mean(axis=0, keepdims=True)
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    _, singular, vt = np.linalg.svd(centered, full_matrices=False)
     coords = centered @ vt[:2].T
-    return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    spread = singular**2
+    total = float(spread.sum())
+    shares = [float(s / total) if total > 0 else 0.0 for s in spread[:2]]
+    return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1]))), shares + [0.0] * (2 - len(shares))
 
 
 def composition(m: Matrix, n: int) -> Matrix:

@@ -36,9 +36,14 @@ def _queue(
     return job
 
 
-def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "") -> Job:
+def check_melbo(service: Service, body: schemas.MelboCreate) -> dict[str, Any]:
+    """Every check a MELBO run must pass (the model-dependent ones on the worker); writes nothing."""
     _limits(service, body.n_vectors, body.steps)
-    checked = service.validate("melbo", body.spec(), reserve=service.settings.gallery_tokens)
+    return service.validate("melbo", body.spec(), reserve=service.settings.gallery_tokens)
+
+
+def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "") -> Job:
+    checked = check_melbo(service, body)
     return _queue(service, body.method, checked, priority=body.priority, owner=owner)
 
 

@@ -19,6 +19,33 @@ def num(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
+def span(seconds: float) -> str:
+    """A length of time as a person says it: 850 ms, 12 s, 3 min 5 s, 2 h 10 min."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+
+
+def duration(job: Any) -> str:
+    """How long a job ran (so far, while it runs); blank before it started."""
+    if not job.started_at:
+        return ""
+    end = job.finished_at or now()
+    return ("running for " if job.finished_at is None else "took ") + span(
+        (end - job.started_at).total_seconds()
+    )
+
+
+def waited(job: Any) -> str:
+    """How long a job waited in the queue before it started (so far, while it waits)."""
+    end = job.started_at or now()
+    return span(max(0.0, (end - job.created_at).total_seconds()))
+
+
 def eta(job: Any) -> str:
     """Time left, extrapolated from the time so far and the progress."""
     if not job.started_at or job.progress <= 0.01:
@@ -41,5 +68,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["percent"] = lambda x: f"{100 * float(x or 0):.0f}%"
     templates.env.filters["num"] = num
     templates.env.filters["eta"] = eta
+    templates.env.filters["duration"] = duration
+    templates.env.filters["waited"] = waited
     templates.env.filters["heat"] = heat
     return templates

@@ -1,42 +1,130 @@
-// steerscope's own page scripts: the plots. Everything else is htmx attributes in the templates.
+// steerscope's own page scripts: the plots, the links between them and the cards, the gallery's
+// ticked vectors in the address bar, and a run page fetching itself again when its job ends.
+// Everything else is htmx attributes in the templates.
 "use strict";
 
 const steerscope = (() => {
-  const charts = new Map();
   const palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
+  const colour = (index) => palette[index % palette.length];
+  const faded = "rgba(156, 163, 175, 0.35)";
+  const LEGEND_MAX = 16; // more vectors than this: the legend would be a wall; hover still names them
+  let highlighted = null; // the vector index shown in every view at once
 
   function chart(canvas, config) {
-    if (charts.has(canvas)) charts.get(canvas).destroy();
+    const old = Chart.getChart(canvas);
+    if (old) old.destroy();
     const made = new Chart(canvas, config);
-    charts.set(canvas, made);
     canvas.dataset.ready = "1";
     return made;
   }
 
-  // Per-vector objective curves, fed by the job's event stream (replayed from the start).
-  function curves(canvas) {
-    const job = canvas.dataset.job;
-    if (!job) return;
-    const made = chart(canvas, {
+  // Tick labels a person reads: as many decimals as the axis's span needs, and 0 for rounding noise.
+  function readable(value, span) {
+    const size = Math.abs(span) || Math.abs(value) || 1;
+    if (Math.abs(value) < size * 1e-6) return "0";
+    const decimals = Math.max(0, Math.min(6, 1 - Math.floor(Math.log10(size))));
+    return Number(value).toFixed(decimals);
+  }
+  const ticks = { callback(value) { return readable(value, this.max - this.min); } };
+  const axis = (text, extra) => ({ title: { display: true, text }, ticks, ...extra });
+
+  function chartOf(id) {
+    const canvas = document.getElementById(id);
+    return canvas ? Chart.getChart(canvas) : undefined;
+  }
+
+  // Show vector `index` (or none) in the curves, the map, the chain plot and the cards together.
+  function highlight(index) {
+    if (highlighted === index) return;
+    highlighted = index;
+    document.querySelectorAll("article.card.linked").forEach((c) => c.classList.remove("linked"));
+    if (index !== null) {
+      document.querySelectorAll(`article.card[data-index="${index}"]`).forEach((c) => c.classList.add("linked"));
+    }
+    const curves = chartOf("curves");
+    if (curves) {
+      for (const set of curves.data.datasets) {
+        const on = index === null || set.vectorIndex === index;
+        set.borderColor = on ? set.baseColour : faded;
+        set.borderWidth = index !== null && on ? 3 : 1;
+      }
+      curves.update("none");
+    }
+    for (const id of ["vector-map", "chain-plot"]) {
+      const made = chartOf(id);
+      if (!made) continue;
+      const active = [];
+      made.data.datasets.forEach((set, datasetIndex) => {
+        const at = set.vectorIndexes ? set.vectorIndexes.indexOf(index) : -1;
+        if (at >= 0) active.push({ datasetIndex, index: at });
+      });
+      made.setActiveElements(active);
+      made.tooltip.setActiveElements(active, { x: 0, y: 0 });
+      made.update("none");
+    }
+    document.body.dataset.highlight = index === null ? "" : String(index);
+  }
+
+  function hovered(made, elements) {
+    if (!elements.length) return highlight(null);
+    const set = made.data.datasets[elements[0].datasetIndex];
+    highlight(set.vectorIndex ?? set.vectorIndexes[elements[0].index]);
+  }
+
+  function lineSet(index, label) {
+    return { label, vectorIndex: index, baseColour: colour(index), borderColor: colour(index), borderWidth: 1, data: [] };
+  }
+
+  function curvesChart(canvas) {
+    return chart(canvas, {
       type: "line",
       data: { datasets: [] },
-      options: { animation: false, parsing: false, normalized: true,
-                 scales: { x: { type: "linear", title: { display: true, text: "step" } },
-                           y: { title: { display: true, text: "objective" } } },
-                 plugins: { legend: { display: false } }, elements: { point: { radius: 0 } } },
+      options: {
+        animation: false, parsing: false, normalized: true,
+        interaction: { mode: "nearest", intersect: false },
+        onHover: (_event, elements, made) => hovered(made, elements),
+        scales: { x: axis("optimizer step", { type: "linear" }), y: axis("objective") },
+        plugins: {
+          legend: { position: "right", onHover: (_e, item, legend) => highlight(legend.chart.data.datasets[item.datasetIndex].vectorIndex),
+                    onLeave: () => highlight(null) },
+          tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${readable(c.parsed.y, c.parsed.y)} at step ${c.parsed.x}` } },
+        },
+        elements: { point: { radius: 0 } },
+      },
     });
+  }
+
+  function legendFits(made) {
+    made.options.plugins.legend.display = made.data.datasets.length <= LEGEND_MAX;
+  }
+
+  // Per-vector objective curves: live from the job's events while it trains, else from the stored vectors.
+  async function curves(canvas) {
+    const made = curvesChart(canvas);
+    if (canvas.dataset.curves) {
+      const rows = await (await fetch(canvas.dataset.curves)).json();
+      for (const row of rows) {
+        const set = lineSet(row.index, `#${row.id} (index ${row.index})`);
+        set.data = row.curve.map((y, x) => ({ x, y }));
+        made.data.datasets.push(set);
+      }
+      legendFits(made);
+      made.update("none");
+      return;
+    }
+    if (!canvas.dataset.job) return;
     const byVector = new Map();
-    const source = new EventSource(`/api/jobs/${job}/events`);
+    const source = new EventSource(`/api/jobs/${canvas.dataset.job}/events`);
     source.addEventListener("progress", (event) => {
-      for (const [vector, step, value] of JSON.parse(event.data).points) {
+      for (const [vector, step, value] of JSON.parse(event.data).points || []) {
         if (!byVector.has(vector)) {
-          const set = { label: `vector ${vector}`, data: [], borderColor: palette[vector % palette.length],
-                        borderWidth: 1 };
+          const set = lineSet(vector, `index ${vector}`);
           byVector.set(vector, set);
           made.data.datasets.push(set);
         }
         byVector.get(vector).data.push({ x: step, y: value });
       }
+      legendFits(made);
       made.update("none");
     });
     source.addEventListener("finished", () => source.close());
@@ -46,47 +134,94 @@ const steerscope = (() => {
   // Norm, loss and KL against chain index.
   async function chainPlot(canvas) {
     const series = await (await fetch(canvas.dataset.series)).json();
-    const line = (label, data, color, axis) => ({ label, data, borderColor: color, yAxisID: axis, tension: 0 });
+    const line = (label, data, color, yAxisID) => ({ label, data, borderColor: color, backgroundColor: color, yAxisID,
+                                                     tension: 0, vectorIndexes: series.index });
     chart(canvas, {
       type: "line",
       data: { labels: series.index, datasets: [
         line("norm", series.norm, palette[0], "y"),
         line("loss", series.loss, palette[1], "y"),
-        line("KL", series.kl, palette[2], "kl"),
+        line("next-token KL", series.kl, palette[2], "kl"),
       ] },
-      options: { animation: false,
-                 scales: { x: { title: { display: true, text: "chain index" } },
-                           kl: { position: "right", title: { display: true, text: "next-token KL" } } } },
+      options: {
+        animation: false,
+        interaction: { mode: "index", intersect: false },
+        onHover: (_event, elements, made) => hovered(made, elements),
+        scales: { x: { title: { display: true, text: "chain index" } },
+                  y: axis("norm and loss"), kl: axis("next-token KL", { position: "right" }) },
+        plugins: { tooltip: { callbacks: { title: (items) => `chain index ${items[0].label}: vector #${series.id[items[0].dataIndex]}` } } },
+      },
     });
   }
 
   // The run's vectors on their first two principal components; a click opens the vector.
   async function vectorMap(canvas) {
-    const points = await (await fetch(canvas.dataset.points)).json();
+    const { points, axes } = await (await fetch(canvas.dataset.points)).json();
+    const data = points.map((p) => ({ x: p.x, y: p.y, id: p.id, index: p.index, label: p.label }));
     chart(canvas, {
       type: "scatter",
-      data: { datasets: [{ data: points.map((p) => ({ x: p.x, y: p.y, id: p.id, label: p.label })),
-                           pointBackgroundColor: points.map((p) => p.colour), pointRadius: 5 }] },
-      options: { animation: false, plugins: { legend: { display: false },
-                 tooltip: { callbacks: { label: (c) => `vector #${c.raw.id} ${c.raw.label}` } } },
-                 onClick: (_event, hits, made) => {
-                   if (hits.length) window.location = `/vectors/${made.data.datasets[0].data[hits[0].index].id}`;
-                 } },
+      data: { datasets: [{
+        label: "vectors", data, vectorIndexes: points.map((p) => p.index),
+        pointBackgroundColor: points.map((p) => colour(p.index)),
+        pointBorderColor: points.map((p) => p.colour || colour(p.index)),
+        pointBorderWidth: points.map((p) => (p.colour ? 3 : 1)),
+        pointRadius: 5, pointHoverRadius: 9,
+      }] },
+      options: {
+        animation: false,
+        onHover: (_event, elements, made) => hovered(made, elements),
+        scales: { x: axis(axes[0] || "principal component 1"), y: axis(axes[1] || "principal component 2") },
+        plugins: { legend: { display: false },
+                   tooltip: { callbacks: { label: (c) => `vector #${c.raw.id} (index ${c.raw.index}) ${c.raw.label}` } } },
+        onClick: (_event, hits, made) => {
+          if (hits.length) window.location = `/vectors/${made.data.datasets[0].data[hits[0].index].id}`;
+        },
+      },
     });
   }
 
   function init(root) {
-    root.querySelectorAll("canvas#curves:not([data-ready])").forEach(curves);
-    root.querySelectorAll("canvas#chain-plot:not([data-ready])").forEach(chainPlot);
-    root.querySelectorAll("canvas#vector-map:not([data-ready])").forEach(vectorMap);
+    const scope = root.querySelectorAll ? root : document;
+    const own = (selector) => [...(root.matches && root.matches(selector) ? [root] : []), ...scope.querySelectorAll(selector)];
+    own("canvas#curves:not([data-ready])").forEach(curves);
+    own("canvas#chain-plot:not([data-ready])").forEach(chainPlot);
+    own("canvas#vector-map:not([data-ready])").forEach(vectorMap);
   }
 
-  document.addEventListener("DOMContentLoaded", () => init(document));
-  document.addEventListener("htmx:sseMessage", (event) => {
-    if (event.detail.type !== "finished") return;
-    document.querySelectorAll("canvas#chain-plot, canvas#vector-map").forEach((c) =>
-      c.id === "chain-plot" ? chainPlot(c) : vectorMap(c));
+  // The gallery's ticked vectors live in the address bar too, so a reload or a shared link keeps them.
+  function syncSelection(form) {
+    const picks = new FormData(form).getAll("pick");
+    const url = new URL(window.location.href);
+    url.searchParams.delete("pick");
+    picks.forEach((p) => url.searchParams.append("pick", p));
+    history.replaceState(history.state, "", url);
+    const link = form.querySelector("#compare-selected");
+    link.href = `/compare?ids=${[...picks].sort((a, b) => a - b).join(",")}`;
+    if (picks.length < 2) link.setAttribute("aria-disabled", "true");
+    else link.removeAttribute("aria-disabled");
+    form.querySelector("#picked").textContent =
+      `${picks.length} ticked${picks.length < 2 ? ": tick 2 to 8 vectors to compare them" : ""}`;
+  }
+
+  document.addEventListener("change", (event) => {
+    if (event.target.name === "pick" && event.target.form) syncSelection(event.target.form);
   });
-  return { chainPlot, vectorMap, init };
+  document.addEventListener("click", (event) => {
+    if (event.target.closest && event.target.closest("a[aria-disabled=true]")) event.preventDefault();
+  });
+  document.addEventListener("mouseover", (event) => {
+    const card = event.target.closest ? event.target.closest("article.card[data-index]") : null;
+    highlight(card ? Number(card.dataset.index) : null);
+  });
+
+  // The job ended: fetch this page again at its current address (the gallery's view included).
+  // The fresh copy is finished, so it has no stream; the old one closes its own.
+  document.addEventListener("htmx:sseMessage", (event) => {
+    if (event.detail.type !== "finished" || event.target.id !== "run-body") return;
+    htmx.ajax("GET", window.location.pathname + window.location.search,
+              { target: "#run-body", select: "#run-body", swap: "outerHTML" });
+  });
+  htmx.onLoad(init);
+  return { chainPlot, vectorMap, highlight, init, readable };
 })();
 window.steerscope = steerscope;

@@ -35,6 +35,8 @@ async def new_conversation(request: Request, service: ServiceDep) -> Response:
         vector_id=int(vector) if vector.isdigit() else None, model=str(form.get("model", "")) or None
     )
     conversation_id = await asyncio.to_thread(chat.create, service, body)
+    if request.headers.get("HX-Request"):  # a gallery card's chat button
+        return Response(status_code=204, headers={"HX-Redirect": f"/chat/{conversation_id}"})
     return RedirectResponse(f"/chat/{conversation_id}", status_code=303)
 
 

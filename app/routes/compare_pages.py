@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app import geometry, sampling, schemas, store
 from app.deps import ServiceDep, SessionDep
@@ -31,14 +32,18 @@ def compare(
     request: Request,
     session: SessionDep,
     ids: str = "",
-    pick: Annotated[list[int] | None, Query()] = None,  # the gallery's "compare selected" checkboxes
+    pick: Annotated[list[int] | None, Query()] = None,  # ticked checkboxes of a plain GET form
     prompt: str = "",
     seed: int = 0,
     temperature: float = Query(0.0, ge=0),
     max_new_tokens: int = Query(48, ge=1, le=512),
     scale: float = 1.0,
-) -> HTMLResponse:
-    vector_ids = parse_ids(ids or ",".join(map(str, pick or [])))
+) -> Response:
+    if pick and not ids:  # one address for a comparison: ?ids=3,5
+        rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "pick"])
+        target = f"/compare?ids={','.join(map(str, parse_ids(','.join(map(str, pick)))))}"
+        return RedirectResponse(f"{target}&{rest}" if rest else target, status_code=303)
+    vector_ids = parse_ids(ids)
     vectors = [store.get_vector(session, i) for i in vector_ids]
     prompt = prompt or str(vectors[0].run.prompts[0])
     matrix = geometry.cosine_matrix(geometry.stack([v.values for v in vectors]))

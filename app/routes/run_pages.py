@@ -1,4 +1,9 @@
-"""Pages for runs: the new-run form, a run's live progress and gallery, chains and their composition test."""
+"""Pages for runs: what a run resolved, its progress while it is live, its gallery (whose view lives
+in the URL), its plots, and a chain's composition test.
+
+A page opened while its job runs carries the SSE connection that keeps it current and fetches
+itself again when the job ends; a finished run's page carries no stream at all.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,18 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy import select
 
-from app import forms, gallery, geometry, jobs, labels, launch, schemas, store
+from app import gallery, geometry, jobs, labels, launch, schemas, store, summary
 from app.deps import ServiceDep, SessionDep
-from app.errors import AppError, Invalid, NotFound
-from app.models import Job, LanguageModel, Run, Vector
+from app.errors import Invalid, NotFound
+from app.models import Job, JobEvent, LanguageModel, Run, Vector
 
 router = APIRouter(include_in_schema=False)
 COMPOSE_CHOICES = (2, 4, 8, 16, 32)
+TRAINED = ("melbo", "random", "chain")  # kinds whose vectors come from training (curves, map)
 
 
 def render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
@@ -24,11 +30,6 @@ def render(request: Request, template: str, context: dict[str, Any], status_code
         request, template, context, status_code=status_code
     )
     return response
-
-
-def model_names(session: Any, default: str) -> list[str]:
-    names = [m for m in session.scalars(select(LanguageModel.name).order_by(LanguageModel.id))]
-    return [default, *[n for n in names if n != default]]
 
 
 def get_run(session: Any, run_id: int) -> Run:
@@ -42,158 +43,37 @@ def job_of(session: Any, run: Run) -> Job | None:
     return session.scalars(select(Job).where(Job.run_id == run.id).order_by(Job.id.desc())).first()
 
 
-# the new-run form
+def is_live(job: Job | None) -> bool:
+    return job is not None and job.status not in jobs.FINISHED
 
 
-@router.get("/runs/new", response_class=HTMLResponse)
-def new_run(request: Request, session: SessionDep, service: ServiceDep) -> HTMLResponse:
-    values = {
-        "model": service.settings.default_model,
-        "method": "melbo",
-        "n_vectors": "8",
-        "positions": "user",
-        "p": "2",
-        "seed": "0",
-        "prompts": "",
-        "orthogonal": True,
-        "normalize": False,
-        "mode": "fast",
-        "loss": "token",
+def last_progress(session: Any, job: Job | None) -> dict[str, Any]:
+    """The newest progress event's fields (whatever the worker reports), the curve points left out."""
+    if job is None:
+        return {}
+    event = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.type == "progress")
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    ).first()
+    return {k: v for k, v in (event.data if event else {}).items() if k != "points"}
+
+
+def status_context(session: Any, run: Run) -> dict[str, Any]:
+    """What the live parts of a run page show: progress, resolved values, settings."""
+    job = job_of(session, run)
+    return {
+        "run": run,
+        "job": job,
+        "live": is_live(job),
+        "report": last_progress(session, job),
+        "facts": summary.facts(run, job),
+        "settings": summary.settings(run),
     }
-    return render(
-        request,
-        "runs/new.html",
-        {"values": values, "errors": {}, "models": model_names(session, service.settings.default_model)},
-    )
 
 
-@router.post("/runs/new", response_class=HTMLResponse)
-async def create_run(request: Request, session: SessionDep, service: ServiceDep) -> Response:
-    values = forms.run_values(await request.form())
-    body, errors = forms.run_body(values)
-    if body is not None:
-        try:
-            job = await _in_thread(launch.start_melbo, service, body)
-        except AppError as exc:
-            errors = {forms.field_for(exc.message): exc.message}
-        else:
-            url = f"/runs/{job.run_id}"
-            if request.headers.get("HX-Request"):
-                return Response(status_code=204, headers={"HX-Redirect": url})
-            return RedirectResponse(url, status_code=303)
-    context = {
-        "values": values,
-        "errors": errors,
-        "models": model_names(session, service.settings.default_model),
-    }
-    return render(
-        request,
-        "runs/_form.html" if request.headers.get("HX-Request") else "runs/new.html",
-        context,
-        status_code=422,
-    )
-
-
-async def _in_thread(fn: Any, *args: Any) -> Any:
-    return await asyncio.to_thread(fn, *args)  # worker round trips must not block the event loop
-
-
-@router.post("/runs/preview", response_class=HTMLResponse)
-async def preview(request: Request, service: ServiceDep) -> HTMLResponse:
-    form = await request.form()
-    prompts = [p.strip() for p in str(form.get("prompts", "")).splitlines() if p.strip()]
-    model = str(form.get("model") or service.settings.default_model)
-    context: dict[str, Any] = {"prompts": prompts, "error": ""}
-    if prompts:
-        try:
-            context["shown"] = await _in_thread(
-                service.ask, {"type": "render", "model": model, "prompts": prompts}
-            )
-        except AppError as exc:
-            context["error"] = exc.message
-    return render(request, "runs/_preview.html", context)
-
-
-@router.post("/runs/calibrate", response_class=HTMLResponse)
-async def calibrate(request: Request, service: ServiceDep) -> HTMLResponse:
-    form = await request.form()
-    fields = {k: str(form.get(k, "")) for k in ("model", "source", "target", "positions")}
-    data: dict[str, Any] = {k: v for k, v in fields.items() if v}
-    data["prompts"] = [p.strip() for p in str(form.get("prompts", "")).splitlines() if p.strip()]
-    for k in ("source", "target"):
-        if k in data:
-            data[k] = int(data[k]) if data[k].lstrip("-").isdigit() else data[k]
-    try:
-        body = schemas.CalibrationCreate.model_validate(data)
-        job = await _in_thread(launch.start_calibration, service, body)
-    except (AppError, ValueError) as exc:
-        return render(
-            request, "runs/_calibration.html", {"error": getattr(exc, "message", str(exc)), "job": None}
-        )
-    return render(request, "runs/_calibration.html", {"job": job, "error": "", "radius": None})
-
-
-@router.get("/runs/calibrate/{job_id}", response_class=HTMLResponse)
-def calibration_status(job_id: int, request: Request, session: SessionDep) -> HTMLResponse:
-    job = jobs.get(session, job_id)
-    radius = job.run.radius if job.status == "succeeded" else None
-    return render(request, "runs/_calibration.html", {"job": job, "error": job.error, "radius": radius})
-
-
-# a run: progress, gallery, map
-
-
-@router.get("/runs/{run_id}", response_class=HTMLResponse)
-def show_run(run_id: int, request: Request, session: SessionDep) -> HTMLResponse:
-    run = get_run(session, run_id)
-    context: dict[str, Any] = {"run": run, "job": job_of(session, run), "compose_choices": COMPOSE_CHOICES}
-    if run.kind == "chain":
-        context["parent"] = session.get(Vector, run.parent_vector_id) if run.parent_vector_id else None
-        context["compositions"] = session.scalars(
-            select(Run)
-            .where(Run.kind == "compose", Run.inputs["chain_run"].as_integer() == run.id)
-            .order_by(Run.id)
-        ).all()
-    return render(request, "runs/show.html", context)
-
-
-@router.get("/runs/{run_id}/progress", response_class=HTMLResponse)
-def run_progress(run_id: int, request: Request, session: SessionDep) -> HTMLResponse:
-    run = get_run(session, run_id)
-    return render(request, "runs/_progress.html", {"run": run, "job": job_of(session, run)})
-
-
-@router.get("/runs/{run_id}/live")
-async def run_live(run_id: int, request: Request, service: ServiceDep) -> StreamingResponse:
-    """SSE of rendered progress partials (for htmx's SSE extension); ends when the job does."""
-    templates = request.app.state.templates
-
-    def snapshot() -> tuple[str, bool]:
-        with service.db.session() as session:
-            run = get_run(session, run_id)
-            job = job_of(session, run)
-            html = templates.get_template("runs/_progress.html").render(
-                {"run": run, "job": job, "request": request}
-            )
-            return html, job is None or job.status in jobs.FINISHED
-
-    async def events() -> AsyncIterator[str]:
-        with service.db.session() as session:
-            job = job_of(session, get_run(session, run_id))
-        if job is None:
-            return
-        with service.broker.subscribe(f"job:{job.id}") as sub:
-            while True:
-                html, finished = await _in_thread(snapshot)
-                yield f"event: progress\ndata: {html.replace(chr(10), ' ')}\n\n"
-                if finished:
-                    yield "event: finished\ndata: done\n\n"
-                    return
-                if await request.is_disconnected():
-                    return
-                await sub.next(15.0)
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+# the gallery's view, from the URL
 
 
 def _number(value: str) -> float | None:
@@ -212,6 +92,7 @@ def gallery_query(
     min_objective: str = "",
     label: str = "",
     q: str = "",
+    pick: Annotated[list[str] | None, Query()] = None,
 ) -> gallery.Query:
     """The gallery's view from the URL; blank or malformed filters mean no filter."""
     return gallery.Query(
@@ -222,27 +103,112 @@ def gallery_query(
         min_objective=_number(min_objective),
         label=int(label) if label.isdigit() else None,
         q=q,
+        pick=list(dict.fromkeys(int(p) for p in pick or [] if p.isdigit())),
     )
 
 
 GalleryQuery = Annotated[gallery.Query, Depends(gallery_query)]
 
 
-@router.get("/runs/{run_id}/gallery", response_class=HTMLResponse)
-def run_gallery(run_id: int, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
-    run = get_run(session, run_id)
-    context = {
+def gallery_context(session: Any, run: Run, query: gallery.Query) -> dict[str, Any]:
+    page = gallery.gallery(session, run, query)
+    on_page = {c.vector.id for c in page.cards}
+    return {
         "run": run,
-        "page": gallery.gallery(session, run, query),
+        "page": page,
         "sorts": list(gallery.SORTS),
         "facets": labels.facets(session, run.id),
+        "picked_elsewhere": [i for i in query.pick if i not in on_page],
     }
-    return render(request, "runs/_gallery.html", context)
+
+
+# a run
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def show_run(run_id: int, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
+    run = get_run(session, run_id)
+    context = {
+        **status_context(session, run),
+        **gallery_context(session, run, query),
+        "compose_choices": COMPOSE_CHOICES,
+        "trained": run.kind in TRAINED,
+    }
+    if run.kind == "chain":
+        context["parent"] = session.get(Vector, run.parent_vector_id) if run.parent_vector_id else None
+        context["compositions"] = session.scalars(
+            select(Run)
+            .where(Run.kind == "compose", Run.inputs["chain_run"].as_integer() == run.id)
+            .order_by(Run.id)
+        ).all()
+    return render(request, "runs/show.html", context)
+
+
+@router.get("/runs/{run_id}/progress", response_class=HTMLResponse)
+def run_progress(run_id: int, request: Request, session: SessionDep) -> HTMLResponse:
+    return render(request, "runs/_progress.html", status_context(session, get_run(session, run_id)))
+
+
+@router.get("/runs/{run_id}/live")
+async def run_live(run_id: int, request: Request, service: ServiceDep) -> StreamingResponse:
+    """SSE for a run page opened while its job is live: the progress and summary partials whenever
+    the job reports, then `finished` (the page then fetches itself again and drops the stream)."""
+    templates = request.app.state.templates
+    with service.db.session() as session:
+        job = job_of(session, get_run(session, run_id))
+
+    def snapshot() -> tuple[str, str, bool]:
+        with service.db.session() as session:
+            context = {**status_context(session, get_run(session, run_id)), "request": request}
+            progress = templates.get_template("runs/_progress.html").render(context)
+            facts = templates.get_template("runs/_summary.html").render(context)
+            return progress, facts, not context["live"]
+
+    def data(html: str) -> str:
+        return "\n".join(f"data: {line}" for line in html.splitlines())
+
+    async def events() -> AsyncIterator[str]:
+        if job is None:
+            yield "event: finished\ndata: done\n\n"
+            return
+        with service.broker.subscribe(f"job:{job.id}") as sub:
+            while True:
+                progress, facts, finished = await asyncio.to_thread(snapshot)
+                yield f"event: progress\n{data(progress)}\n\n"
+                yield f"event: summary\n{data(facts)}\n\n"
+                if finished:
+                    yield "event: finished\ndata: done\n\n"
+                    return
+                if await request.is_disconnected():
+                    return
+                await sub.next(15.0)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/runs/{run_id}/gallery", response_class=HTMLResponse)
+def run_gallery(run_id: int, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
+    """The gallery partial; asked for by the page, it also puts its view in the address bar."""
+    run = get_run(session, run_id)
+    response = render(request, "runs/_gallery.html", gallery_context(session, run, query))
+    if request.headers.get("HX-Request"):
+        url = f"/runs/{run.id}?{query.url()}".rstrip("?")
+        response.headers["HX-Push-Url"] = url
+    return response
 
 
 @router.get("/runs/{run_id}/map.json")
-def run_map(run_id: int, session: SessionDep) -> list[dict[str, Any]]:
+def run_map(run_id: int, session: SessionDep) -> dict[str, Any]:
     return gallery.vector_map(session, get_run(session, run_id))
+
+
+@router.get("/runs/{run_id}/curves.json")
+def run_curves(run_id: int, session: SessionDep) -> list[dict[str, Any]]:
+    """Each stored vector's objective at every step (what the live curves showed while it trained)."""
+    return [
+        {"index": v.index, "id": v.id, "curve": v.metrics.get("curve", [])}
+        for v in get_run(session, run_id).vectors
+    ]
 
 
 @router.get("/runs/{run_id}/chain.json")
@@ -250,6 +216,7 @@ def chain_series(run_id: int, session: SessionDep) -> dict[str, Any]:
     vectors = get_run(session, run_id).vectors
     return {
         "index": [v.index for v in vectors],
+        "id": [v.id for v in vectors],
         "norm": [v.norm for v in vectors],
         "loss": [v.objective for v in vectors],
         "kl": [v.kl for v in vectors],
@@ -290,5 +257,5 @@ async def compose(run_id: int, request: Request, service: ServiceDep) -> Respons
     body = schemas.SamplesCreate(
         vector_ids=[vector_id], prompts=prompts, max_new_tokens=service.settings.gallery_tokens
     )
-    await _in_thread(launch.start_samples, service, body)
+    await asyncio.to_thread(launch.start_samples, service, body)
     return Response(status_code=204, headers={"HX-Redirect": f"/vectors/{vector_id}"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from bs4 import BeautifulSoup
@@ -70,8 +71,9 @@ def test_form_run_gallery_vector_compare_and_chain_pages(client: TestClient) -> 
     assert len(cards) == 3 and all(len(c.select(".sample")) == 2 for c in cards)
     kls = [float(c.select_one(".metrics").get_text().split("KL ")[1].split(" ")[0]) for c in cards]
     assert kls == sorted(kls, reverse=True)
-    points = client.get(f"/runs/{run_id}/map.json").json()
-    assert len(points) == 3 and {"x", "y", "id"} <= set(points[0])
+    view = client.get(f"/runs/{run_id}/map.json").json()
+    assert len(view["points"]) == 3 and {"x", "y", "id", "index"} <= set(view["points"][0])
+    assert [a.split(" (")[0] for a in view["axes"]] == ["principal component 1", "principal component 2"]
 
     vectors = vectors_of(client, run_id)
     vector = soup(client.get(f"/vectors/{vectors[0]['id']}"))
@@ -109,3 +111,49 @@ def test_missing_things_get_an_html_404(client: TestClient) -> None:
     assert r.status_code == 404 and "text/html" in r.headers["content-type"]
     assert "no run 999999" in soup(r).get_text()
     assert client.get("/compare", params={"ids": "1"}).status_code == 422
+
+
+def test_number_fields_answer_in_words_and_keep_every_fields_error(client: TestClient) -> None:
+    before = run_rows(client)
+    r = client.post("/runs/new", data=form(n_vectors="eight", source="99", radius="-1", p="x"))
+    assert r.status_code == 422
+    page = soup(r)
+    assert page.find(id="error-n_vectors").get_text() == "vectors must be a whole number, got 'eight'"
+    assert page.find(id="error-p").get_text() == "p must be a number, got 'x'"
+    assert "source block 99 is out of range" in page.find(id="error-source").get_text()
+    assert "R (radius) must be a finite number > 0" in page.find(id="error-radius").get_text()
+    assert "Input should" not in page.get_text() and "parse" not in page.get_text()
+    assert run_rows(client) == before
+
+
+def test_the_gallery_view_lives_in_the_url(client: TestClient) -> None:
+    r = client.post("/api/runs", json={"prompts": ["Hi."], "n_vectors": 3, "method": "random", "radius": 4.0})
+    run_id = r.json()["run_id"]
+    assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+    ids = [v["id"] for v in vectors_of(client, run_id)]
+    view = {"sort": "norm", "desc": "true", "min_kl": "0", "q": "", "pick": [str(ids[2]), str(ids[0])]}
+    partial = client.get(f"/runs/{run_id}/gallery", params=view, headers={"HX-Request": "true"})
+    assert (
+        partial.headers["HX-Push-Url"]
+        == f"/runs/{run_id}?sort=norm&desc=1&min_kl=0.0&pick={ids[2]}&pick={ids[0]}"
+    )
+
+    page = soup(client.get(partial.headers["HX-Push-Url"]))  # the pushed address renders the same view
+    assert page.select_one("#gallery select[name=sort] option[selected]")["value"] == "norm"
+    assert page.select_one("#gallery input[name=desc]").has_attr("checked")
+    ticked = sorted(int(box["value"]) for box in page.select("article.card input[name=pick][checked]"))
+    assert ticked == sorted([ids[0], ids[2]])
+    assert (
+        page.find(id="compare-selected")["href"]
+        == f"/compare?ids={min(ids[0], ids[2])},{max(ids[0], ids[2])}"
+    )
+    assert page.find(id="run-body").get("sse-connect") is None  # finished: no stream
+
+    redirect = client.get(
+        "/compare", params={"pick": [ids[1], ids[0]], "prompt": "Hi."}, follow_redirects=False
+    )
+    assert redirect.status_code == 303
+    assert redirect.headers["location"] == f"/compare?ids={ids[1]},{ids[0]}&prompt=Hi."
+
+    stream = client.get(f"/runs/{run_id}/live")  # a late stream says "finished" at once and ends
+    assert re.findall(r"^event: (\w+)", stream.text, re.M) == ["progress", "summary", "finished"]

@@ -8,12 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.main import create_app
-from tests.app.conftest import make_settings
+from tests.app.conftest import make_settings, wait_for
 from tests.live import LiveServer, free_port
 
+# Generous on purpose: a busy 2-core machine runs the worker, the server and Chromium at once.
+TIMEOUT_MS = 180_000  # Playwright's waits
+TIMEOUT_S = TIMEOUT_MS / 1000  # every HTTP call and condition wait
 CHROMIUM = os.environ.get("STEERSCOPE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("STEERSCOPE_TEST_ARTIFACTS", "test-artifacts"))
 
@@ -43,3 +47,22 @@ def shots() -> Path:
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def api(live: LiveServer) -> Iterator[httpx.Client]:
+    """The live server's JSON API, with an explicit timeout on every call."""
+    with httpx.Client(base_url=live.url, timeout=TIMEOUT_S) as client:
+        yield client
+
+
+def finished(api: httpx.Client, job_id: int, status: str = "succeeded") -> dict[str, Any]:
+    """Wait for a job to end; fail unless it ended as `status`."""
+
+    def done() -> dict[str, Any] | None:
+        job: dict[str, Any] = api.get(f"/api/jobs/{job_id}").json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    job: dict[str, Any] = wait_for(done, TIMEOUT_S, f"job {job_id} to finish")
+    assert job["status"] == status, job
+    return job

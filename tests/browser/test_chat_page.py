@@ -8,10 +8,9 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.app.conftest import wait_for
-from tests.browser.conftest import LiveServer
+from tests.browser.conftest import TIMEOUT_MS, LiveServer, finished
 
-TIMEOUT = 120_000
+TIMEOUT = TIMEOUT_MS
 
 # Set before sending: notes (in sessionStorage, which outlives the reload at the end of a reply)
 # whether each pane showed text while its reply was still live.
@@ -41,15 +40,15 @@ def last_replies(page: Page) -> tuple[str, str]:
     return steered, unsteered
 
 
-def test_chat_with_a_vector(page: Page, live: LiveServer, shots: Path) -> None:
+def test_chat_with_a_vector(page: Page, live: LiveServer, api: httpx.Client, shots: Path) -> None:
     page.set_default_timeout(TIMEOUT)
-    r = httpx.post(
-        f"{live.url}/api/runs",
+    r = api.post(
+        "/api/runs",
         json={"prompts": ["Hello."], "n_vectors": 1, "method": "random", "radius": 8.0},
     )
     job = r.json()["job"]["id"]
-    wait_for(lambda: httpx.get(f"{live.url}/api/jobs/{job}").json()["status"] == "succeeded")
-    vector = httpx.get(f"{live.url}/api/runs/{r.json()['run_id']}/vectors").json()[0]["id"]
+    finished(api, job)
+    vector = api.get(f"/api/runs/{r.json()['run_id']}/vectors").json()[0]["id"]
 
     page.goto(f"{live.url}/vectors/{vector}")
     page.click("#chat-with-vector")
@@ -84,12 +83,14 @@ def test_chat_with_a_vector(page: Page, live: LiveServer, shots: Path) -> None:
     page.screenshot(path=shots / "09-chat-reopened.png", full_page=True)
 
 
-def test_tokens_stream_into_both_panes_before_the_reply_is_done(page: Page, live: LiveServer) -> None:
+def test_tokens_stream_into_both_panes_before_the_reply_is_done(
+    page: Page, live: LiveServer, api: httpx.Client
+) -> None:
     page.set_default_timeout(TIMEOUT)
-    r = httpx.post(f"{live.url}/api/conversations", json={})
+    r = api.post("/api/conversations", json={})
     cid = r.json()["id"]
     body = {"terms": [], "settings": {**r.json()["settings"], "max_new_tokens": 150, "temperature": 1.0}}
-    httpx.put(f"{live.url}/api/conversations/{cid}/steering", json=body)
+    api.put(f"/api/conversations/{cid}/steering", json=body)
     page.goto(f"{live.url}/chat/{cid}")
     page.evaluate(WATCH_STREAMING)
     page.fill("#message", "Write a long story.")

@@ -11,24 +11,25 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from app.models import Generation
-from tests.app.conftest import wait_for
-from tests.browser.conftest import LiveServer
+from tests.browser.conftest import TIMEOUT_MS, LiveServer, finished
 
-TIMEOUT = 120_000
+TIMEOUT = TIMEOUT_MS
 
 
 def facet_count(page: Page, label: str) -> str:
     return page.locator(f".facet[data-label='{label}'] .facet-count").text_content() or ""
 
 
-def test_label_five_vectors_with_the_keyboard(page: Page, live: LiveServer, shots: Path) -> None:
+def test_label_five_vectors_with_the_keyboard(
+    page: Page, live: LiveServer, api: httpx.Client, shots: Path
+) -> None:
     page.set_default_timeout(TIMEOUT)
-    r = httpx.post(
-        f"{live.url}/api/runs",
+    r = api.post(
+        "/api/runs",
         json={"prompts": ["Describe the moon."], "n_vectors": 6, "method": "random", "radius": 6.0},
     )
     run_id, job = r.json()["run_id"], r.json()["job"]["id"]
-    wait_for(lambda: httpx.get(f"{live.url}/api/jobs/{job}").json()["status"] == "succeeded")
+    finished(api, job)
     page.goto(f"{live.url}/runs/{run_id}")
     expect(page.locator(".facet[data-label='refusal'] .facet-count")).to_have_text("0")
 
@@ -67,7 +68,7 @@ def test_label_five_vectors_with_the_keyboard(page: Page, live: LiveServer, shot
     page.screenshot(path=shots / "11-facets.png", full_page=True)
 
     # Full-text search finds the one completion with a word in it.
-    generations = httpx.get(f"{live.url}/api/generations", params={"run_id": run_id}).json()
+    generations = api.get("/api/generations", params={"run_id": run_id}).json()
     with live.app.state.service.db.session() as session:
         target = session.get(Generation, generations[3]["id"])
         assert target is not None

@@ -9,16 +9,16 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from app.models import Generation
-from tests.browser.conftest import LiveServer
+from tests.browser.conftest import TIMEOUT_MS, LiveServer
 
-TIMEOUT = 120_000  # ms: training on the tiny model takes seconds, the first worker start longer
-
-
-def jobs_count(live: LiveServer) -> int:
-    return len(httpx.get(f"{live.url}/api/jobs", params={"limit": 500}).json())
+TIMEOUT = TIMEOUT_MS
 
 
-def test_new_user_path(page: Page, live: LiveServer, shots: Path) -> None:
+def jobs_count(api: httpx.Client) -> int:
+    return len(api.get("/api/jobs", params={"limit": 500}).json())
+
+
+def test_new_user_path(page: Page, live: LiveServer, api: httpx.Client, shots: Path) -> None:
     page.set_default_timeout(TIMEOUT)
     page.goto(f"{live.url}/runs/new")
     page.fill("#prompts", "Tell me a story.\nWhat is two plus two?")
@@ -28,7 +28,7 @@ def test_new_user_path(page: Page, live: LiveServer, shots: Path) -> None:
     page.click("#start-run")
     page.wait_for_url(re.compile(r"/runs/\d+$"))
     expect(page.locator("#job-progress")).to_have_attribute("data-status", "succeeded")
-    expect(page.locator("#job-progress progress")).to_have_attribute("value", "1.0")
+    expect(page.locator("[data-fact=R]")).to_contain_text("× residual norm")
     expect(page.locator("article.card")).to_have_count(3)
     page.wait_for_selector("canvas#vector-map[data-ready]")
     page.screenshot(path=shots / "02-run-gallery.png", full_page=True)
@@ -62,9 +62,11 @@ def test_new_user_path(page: Page, live: LiveServer, shots: Path) -> None:
     page.screenshot(path=shots / "05-compare.png", full_page=True)
 
 
-def test_bad_form_values_show_errors_and_queue_nothing(page: Page, live: LiveServer, shots: Path) -> None:
+def test_bad_form_values_show_errors_and_queue_nothing(
+    page: Page, live: LiveServer, api: httpx.Client, shots: Path
+) -> None:
     page.set_default_timeout(TIMEOUT)
-    before = jobs_count(live)
+    before = jobs_count(api)
     page.goto(f"{live.url}/runs/new")
     page.fill("#prompts", "Tell me a story.")
     page.fill("#source", "99")
@@ -75,19 +77,19 @@ def test_bad_form_values_show_errors_and_queue_nothing(page: Page, live: LiveSer
     page.click("#start-run")
     expect(page.locator("#error-radius")).to_contain_text("R (radius) must be a finite number > 0")
     page.screenshot(path=shots / "06-form-errors.png", full_page=True)
-    assert jobs_count(live) == before
+    assert jobs_count(api) == before
 
 
-def test_generated_html_is_shown_as_text(page: Page, live: LiveServer, shots: Path) -> None:
+def test_generated_html_is_shown_as_text(
+    page: Page, live: LiveServer, api: httpx.Client, shots: Path
+) -> None:
     page.set_default_timeout(TIMEOUT)
-    r = httpx.post(f"{live.url}/api/runs", json={"prompts": ["Say hi."], "n_vectors": 1, "method": "random"})
+    r = api.post("/api/runs", json={"prompts": ["Say hi."], "n_vectors": 1, "method": "random"})
     run_id = r.json()["run_id"]
     evil = '<img src=x onerror="document.title=\'owned\'"><script>document.title="owned"</script>'
     page.goto(f"{live.url}/runs/{run_id}")
     expect(page.locator("article.card")).to_have_count(1)
-    steered_ids = [
-        g["id"] for g in httpx.get(f"{live.url}/api/generations", params={"run_id": run_id}).json()
-    ]
+    steered_ids = [g["id"] for g in api.get("/api/generations", params={"run_id": run_id}).json()]
     with live.app.state.service.db.session() as session:
         generation = session.get(Generation, steered_ids[0])
         assert generation is not None

@@ -1,0 +1,146 @@
+"""What a run page says about a run: the values it resolved (blocks, R, steps run) and its settings
+as a table a person reads, each setting with its meaning and whether it was left at its default."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from app import schemas
+from app.models import Job, Run
+
+# Where each kind of run's settings are described (the API bodies carry the help text).
+BODIES: dict[str, type[BaseModel]] = {
+    "melbo": schemas.MelboCreate,
+    "random": schemas.MelboCreate,
+    "chain": schemas.ChainCreate,
+    "calibrate": schemas.CalibrationCreate,
+    "generate": schemas.SamplesCreate,
+}
+NOT_SETTINGS = {"prompts", "priority", "vector_id", "vector_ids"}
+
+
+@dataclass
+class Fact:
+    name: str
+    value: str
+    note: str = ""  # how the value came about
+
+
+@dataclass
+class Setting:
+    name: str
+    value: str
+    meaning: str
+    default: bool  # left at the default
+
+
+def _g(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}g}"
+
+
+def _pending(job: Job | None) -> str:
+    if job is not None and job.status in ("queued", "running"):
+        return "not known yet: resolved when training starts"
+    return "–"
+
+
+def _steps(run: Run) -> Fact | None:
+    taken = [int(v.metrics["steps"]) for v in run.vectors if isinstance(v.metrics.get("steps"), int | float)]
+    if not taken:
+        return None
+    budget = run.spec.get("steps")
+    of = f" of {budget}" if budget is not None else ""
+    if min(taken) == max(taken):
+        return Fact("steps run", f"{taken[0]}{of} per vector")
+    median = statistics.median(taken)
+    return Fact("steps run", f"{min(taken)}–{max(taken)}{of} per vector", f"median {median:g}")
+
+
+def facts(run: Run, job: Job | None) -> list[Fact]:
+    """The values a run actually used, resolved from its defaults once it ran."""
+    out: list[Fact] = []
+    vectors = list(run.vectors)
+    result = run.result or {}
+    if run.kind == "import":
+        blocks = sorted({v.block for v in vectors})
+        out.append(Fact("file", str(run.spec.get("file", "")), "imported, not trained"))
+        out.append(Fact("block" if len(blocks) == 1 else "blocks", ", ".join(map(str, blocks)) or "–"))
+        out.append(Fact("vectors", str(len(vectors))))
+        norms = [v.norm for v in vectors]
+        if norms:
+            span = _g(norms[0]) if len(norms) == 1 else f"{_g(min(norms))}–{_g(max(norms))}"
+            out.append(Fact("norm", span))
+        return out
+    if run.kind == "calibrate":
+        found = result.get("calibration") or {}
+        if found:
+            out.append(Fact("blocks", f"{found['source']} → {found['target']}"))
+            out.append(
+                Fact(
+                    "calibrated R",
+                    _g(found["radius"]),
+                    f"{found['relative']:.3f} × residual norm {_g(found['residual_norm'])}; "
+                    f"nonlinearity ratio {found['ratio']:.2f} (threshold {found['threshold']:g})",
+                )
+            )
+        else:
+            out.append(Fact("calibrated R", _pending(job)))
+        return out
+    if run.source is not None and run.target is not None:
+        given = run.spec.get("source") is not None, run.spec.get("target") is not None
+        note = "as asked" if all(given) else "from the model's depth" if not any(given) else ""
+        out.append(Fact("blocks", f"{run.source} → {run.target}", note))
+    else:
+        out.append(Fact("blocks", _pending(job)))
+    if run.kind in ("melbo", "random"):
+        if run.radius is not None:
+            residual = result.get("residual_norm")
+            note = "as asked" if run.spec.get("radius") is not None else "default"
+            if residual:
+                note = f"{run.radius / residual:.3f} × residual norm {_g(residual)} ({note})"
+            out.append(Fact("R", _g(run.radius), note))
+        else:
+            out.append(Fact("R", _pending(job)))
+    if run.kind == "chain":
+        norms = [v.norm for v in vectors]
+        if norms:
+            out.append(Fact("norms", f"{_g(min(norms))}–{_g(max(norms))}"))
+        if result.get("stop_reason"):
+            out.append(Fact("stopped", str(result["stop_reason"]).replace("_", " ")))
+    asked = run.spec.get("n_vectors")
+    out.append(Fact("vectors", f"{len(vectors)} of {asked}" if asked else str(len(vectors))))
+    steps = _steps(run)
+    if steps is not None:
+        out.append(steps)
+    return out
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_shown(v) for v in value)
+    return str(value)
+
+
+def settings(run: Run) -> list[Setting]:
+    """The run's spec as rows: name, value, meaning, whether it is the default."""
+    body = BODIES.get(run.kind)
+    fields = body.model_fields if body is not None else {}
+    rows = []
+    for name, value in run.spec.items():
+        if name in NOT_SETTINGS:
+            continue
+        info = fields.get(name)
+        meaning = (info.description or "") if info is not None else ""
+        default = info is not None and not info.is_required() and info.default == value
+        rows.append(Setting(name, _shown(value), meaning, default))
+    return rows
