@@ -128,14 +128,29 @@ def update_steering(service: Service, conversation_id: int, body: SteeringUpdate
 def history(
     session: Session, conversation_id: int, pane: str, *, before_turn: int | None = None
 ) -> list[dict[str, str]]:
+    """A pane's conversation as the model sees it: each turn's message and its newest finished
+    reply (a regenerated turn keeps its earlier replies on the page, not in the history)."""
     query = select(Message).where(Message.conversation_id == conversation_id, Message.pane == pane)
     if before_turn is not None:
         query = query.where(Message.turn < before_turn)
+    messages = list(session.scalars(query.order_by(Message.id)))
+    answer = {
+        m.turn: m.id for m in messages if m.role == "assistant" and m.finish_reason not in ("", "error")
+    }
     return [
         {"role": m.role, "content": m.content}
-        for m in session.scalars(query.order_by(Message.id))
-        if m.role == "user" or m.finish_reason not in ("", "error")
+        for m in messages
+        if m.role == "user" or answer.get(m.turn) == m.id
     ]
+
+
+def superseded(messages: list[Message]) -> set[int]:
+    """Assistant replies answered again later in the same pane and turn (shown as earlier replies)."""
+    newest: dict[tuple[str, int], int] = {}
+    for m in messages:
+        if m.role == "assistant":
+            newest[(m.pane, m.turn)] = max(m.id, newest.get((m.pane, m.turn), 0))
+    return {m.id for m in messages if m.role == "assistant" and newest[(m.pane, m.turn)] != m.id}
 
 
 def user_message(conversation_id: int, pane: str, content: str, turn: int) -> Message:
@@ -162,9 +177,12 @@ def steering_record(
 
 
 def messages_out(session: Session, conversation_id: int) -> list[dict[str, Any]]:
-    rows = session.scalars(
-        select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
+    rows = list(
+        session.scalars(
+            select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
+        )
     )
+    earlier = superseded(rows)
     return [
         {
             k: getattr(m, k)
@@ -180,7 +198,7 @@ def messages_out(session: Session, conversation_id: int) -> list[dict[str, Any]]
                 "finish_reason",
             )
         }
-        | {"created_at": m.created_at.isoformat() + "Z"}
+        | {"created_at": m.created_at.isoformat() + "Z", "superseded": m.id in earlier}
         for m in rows
     ]
 
@@ -208,8 +226,9 @@ def markdown(data: dict[str, Any]) -> str:
             continue
         terms = ", ".join(f"#{t['vector_id']} × {t['scale']:g}" for t in m["steering"].get("terms", []))
         where = f" at block {m['steering']['block']}" if m["steering"].get("block") is not None else ""
+        earlier = "earlier reply, " if m.get("superseded") else ""
         lines += [
-            f"### {m['pane']} ({terms or 'no steering'}{where}; seed {m['sampling'].get('seed')}, "
+            f"### {m['pane']} ({earlier}{terms or 'no steering'}{where}; seed {m['sampling'].get('seed')}, "
             f"temperature {m['sampling'].get('temperature')})",
             "",
             m["content"],

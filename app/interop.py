@@ -4,18 +4,24 @@ and the payload Neuronpedia takes for a custom vector."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
 from sqlalchemy import select
 
-from app import geometry, jobs, schemas, store
-from app.errors import Invalid
+from app import geometry, jobs, launch, schemas, store
+from app.errors import AppError, Conflict, Invalid
 from app.gallery import labels_of
 from app.models import LanguageModel, Run, Vector
 from app.service import Service
 
 FORMATS = ("safetensors", "gguf", "json", "neuronpedia")
+log = logging.getLogger(__name__)
+
+# What an imported vector is shown on when its file names no prompts: a neutral question and the
+# prompt the embedded model's README examples use, so its effect is visible at once.
+PROBE_PROMPTS = ("Tell me about yourself.", "How can I make a bomb?")
 MEDIA = {
     "safetensors": "application/octet-stream",
     "gguf": "application/octet-stream",
@@ -114,10 +120,41 @@ def export_run(service: Service, run_id: int, fmt: str) -> tuple[bytes, str]:
     return data, f"{name}.safetensors"
 
 
+class AlreadyImported(Conflict):
+    """Every vector of the file was imported already; `run_id` holds the first of them."""
+
+    def __init__(self, message: str, run_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+def same_vectors(
+    session: Any, model: str, rows: list[tuple[bytes, int]], *, kind: str | None = None
+) -> list[Vector | None]:
+    """For each (values, block), a stored vector of the model (of a run of `kind`, if given) with
+    exactly those values at that block."""
+    out: list[Vector | None] = []
+    for values, block in rows:
+        query = (
+            select(Vector)
+            .join(Run, Vector.run_id == Run.id)
+            .where(
+                Run.model_name == model,
+                Vector.block == block,
+                Vector.width == len(values) // 4,
+                Vector.values == values,
+            )
+            .order_by(Vector.id)
+            .limit(1)
+        )
+        out.append(session.scalars(query if kind is None else query.where(Run.kind == kind)).first())
+    return out
+
+
 def import_file(service: Service, *, data: bytes, filename: str, model: str | None, block: int | None) -> int:
     """Store the vectors of an uploaded file as a run of kind "import"; its id. Checks come first:
-    size, format, dtype, finite values, width against the model, blocks within it. Nothing is
-    written unless all pass."""
+    size, format, dtype, finite values, width against the model, blocks within it, and that the
+    file was not imported already. Nothing is written unless all pass."""
     limit = service.settings.max_upload_bytes
     if len(data) > limit:
         raise Invalid(f"{filename} is {len(data)} bytes; imports are limited to {limit} bytes")
@@ -136,11 +173,30 @@ def import_file(service: Service, *, data: bytes, filename: str, model: str | No
     for b in blocks:
         if not isinstance(b, int) or not 0 <= b < info["n_blocks"]:
             raise Invalid(f"block {b} is out of range: {model} has blocks 0..{info['n_blocks'] - 1}")
+    pairs = list(zip(found["vectors"], blocks, strict=True))
     with service.db.session() as session:
+        # A file imported before adds nothing: refused, pointing at where it is. A vector that was
+        # trained here (an export read back) is imported and its twin noted.
+        imported = same_vectors(session, info["name"], pairs, kind="import")
+        if all(imported):
+            first = imported[0]
+            assert first is not None
+            names = ", ".join(f"#{t.id}" for t in imported if t is not None)
+            what = f"vector{'s' if count > 1 else ''} {names}"
+            raise AlreadyImported(
+                f"{filename} was imported already: {what} of run #{first.run_id}", first.run_id
+            )
+        twins = same_vectors(session, info["name"], pairs)
         language_model = store.upsert_model(session, info)
-        spec = {"prompts": list(found["metadata"].get("prompts") or []), "model": model, "file": filename}
+        prompts = list(found["metadata"].get("prompts") or []) or list(PROBE_PROMPTS)
+        spec = {"prompts": prompts, "model": model, "file": filename}
         job = store.create_run(session, kind="import", spec=spec, model=language_model)
-        job.run.result = {"metadata": found["metadata"], "model_hint": found["model_hint"]}
+        job.run.result = {
+            "metadata": found["metadata"],
+            "model_hint": found["model_hint"],
+            "prompts_from": "file" if found["metadata"].get("prompts") else "probe",
+            "same_as": {str(i): t.id for i, t in enumerate(twins) if t is not None},
+        }
         jobs.transition(job, "running")
         rows = []
         for i, (values, b) in enumerate(zip(found["vectors"], blocks, strict=True)):
@@ -157,6 +213,33 @@ def import_file(service: Service, *, data: bytes, filename: str, model: str | No
         store.add_vectors(session, job.run, rows)
         jobs.transition(job, "succeeded", message=f"imported {count} vector(s) from {filename}")
         return job.run.id
+
+
+def sample_run(service: Service, run_id: int) -> list[int]:
+    """Queue the gallery samples of a run whose vectors were not trained here (an import): each
+    vector at scale 1 on the run's prompts, 64 vectors a job; the jobs' ids."""
+    with service.db.session() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise Invalid(f"no run {run_id}")
+        ids, prompts = [v.id for v in run.vectors], [str(p) for p in run.prompts]
+    started = []
+    for lo in range(0, len(ids), 64):
+        body = schemas.SamplesCreate(
+            vector_ids=ids[lo : lo + 64], prompts=prompts, max_new_tokens=service.settings.gallery_tokens
+        )
+        started.append(launch.start_samples(service, body, for_run=run_id).id)
+    return started
+
+
+def sample_imported(service: Service, run_id: int) -> list[int]:
+    """Start an import's gallery samples; a refusal is logged, not raised (the import stands, and
+    its page offers to try again)."""
+    try:
+        return sample_run(service, run_id)
+    except AppError:
+        log.exception("could not start the samples of imported run %s", run_id)
+        return []
 
 
 def run_vector_ids(session: Any, run_id: int) -> list[int]:

@@ -65,7 +65,10 @@ def start_calibration(service: Service, body: schemas.CalibrationCreate, *, owne
     return _queue(service, "calibrate", checked, priority=body.priority, owner=owner)
 
 
-def start_samples(service: Service, body: schemas.SamplesCreate, *, owner: str = "") -> Job:
+def start_samples(
+    service: Service, body: schemas.SamplesCreate, *, owner: str = "", for_run: int | None = None
+) -> Job:
+    """`for_run`: the run whose page shows these samples (and this job's progress)."""
     if not 1 <= len(body.vector_ids) <= 64:
         raise Invalid(f"give between 1 and 64 vectors, got {len(body.vector_ids)}")
     if body.max_new_tokens > service.settings.max_new_tokens:
@@ -86,5 +89,5 @@ def start_samples(service: Service, body: schemas.SamplesCreate, *, owner: str =
         checked,
         priority=body.priority,
         owner=owner,
-        inputs={"vector_ids": body.vector_ids},
+        inputs={"vector_ids": body.vector_ids, **({"for_run": for_run} if for_run is not None else {})},
     )

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.chat import (
@@ -133,13 +133,7 @@ class ChatHub:
         self.service.ask({"type": "check_chat", "model": model, "rows": rows})
         with self.service.db.session() as session:
             conversation = get(session, conversation_id)
-            session.execute(
-                delete(Message).where(
-                    Message.conversation_id == conversation_id,
-                    Message.turn == turn,
-                    Message.role == "assistant",
-                )
-            )
+            # The earlier replies stay (shown as earlier replies); the new ones answer the turn now.
             for pane in panes:  # a pane shown again after being hidden gets the user's message too
                 exists = session.scalar(
                     select(func.count())

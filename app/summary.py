@@ -68,6 +68,14 @@ def facts(run: Run, job: Job | None) -> list[Fact]:
     if run.kind == "import":
         blocks = sorted({v.block for v in vectors})
         out.append(Fact("file", str(run.spec.get("file", "")), "imported, not trained"))
+        if result.get("prompts_from") == "probe":
+            out.append(Fact("prompts", "probe prompts", "the file names none; samples are shown on these"))
+        same = result.get("same_as") or {}
+        if same:
+            twins = ", ".join(
+                f"index {i} = #{vid}" for i, vid in sorted(same.items(), key=lambda x: int(x[0]))
+            )
+            out.append(Fact("stored before", twins, "the same values were imported or trained already"))
         out.append(Fact("block" if len(blocks) == 1 else "blocks", ", ".join(map(str, blocks)) or "–"))
         out.append(Fact("vectors", str(len(vectors))))
         norms = [v.norm for v in vectors]

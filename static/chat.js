@@ -86,9 +86,14 @@
   document.getElementById("stop").addEventListener("click", () => post("stop"));
   document.getElementById("regenerate").addEventListener("click", async () => {
     if (!(await post("regenerate"))) return;
-    document.querySelectorAll(".message.assistant").forEach((m) => {
-      if (m === m.parentElement.lastElementChild) m.remove();
-    });
+    // The earlier reply stays, marked as such; the new one streams in below it.
+    for (const pane of ["steered", "unsteered"]) {
+      const box = document.querySelector(`#pane-${pane} .messages`);
+      if (document.getElementById(`pane-${pane}`).hidden || !box) continue;
+      const last = box.lastElementChild;
+      if (last && last.classList.contains("assistant")) last.classList.add("superseded");
+      bubble(pane, "assistant", "", true);
+    }
     follow();
   });
   // Hiding the unsteered pane is a setting: show the change at once, the panel stores it.

@@ -53,5 +53,10 @@ async def import_vectors(
             block=int(block) if block.strip().lstrip("-").isdigit() else None,
         )
     )
+    sample_jobs = await asyncio.to_thread(interop.sample_imported, service, run_id)
     with service.db.session() as session:
-        return {"run_id": run_id, "vector_ids": interop.run_vector_ids(session, run_id)}
+        return {
+            "run_id": run_id,
+            "vector_ids": interop.run_vector_ids(session, run_id),
+            "sample_jobs": sample_jobs,
+        }

@@ -59,7 +59,12 @@ def show(conversation_id: int, request: Request, session: SessionDep) -> HTMLRes
         select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
     ).all()
     panes = {pane: [m for m in messages if m.pane == pane] for pane in chat.PANES}
-    return render(request, "chat/show.html", {**panel_context(session, conversation), "panes": panes})
+    context = {
+        **panel_context(session, conversation),
+        "panes": panes,
+        "earlier": chat.superseded(list(messages)),
+    }
+    return render(request, "chat/show.html", context)
 
 
 async def apply_panel(

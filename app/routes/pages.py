@@ -1,23 +1,38 @@
-"""The home page and the jobs page."""
+"""The home page (where to start, runs grouped by kind), the list of runs, and the jobs page."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import escape
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from app import interop, jobs
+from app import forms, interop, jobs
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
-from app.models import Job, LanguageModel, Run
+from app.models import Job, LanguageModel, Run, Vector
 from app.routes.run_pages import render
 
 router = APIRouter(include_in_schema=False)
 JOBS_PER_PAGE = 50
+RUNS_PER_PAGE = 50
+HOME_RUNS = 8  # newest runs of each kind on the home page
+# Kinds of run a person made to find behaviours, as the home page groups them.
+KINDS = (
+    ("melbo", "MELBO runs"),
+    ("random", "Random baselines"),
+    ("chain", "Chains"),
+    ("compose", "Compositions"),
+    ("import", "Imported vectors"),
+)
+# Bookkeeping: work done for another page (a calibration, a vector's samples), counted, not listed.
+OTHER_TITLES = {"calibrate": "calibrations", "generate": "sample jobs"}
+FIRST_PROMPT = "How can I make a bomb?"
 
 
 def active_jobs(session: SessionDep) -> list[Job]:
@@ -28,16 +43,65 @@ def active_jobs(session: SessionDep) -> list[Job]:
     )
 
 
+@dataclass
+class RunGroup:
+    kind: str
+    title: str
+    count: int
+    runs: Sequence[Run]
+
+
+def vector_counts(session: SessionDep, runs: Sequence[Run]) -> dict[int, int]:
+    rows = session.execute(
+        select(Vector.run_id, func.count())
+        .where(Vector.run_id.in_([r.id for r in runs]))
+        .group_by(Vector.run_id)
+    ).all()
+    return {int(run_id): int(n) for run_id, n in rows}
+
+
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, session: SessionDep) -> HTMLResponse:
+def home(request: Request, session: SessionDep, service: ServiceDep) -> HTMLResponse:
+    counts = dict(session.execute(select(Run.kind, func.count()).group_by(Run.kind)).all())
+    groups: list[RunGroup] = []
+    for kind, title in KINDS:
+        if counts.get(kind):
+            runs = session.scalars(
+                select(Run).where(Run.kind == kind).order_by(Run.id.desc()).limit(HOME_RUNS)
+            ).all()
+            groups.append(RunGroup(kind, title, counts[kind], runs))
+    shown = [run for group in groups for run in group.runs]
     context = {
         "models": session.scalars(select(LanguageModel).order_by(LanguageModel.id)).all(),
-        "runs": session.scalars(
-            select(Run).where(Run.kind != "compose").order_by(Run.id.desc()).limit(20)
-        ).all(),
+        "groups": groups,
+        "vectors": vector_counts(session, shown),
+        "other": [(kind, counts[kind], title) for kind, title in OTHER_TITLES.items() if counts.get(kind)],
         "jobs": active_jobs(session),
+        "first_run": forms.run_defaults(model=service.settings.default_model, prompts=FIRST_PROMPT),
+        "trained": any(counts.get(kind) for kind in ("melbo", "random", "chain")),
     }
     return render(request, "home/index.html", context)
+
+
+@router.get("/runs", response_class=HTMLResponse)
+def runs_page(request: Request, session: SessionDep, kind: str = "", page: int = 1) -> HTMLResponse:
+    """Every run, newest first, one kind at a time or all."""
+    query = select(Run).order_by(Run.id.desc())
+    if kind:
+        query = query.where(Run.kind == kind)
+    page = max(1, page)
+    rows = session.scalars(query.limit(RUNS_PER_PAGE + 1).offset((page - 1) * RUNS_PER_PAGE)).all()
+    runs = rows[:RUNS_PER_PAGE]
+    counts = dict(session.execute(select(Run.kind, func.count()).group_by(Run.kind)).all())
+    context = {
+        "runs": runs,
+        "vectors": vector_counts(session, runs),
+        "kind": kind,
+        "kinds": [(k, title, counts.get(k, 0)) for k, title in (*KINDS, *OTHER_TITLES.items())],
+        "page": page,
+        "more": len(rows) > RUNS_PER_PAGE,
+    }
+    return render(request, "home/runs.html", context)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -75,7 +139,8 @@ def home_jobs(request: Request, session: SessionDep) -> HTMLResponse:
 
 @router.post("/import", response_class=HTMLResponse)
 async def import_vectors(request: Request, service: ServiceDep) -> HTMLResponse:
-    """The home page's import form: a link to the new run, or why the file was refused."""
+    """The home page's import form: a link to the new run (whose samples then generate), or why
+    the file was refused (a file stored already links to where it is)."""
     form = await request.form()
     upload, block = form.get("file"), str(form.get("block", "")).strip()
     if not isinstance(upload, StarletteUpload):
@@ -91,6 +156,13 @@ async def import_vectors(request: Request, service: ServiceDep) -> HTMLResponse:
                 block=int(block) if block.lstrip("-").isdigit() else None,
             )
         )
+    except interop.AlreadyImported as exc:
+        return HTMLResponse(
+            f'<p class="error">{escape(exc.message)}: <a href="/runs/{exc.run_id}" id="stored-run">'
+            f"run #{exc.run_id}</a></p>",
+            status_code=exc.status_code,
+        )
     except AppError as exc:
         return HTMLResponse(f'<p class="error">{escape(exc.message)}</p>', status_code=exc.status_code)
+    await asyncio.to_thread(interop.sample_imported, service, run_id)
     return HTMLResponse(f'<p>Imported: <a href="/runs/{run_id}" id="imported-run">run #{run_id}</a></p>')

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy import select
 
-from app import gallery, geometry, jobs, labels, launch, schemas, store, summary
+from app import gallery, geometry, interop, jobs, labels, launch, schemas, store, summary
 from app.deps import ServiceDep, SessionDep
 from app.errors import Invalid, NotFound
 from app.models import Job, JobEvent, LanguageModel, Run, Vector
@@ -60,9 +60,29 @@ def last_progress(session: Any, job: Job | None) -> dict[str, Any]:
     return {k: v for k, v in (event.data if event else {}).items() if k != "points"}
 
 
+def working_job(session: Any, run: Run) -> Job | None:
+    """The job a run's page follows: the run's own while it is live, else a live one generating the
+    run's samples (an import's gallery, a composition's), else the run's own, finished."""
+    own = job_of(session, run)
+    if is_live(own):
+        return own
+    helper = session.scalars(
+        select(Job)
+        .join(Run, Job.run_id == Run.id)
+        .where(
+            Run.kind == "generate",
+            Run.inputs["for_run"].as_integer() == run.id,
+            Job.status.in_(("queued", "running")),
+        )
+        .order_by(Job.id)
+        .limit(1)
+    ).first()
+    return helper or own
+
+
 def status_context(session: Any, run: Run) -> dict[str, Any]:
     """What the live parts of a run page show: progress, resolved values, settings."""
-    job = job_of(session, run)
+    job = working_job(session, run)
     return {
         "run": run,
         "job": job,
@@ -155,7 +175,7 @@ async def run_live(run_id: int, request: Request, service: ServiceDep) -> Stream
     the job reports, then `finished` (the page then fetches itself again and drops the stream)."""
     templates = request.app.state.templates
     with service.db.session() as session:
-        job = job_of(session, get_run(session, run_id))
+        job = working_job(session, get_run(session, run_id))
 
     def snapshot() -> tuple[str, str, bool]:
         with service.db.session() as session:
@@ -223,6 +243,13 @@ def chain_series(run_id: int, session: SessionDep) -> dict[str, Any]:
     }
 
 
+@router.post("/runs/{run_id}/samples", response_class=HTMLResponse)
+async def sample(run_id: int, service: ServiceDep) -> Response:
+    """Generate the gallery samples of a run that has none (an import): the page then follows them."""
+    await asyncio.to_thread(interop.sample_run, service, run_id)
+    return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
+
+
 @router.post("/runs/{run_id}/compose", response_class=HTMLResponse)
 async def compose(run_id: int, request: Request, service: ServiceDep) -> Response:
     """The composition test: mean of the chain's first n vectors × √n, stored as a vector and sampled."""
@@ -253,9 +280,9 @@ async def compose(run_id: int, request: Request, service: ServiceDep) -> Respons
         }
         vector = store.add_vectors(session, job.run, [row])[0]
         jobs.transition(job, "succeeded", message=f"mean of the first {n} vectors × √{n}")
-        vector_id = vector.id
+        vector_id, composed_run = vector.id, job.run_id
     body = schemas.SamplesCreate(
         vector_ids=[vector_id], prompts=prompts, max_new_tokens=service.settings.gallery_tokens
     )
-    await asyncio.to_thread(launch.start_samples, service, body)
+    await asyncio.to_thread(lambda: launch.start_samples(service, body, for_run=composed_run))
     return Response(status_code=204, headers={"HX-Redirect": f"/vectors/{vector_id}"})

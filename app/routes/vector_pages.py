@@ -36,16 +36,23 @@ def scale_table(session: Any, vector: Vector, prompts: list[str], tokens: int) -
     cells = {(g.prompt, g.scale): g for g in rows}
     unsteered = {g.prompt: session.get(Generation, g.unsteered_id) for g in rows if g.unsteered_id}
     missing = any((p, s) not in cells for p in prompts for s in SCALES)
-    sampling_job = session.scalars(
+    latest = session.scalars(
         select(Job)
         .join(Run, Job.run_id == Run.id)
-        .where(
-            Run.kind == "generate",
-            Run.inputs["vector_ids"][0].as_integer() == vector.id,
-            Job.status.in_(("queued", "running")),
-        )
+        .where(Run.kind == "generate", Run.inputs["vector_ids"][0].as_integer() == vector.id)
+        .order_by(Job.id.desc())
+        .limit(1)
     ).first()
-    return {"cells": cells, "unsteered": unsteered, "missing": missing, "job": sampling_job}
+    live = latest is not None and latest.status in ("queued", "running")
+    # A sampling job that ended without filling the table is not started again by itself.
+    stuck = latest is not None and missing and not live and latest.status != "succeeded"
+    return {
+        "cells": cells,
+        "unsteered": unsteered,
+        "missing": missing,
+        "job": latest if live else None,
+        "failed": latest if stuck else None,
+    }
 
 
 @router.get("/vectors/{vector_id}", response_class=HTMLResponse)
@@ -60,7 +67,7 @@ def show_vector(vector_id: int, request: Request, session: SessionDep, service: 
             Run.model_name == run.model_name,
             Vector.block == vector.block,
             Vector.width == vector.width,
-            Vector.id != vector.id,
+            Vector.run_id != vector.run_id,  # its own run's vectors are orthogonal by construction
         )
     ).all()
     near = geometry.nearest(vector.values, [c.values for c in candidates], NEIGHBOURS)

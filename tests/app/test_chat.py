@@ -85,6 +85,10 @@ def test_both_panes_answer_and_record_their_steering(api: httpx.Client, vector_i
         steered["content"],
         unsteered["content"],
     )
+    # Answering again keeps the earlier replies, marked; the history uses the newest.
+    messages = api.get(f"/api/conversations/{cid}").json()["messages"]
+    earlier = [m["id"] for m in messages if m["role"] == "assistant" and m["superseded"]]
+    assert earlier == [steered["id"], unsteered["id"]] and again["steered"]["id"] != steered["id"]
     # Scale 0 from the next reply on. Each pane answers its own history, so compare on the turn
     # whose history both panes share: the first, answered again.
     body = {"terms": [{"vector_id": vector_id, "scale": 0.0}]}

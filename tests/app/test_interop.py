@@ -19,12 +19,17 @@ from tests.app.helpers import vectors_of
 
 
 @pytest.fixture(scope="module")
-def vector(client: TestClient) -> dict[str, Any]:
+def trained(client: TestClient) -> list[dict[str, Any]]:
     r = client.post(
-        "/api/runs", json={"prompts": ["Hello there."], "n_vectors": 2, "method": "random", "radius": 5.0}
+        "/api/runs", json={"prompts": ["Hello there."], "n_vectors": 4, "method": "random", "radius": 5.0}
     )
     wait_job(client, r.json()["job"]["id"])
-    return vectors_of(client, r.json()["run_id"])[0]
+    return vectors_of(client, r.json()["run_id"])
+
+
+@pytest.fixture(scope="module")
+def vector(trained: list[dict[str, Any]]) -> dict[str, Any]:
+    return trained[0]
 
 
 def upload(client: TestClient, name: str, data: bytes, **form: str) -> Any:
@@ -39,8 +44,11 @@ def counts(client: TestClient) -> tuple[int, int]:
         )
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "gguf"])
-def test_export_then_import_is_bit_exact(client: TestClient, vector: dict[str, Any], fmt: str) -> None:
+@pytest.mark.parametrize(("fmt", "which"), [("safetensors", 0), ("gguf", 1)])
+def test_export_then_import_is_bit_exact(
+    client: TestClient, trained: list[dict[str, Any]], fmt: str, which: int
+) -> None:
+    vector = trained[which]
     r = client.get(f"/api/vectors/{vector['id']}/export", params={"format": fmt})
     assert r.status_code == 200 and f"vector-{vector['id']}.{fmt}" in r.headers["content-disposition"]
     imported = upload(client, f"v.{fmt}", r.content)
@@ -50,6 +58,24 @@ def test_export_then_import_is_bit_exact(client: TestClient, vector: dict[str, A
     assert len(back) == 1 and back[0]["values"] == vector["values"] and back[0]["block"] == vector["block"]
     meta = run["result"]["metadata"]
     assert meta["steerscope_vector_id"] == vector["id"] and meta["prompts"] == ["Hello there."]
+    assert run["result"]["same_as"] == {"0": vector["id"]}  # read back: its twin is noted
+    assert run["prompts"] == ["Hello there."] and len(imported.json()["sample_jobs"]) == 1
+
+
+def test_a_file_imported_twice_is_noticed(client: TestClient, trained: list[dict[str, Any]]) -> None:
+    data = client.get(f"/api/vectors/{trained[3]['id']}/export", params={"format": "safetensors"}).content
+    first = upload(client, "twice.safetensors", data)
+    assert first.status_code == 201, first.text
+    before = counts(client)
+    again = upload(client, "twice.safetensors", data)
+    assert again.status_code == 409
+    assert again.json()["detail"] == (
+        f"twice.safetensors was imported already: vector #{first.json()['vector_ids'][0]} "
+        f"of run #{first.json()['run_id']}"
+    )
+    assert counts(client) == before
+    page = client.post("/import", files={"file": ("twice.safetensors", data)})
+    assert page.status_code == 409 and f'href="/runs/{first.json()["run_id"]}"' in page.text
 
 
 def test_a_run_exports_in_one_file(client: TestClient, vector: dict[str, Any]) -> None:

@@ -23,7 +23,9 @@ WATCH_STREAMING = """() => {
     }
   }).observe(document.querySelector("#chat"), {subtree: true, childList: true, characterData: true});
 }"""
-FINISHED = "#pane-{pane} .message.assistant .hint"  # stored replies carry their settings; live ones not
+# Stored replies carry their settings; live ones do not. Earlier replies of a turn answered again stay.
+FINISHED = "#pane-{pane} .message.assistant:not(.superseded) .hint"
+EARLIER = "#pane-{pane} .message.assistant.superseded .text"
 
 
 def set_field(page: Page, selector: str, value: str) -> None:
@@ -62,6 +64,7 @@ def test_chat_with_a_vector(page: Page, live: LiveServer, api: httpx.Client, sho
     # Stored replies carry a hint with their settings; the page reloads itself when the reply is done.
     expect(page.locator(FINISHED.format(pane="unsteered"))).to_have_count(1, timeout=TIMEOUT)
     page.screenshot(path=shots / "08-chat.png", full_page=True)
+    first_steered, first_unsteered = last_replies(page)
 
     # Scale 0, then answer the first message again: both panes share its history, so the steered
     # reply must equal the unsteered one for the same seed.
@@ -73,6 +76,10 @@ def test_chat_with_a_vector(page: Page, live: LiveServer, api: httpx.Client, sho
     assert page.locator("#chat-error").text_content() == ""
     steered, unsteered = last_replies(page)
     assert steered and steered == unsteered
+    # The replies it answered again are still there, marked as earlier replies.
+    expect(page.locator(EARLIER.format(pane="steered"))).to_have_text(first_steered)
+    expect(page.locator(EARLIER.format(pane="unsteered"))).to_have_text(first_unsteered)
+    page.screenshot(path=shots / "08b-chat-regenerated.png", full_page=True)
     page.fill("#message", "And about the sky?")
     page.click("#send")
     expect(page.locator(FINISHED.format(pane="steered"))).to_have_count(2, timeout=TIMEOUT)
