@@ -1,7 +1,8 @@
 """In-process publish/subscribe: worker events fan out to SSE streams and waiting requests.
 
 Publishers run on any thread (the executor's event pump); a subscriber created inside the event
-loop receives on an asyncio queue, one created elsewhere on a thread-safe queue.
+loop receives on an asyncio queue, one created elsewhere on a thread-safe queue. Closing the broker
+(the server is shutting down) wakes every subscriber at once; `closed` then tells it to finish.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import threading
 from typing import Any
 
 Message = dict[str, Any]
+
+
+CLOSING: Message = {"type": "closing"}  # wakes a subscriber when the broker closes
 
 
 class Subscription:
@@ -30,18 +34,28 @@ class Subscription:
         elif not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.aqueue.put_nowait, message)
 
+    @property
+    def closed(self) -> bool:
+        return self.broker.closed
+
     async def next(self, timeout: float) -> Message | None:
-        """The next message, or None after `timeout` seconds without one."""
+        """The next message, or None after `timeout` seconds without one or once the broker closed."""
+        if self.closed:
+            return None
         try:
-            return await asyncio.wait_for(self.aqueue.get(), timeout)
+            message = await asyncio.wait_for(self.aqueue.get(), timeout)
         except TimeoutError:
             return None
+        return None if message is CLOSING else message
 
     def next_sync(self, timeout: float) -> Message | None:
+        if self.closed:
+            return None
         try:
-            return self.tqueue.get(timeout=timeout)
+            message = self.tqueue.get(timeout=timeout)
         except queue.Empty:
             return None
+        return None if message is CLOSING else message
 
     def close(self) -> None:
         self.broker.unsubscribe(self)
@@ -57,6 +71,7 @@ class Broker:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.topics: dict[str, list[Subscription]] = {}
+        self.closed = False
 
     def subscribe(self, topic: str) -> Subscription:
         sub = Subscription(self, topic)
@@ -71,6 +86,14 @@ class Broker:
                 subs.remove(sub)
             if not subs:
                 self.topics.pop(sub.topic, None)
+
+    def close(self) -> None:
+        """Wake every subscriber for good: the server is shutting down."""
+        with self.lock:
+            self.closed = True
+            subs = [sub for topic in self.topics.values() for sub in topic]
+        for sub in subs:
+            sub.deliver(CLOSING)
 
     def publish(self, topic: str, message: Message) -> None:
         with self.lock:

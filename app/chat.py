@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app import store
 from app.errors import Invalid, NotFound
+from app.fields import ModelName, Text, Title, Whole
 from app.models import Conversation, Message, Vector, now
 from app.service import Service
 
@@ -24,38 +25,38 @@ DEFAULT_SETTINGS = {"seed": 0, "temperature": 0.7, "top_p": 1.0, "max_new_tokens
 
 class Term(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    vector_id: int
+    vector_id: Whole
     scale: float = 1.0
     enabled: bool = True
 
 
 class ChatSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: Whole = 0
     temperature: float = Field(0.7, ge=0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens: Whole = Field(96, ge=1)
     show_unsteered: bool = True
 
 
 class SteeringUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     terms: list[Term] = Field(
-        default_factory=list, description="Vectors with their scales; all at one block."
+        default_factory=list, max_length=64, description="Vectors with their scales; all at one block."
     )
     settings: ChatSettings | None = None
 
 
 class ConversationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    vector_id: int | None = Field(None, description="Start steered by this vector at scale 1.")
-    model: str | None = Field(None, description="Without a vector: the model to chat with.")
-    title: str = ""
+    vector_id: Whole | None = Field(None, description="Start steered by this vector at scale 1.")
+    model: ModelName | None = Field(None, description="Without a vector: the model to chat with.")
+    title: Title = ""
 
 
 class MessageCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    content: str
+    content: Text
 
 
 def get(session: Session, conversation_id: int) -> Conversation:
@@ -95,11 +96,16 @@ def check_terms(session: Session, model_name: str, terms: list[Term]) -> list[di
 
 
 def create(service: Service, body: ConversationCreate) -> int:
+    if body.vector_id is None and body.model:
+        # Like a run: a model the worker cannot load is refused now, not at every message.
+        service.ask({"type": "render", "model": body.model, "prompts": []})
     with service.db.session() as session:
         terms: list[dict[str, Any]] = []
         if body.vector_id is not None:
             vector = store.get_vector(session, body.vector_id)
             model_name = vector.run.model_name
+            if body.model and body.model != model_name:
+                raise Invalid(f"vector {vector.id} belongs to model {model_name!r}, not {body.model!r}")
             terms = check_terms(session, model_name, [Term(vector_id=vector.id)])
         else:
             model_name = body.model or service.settings.default_model

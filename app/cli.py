@@ -12,15 +12,17 @@ import argparse
 import ipaddress
 import json
 import sys
+import tempfile
 import types
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
 from app import jobs, launch, schemas
 from app.errors import AppError
+from app.fields import describe
 from app.service import Service
 from app.settings import Settings
 
@@ -37,11 +39,13 @@ COMMANDS: dict[str, tuple[type[schemas.Body], Callable[..., Any], str]] = {
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
-    """(element type, is a list) of a field's annotation, Optional stripped."""
+    """(element type, is a list) of a field's annotation, Optional and constraints stripped."""
+    if get_origin(annotation) is Annotated:
+        return _base_type(get_args(annotation)[0])
     if get_origin(annotation) in (Union, types.UnionType):
-        annotation = next(a for a in get_args(annotation) if a is not type(None))
+        return _base_type(next(a for a in get_args(annotation) if a is not type(None)))
     if get_origin(annotation) is list:
-        return get_args(annotation)[0], True
+        return _base_type(get_args(annotation)[0])[0], True
     return annotation, False
 
 
@@ -91,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SHUTDOWN_GRACE_S = 2  # requests still running this long after SIGTERM are cancelled
+
+
 def body_from(args: argparse.Namespace, body: type[schemas.Body]) -> schemas.Body:
     data: dict[str, Any] = json.loads(args.spec_json) if args.spec_json else {}
     data.update({k: v for k, v in vars(args).items() if k in body.model_fields and v is not None})
@@ -106,6 +113,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def startup_problem(settings: Settings) -> str:
+    """Why the server cannot start with these settings, in one line; empty if it can."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db import upgrade
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=settings.data_dir):
+            pass  # converted models are written here too
+    except OSError as exc:
+        return f"cannot write the data directory {settings.data_dir}: {exc.strerror or exc}"
+    url = settings.resolved_database_url()
+    try:
+        upgrade(url)
+    except SQLAlchemyError as exc:
+        return f"cannot open the database {url}: {getattr(exc, 'orig', None) or exc}"
+    except (CommandError, OSError) as exc:
+        return f"cannot bring the database {url} up to date: {exc}"
+    return ""
+
+
 def serve(settings: Settings, host: str | None, port: int | None) -> int:
     import uvicorn
 
@@ -115,8 +145,24 @@ def serve(settings: Settings, host: str | None, port: int | None) -> int:
     if not is_loopback(host) and not settings.token:
         print(f"refusing to bind {host} without an access token: set STEERSCOPE_TOKEN", file=sys.stderr)
         return 2
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    settings = settings.model_copy(update={"host": host, "port": port})
+    problem = startup_problem(settings)
+    if problem:
+        print(f"steerscope serve: {problem}", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+            # Event streams end now rather than when their clients leave, so the server need not
+            # wait for them; the worker and its jobs stop in the app's shutdown right after.
+            app.state.service.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S
+    )
+    Server(config).run()
     return 0
 
 
@@ -217,8 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         body = body_from(args, COMMANDS[args.command][0])
         return run_job(settings, args.command, body)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"steerscope {args.command}: {problems}", file=sys.stderr)
+        print(f"steerscope {args.command}: {describe(exc.errors())}", file=sys.stderr)
         return 2
     except AppError as exc:
         print(f"steerscope {args.command}: {exc.message}", file=sys.stderr)

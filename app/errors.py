@@ -21,6 +21,12 @@ class NotFound(AppError):
     status_code = 404
 
 
+class Forbidden(AppError):
+    """Refused whoever asks this way (a write from another site's page without its CSRF token)."""
+
+    status_code = 403
+
+
 class Conflict(AppError):
     """The request is well-formed but the thing it acts on is in the wrong state."""
 

@@ -11,6 +11,7 @@ from starlette.datastructures import FormData
 
 from app import launch, schemas
 from app.errors import AppError
+from app.fields import plain
 from app.service import Service
 
 B = TypeVar("B", bound=BaseModel)
@@ -90,7 +91,7 @@ def readable(error: ErrorDetails) -> str:
     for bound, word in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
         if bound in ctx:
             return f"{label} must be {word} {ctx[bound]}, got {given!r}"
-    return f"{label}: {error['msg'].replace('Input should be', 'should be')}"
+    return f"{label} {plain(error)}"
 
 
 def parse(body: type[B], data: dict[str, Any]) -> tuple[B | None, dict[str, str]]:

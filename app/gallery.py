@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Integer, column, func, select, text
+from sqlalchemy import Integer, column, false, func, select, text
 from sqlalchemy.orm import Session
 
 from app import geometry
@@ -72,6 +72,8 @@ class Page:
 
 def matching_vectors(words: str) -> Any:
     """Ids of vectors with a completion containing all the words (the FTS5 index over generations)."""
+    if not fts_query(words):  # nothing searchable (blank, or control characters only): no match
+        return select(Generation.vector_id).where(false())
     hits = (
         text("SELECT rowid FROM generations_fts WHERE generations_fts MATCH :q")
         .bindparams(q=fts_query(words))
@@ -124,7 +126,7 @@ def gallery(session: Session, run: Run, query: Query, *, per_page: int = PER_PAG
     if query.label is not None:
         labelled = select(Labeling.vector_id).where(Labeling.label_id == query.label)
         where.append(Vector.id.in_(labelled))
-    if query.q.strip():
+    if fts_query(query.q):
         where.append(Vector.id.in_(matching_vectors(query.q)))
     total = session.scalar(select(func.count()).select_from(Vector).where(*where)) or 0
     pages = max(1, math.ceil(total / per_page))

@@ -10,8 +10,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app import geometry, jobs, launch, schemas, store
+from app import geometry, jobs, launch, metadata, schemas, store
 from app.errors import AppError, Conflict, Invalid
+from app.fields import MAX_NAME, model_name, without_controls
 from app.gallery import labels_of
 from app.models import LanguageModel, Run, Vector
 from app.service import Service
@@ -89,9 +90,7 @@ def export_run(service: Service, run_id: int, fmt: str) -> tuple[bytes, str]:
     if fmt not in ("safetensors", "json"):
         raise Invalid("a run's vectors export as safetensors or json (GGUF holds one vector per block)")
     with service.db.session() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise Invalid(f"no run {run_id}")
+        run = store.get_run(session, run_id)
         vectors = list(run.vectors)
         if not vectors:
             raise Invalid(f"run {run_id} has no vectors yet")
@@ -154,18 +153,25 @@ def same_vectors(
 def import_file(service: Service, *, data: bytes, filename: str, model: str | None, block: int | None) -> int:
     """Store the vectors of an uploaded file as a run of kind "import"; its id. Checks come first:
     size, format, dtype, finite values, width against the model, blocks within it, and that the
-    file was not imported already. Nothing is written unless all pass."""
+    file was not imported already; the file's metadata meets the API's limits field by field.
+    Nothing is written unless all pass."""
+    filename = without_controls(filename)[:MAX_NAME]
     limit = service.settings.max_upload_bytes
     if len(data) > limit:
         raise Invalid(f"{filename} is {len(data)} bytes; imports are limited to {limit} bytes")
     if not data:
         raise Invalid(f"{filename} is empty")
-    model = model or service.settings.default_model
+    model = model_name(model) if model else service.settings.default_model
     found = service.ask(
         {"type": "parse_vectors", "model": model, "data": data, "name": filename, "max_bytes": limit}
     )
     info, count = found["model"], len(found["vectors"])
-    blocks = found["blocks"] or found["metadata"].get("blocks")
+    if count > service.settings.max_vectors:
+        raise Invalid(
+            f"{filename} holds {count} vectors; an import takes at most {service.settings.max_vectors}"
+        )
+    meta = metadata.check(found["metadata"], filename)
+    blocks = found["blocks"] or meta.get("blocks")
     if block is not None:
         blocks = [block] * count
     if not blocks or len(blocks) != count:
@@ -188,13 +194,13 @@ def import_file(service: Service, *, data: bytes, filename: str, model: str | No
             )
         twins = same_vectors(session, info["name"], pairs)
         language_model = store.upsert_model(session, info)
-        prompts = list(found["metadata"].get("prompts") or []) or list(PROBE_PROMPTS)
+        prompts = list(meta.get("prompts") or []) or list(PROBE_PROMPTS)
         spec = {"prompts": prompts, "model": model, "file": filename}
         job = store.create_run(session, kind="import", spec=spec, model=language_model)
         job.run.result = {
-            "metadata": found["metadata"],
-            "model_hint": found["model_hint"],
-            "prompts_from": "file" if found["metadata"].get("prompts") else "probe",
+            "metadata": meta,
+            "model_hint": str(found["model_hint"] or "")[:MAX_NAME],
+            "prompts_from": "file" if meta.get("prompts") else "probe",
             "same_as": {str(i): t.id for i, t in enumerate(twins) if t is not None},
         }
         jobs.transition(job, "running")
@@ -219,9 +225,7 @@ def sample_run(service: Service, run_id: int) -> list[int]:
     """Queue the gallery samples of a run whose vectors were not trained here (an import): each
     vector at scale 1 on the run's prompts, 64 vectors a job; the jobs' ids."""
     with service.db.session() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise Invalid(f"no run {run_id}")
+        run = store.get_run(session, run_id)
         ids, prompts = [v.id for v in run.vectors], [str(p) for p in run.prompts]
     started = []
     for lo in range(0, len(ids), 64):

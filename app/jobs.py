@@ -116,5 +116,8 @@ def beat(session: Session, job_ids: list[int]) -> None:
         session.execute(update(Job).where(Job.id.in_(job_ids)).values(heartbeat_at=now()))
 
 
+EPOCH = datetime(1970, 1, 1)  # a stale_before that no heartbeat is older than
+
+
 def stale_cutoff(lease_s: float) -> datetime:
     return now() - timedelta(seconds=lease_s)

@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, Invalid, NotFound
+from app.fields import MAX_NAME, Text, Whole, without_controls
 from app.models import Generation, Label, Labeling, LabelSet, Note, Vector
 
 COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -17,7 +18,7 @@ COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 class LabelEdit(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
     colour: str = "#888888"
     key: int | None = Field(None, ge=1, le=9, description="Keyboard shortcut 1-9 in the labeling queue.")
     description: str = Field("", max_length=2000)
@@ -25,10 +26,16 @@ class LabelEdit(BaseModel):
 
 class Toggle(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    label_id: int
-    vector_id: int | None = None
-    generation_id: int | None = None
+    label_id: Whole
+    vector_id: Whole | None = None
+    generation_id: Whole | None = None
     on: bool | None = Field(None, description="Set the label on or off; omitted: flip it.")
+
+
+class NoteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vector_id: Whole
+    text: Text
 
 
 def label_set(session: Session) -> LabelSet:
@@ -150,7 +157,7 @@ def vector_label_ids(session: Session, vector_id: int) -> set[int]:
 
 def author_of(cookie: str | None) -> str:
     """The name a user set once (kept in a cookie); labels record it."""
-    name = (cookie or "").strip()[:100]
+    name = (cookie or "").strip()[:MAX_NAME]
     if not name:
         raise Conflict("set your name first (it is recorded with every label)")
     return name
@@ -158,7 +165,7 @@ def author_of(cookie: str | None) -> str:
 
 def fts_query(text: str) -> str:
     """User words as an FTS5 query: each word a quoted phrase, all required (no syntax errors)."""
-    words = [w.replace('"', '""') for w in text.split()]
+    words = [w.replace('"', '""') for w in without_controls(text).split()]
     return " ".join(f'"{w}"' for w in words)
 
 

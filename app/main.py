@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import AppError, NotFound
+from app import guard
+from app.errors import AppError, NotFound, Unavailable
+from app.fields import describe, plain
 from app.replies import ChatHub
 from app.routes import (
     api_chat,
@@ -45,6 +48,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        guard.redact_tokens()  # after the server set up its logging
         service.start()
         app.state.chat.recover()
         try:
@@ -56,6 +60,10 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         title="steerscope",
         summary="Train, browse and chat with unsupervised steering vectors.",
         lifespan=lifespan,
+        dependencies=[Depends(guard.check_csrf)],
+    )
+    app.add_middleware(
+        guard.Guard, hosts=guard.served_hosts(settings.host, settings.allowed_hosts), token=settings.token
     )
     app.state.settings = settings
     app.state.service = service
@@ -83,34 +91,26 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
             return await http_exception_handler(request, exc)
         return await app_error(request, NotFound(f"there is no page at {request.url.path}"))
 
+    @app.exception_handler(OperationalError)
+    async def database_busy(request: Request, exc: OperationalError) -> Response:
+        # Another process holds the database (a long write, a backup): not the user's fault, and
+        # nothing was written; the request can simply be sent again.
+        log.warning(
+            "%s %s: the database refused the request (%s)", request.method, request.url.path, exc.orig
+        )
+        return await app_error(request, Unavailable("the database is busy; try again in a moment"))
+
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    @app.exception_handler(ValidationError)
+    async def invalid_request(
+        request: Request, exc: RequestValidationError | ValidationError
+    ) -> JSONResponse:
         # Only where and what: the offending input may not even be JSON-encodable (NaN, inf).
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        errors = [{"loc": list(e["loc"]), "msg": plain(e), "type": e["type"]} for e in exc.errors()]
         problems = [
-            "the request body is not valid JSON"
-            if e["type"] == "json_invalid"
-            else f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}"
-            for e in errors
+            "the request body is not valid JSON" if e["type"] == "json_invalid" else describe([e])
+            for e in exc.errors()
         ]
         return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
-
-    if settings.token:
-        token = settings.token
-
-        @app.middleware("http")
-        async def require_token(
-            request: Request, call_next: Callable[[Request], Awaitable[Response]]
-        ) -> Response:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            given = (
-                given or request.query_params.get("token", "") or request.cookies.get("steerscope_token", "")
-            )
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return JSONResponse({"detail": "an access token is required"}, status_code=401)
-            response = await call_next(request)
-            if request.query_params.get("token"):  # a browser that came with ?token= keeps it
-                response.set_cookie("steerscope_token", token, httponly=True, samesite="strict")
-            return response
 
     return app

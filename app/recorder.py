@@ -1,5 +1,12 @@
 """Writes what workers report into the database, then tells subscribers (SSE streams, waiters).
 
+One writer thread applies the events in the order they came, each in its own transaction. A write
+the database refuses for now (locked by another process, busy, a disk hiccup) is retried until it
+lands, so a busy database delays results but never loses them; a later event waits its turn. An
+event that cannot be applied at all (a bug) marks its job's attempt as incomplete, and a job is
+recorded `succeeded` only when everything it reported is stored (app/complete.py): otherwise it is
+queued again and redoes what is missing.
+
 Every job event is stored as a JobEvent row first, so a stream that reconnects with
 Last-Event-ID replays exactly what it missed.
 """
@@ -7,26 +14,95 @@ Last-Event-ID replays exactly what it missed.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import jobs, store
+from app import complete, jobs, store
 from app.broker import Broker
 from app.db import Database
 from app.executor import Event
 from app.models import Job, LanguageModel, Vector, now
 
 log = logging.getLogger(__name__)
+FIRST_RETRY_S, LAST_RETRY_S = 0.05, 2.0  # back-off between tries of a write the database refused
+Attempt = tuple[int, int]  # (job id, attempt)
 
 
 class Recorder:
-    def __init__(self, db: Database, broker: Broker, *, max_attempts: int, wake: Callable[[], None]) -> None:
-        self.db, self.broker, self.max_attempts, self.wake = db, broker, max_attempts, wake
+    def __init__(
+        self,
+        db: Database,
+        broker: Broker,
+        *,
+        max_attempts: int,
+        gallery_tokens: int,
+        wake: Callable[[], None],
+    ) -> None:
+        self.db, self.broker, self.wake = db, broker, wake
+        self.max_attempts, self.gallery_tokens = max_attempts, gallery_tokens
         # Chat replies are followed by the chat hub (it stores them); it answers False for other ids.
         self.chat_events: Callable[[Event], bool] | None = None
+        self.pending: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.give_up_at: float | None = None  # set when stopping: retries end then
+        self.retries = 0  # writes the database refused for a while (each was tried again)
+        self.reported: dict[Attempt, set[int]] = defaultdict(set)  # vector indexes each attempt sent
+        self.incomplete: set[Attempt] = set()  # attempts with an event that could not be stored
+
+    # lifecycle
+
+    def start(self) -> None:
+        self.give_up_at = None
+        self.thread = threading.Thread(target=self._write_loop, name="steerscope-recorder", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Write what is queued; a write the database still refuses after `timeout` s is left to
+        the next start (whose job is queued again and redoes it)."""
+        self.give_up_at = time.monotonic() + timeout
+        self.pending.put(None)
+        if self.thread is not None:
+            self.thread.join(timeout + 1)
+
+    def later(self, write: Callable[[], None]) -> None:
+        """Run `write` on the writer thread, after everything queued before it, retried until it lands."""
+        self.pending.put(write)
+
+    def _write_loop(self) -> None:
+        while (write := self.pending.get()) is not None:
+            try:
+                self.durably(write)
+            except Exception:  # a bug in one write must not stop the ones after it
+                log.exception("a write of the recorder failed")
+
+    def durably(self, write: Callable[[], None]) -> bool:
+        """Run `write` (one transaction) until the database takes it; False if it never did."""
+        wait = FIRST_RETRY_S
+        while True:
+            try:
+                write()
+                return True
+            except OperationalError as exc:
+                if self.give_up_at is not None and time.monotonic() > self.give_up_at:
+                    log.warning(
+                        "stopping with a write the database refused (%s); the next start redoes it", exc.orig
+                    )
+                    return False
+                self.retries += 1
+                if wait == FIRST_RETRY_S:
+                    log.warning("the database refused a write (%s); trying again until it takes it", exc.orig)
+                time.sleep(wait)
+                wait = min(2 * wait, LAST_RETRY_S)
+
+    # events, as the executor hands them over (on its event thread)
 
     def __call__(self, event: Event) -> None:
         kind = event.get("type")
@@ -38,28 +114,44 @@ class Recorder:
             log.info("worker %s ready", event.get("pid"))
             self.wake()
             return
+        self.later(lambda: self._record(event))
+
+    def _record(self, event: Event) -> None:
+        kind = event.get("type")
         if kind == "worker_died":
             self._worker_died(event)
             self.wake()
             return
-        published: list[tuple[int, dict[str, Any]]] = []
+        attempt: Attempt = (int(event["job"]), int(event.get("attempt") or 0))
+        try:
+            published = self._apply(kind, attempt, event)
+        except OperationalError:
+            raise  # the database was busy: the writer tries again
+        except Exception:
+            log.exception("could not store the %s event of job %s; the job will redo it", kind, attempt[0])
+            self.incomplete.add(attempt)
+            published = []
+        for event_id, data in published:
+            self.broker.publish(f"job:{attempt[0]}", {"id": event_id, **data})
+        self.broker.publish("jobs", {"job": attempt[0], "type": kind})
+        if kind == "finished":
+            self.reported.pop(attempt, None)
+            self.incomplete.discard(attempt)
+            self.wake()
+
+    def _apply(self, kind: Any, attempt: Attempt, event: Event) -> list[tuple[int, dict[str, Any]]]:
+        """Store one event of a running job in one transaction; what to publish."""
         with self.db.session() as session:
-            job = session.get(Job, int(event["job"]))
-            if job is None or job.attempts != event.get("attempt") or job.status != "running":
-                log.warning(
-                    "dropping %s event of job %s attempt %s", kind, event.get("job"), event.get("attempt")
-                )
-                return
+            job = session.get(Job, attempt[0])
+            if job is None or job.attempts != attempt[1] or job.status != "running":
+                log.warning("dropping %s event of job %s attempt %s", kind, *attempt)
+                return []
             job.heartbeat_at = now()
             data = getattr(self, f"_{kind}")(session, job, event)
-            if data is not None:
-                row = store.add_event(session, job.id, str(kind), data)
-                published.append((row.id, {"type": kind, **data}))
-        for event_id, data in published:
-            self.broker.publish(f"job:{event['job']}", {"id": event_id, **data})
-        self.broker.publish("jobs", {"job": event["job"], "type": kind})
-        if kind == "finished":
-            self.wake()
+            if data is None:
+                return []
+            row = store.add_event(session, job.id, str(data.pop("type", kind)), data)
+            return [(row.id, {"type": row.type, **data})]
 
     def _started(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
         model = store.upsert_model(session, event["model"])
@@ -81,6 +173,7 @@ class Recorder:
         extra = {k: event[k] for k in ("residual_norm",) if k in event}
         run.result = {**run.result, **extra, **event.get("result", {})}
         added = store.add_vectors(session, run, event["rows"])
+        self.reported[(job.id, job.attempts)].update(int(row["index"]) for row in event["rows"])
         return {
             "vectors": [
                 {"id": v.id, "index": v.index, "norm": v.norm, "objective": v.objective, "kl": v.kl}
@@ -95,6 +188,7 @@ class Recorder:
         ids = dict(session.execute(select(Vector.index, Vector.id).where(Vector.run_id == run.id)).all())
         stored = []
         for row in event["rows"]:
+            row = dict(row)  # a refused write is tried again with the event as it came
             if "vector_index" in row:
                 index = row.pop("vector_index")
                 row["vector_id"] = None if index is None else ids[index]
@@ -110,12 +204,32 @@ class Recorder:
     def _finished(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
         status = event["status"]
         if status == "succeeded":
+            attempt = (job.id, job.attempts)
+            missing = complete.missing(
+                session,
+                job,
+                reported=self.reported.get(attempt, set()),
+                lost=attempt in self.incomplete,
+                gallery_tokens=self.gallery_tokens,
+            )
+            if missing:
+                return self._redo(job, missing)
             job.progress = 1.0
         message = {"succeeded": "done", "cancelled": "cancelled; finished work kept", "failed": "failed"}[
             status
         ]
         jobs.transition(job, status, message=message, error=event.get("error", ""))
         return {"status": status, "error": job.error, "message": job.message}
+
+    def _redo(self, job: Job, missing: str) -> dict[str, Any]:
+        """The worker finished but not all it reported is stored: run the job again for the rest."""
+        log.warning("job %s finished with %s; it runs again to redo it", job.id, missing)
+        if job.attempts >= self.max_attempts:
+            jobs.transition(job, "failed", message="failed", error=f"results were not all stored: {missing}")
+            return {"type": "finished", "status": "failed", "error": job.error, "message": job.message}
+        jobs.transition(job, "queued", message=f"{missing}; running again to redo it")
+        self.wake()
+        return {"type": "status", "status": "queued", "message": job.message}
 
     def _worker_died(self, event: Event) -> None:
         if event.get("job") is None:

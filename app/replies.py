@@ -221,7 +221,11 @@ class ChatHub:
         live = self.by_rid(str(event.get("id")))
         if live is None or event["type"] != "reply":
             return False
-        topic = f"chat:{live.conversation_id}"
+        # Stored by the recorder's writer, retried while the database is busy, then announced.
+        self.service.recorder.later(lambda: self._store_reply(live, event))
+        return True
+
+    def _store_reply(self, live: Live, event: dict[str, Any]) -> None:
         with self.service.db.session() as session:
             for i, message_id in enumerate(live.message_ids):
                 message = session.get(Message, message_id)
@@ -236,8 +240,7 @@ class ChatHub:
         with self.lock:
             self.live.pop(live.conversation_id, None)
         done = {"type": "done", "error": "" if event["ok"] else event["error"]}
-        self.service.broker.publish(topic, done)
-        return True
+        self.service.broker.publish(f"chat:{live.conversation_id}", done)
 
     def snapshot(self, conversation_id: int) -> dict[str, Any] | None:
         with self.lock:

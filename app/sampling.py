@@ -121,7 +121,10 @@ async def generate_stream(service: Service, p: Plan) -> AsyncIterator[str]:
             while True:
                 event = await sub.next(service.settings.request_timeout_s)
                 if event is None:
-                    yield sse("error", {"detail": "the worker did not answer in time"})
+                    detail = (
+                        "the server is shutting down" if sub.closed else "the worker did not answer in time"
+                    )
+                    yield sse("error", {"detail": detail})
                     return
                 if event["type"] == "token":
                     yield sse("token", {"row": event["row"], "text": event["text"]})

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.fields import ModelName, Name, Prompts, Text, Whole
 from app.models import Generation, Job, LanguageModel, Run, Vector
 
 
@@ -23,28 +24,30 @@ class Body(BaseModel):
 
 
 class MelboCreate(Body):
-    prompts: list[str] = Field(description="Prompts to train on; each is formatted with the chat template.")
-    model: str | None = Field(
+    prompts: Prompts = Field(description="Prompts to train on; each is formatted with the chat template.")
+    model: ModelName | None = Field(
         None, description="Model name, hub id or folder; default: the server's default."
     )
     method: Literal["melbo", "random"] = Field(
         "melbo", description="melbo trains; random keeps random vectors of the same norm (the baseline)."
     )
-    source: int | None = Field(
+    source: Whole | None = Field(
         None, description="Block whose output is steered; default from depth (7 on deep models)."
     )
-    target: int | None = Field(None, description="Block the objective reads; default L - 8.")
+    target: Whole | None = Field(None, description="Block the objective reads; default L - 8.")
     radius: float | None = Field(
         None, description="R, the norm of every vector; default 0.08 × the residual norm at the source."
     )
     p: float = Field(2.0, description="Exponent on per-position change norms.")
     q: float | None = Field(None, description="Outer root of the objective; default p.")
-    n_vectors: int = Field(8, description="Number of vectors.")
-    steps: int | None = Field(
+    n_vectors: Whole = Field(8, description="Number of vectors.")
+    steps: Whole | None = Field(
         None, description="Optimizer steps per vector; default 300 (fast mode may stop early)."
     )
     lr: float | None = Field(None, description="Learning rate; default matched to R.")
-    positions: str = Field("user", description="Positions the objective reads: user | prompt | all | last:k.")
+    positions: Name = Field(
+        "user", description="Positions the objective reads: user | prompt | all | last:k."
+    )
     loss: Literal["token", "reference"] = Field(
         "token", description="Where the p-norm is taken: per token, or as the published code does."
     )
@@ -53,60 +56,60 @@ class MelboCreate(Body):
     mode: Literal["fast", "reference"] = Field(
         "fast", description="fast: cached prefix, batched, early stop; reference: as published."
     )
-    seed: int = Field(0, description="Seed of the random starts; same seed, same vectors.")
-    batch_size: int = Field(16, description="Vectors trained together in fast mode.")
-    priority: int = Field(0, description="Higher runs first.")
+    seed: Whole = Field(0, description="Seed of the random starts; same seed, same vectors.")
+    batch_size: Whole = Field(16, description="Vectors trained together in fast mode.")
+    priority: Whole = Field(0, description="Higher runs first.")
 
 
 class ChainCreate(Body):
-    vector_id: int = Field(description="θ₀: the stored vector the chain starts from.")
-    prompts: list[str] | None = Field(None, description="Default: the prompts of θ₀'s run.")
-    target: int | None = Field(None, description="Block the loss reads; default L - 8.")
-    n_vectors: int = Field(8, description="Length of the chain.")
-    steps: int | None = Field(None, description="Optimizer steps per vector; fast mode stops early.")
+    vector_id: Whole = Field(description="θ₀: the stored vector the chain starts from.")
+    prompts: Prompts | None = Field(None, description="Default: the prompts of θ₀'s run.")
+    target: Whole | None = Field(None, description="Block the loss reads; default L - 8.")
+    n_vectors: Whole = Field(8, description="Length of the chain.")
+    steps: Whole | None = Field(None, description="Optimizer steps per vector; fast mode stops early.")
     lr: float | None = Field(None, description="Learning rate; default matched to |θ₀|.")
     loss_threshold: float | None = Field(None, description="Fast mode: stop a vector below this loss.")
     mode: Literal["fast", "reference"] = Field(
         "fast", description="fast: cached segment, batched, early stop; reference: as published."
     )
-    batch_size: int = Field(4, description="Chain vectors optimized together in fast mode.")
-    seed: int = Field(0, description="Seed of the random starts.")
-    priority: int = Field(0, description="Higher runs first.")
+    batch_size: Whole = Field(4, description="Chain vectors optimized together in fast mode.")
+    seed: Whole = Field(0, description="Seed of the random starts.")
+    priority: Whole = Field(0, description="Higher runs first.")
 
 
 class CalibrationCreate(Body):
-    prompts: list[str] = Field(description="Prompts the response is measured on.")
-    model: str | None = Field(None, description="Default: the server's default model.")
-    source: int | None = Field(None, description="Block whose output is perturbed; default from depth.")
-    target: int | None = Field(None, description="Block whose response is measured; default L - 8.")
-    positions: str = Field("user", description="Positions read: user | prompt | all | last:k.")
-    directions: int = Field(30, description="Random unit directions averaged over.")
+    prompts: Prompts = Field(description="Prompts the response is measured on.")
+    model: ModelName | None = Field(None, description="Default: the server's default model.")
+    source: Whole | None = Field(None, description="Block whose output is perturbed; default from depth.")
+    target: Whole | None = Field(None, description="Block whose response is measured; default L - 8.")
+    positions: Name = Field("user", description="Positions read: user | prompt | all | last:k.")
+    directions: Whole = Field(30, description="Random unit directions averaged over.")
     threshold: float = Field(0.5, description="Nonlinearity ratio that defines the calibrated R.")
-    seed: int = Field(0, description="Seed of the random directions.")
-    priority: int = Field(0, description="Higher runs first.")
+    seed: Whole = Field(0, description="Seed of the random directions.")
+    priority: Whole = Field(0, description="Higher runs first.")
 
 
 class SamplesCreate(Body):
-    vector_ids: list[int] = Field(description="Stored vectors of one model (1 to 64).")
-    prompts: list[str] = Field(description="Prompts each vector completes.")
+    vector_ids: list[Whole] = Field(description="Stored vectors of one model (1 to 64).")
+    prompts: Prompts = Field(description="Prompts each vector completes.")
     scales: list[float] = Field([1.0], description="Multiples of each vector to steer with.")
-    seed: int = Field(0, description="Sampling seed; same seed, same text.")
+    seed: Whole = Field(0, description="Sampling seed; same seed, same text.")
     temperature: float = Field(0.0, description="0: greedy.")
     top_p: float = Field(1.0, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(48, description="New tokens per completion.")
+    max_new_tokens: Whole = Field(48, description="New tokens per completion.")
     unsteered: bool = Field(True, description="Also the unsteered completion of each prompt.")
-    priority: int = Field(0, description="Higher runs first.")
+    priority: Whole = Field(0, description="Higher runs first.")
 
 
 class GenerationCreate(Body):
-    prompt: str
-    vector_id: int | None = Field(None, description="None: the unsteered model only.")
+    prompt: Text
+    vector_id: Whole | None = Field(None, description="None: the unsteered model only.")
     scale: float = 1.0
-    model: str | None = Field(None, description="Only without a vector (a vector knows its model).")
-    seed: int = 0
+    model: ModelName | None = Field(None, description="Only without a vector (a vector knows its model).")
+    seed: Whole = 0
     temperature: float = 0.0
     top_p: float = 1.0
-    max_new_tokens: int = 64
+    max_new_tokens: Whole = 64
     stream: bool = Field(False, description="Answer as an SSE stream of tokens, then the stored rows.")
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app import jobs, store
@@ -26,6 +27,7 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 SERVER_OWNER = "server"  # one server per database: at its start, jobs it was running are orphans
+STOP_WRITES_S = 2.0  # at shutdown, how long results still arriving may wait for a busy database
 
 
 class Service:
@@ -46,7 +48,11 @@ class Service:
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.recorder = Recorder(
-            self.db, self.broker, max_attempts=settings.max_attempts, wake=self.wakeup.set
+            self.db,
+            self.broker,
+            max_attempts=settings.max_attempts,
+            gallery_tokens=settings.gallery_tokens,
+            wake=self.wakeup.set,
         )
         self.thread: threading.Thread | None = None
         self.cancels_sent: set[int] = set()
@@ -61,16 +67,32 @@ class Service:
                 session, owners=orphans, stale_before=jobs.stale_cutoff(self.settings.lease_s)
             ):
                 log.info("job %s was interrupted; queued again", job.id)
+        self.recorder.start()
         self.executor.start(self.recorder)
         self.thread = threading.Thread(target=self._dispatch_loop, name="steerscope-dispatcher", daemon=True)
         self.thread.start()
 
+    def begin_shutdown(self) -> None:
+        """The server is going down: every event stream and every request waiting on the worker ends
+        now, so the web server has no open connection to wait for."""
+        self.broker.close()
+
     def stop(self) -> None:
+        """Stop the worker at once and queue the jobs it was running again (they resume from what
+        they stored); everything the worker sent before it stopped is written first."""
+        self.begin_shutdown()
         self.stopping.set()
         self.wakeup.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
         self.executor.close()
+        self.recorder.stop(timeout=STOP_WRITES_S)
+        try:
+            with self.db.session() as session:
+                for job in jobs.requeue_interrupted(session, owners=(self.owner,), stale_before=jobs.EPOCH):
+                    log.info("job %s queued again: the server stopped", job.id)
+        except OperationalError as exc:
+            log.warning("could not queue the running jobs again (%s); the next start does", exc.orig)
         self.db.close()
 
     # dispatching
@@ -79,6 +101,8 @@ class Service:
         while not self.stopping.is_set():
             try:
                 self.dispatch_once()
+            except OperationalError as exc:  # busy or locked: the next pass tries again
+                log.warning("dispatcher pass skipped: %s", exc.orig)
             except Exception:
                 log.exception("dispatcher pass failed")
             self.wakeup.wait(self.settings.heartbeat_s)
@@ -155,6 +179,8 @@ class Service:
                 event = sub.next_sync(limit)
                 if event is None:
                     self.executor.request({"type": "stop", "id": rid})
+                    if sub.closed:
+                        raise Unavailable("the server is shutting down; try again once it is back")
                     raise Unavailable(f"the worker did not answer within {limit:.0f} s")
                 if event["type"] == "reply":
                     if not event["ok"]:

@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `steerscope serve` binds to.")
     port: int = Field(8000, description="Port `steerscope serve` listens on.")
+    allowed_hosts: str = Field(
+        "",
+        description="Host names the server answers to besides the loopback names and the address it "
+        "binds (comma-separated); `*` answers to any name (sensible only with a token).",
+    )
     token: str = Field(
         "",
         description="Access token; required when the server binds to anything but the loopback "

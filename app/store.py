@@ -62,6 +62,13 @@ def create_run(
     return jobs.enqueue(session, run=run, priority=priority, owner=owner)
 
 
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run {run_id}")
+    return run
+
+
 def get_vector(session: Session, vector_id: int) -> Vector:
     vector = session.get(Vector, vector_id)
     if vector is None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi.templating import Jinja2Templates
 
+from app.guard import csrf_value
 from app.models import now
 from app.settings import ROOT
 
@@ -62,6 +63,12 @@ def heat(value: float) -> str:
     return f"rgb(255,{fade},{fade})" if c >= 0 else f"rgb({fade},{fade},255)"
 
 
+def csrf_for(request: Any) -> str:
+    """The CSRF token the page's forms carry; empty where no cookie authenticates (no access token)."""
+    token: str = request.app.state.settings.token
+    return csrf_value(token) if token else ""
+
+
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(ROOT / "templates"))
     templates.env.filters["when"] = ago
@@ -71,4 +78,5 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["duration"] = duration
     templates.env.filters["waited"] = waited
     templates.env.filters["heat"] = heat
+    templates.env.globals["csrf_for"] = csrf_for
     return templates

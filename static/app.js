@@ -3,6 +3,15 @@
 // Everything else is htmx attributes in the templates.
 "use strict";
 
+// With an access token, every form that posts carries the page's CSRF token (htmx sends it as a header).
+document.addEventListener("submit", (event) => {
+  const csrf = document.querySelector('meta[name="csrf-token"]')?.content;
+  const form = event.target;
+  if (!csrf || form.method !== "post" || form.querySelector('input[name="csrf_token"]')) return;
+  const field = Object.assign(document.createElement("input"), { type: "hidden", name: "csrf_token", value: csrf });
+  form.append(field);
+}, true);
+
 const steerscope = (() => {
   const palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
   const colour = (index) => palette[index % palette.length];

@@ -53,8 +53,10 @@
 
   async function post(path, body) {
     errorBox.textContent = "";
+    const csrf = document.querySelector('meta[name="csrf-token"]')?.content;
+    const headers = { "content-type": "application/json", ...(csrf ? { "X-CSRF-Token": csrf } : {}) };
     const response = await fetch(`/api/conversations/${id}/${path}`, {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body || {}),
+      method: "POST", headers, body: JSON.stringify(body || {}),
     });
     if (!response.ok) {
       const data = await response.json().catch(() => ({ detail: response.statusText }));

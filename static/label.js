@@ -17,8 +17,9 @@
 
   async function post(path, body) {
     errorBox.textContent = "";
-    const r = await fetch(path, { method: "POST", headers: { "content-type": "application/json" },
-                                  body: JSON.stringify(body) });
+    const csrf = document.querySelector('meta[name="csrf-token"]')?.content;
+    const headers = { "content-type": "application/json", ...(csrf ? { "X-CSRF-Token": csrf } : {}) };
+    const r = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
     const data = await r.json();
     if (!r.ok) { errorBox.textContent = data.detail; return null; }
     return data;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from app import chat
 from app.deps import ServiceDep, SessionDep
+from app.fields import Whole
 from app.models import Conversation
 from app.replies import ChatHub
 from app.sampling import sse
@@ -34,7 +35,7 @@ def create_conversation(body: chat.ConversationCreate, service: ServiceDep) -> d
 
 @router.get("", summary="Conversations, most recently active first")
 def list_conversations(
-    session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
+    session: SessionDep, limit: Annotated[Whole, Query(ge=1, le=500)] = 50, offset: Whole = 0
 ) -> list[dict[str, Any]]:
     rows = session.scalars(
         select(Conversation).order_by(Conversation.updated_at.desc()).limit(limit).offset(offset)
@@ -46,14 +47,14 @@ def list_conversations(
 
 
 @router.get("/{conversation_id}")
-def read_conversation(conversation_id: int, session: SessionDep) -> dict[str, Any]:
+def read_conversation(conversation_id: Whole, session: SessionDep) -> dict[str, Any]:
     return chat.conversation_out(session, chat.get(session, conversation_id))
 
 
 @router.put(
     "/{conversation_id}/steering", summary="Set the steering panel and settings (from the next reply on)"
 )
-def set_steering(conversation_id: int, body: chat.SteeringUpdate, service: ServiceDep) -> dict[str, Any]:
+def set_steering(conversation_id: Whole, body: chat.SteeringUpdate, service: ServiceDep) -> dict[str, Any]:
     chat.update_steering(service, conversation_id, body)
     with service.db.session() as session:
         return chat.conversation_out(session, chat.get(session, conversation_id))
@@ -62,24 +63,24 @@ def set_steering(conversation_id: int, body: chat.SteeringUpdate, service: Servi
 @router.post(
     "/{conversation_id}/messages", status_code=202, summary="Send a message; both panes start replying"
 )
-def send_message(conversation_id: int, body: chat.MessageCreate, request: Request) -> dict[str, Any]:
+def send_message(conversation_id: Whole, body: chat.MessageCreate, request: Request) -> dict[str, Any]:
     return {"turn": hub(request).send(conversation_id, body.content)}
 
 
 @router.post("/{conversation_id}/regenerate", status_code=202, summary="Answer the last message again")
-def regenerate(conversation_id: int, request: Request) -> dict[str, Any]:
+def regenerate(conversation_id: Whole, request: Request) -> dict[str, Any]:
     return {"turn": hub(request).regenerate(conversation_id)}
 
 
 @router.post("/{conversation_id}/stop", summary="Stop the reply in progress (what was written is kept)")
-def stop(conversation_id: int, request: Request) -> dict[str, Any]:
+def stop(conversation_id: Whole, request: Request) -> dict[str, Any]:
     return {"stopped": hub(request).stop(conversation_id)}
 
 
 @router.get(
     "/{conversation_id}/stream", summary="SSE: the reply in progress (text so far, then tokens, then done)"
 )
-async def stream(conversation_id: int, request: Request, service: ServiceDep) -> StreamingResponse:
+async def stream(conversation_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
     with service.db.session() as session:
         chat.get(session, conversation_id)
     chats = hub(request)
@@ -94,6 +95,8 @@ async def stream(conversation_id: int, request: Request, service: ServiceDep) ->
             try:
                 while not await request.is_disconnected():
                     event = await sub.next(KEEPALIVE_S)
+                    if event is None and sub.closed:
+                        return  # the server is shutting down; the page reconnects to the next one
                     if event is None:
                         yield ": keep-alive\n\n"
                         continue
@@ -107,7 +110,7 @@ async def stream(conversation_id: int, request: Request, service: ServiceDep) ->
 
 
 @router.get("/{conversation_id}/export", summary="The conversation as JSON or Markdown", response_model=None)
-def export(conversation_id: int, session: SessionDep, format: Literal["json", "md"] = "json") -> Response:
+def export(conversation_id: Whole, session: SessionDep, format: Literal["json", "md"] = "json") -> Response:
     data = chat.conversation_out(session, chat.get(session, conversation_id))
     name = f"conversation-{conversation_id}"
     if format == "md":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from app import sampling, schemas
 from app.deps import ServiceDep, SessionDep
+from app.fields import Whole
 from app.models import Generation, LanguageModel, Vector
 
 router = APIRouter(prefix="/api", tags=["data"])
@@ -25,10 +26,10 @@ def list_models(session: SessionDep) -> list[dict[str, Any]]:
 @router.get("/generations", summary="Stored generations, filtered by vector or run")
 def list_generations(
     session: SessionDep,
-    vector_id: int | None = None,
-    run_id: int | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    vector_id: Whole | None = None,
+    run_id: Whole | None = None,
+    limit: Annotated[Whole, Query(ge=1, le=1000)] = 100,
+    offset: Whole = 0,
 ) -> list[dict[str, Any]]:
     query = select(Generation).order_by(Generation.id).limit(limit).offset(offset)
     if vector_id is not None:

@@ -7,8 +7,9 @@ from typing import Literal
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app import exports
+from app import exports, store
 from app.deps import ServiceDep
+from app.fields import Whole
 
 router = APIRouter(prefix="/api/export", tags=["export"])
 MEDIA = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
@@ -19,8 +20,11 @@ def export_table(
     table: Literal["vectors", "generations", "labels"],
     fmt: Literal["csv", "jsonl"],
     service: ServiceDep,
-    run_id: int | None = None,
+    run_id: Whole | None = None,
 ) -> StreamingResponse:
+    if run_id is not None:
+        with service.db.session() as session:
+            store.get_run(session, run_id)  # 404 before the stream starts
     name = f"{table}{'' if run_id is None else f'-run-{run_id}'}.{fmt}"
     return StreamingResponse(
         exports.stream(service.db, table, fmt, run_id),

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from app import interop
 from app.deps import ServiceDep
+from app.fields import Whole, maybe_whole
 
 router = APIRouter(prefix="/api", tags=["interop"])
 
@@ -23,13 +24,13 @@ def _download(data: bytes, name: str, fmt: str) -> Response:
 @router.get(
     "/vectors/{vector_id}/export", summary="One vector as safetensors, GGUF, JSON or a Neuronpedia payload"
 )
-async def export_vector(vector_id: int, service: ServiceDep, format: str = "safetensors") -> Response:
+async def export_vector(vector_id: Whole, service: ServiceDep, format: str = "safetensors") -> Response:
     data, name = await asyncio.to_thread(interop.export_vector, service, vector_id, format)
     return _download(data, name, format)
 
 
 @router.get("/runs/{run_id}/export", summary="All of a run's vectors in one safetensors or JSON file")
-async def export_run(run_id: int, service: ServiceDep, format: str = "safetensors") -> Response:
+async def export_run(run_id: Whole, service: ServiceDep, format: str = "safetensors") -> Response:
     data, name = await asyncio.to_thread(interop.export_run, service, run_id, format)
     return _download(data, name, format)
 
@@ -50,7 +51,7 @@ async def import_vectors(
             data=data,
             filename=file.filename or "upload",
             model=model or None,
-            block=int(block) if block.strip().lstrip("-").isdigit() else None,
+            block=maybe_whole(block, "block"),
         )
     )
     sample_jobs = await asyncio.to_thread(interop.sample_imported, service, run_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from app import jobs, schemas, store
 from app.deps import ServiceDep, SessionDep
+from app.fields import Whole
 from app.models import Job
 from app.sampling import sse
 
@@ -22,8 +23,8 @@ KEEPALIVE_S = 15.0
 def list_jobs(
     session: SessionDep,
     status: jobs.Status | None = None,
-    limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    limit: Annotated[Whole, Query(ge=1, le=500)] = 50,
+    offset: Whole = 0,
 ) -> list[dict[str, Any]]:
     query = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
     if status is not None:
@@ -32,30 +33,30 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def read_job(job_id: int, session: SessionDep) -> dict[str, Any]:
+def read_job(job_id: Whole, session: SessionDep) -> dict[str, Any]:
     return schemas.job_out(jobs.get(session, job_id))
 
 
 @router.post(
     "/{job_id}/cancel", summary="Cancel; a running job stops between steps and keeps what it finished"
 )
-def cancel_job(job_id: int, service: ServiceDep) -> dict[str, Any]:
+def cancel_job(job_id: Whole, service: ServiceDep) -> dict[str, Any]:
     return schemas.job_out(service.change_job(jobs.request_cancel, job_id))
 
 
 @router.post(
     "/{job_id}/retry", summary="Queue a failed or cancelled job again; it resumes from what it stored"
 )
-def retry_job(job_id: int, service: ServiceDep) -> dict[str, Any]:
+def retry_job(job_id: Whole, service: ServiceDep) -> dict[str, Any]:
     return schemas.job_out(service.change_job(jobs.retry, job_id))
 
 
 @router.get("/{job_id}/events", summary="Server-sent events of the job; reconnect with Last-Event-ID")
 async def job_events(
-    job_id: int,
+    job_id: Whole,
     request: Request,
     service: ServiceDep,
-    last_event_id: int = Header(0, alias="Last-Event-ID"),
+    last_event_id: Annotated[Whole, Header(alias="Last-Event-ID")] = 0,
 ) -> StreamingResponse:
     with service.db.session() as session:
         jobs.get(session, job_id)  # 404 before the stream starts
@@ -72,6 +73,8 @@ async def job_events(
                 yield sse(kind, data, event_id)
             while status not in jobs.FINISHED and not await request.is_disconnected():
                 live = await sub.next(KEEPALIVE_S)
+                if live is None and sub.closed:
+                    return  # the server is shutting down; a client reconnects with Last-Event-ID
                 if live is None:
                     yield ": keep-alive\n\n"
                     continue

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from app import launch, schemas, store
 from app.deps import ServiceDep, SessionDep
-from app.errors import NotFound
+from app.fields import Whole
 from app.models import Run, Vector
 
 router = APIRouter(prefix="/api", tags=["runs"])
@@ -43,27 +43,24 @@ def create_samples(body: schemas.SamplesCreate, service: ServiceDep) -> dict[str
 
 @router.get("/runs", summary="Runs, newest first")
 def list_runs(
-    session: SessionDep, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
+    session: SessionDep, limit: Annotated[Whole, Query(ge=1, le=500)] = 50, offset: Whole = 0
 ) -> list[dict[str, Any]]:
     runs = session.scalars(select(Run).order_by(Run.id.desc()).limit(limit).offset(offset)).all()
     return [schemas.run_out(r) for r in runs]
 
 
 @router.get("/runs/{run_id}")
-def read_run(run_id: int, session: SessionDep) -> dict[str, Any]:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFound(f"no run {run_id}")
-    return schemas.run_out(run)
+def read_run(run_id: Whole, session: SessionDep) -> dict[str, Any]:
+    return schemas.run_out(store.get_run(session, run_id))
 
 
 @router.get("/runs/{run_id}/vectors", summary="A run's vectors in index order")
-def run_vectors(run_id: int, session: SessionDep, values: bool = False) -> list[dict[str, Any]]:
+def run_vectors(run_id: Whole, session: SessionDep, values: bool = False) -> list[dict[str, Any]]:
     read_run(run_id, session)
     vectors = session.scalars(select(Vector).where(Vector.run_id == run_id).order_by(Vector.index)).all()
     return [schemas.vector_out(v, values=values) for v in vectors]
 
 
 @router.get("/vectors/{vector_id}")
-def read_vector(vector_id: int, session: SessionDep, values: bool = False) -> dict[str, Any]:
+def read_vector(vector_id: Whole, session: SessionDep, values: bool = False) -> dict[str, Any]:
     return schemas.vector_out(store.get_vector(session, vector_id), values=values)

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from app import chat
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
+from app.fields import Whole, as_whole, describe, maybe_whole, number, whole
 from app.gallery import matching_vectors
 from app.models import Conversation, Label, Labeling, Message, Run, Vector
 from app.routes.run_pages import render
@@ -32,7 +33,7 @@ async def new_conversation(request: Request, service: ServiceDep) -> Response:
     form = await request.form()
     vector = str(form.get("vector_id", "")).strip()
     body = chat.ConversationCreate(
-        vector_id=int(vector) if vector.isdigit() else None, model=str(form.get("model", "")) or None
+        vector_id=maybe_whole(vector, "vector_id"), model=str(form.get("model", "")) or None
     )
     conversation_id = await asyncio.to_thread(chat.create, service, body)
     if request.headers.get("HX-Request"):  # a gallery card's chat button
@@ -53,7 +54,7 @@ def panel_context(session: Any, conversation: Conversation) -> dict[str, Any]:
 
 
 @router.get("/chat/{conversation_id}", response_class=HTMLResponse)
-def show(conversation_id: int, request: Request, session: SessionDep) -> HTMLResponse:
+def show(conversation_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
     conversation = chat.get(session, conversation_id)
     messages = session.scalars(
         select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
@@ -70,7 +71,7 @@ def show(conversation_id: int, request: Request, session: SessionDep) -> HTMLRes
 async def apply_panel(
     request: Request,
     service: ServiceDep,
-    conversation_id: int,
+    conversation_id: Whole,
     update: chat.SteeringUpdate | None,
     error: str = "",
 ) -> HTMLResponse:
@@ -86,7 +87,7 @@ async def apply_panel(
 
 
 @router.post("/chat/{conversation_id}/steering", response_class=HTMLResponse)
-async def steering(conversation_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
+async def steering(conversation_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
     """The panel form: terms as parallel lists, settings as fields."""
     form = await request.form()
     ids, scales = form.getlist("vector_id"), form.getlist("scale")
@@ -94,40 +95,46 @@ async def steering(conversation_id: int, request: Request, service: ServiceDep) 
     removed = str(form.get("drop", ""))  # not "remove": a control by that name would hide form.remove()
     try:
         terms = [
-            chat.Term(vector_id=int(str(i)), scale=float(str(s)), enabled=str(i) in enabled)
+            chat.Term(
+                vector_id=whole(str(i), "vector_id"), scale=number(str(s), "scale"), enabled=str(i) in enabled
+            )
             for i, s in zip(ids, scales, strict=True)
             if str(i) != removed
         ]
         settings = chat.ChatSettings(
-            seed=int(str(form.get("seed", "0") or 0)),
-            temperature=float(str(form.get("temperature", "0.7") or 0)),
-            max_new_tokens=int(str(form.get("max_new_tokens", "96") or 96)),
+            seed=whole(str(form.get("seed", "") or "0"), "seed"),
+            temperature=number(str(form.get("temperature", "") or "0.7"), "temperature"),
+            max_new_tokens=whole(str(form.get("max_new_tokens", "") or "96"), "max new tokens"),
             show_unsteered=form.get("show_unsteered") is not None,
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
-        return await apply_panel(request, service, conversation_id, None, problems)
-    except ValueError as exc:
-        return await apply_panel(request, service, conversation_id, None, str(exc).splitlines()[0])
+        return await apply_panel(request, service, conversation_id, None, describe(exc.errors()))
+    except AppError as exc:
+        return await apply_panel(request, service, conversation_id, None, exc.message)
+    except ValueError:  # the lists of ids and scales differ in length: not a form of ours
+        return await apply_panel(request, service, conversation_id, None, "every vector needs one scale")
     return await apply_panel(
         request, service, conversation_id, chat.SteeringUpdate(terms=terms, settings=settings)
     )
 
 
 @router.post("/chat/{conversation_id}/add", response_class=HTMLResponse)
-async def add_vector(conversation_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
+async def add_vector(conversation_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
     form = await request.form()
     with service.db.session() as session:
         steering = chat.get(session, conversation_id).steering
     terms = [chat.Term(**{k: t[k] for k in ("vector_id", "scale", "enabled")}) for t in steering]
-    raw = str(form.get("vector_id", ""))
-    if raw.isdigit() and int(raw) not in {t.vector_id for t in terms}:
-        terms.append(chat.Term(vector_id=int(raw)))
+    try:
+        added = whole(str(form.get("vector_id", "")), "vector_id")
+    except AppError as exc:
+        return await apply_panel(request, service, conversation_id, None, exc.message)
+    if added not in {t.vector_id for t in terms}:
+        terms.append(chat.Term(vector_id=added))
     return await apply_panel(request, service, conversation_id, chat.SteeringUpdate(terms=terms))
 
 
 @router.get("/chat/{conversation_id}/search", response_class=HTMLResponse)
-def search(conversation_id: int, request: Request, session: SessionDep, q: str = "") -> HTMLResponse:
+def search(conversation_id: Whole, request: Request, session: SessionDep, q: str = "") -> HTMLResponse:
     """Find vectors of the conversation's model by id (#12), run (run:5), label (label:refusal) or
     by words in their completions."""
     conversation = chat.get(session, conversation_id)
@@ -135,13 +142,11 @@ def search(conversation_id: int, request: Request, session: SessionDep, q: str =
     query = select(Vector).join(Run, Vector.run_id == Run.id).where(Run.model_name == conversation.model_name)
     if not q:
         found: list[Vector] = []
-    elif q.lstrip("#").isdigit():
-        found = list(session.scalars(query.where(Vector.id == int(q.lstrip("#")))))
-    elif q.startswith("run:") and q[4:].strip().isdigit():
+    elif (vector_id := as_whole(q.removeprefix("#"))) is not None:
+        found = list(session.scalars(query.where(Vector.id == vector_id)))
+    elif q.startswith("run:") and (run_id := as_whole(q[4:].strip())) is not None:
         found = list(
-            session.scalars(
-                query.where(Vector.run_id == int(q[4:])).order_by(Vector.index).limit(SEARCH_LIMIT)
-            )
+            session.scalars(query.where(Vector.run_id == run_id).order_by(Vector.index).limit(SEARCH_LIMIT))
         )
     elif q.startswith("label:"):
         labelled = (

@@ -8,20 +8,19 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 
 from app import geometry, sampling, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid
+from app.fields import Text, Whole, describe, whole
 from app.routes.run_pages import render
 
 router = APIRouter(include_in_schema=False)
 
 
 def parse_ids(ids: str) -> list[int]:
-    try:
-        out = list(dict.fromkeys(int(x) for x in ids.replace(" ", "").split(",") if x))
-    except ValueError:
-        raise Invalid(f"ids must be comma-separated vector ids, got {ids!r}") from None
+    out = list(dict.fromkeys(whole(x, "each id in ids") for x in ids.replace(" ", "").split(",") if x))
     if not 2 <= len(out) <= 8:
         raise Invalid(f"compare takes 2 to 8 vectors, got {len(out)}")
     return out
@@ -32,11 +31,11 @@ def compare(
     request: Request,
     session: SessionDep,
     ids: str = "",
-    pick: Annotated[list[int] | None, Query()] = None,  # ticked checkboxes of a plain GET form
-    prompt: str = "",
-    seed: int = 0,
+    pick: Annotated[list[Whole] | None, Query()] = None,  # ticked checkboxes of a plain GET form
+    prompt: Text = "",
+    seed: Whole = 0,
     temperature: float = Query(0.0, ge=0),
-    max_new_tokens: int = Query(48, ge=1, le=512),
+    max_new_tokens: Annotated[Whole, Query(ge=1, le=512)] = 48,
     scale: float = 1.0,
 ) -> Response:
     if pick and not ids:  # one address for a comparison: ?ids=3,5
@@ -85,16 +84,16 @@ async def compare_cell(request: Request, service: ServiceDep) -> HTMLResponse:
     try:
         body = schemas.GenerationCreate.model_validate(data)
         result = await asyncio.to_thread(sampling.generate_now, service, body)
-    except (AppError, ValueError) as exc:
-        return render(
-            request, "compare/_cell.html", {"error": getattr(exc, "message", str(exc)), "generation": None}
-        )
+    except ValidationError as exc:
+        return render(request, "compare/_cell.html", {"error": describe(exc.errors()), "generation": None})
+    except AppError as exc:
+        return render(request, "compare/_cell.html", {"error": exc.message, "generation": None})
     generation = result["generation"] if body.vector_id is not None else result["unsteered"]
     return render(request, "compare/_cell.html", {"generation": generation, "error": ""})
 
 
 @router.get("/compare/downstream", response_class=HTMLResponse)
-async def downstream(request: Request, service: ServiceDep, ids: str, prompt: str) -> HTMLResponse:
+async def downstream(request: Request, service: ServiceDep, ids: str, prompt: Text) -> HTMLResponse:
     """Cosines of the vectors' effects at their run's target block (computed on the worker)."""
     vector_ids = parse_ids(ids)
     with service.db.session() as session:

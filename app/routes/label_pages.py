@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Cookie, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from app import gallery, labels
+from app import gallery, labels, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid
-from app.routes.run_pages import GalleryQuery, get_run, render
+from app.fields import MAX_NAME, Whole, describe, maybe_whole
+from app.routes.run_pages import GalleryQuery, render
 
 router = APIRouter()
 AuthorCookie = Annotated[str | None, Cookie(alias="steerscope_author")]
@@ -32,38 +35,50 @@ def labels_page(request: Request, session: SessionDep, author: AuthorCookie = No
 @router.post("/labels", response_class=HTMLResponse, include_in_schema=False)
 async def save_label(request: Request, service: ServiceDep) -> Response:
     form = await request.form()
-    raw_id = str(form.get("id", ""))
     try:
-        edit = labels.LabelEdit(
-            name=str(form.get("name", "")),
-            colour=str(form.get("colour", "#888888")),
-            key=int(str(form["key"])) if str(form.get("key", "")).strip() else None,
-            description=str(form.get("description", "")),
-        )
+        label_id = maybe_whole(str(form.get("id", "")), "id")
         with service.db.session() as session:
             if form.get("delete"):
-                labels.delete_label(session, int(raw_id))
+                if label_id is None:
+                    raise Invalid("give the id of the label to delete")
+                labels.delete_label(session, label_id)
             else:
-                labels.save_label(session, edit, int(raw_id) if raw_id.isdigit() else None)
-    except (ValidationError, ValueError, AppError) as exc:
-        message = exc.message if isinstance(exc, AppError) else str(exc).splitlines()[0]
+                edit = labels.LabelEdit(
+                    name=str(form.get("name", "")),
+                    colour=str(form.get("colour", "#888888")),
+                    key=maybe_whole(str(form.get("key", "")), "key"),
+                    description=str(form.get("description", "")),
+                )
+                labels.save_label(session, edit, label_id)
+    except (ValidationError, AppError) as exc:
+        message = exc.message if isinstance(exc, AppError) else describe(exc.errors())
         with service.db.session() as session:
             return render(
                 request,
                 "labels/index.html",
                 {"labels": labels.all_labels(session), "author": "", "error": message},
-                status_code=422,
+                status_code=exc.status_code if isinstance(exc, AppError) else 422,
             )
     return RedirectResponse("/labels", status_code=303)
+
+
+def local_path(target: str) -> str | None:
+    """`target` if it is a path on this server; None for anything that leaves it ('//evil', '/\\evil',
+    'https://...'), so a form cannot be made to send the browser elsewhere."""
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return None
+    if any(unicodedata.category(c) == "Cc" for c in target):
+        return None
+    return target
 
 
 @router.post("/author", include_in_schema=False)
 async def set_author(request: Request) -> Response:
     """The name recorded with every label; asked once, kept in a cookie."""
     form = await request.form()
-    name = str(form.get("name", "")).strip()[:100]
-    back = str(form.get("next", "/labels"))
-    response = RedirectResponse(back if back.startswith("/") else "/labels", status_code=303)
+    name = str(form.get("name", "")).strip()[:MAX_NAME]
+    response = RedirectResponse(local_path(str(form.get("next", ""))) or "/labels", status_code=303)
     if name:
         response.set_cookie("steerscope_author", name, max_age=10 * 365 * 24 * 3600, samesite="lax")
     return response
@@ -74,15 +89,15 @@ async def set_author(request: Request) -> Response:
 
 @router.get("/runs/{run_id}/label", response_class=HTMLResponse, include_in_schema=False)
 def queue(
-    run_id: int,
+    run_id: Whole,
     request: Request,
     session: SessionDep,
     query: GalleryQuery,
     author: AuthorCookie = None,
-    at: int = 0,
+    at: Whole = 0,
 ) -> HTMLResponse:
     """One vector at a time from the run (or a filtered gallery), in gallery order."""
-    run = get_run(session, run_id)
+    run = store.get_run(session, run_id)
     query.page = 1
     everything = gallery.gallery(session, run, query, per_page=100_000)
     ids = [c.vector.id for c in everything.cards]
@@ -129,10 +144,8 @@ def toggle_label(body: labels.Toggle, service: ServiceDep, author: AuthorCookie 
 
 
 @router.post("/api/notes", tags=["labels"], summary="A note on a vector")
-def add_note(body: dict[str, Any], service: ServiceDep, author: AuthorCookie = None) -> dict[str, Any]:
+def add_note(body: labels.NoteCreate, service: ServiceDep, author: AuthorCookie = None) -> dict[str, Any]:
     name = labels.author_of(author)
-    if not isinstance(body.get("vector_id"), int) or not isinstance(body.get("text"), str):
-        raise Invalid("give vector_id (an integer) and text")
     with service.db.session() as session:
-        note = labels.add_note(session, vector_id=body["vector_id"], text=body["text"], author=name)
+        note = labels.add_note(session, vector_id=body.vector_id, text=body.text, author=name)
         return {"id": note.id, "vector_id": note.vector_id, "text": note.text, "author": note.author}

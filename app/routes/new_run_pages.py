@@ -13,6 +13,7 @@ from sqlalchemy import select
 from app import forms, jobs, launch, schemas
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
+from app.fields import MAX_PROMPTS, Text, Whole, model_name
 from app.models import LanguageModel
 from app.routes.run_pages import render
 
@@ -36,7 +37,7 @@ def form_context(
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
-def new_run(request: Request, session: SessionDep, service: ServiceDep, prompt: str = "") -> HTMLResponse:
+def new_run(request: Request, session: SessionDep, service: ServiceDep, prompt: Text = "") -> HTMLResponse:
     values = forms.run_defaults(model=service.settings.default_model, prompts=prompt)
     return render(request, "runs/new.html", form_context(session, service, values, {}))
 
@@ -65,11 +66,11 @@ async def create_run(request: Request, session: SessionDep, service: ServiceDep)
 @router.post("/runs/preview", response_class=HTMLResponse)
 async def preview(request: Request, service: ServiceDep) -> HTMLResponse:
     form = await request.form()
-    prompts = forms.prompt_lines(str(form.get("prompts", "")))
-    model = str(form.get("model") or service.settings.default_model)
+    prompts = forms.prompt_lines(str(form.get("prompts", "")))[:MAX_PROMPTS]
     context: dict[str, Any] = {"prompts": prompts, "error": ""}
     if prompts:
         try:
+            model = model_name(str(form.get("model") or service.settings.default_model))
             context["shown"] = await asyncio.to_thread(
                 service.ask, {"type": "render", "model": model, "prompts": prompts}
             )
@@ -97,7 +98,7 @@ async def calibrate(request: Request, service: ServiceDep) -> HTMLResponse:
 
 
 @router.get("/runs/calibrate/{job_id}", response_class=HTMLResponse)
-def calibration_status(job_id: int, request: Request, session: SessionDep) -> HTMLResponse:
+def calibration_status(job_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
     job = jobs.get(session, job_id)
     radius = job.run.radius if job.status == "succeeded" else None
     error = job.error or ("the calibration was cancelled" if job.status == "cancelled" else "")

@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from app import forms, interop, jobs
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
+from app.fields import Whole, maybe_whole
 from app.models import Job, LanguageModel, Run, Vector
 from app.routes.run_pages import render
 
@@ -84,7 +85,7 @@ def home(request: Request, session: SessionDep, service: ServiceDep) -> HTMLResp
 
 
 @router.get("/runs", response_class=HTMLResponse)
-def runs_page(request: Request, session: SessionDep, kind: str = "", page: int = 1) -> HTMLResponse:
+def runs_page(request: Request, session: SessionDep, kind: str = "", page: Whole = 1) -> HTMLResponse:
     """Every run, newest first, one kind at a time or all."""
     query = select(Run).order_by(Run.id.desc())
     if kind:
@@ -105,7 +106,7 @@ def runs_page(request: Request, session: SessionDep, kind: str = "", page: int =
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request, session: SessionDep, page: int = 1, status: str = "") -> HTMLResponse:
+def jobs_page(request: Request, session: SessionDep, page: Whole = 1, status: str = "") -> HTMLResponse:
     query = select(Job).order_by(Job.id.desc())
     if status in jobs.STATUSES:
         query = query.where(Job.status == status)
@@ -123,12 +124,12 @@ def jobs_page(request: Request, session: SessionDep, page: int = 1, status: str 
 
 
 @router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
-def cancel(job_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
+def cancel(job_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
     return render(request, "jobs/_row.html", {"job": service.change_job(jobs.request_cancel, job_id)})
 
 
 @router.post("/jobs/{job_id}/retry", response_class=HTMLResponse)
-def retry(job_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
+def retry(job_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
     return render(request, "jobs/_row.html", {"job": service.change_job(jobs.retry, job_id)})
 
 
@@ -153,7 +154,7 @@ async def import_vectors(request: Request, service: ServiceDep) -> HTMLResponse:
                 data=data,
                 filename=upload.filename or "upload",
                 model=str(form.get("model", "")) or None,
-                block=int(block) if block.lstrip("-").isdigit() else None,
+                block=maybe_whole(block, "block"),
             )
         )
     except interop.AlreadyImported as exc:

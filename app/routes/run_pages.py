@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from app import gallery, geometry, interop, jobs, labels, launch, schemas, store, summary
 from app.deps import ServiceDep, SessionDep
-from app.errors import Invalid, NotFound
+from app.errors import Invalid
+from app.fields import MaybeWhole, Text, Whole, whole
 from app.models import Job, JobEvent, LanguageModel, Run, Vector
 
 router = APIRouter(include_in_schema=False)
@@ -30,13 +31,6 @@ def render(request: Request, template: str, context: dict[str, Any], status_code
         request, template, context, status_code=status_code
     )
     return response
-
-
-def get_run(session: Any, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFound(f"no run {run_id}")
-    return run
 
 
 def job_of(session: Any, run: Run) -> Job | None:
@@ -107,23 +101,23 @@ def _number(value: str) -> float | None:
 def gallery_query(
     sort: str = "index",
     desc: bool = False,
-    page: int = 1,
+    page: Whole = 1,
     min_kl: str = "",
     min_objective: str = "",
-    label: str = "",
-    q: str = "",
-    pick: Annotated[list[str] | None, Query()] = None,
+    label: MaybeWhole = None,
+    q: Text = "",
+    pick: Annotated[list[Whole] | None, Query()] = None,
 ) -> gallery.Query:
-    """The gallery's view from the URL; blank or malformed filters mean no filter."""
+    """The gallery's view from the URL; blank or malformed number filters mean no filter."""
     return gallery.Query(
         sort=sort if sort in gallery.SORTS else "index",
         desc=desc,
         page=page,
         min_kl=_number(min_kl),
         min_objective=_number(min_objective),
-        label=int(label) if label.isdigit() else None,
+        label=label,
         q=q,
-        pick=list(dict.fromkeys(int(p) for p in pick or [] if p.isdigit())),
+        pick=list(dict.fromkeys(pick or [])),
     )
 
 
@@ -146,8 +140,8 @@ def gallery_context(session: Any, run: Run, query: gallery.Query) -> dict[str, A
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def show_run(run_id: int, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
-    run = get_run(session, run_id)
+def show_run(run_id: Whole, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
+    run = store.get_run(session, run_id)
     context = {
         **status_context(session, run),
         **gallery_context(session, run, query),
@@ -165,21 +159,21 @@ def show_run(run_id: int, request: Request, session: SessionDep, query: GalleryQ
 
 
 @router.get("/runs/{run_id}/progress", response_class=HTMLResponse)
-def run_progress(run_id: int, request: Request, session: SessionDep) -> HTMLResponse:
-    return render(request, "runs/_progress.html", status_context(session, get_run(session, run_id)))
+def run_progress(run_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
+    return render(request, "runs/_progress.html", status_context(session, store.get_run(session, run_id)))
 
 
 @router.get("/runs/{run_id}/live")
-async def run_live(run_id: int, request: Request, service: ServiceDep) -> StreamingResponse:
+async def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
     """SSE for a run page opened while its job is live: the progress and summary partials whenever
     the job reports, then `finished` (the page then fetches itself again and drops the stream)."""
     templates = request.app.state.templates
     with service.db.session() as session:
-        job = working_job(session, get_run(session, run_id))
+        job = working_job(session, store.get_run(session, run_id))
 
     def snapshot() -> tuple[str, str, bool]:
         with service.db.session() as session:
-            context = {**status_context(session, get_run(session, run_id)), "request": request}
+            context = {**status_context(session, store.get_run(session, run_id)), "request": request}
             progress = templates.get_template("runs/_progress.html").render(context)
             facts = templates.get_template("runs/_summary.html").render(context)
             return progress, facts, not context["live"]
@@ -199,7 +193,7 @@ async def run_live(run_id: int, request: Request, service: ServiceDep) -> Stream
                 if finished:
                     yield "event: finished\ndata: done\n\n"
                     return
-                if await request.is_disconnected():
+                if await request.is_disconnected() or sub.closed:
                     return
                 await sub.next(15.0)
 
@@ -207,9 +201,9 @@ async def run_live(run_id: int, request: Request, service: ServiceDep) -> Stream
 
 
 @router.get("/runs/{run_id}/gallery", response_class=HTMLResponse)
-def run_gallery(run_id: int, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
+def run_gallery(run_id: Whole, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
     """The gallery partial; asked for by the page, it also puts its view in the address bar."""
-    run = get_run(session, run_id)
+    run = store.get_run(session, run_id)
     response = render(request, "runs/_gallery.html", gallery_context(session, run, query))
     if request.headers.get("HX-Request"):
         url = f"/runs/{run.id}?{query.url()}".rstrip("?")
@@ -218,22 +212,22 @@ def run_gallery(run_id: int, request: Request, session: SessionDep, query: Galle
 
 
 @router.get("/runs/{run_id}/map.json")
-def run_map(run_id: int, session: SessionDep) -> dict[str, Any]:
-    return gallery.vector_map(session, get_run(session, run_id))
+def run_map(run_id: Whole, session: SessionDep) -> dict[str, Any]:
+    return gallery.vector_map(session, store.get_run(session, run_id))
 
 
 @router.get("/runs/{run_id}/curves.json")
-def run_curves(run_id: int, session: SessionDep) -> list[dict[str, Any]]:
+def run_curves(run_id: Whole, session: SessionDep) -> list[dict[str, Any]]:
     """Each stored vector's objective at every step (what the live curves showed while it trained)."""
     return [
         {"index": v.index, "id": v.id, "curve": v.metrics.get("curve", [])}
-        for v in get_run(session, run_id).vectors
+        for v in store.get_run(session, run_id).vectors
     ]
 
 
 @router.get("/runs/{run_id}/chain.json")
-def chain_series(run_id: int, session: SessionDep) -> dict[str, Any]:
-    vectors = get_run(session, run_id).vectors
+def chain_series(run_id: Whole, session: SessionDep) -> dict[str, Any]:
+    vectors = store.get_run(session, run_id).vectors
     return {
         "index": [v.index for v in vectors],
         "id": [v.id for v in vectors],
@@ -244,23 +238,23 @@ def chain_series(run_id: int, session: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/runs/{run_id}/samples", response_class=HTMLResponse)
-async def sample(run_id: int, service: ServiceDep) -> Response:
+async def sample(run_id: Whole, service: ServiceDep) -> Response:
     """Generate the gallery samples of a run that has none (an import): the page then follows them."""
     await asyncio.to_thread(interop.sample_run, service, run_id)
     return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
 
 
 @router.post("/runs/{run_id}/compose", response_class=HTMLResponse)
-async def compose(run_id: int, request: Request, service: ServiceDep) -> Response:
+async def compose(run_id: Whole, request: Request, service: ServiceDep) -> Response:
     """The composition test: mean of the chain's first n vectors × √n, stored as a vector and sampled."""
     form = await request.form()
     raw = str(form.get("n", ""))
     with service.db.session() as session:
-        chain = get_run(session, run_id)
+        chain = store.get_run(session, run_id)
         vectors = list(chain.vectors)
-        if not raw.isdigit() or not 1 <= int(raw) <= len(vectors):
-            raise Invalid(f"n must be between 1 and the chain's length {len(vectors)}, got {raw!r}")
-        n = int(raw)
+        n = whole(raw, "n")
+        if not 1 <= n <= len(vectors):
+            raise Invalid(f"n must be between 1 and the chain's length {len(vectors)}, got {n}")
         composed = geometry.composition(geometry.stack([v.values for v in vectors]), n)
         model = session.get(LanguageModel, chain.model_id)
         assert model is not None

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from app import gallery, geometry, labels, launch, sampling, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
+from app.fields import Whole, describe
 from app.models import Generation, Job, Run, Vector
 from app.routes.run_pages import render
 
@@ -56,7 +57,7 @@ def scale_table(session: Any, vector: Vector, prompts: list[str], tokens: int) -
 
 
 @router.get("/vectors/{vector_id}", response_class=HTMLResponse)
-def show_vector(vector_id: int, request: Request, session: SessionDep, service: ServiceDep) -> HTMLResponse:
+def show_vector(vector_id: Whole, request: Request, session: SessionDep, service: ServiceDep) -> HTMLResponse:
     vector = store.get_vector(session, vector_id)
     run = vector.run
     prompts = [str(p) for p in run.prompts]
@@ -88,7 +89,9 @@ def show_vector(vector_id: int, request: Request, session: SessionDep, service: 
 
 
 @router.get("/vectors/{vector_id}/scales", response_class=HTMLResponse)
-def vector_scales(vector_id: int, request: Request, session: SessionDep, service: ServiceDep) -> HTMLResponse:
+def vector_scales(
+    vector_id: Whole, request: Request, session: SessionDep, service: ServiceDep
+) -> HTMLResponse:
     vector = store.get_vector(session, vector_id)
     prompts = [str(p) for p in vector.run.prompts]
     table = scale_table(session, vector, prompts, service.settings.gallery_tokens)
@@ -100,7 +103,7 @@ def vector_scales(vector_id: int, request: Request, session: SessionDep, service
 
 
 @router.post("/vectors/{vector_id}/scales", response_class=HTMLResponse)
-async def generate_scales(vector_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
+async def generate_scales(vector_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
     with service.db.session() as session:
         prompts = [str(p) for p in store.get_vector(session, vector_id).run.prompts]
     body = schemas.SamplesCreate(
@@ -115,7 +118,7 @@ async def generate_scales(vector_id: int, request: Request, service: ServiceDep)
 
 
 @router.post("/vectors/{vector_id}/generate", response_class=HTMLResponse)
-async def custom_prompt(vector_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
+async def custom_prompt(vector_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
     """Steered and unsteered on the user's prompt with the same seed; stored like every generation."""
     form = await request.form()
     values = {k: str(form.get(k, "")) for k in ("prompt", "scale", "seed", "max_new_tokens", "temperature")}
@@ -125,8 +128,12 @@ async def custom_prompt(vector_id: int, request: Request, service: ServiceDep) -
         )
         result = await asyncio.to_thread(sampling.generate_now, service, body)
     except ValidationError as exc:
-        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
-        return render(request, "vectors/_custom.html", {"error": problems, "values": values}, status_code=422)
+        return render(
+            request,
+            "vectors/_custom.html",
+            {"error": describe(exc.errors()), "values": values},
+            status_code=422,
+        )
     except AppError as exc:
         return render(
             request,
@@ -138,15 +145,14 @@ async def custom_prompt(vector_id: int, request: Request, service: ServiceDep) -
 
 
 @router.post("/vectors/{vector_id}/chain", response_class=HTMLResponse)
-async def start_chain(vector_id: int, request: Request, service: ServiceDep) -> Response:
+async def start_chain(vector_id: Whole, request: Request, service: ServiceDep) -> Response:
     form = await request.form()
     data = {k: str(form.get(k, "")) for k in ("n_vectors", "steps") if form.get(k)}
     try:
         body = schemas.ChainCreate.model_validate({"vector_id": vector_id, **data})
         job = await asyncio.to_thread(launch.start_chain, service, body)
     except ValidationError as exc:
-        message = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
-        return HTMLResponse(f'<p class="error">{escape(message)}</p>', status_code=422)
+        return HTMLResponse(f'<p class="error">{escape(describe(exc.errors()))}</p>', status_code=422)
     except AppError as exc:
         return HTMLResponse(f'<p class="error">{escape(exc.message)}</p>', status_code=exc.status_code)
     return Response(status_code=204, headers={"HX-Redirect": f"/runs/{job.run_id}"})

@@ -23,6 +23,7 @@ def make_settings(data_dir: Path, model_dir: Path, **overrides: Any) -> Settings
         "heartbeat_s": 0.2,
         "gallery_tokens": 6,
         "request_timeout_s": 60.0,
+        "allowed_hosts": "testserver",  # the name TestClient sends as Host
         **overrides,
     }
     return Settings(**values)

@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.models import Base
 
 
 def vectors_of(client: TestClient, run_id: int) -> list[dict[str, Any]]:
@@ -35,3 +38,12 @@ def parse_sse(body: str) -> list[dict[str, Any]]:
         if event:
             events.append(event)
     return events
+
+
+def row_counts(client: TestClient) -> dict[str, int]:
+    """Rows in every table of the app: what a refused request must leave as it was."""
+    with client.app.state.service.db.session() as session:
+        return {
+            table.name: int(session.scalar(select(func.count()).select_from(table)) or 0)
+            for table in Base.metadata.sorted_tables
+        }

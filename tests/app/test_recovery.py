@@ -52,7 +52,7 @@ def test_a_restarted_server_picks_up_interrupted_and_queued_jobs(settings: Setti
     with database.session() as session:
         statuses = dict(session.execute(select(Job.id, Job.status)).all())
     database.close()
-    assert statuses == {job_a: "running", job_b: "queued"}  # the server stopped under them
+    assert statuses == {job_a: "queued", job_b: "queued"}  # the stopping server queued its job again
     with TestClient(create_app(settings)) as client:
         for job_id in (job_a, job_b):
             job = wait_job(client, job_id, timeout=180)

@@ -26,7 +26,7 @@ def counts(client: TestClient) -> tuple[int, ...]:
     ("change", "message"),
     [
         ({"source": 99}, "source block 99 is out of range"),
-        ({"source": -1}, "source block -1 is out of range"),
+        ({"source": -1}, "source: must be at least 0"),
         ({"target": 40}, "target 40 must lie between"),
         ({"radius": 0}, "R (radius) must be a finite number > 0"),
         ({"radius": -2.5}, "R (radius) must be a finite number > 0"),
@@ -40,8 +40,8 @@ def counts(client: TestClient) -> tuple[int, ...]:
         ({"prompts": ["word " * 400]}, "exceeds the model's context"),
         ({"model": "no-such/model"}, "cannot load model 'no-such/model'"),
         ({"positions": "middle"}, "positions"),
-        ({"n_vectors": "many"}, "n_vectors: Input should be a valid integer"),
-        ({"colour": "red"}, "colour: Extra inputs are not permitted"),
+        ({"n_vectors": "many"}, "n_vectors: must be a whole number"),
+        ({"colour": "red"}, "colour: is not a field this request takes"),
     ],
 )
 def test_invalid_runs_are_refused_and_write_nothing(

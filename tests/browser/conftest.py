@@ -19,6 +19,7 @@ from tests.live import LiveServer, free_port
 TIMEOUT_MS = 180_000  # Playwright's waits
 TIMEOUT_S = TIMEOUT_MS / 1000  # every HTTP call and condition wait
 CHROMIUM = os.environ.get("STEERSCOPE_CHROMIUM", "/usr/bin/chromium")
+EVIL_HOST = "evil.example"  # another site's name; the browser resolves it to this machine
 ARTIFACTS = Path(os.environ.get("STEERSCOPE_TEST_ARTIFACTS", "test-artifacts"))
 
 
@@ -29,7 +30,12 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     return {
         **browser_type_launch_args,
         "executable_path": CHROMIUM,
-        "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--host-resolver-rules=MAP {EVIL_HOST} 127.0.0.1",
+        ],
     }
 
 

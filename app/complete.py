@@ -1,0 +1,39 @@
+"""What a job must have stored before it may be recorded `succeeded`: the invariant checked at its end."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import store
+from app.models import Job, Vector
+
+GALLERY_KINDS = ("melbo", "random", "chain")
+
+
+def missing(session: Session, job: Job, *, reported: set[int], lost: bool, gallery_tokens: int) -> str:
+    """What the job's run lacks, in words; empty when everything it reported (and owes) is stored.
+
+    - no event of this attempt failed to be stored;
+    - every vector the attempt reported is stored, and a MELBO run has as many as it asked for
+      (a chain may stop early by itself, so its length is what it reported);
+    - every vector of a run with a gallery has its sample on every prompt, beside the unsteered one.
+    """
+    run = job.run
+    if lost:
+        return "a result the worker sent could not be stored"
+    stored = set(session.scalars(select(Vector.index).where(Vector.run_id == run.id)))
+    absent = sorted(reported - stored)
+    if absent:
+        return f"vector(s) {', '.join(map(str, absent))} are not stored"
+    if run.kind in ("melbo", "random"):
+        wanted = int(run.spec.get("n_vectors", 0))
+        if len(stored) < wanted:
+            return f"{len(stored)} of {wanted} vectors are stored"
+    if run.kind in GALLERY_KINDS and run.prompts:
+        done = store.gallery_done(session, run, run.prompts, gallery_tokens)
+        # Every vector and the unsteered model, on each distinct prompt.
+        owed = (len(stored) + 1) * len(set(run.prompts))
+        if len(done) < owed:
+            return f"{len(done)} of {owed} gallery samples are stored"
+    return ""
