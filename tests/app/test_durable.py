@@ -64,6 +64,7 @@ def test_an_exclusive_lock_during_a_run_loses_nothing(settings: Settings, tmp_pa
                 .select_from(Generation)
                 .where(Generation.vector_id.is_(None), Generation.prompt.in_(prompts))
             )
+        print(f"writes tried again while the database was locked: {recorder.retries}")
         assert indexes == list(range(6))  # every vector, none twice
         assert samples == 6 * len(prompts) and unsteered == len(prompts)  # the whole gallery
         events = client.get(f"/api/jobs/{job_id}/events").text
