@@ -1,0 +1,131 @@
+"""The recorder's end-of-job invariant: a job is `succeeded` only when everything it reported is
+stored; otherwise it is queued again (or, out of attempts, failed) and says what is missing."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from sqlalchemy import func, select
+
+from app import jobs, store
+from app.broker import Broker
+from app.db import Database
+from app.models import Job, Vector
+from app.recorder import Recorder
+
+MODEL = {"name": "tiny", "architecture": "llama", "n_blocks": 4, "width": 4, "context_length": 64}
+
+
+def recorder(db: Database, max_attempts: int = 3) -> Recorder:
+    return Recorder(db, Broker(), max_attempts=max_attempts, gallery_tokens=4, wake=lambda: None)
+
+
+def running_job(db: Database, n_vectors: int = 2) -> tuple[int, int]:
+    with db.session() as session:
+        model = store.upsert_model(session, MODEL)
+        spec = {"prompts": ["hi"], "n_vectors": n_vectors, "model": "tiny"}
+        job = store.create_run(session, kind="melbo", spec=spec, model=model)
+        claimed = jobs.claim_next(session, owner="server")
+        assert claimed is not None and claimed.id == job.id
+        return job.id, job.attempts
+
+
+def vector_row(index: int) -> dict[str, Any]:
+    return {"index": index, "block": 1, "values": struct.pack("<4f", 1, 0, 0, index), "norm": 1.0}
+
+
+def sample(index: int | None) -> dict[str, Any]:
+    steered = index is not None
+    return {
+        "vector_index": index,
+        "prompt": "hi",
+        "scale": 1.0 if steered else 0.0,
+        "block": 1 if steered else None,
+        "seed": 0,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "max_new_tokens": 4,
+        "text": "x",
+        "n_tokens": 1,
+        "finish_reason": "length",
+    }
+
+
+def feed(rec: Recorder, job_id: int, attempt: int, *events: dict[str, Any]) -> None:
+    """Hand events over as the executor does, and wait until the writer stored them."""
+    rec.start()
+    for event in events:
+        rec({"job": job_id, "attempt": attempt, **event})
+    rec.stop(timeout=30)
+
+
+def status(db: Database, job_id: int) -> tuple[str, str, str]:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.status, job.message, job.error
+
+
+def test_everything_stored_means_succeeded(db: Database) -> None:
+    job_id, attempt = running_job(db)
+    feed(
+        recorder(db),
+        job_id,
+        attempt,
+        {"type": "started", "model": MODEL},
+        {"type": "vectors", "rows": [vector_row(0), vector_row(1)]},
+        {"type": "generations", "rows": [sample(None), sample(0), sample(1)]},
+        {"type": "finished", "status": "succeeded"},
+    )
+    assert status(db, job_id)[0] == "succeeded"
+
+
+def test_a_run_short_of_vectors_or_samples_runs_again(db: Database) -> None:
+    job_id, attempt = running_job(db)
+    feed(
+        recorder(db),
+        job_id,
+        attempt,
+        {"type": "started", "model": MODEL},
+        {"type": "vectors", "rows": [vector_row(0)]},
+        {"type": "generations", "rows": [sample(None), sample(0)]},
+        {"type": "finished", "status": "succeeded"},
+    )
+    state, message, _ = status(db, job_id)
+    assert state == "queued" and message == "1 of 2 vectors are stored; running again to redo it"
+
+    with db.session() as session:
+        claimed = jobs.claim_next(session, owner="server")
+        assert claimed is not None
+        attempt = claimed.attempts
+    feed(
+        recorder(db),
+        job_id,
+        attempt,
+        {"type": "started", "model": MODEL},
+        {"type": "vectors", "rows": [vector_row(1)]},
+        {"type": "finished", "status": "succeeded"},  # vector 1's sample never came
+    )
+    state, message, _ = status(db, job_id)
+    assert state == "queued" and message == "2 of 3 gallery samples are stored; running again to redo it"
+
+
+def test_an_event_that_cannot_be_stored_is_redone_never_dropped(db: Database) -> None:
+    job_id, attempt = running_job(db, n_vectors=1)
+    feed(
+        recorder(db, max_attempts=1),
+        job_id,
+        attempt,
+        {"type": "started", "model": MODEL},
+        {"type": "vectors", "rows": [vector_row(0)]},
+        {"type": "generations", "rows": [sample(None), sample(0), sample(7)]},  # 7: no such vector
+        {"type": "finished", "status": "succeeded"},
+    )
+    state, _, error = status(db, job_id)  # out of attempts: failed, saying why, not succeeded short
+    assert (
+        state == "failed"
+        and error == "results were not all stored: a result the worker sent could not be stored"
+    )
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Vector)) == 1
