@@ -199,7 +199,7 @@ def main() -> None:
     began = time.perf_counter()
     counts = seed(service)
     print(f"seeded {counts} in {time.perf_counter() - began:.1f} s", file=sys.stderr)
-    client = TestClient(create_app(settings, service=service))
+    client = TestClient(create_app(settings, service=service), base_url="http://127.0.0.1")  # a served host
     with service.db.engine.connect() as conn:
         run_id = conn.exec_driver_sql("SELECT max(id) FROM runs").scalar()
         vector_ids = [
