@@ -6,20 +6,21 @@ checks it). The names below are the public API; everything else is an implementa
 
 from engine.calibrate import CalibrationResult, calibrate, sweep_radius
 from engine.errors import EngineError
-from engine.generate import GenerationRequest, GenerationResult, generate
+from engine.decoder import Decoder, Step
+from engine.generate import GenerationRequest, GenerationResult, generate, stream
 from engine.melbo import MelboResult, VectorRecord, train_melbo
 from engine.metrics import cosine_matrix, downstream_cosine_matrix, downstream_norms, next_token_kl
 from engine.models import LoadedModel, ModelInfo, get_blocks, load_model
 from engine.prompts import encode_prompts, format_prompt, target_mask
 from engine.specs import CalibrateSpec, ChainSpec, MelboSpec
 from engine.steering import combine, steer
-from engine.streaming import stream, stream_batch
 from engine.vectors import VectorFile, export_gguf, import_gguf, load_any, load_vectors, save_vectors
 
 __all__ = [
     "CalibrateSpec",
     "CalibrationResult",
     "ChainSpec",
+    "Decoder",
     "EngineError",
     "GenerationRequest",
     "GenerationResult",
@@ -27,6 +28,7 @@ __all__ = [
     "MelboResult",
     "MelboSpec",
     "ModelInfo",
+    "Step",
     "VectorFile",
     "VectorRecord",
     "calibrate",
@@ -47,7 +49,6 @@ __all__ = [
     "save_vectors",
     "steer",
     "stream",
-    "stream_batch",
     "sweep_radius",
     "target_mask",
     "train_melbo",

@@ -14,7 +14,8 @@ from engine.errors import EngineError
 from engine.generate import GenerationRequest, generate
 from engine.models import LoadedModel, get_blocks, load_model
 from engine.prompts import format_messages, format_prompt
-from engine.streaming import _Detokenizer, stream
+from engine.decoder import Detokenizer
+from engine.generate import stream
 from tests.tiny import ARCH_CONFIGS, build_model_dir
 
 PROMPT = "Tell me a story about a dragon."
@@ -120,7 +121,7 @@ def test_stream_never_splits_a_character(tiny: LoadedModel) -> None:
     text = "Hi 🐉 café ü!"
     ids = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > len(text.encode()) // 2  # the tiny vocabulary splits the dragon into bytes
-    detok = _Detokenizer(tiny.tokenizer)
+    detok = Detokenizer(tiny.tokenizer)
     pieces = [detok.push(i) for i in ids]
     pieces.append(detok.flush())
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
