@@ -141,7 +141,7 @@ def test_rows_beyond_the_limit_wait_for_room(tiny: LoadedModel) -> None:
 
 def test_shared_padding_is_cut_when_long_rows_leave(tiny: LoadedModel) -> None:
     short = GenerationRequest(prompt="Hi", max_new_tokens=30, ignore_eos=True)
-    long = GenerationRequest(prompt=LONG * 2, max_new_tokens=2, ignore_eos=True)
+    long = GenerationRequest(prompt=LONG * 2, max_new_tokens=6, ignore_eos=True)
     decoder = Decoder(tiny)
     decoder.add("long", long)
     decoder.step()
@@ -152,7 +152,7 @@ def test_shared_padding_is_cut_when_long_rows_leave(tiny: LoadedModel) -> None:
         results.update(decoder.step().finished)
         widths.append(decoder.mask.shape[1])
     assert max(widths) > 40  # the short row was padded while the long one decoded,
-    assert 0 < widths[-2] < 40  # the padding went with it ...
+    assert any(after < before - 40 for before, after in zip(widths, widths[1:]))  # it went with it ...
     assert results["short"] == generate(tiny, [short])[0]  # ... and the short row's text never noticed
 
 
