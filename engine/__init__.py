@@ -5,8 +5,8 @@ checks it). The names below are the public API; everything else is an implementa
 """
 
 from engine.calibrate import CalibrationResult, calibrate, sweep_radius
-from engine.errors import EngineError
 from engine.decoder import Decoder, Step
+from engine.errors import EngineError
 from engine.generate import GenerationRequest, GenerationResult, generate, stream
 from engine.melbo import MelboResult, VectorRecord, train_melbo
 from engine.metrics import cosine_matrix, downstream_cosine_matrix, downstream_norms, next_token_kl

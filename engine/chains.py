@@ -159,15 +159,12 @@ def check_inputs(theta0: Tensor, previous: Tensor | None, width: int) -> tuple[T
 
 
 class _Halt(Exception):
-    """Ends a batch from inside the optimizer's closure."""
-
-    def __init__(self, cancelled: bool) -> None:
-        self.cancelled = cancelled
+    """Ends a fast batch from inside the optimizer's closure (its loss is small, flat or out of budget)."""
 
 
 @dataclass
 class _Best:
-    """The best point a batch has seen: L-BFGS may stop (or be stopped) mid line search."""
+    """The best point a batch has seen: L-BFGS may stop mid line search."""
 
     phi: Tensor  # [k, d]
     total: float = math.inf
@@ -176,76 +173,202 @@ class _Best:
     evals: int = 0
 
 
-class _Trainer:
-    """Trains the next vectors of one chain: its loss, the span to avoid, budget and callbacks."""
+class _Batch:
+    """The vectors being trained now: one (reference) or a batch (fast), with their optimizer."""
+
+    def __init__(self, first: int, k: int, param: nn.Parameter, optimizer: torch.optim.Optimizer) -> None:
+        self.first, self.k, self.param, self.optimizer = first, k, param, optimizer
+        self.best = _Best(param.detach().clone())
+        self.halted = False
+        # Recent evaluations (point, loss, gradient): L-BFGS re-evaluates the point its line search
+        # ended on at the start of every iteration, and this answers that from memory.
+        self.seen: list[tuple[Tensor, Tensor, Tensor]] = []
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a chain trainer stands, in its own step budget."""
+
+    total: int  # vectors this call trains
+    done: int  # finished
+    training: int  # in the batch being trained now
+    step: int  # steps (reference) or loss evaluations (fast) the batch has taken
+    budget: int  # the most it may take
+
+
+class ChainTrainer:
+    """Extends a chain from θ₀ one unit at a time: an Adam step of the vector in training
+    (reference) or one L-BFGS iteration of the batch in training (fast).
+
+    `previous` [M, d]: what an earlier (killed) run of this chain found; kept, re-measured, and
+    training goes on at index M with the starts the uninterrupted run would have used.
+
+        trainer = ChainTrainer(lm, spec, theta0)
+        while not trainer.finished:
+            trainer.step()
+    """
 
     def __init__(
         self,
-        loss: ChainLoss,
-        basis: Basis,
-        theta0: Tensor,
+        lm: LoadedModel,
         spec: ChainSpec,
-        config: ChainConfig,
-        on_progress: ProgressFn | None,
-        should_stop: StopFn | None,
+        theta0: Tensor,
+        *,
+        previous: Tensor | None = None,
+        on_progress: ProgressFn | None = None,
+        config: ChainConfig = ChainConfig(),
     ) -> None:
-        self.loss, self.basis, self.theta0, self.config = loss, basis, theta0, config
-        self.on_progress, self.should_stop, self.seed = on_progress, should_stop, spec.seed
-        fast = spec.mode == "fast"
-        self.lr = spec.lr if spec.lr is not None else (config.fast_lr if fast else config.reference_lr)
+        self.spec, self.config, self.on_progress = spec, config, on_progress
+        self.fast = spec.mode == "fast"
+        self.source, self.target = spec.span(lm.info)
+        theta0, prev = check_inputs(theta0, previous, lm.info.width)
+        self.device = next(lm.model.parameters()).device
+        batch = encode_prompts(lm.tokenizer, spec.prompts).to(self.device)
+        self.loss = ChainLoss(lm, batch, self.source, self.target, self.fast)
+        self.loss_at_zero = self.loss.aim(theta0.to(self.device))
+        self.theta0, self.theta0_norm = theta0.to(self.device), float(theta0.norm())
+        self.theta0_kl = float(self.loss.measure(theta0[None])[1][0])
+        self.basis = Basis(lm.info.width, self.device)
+        self.basis.add(torch.cat([theta0[None], prev]))
+        self.lr = spec.lr if spec.lr is not None else (config.fast_lr if self.fast else config.reference_lr)
         self.steps = spec.steps if spec.steps is not None else config.reference_steps
-        if fast and spec.steps is None:
-            batch = min(spec.batch_size, spec.n_vectors)
-            self.steps = config.fast_steps + config.fast_steps_per_vector * batch
-        self.threshold = 0.0  # set once the loss at 0 is known
+        if self.fast and spec.steps is None:
+            self.steps = config.fast_steps + config.fast_steps_per_vector * min(
+                spec.batch_size, spec.n_vectors
+            )
+        self.threshold = (
+            spec.loss_threshold if spec.loss_threshold is not None else config.threshold * self.loss_at_zero
+        )
+        self.records: list[ChainVector] = []
+        self.chain = [prev]
+        self.resumed = prev.shape[0]
+        if self.resumed:
+            values, kl = self.loss.measure(prev)
+            self.records = [
+                ChainVector(i, float(v.norm()), float(values[i]), float(kl[i]), 0, True)
+                for i, v in enumerate(prev)
+            ]
+        self.reason: StopReason = self._verdict()
+        self.batch: _Batch | None = None
 
-    def step_hooks(self, index: int, step: int, value: float) -> None:
-        if self.on_progress is not None:
-            self.on_progress(index, step, value)
+    @property
+    def finished(self) -> bool:
+        return self.reason != "completed" or len(self.records) >= self.spec.n_vectors
 
-    def cancelled(self) -> bool:
-        return self.should_stop is not None and self.should_stop()
+    @property
+    def vectors(self) -> Tensor:
+        """The chain after θ₀ so far, `previous` included: [N, d] float32."""
+        return torch.cat(self.chain)
 
-    def reference(self, index: int) -> tuple[Tensor, int] | None:
-        """The published procedure for one vector: ([1, d], steps), None if cancelled."""
-        theta = nn.Parameter(self.theta0.clone())  # [d]: the first projection removes all of it
-        optimizer = torch.optim.Adam([theta], lr=self.lr)
-        for step in range(self.steps):
-            if self.cancelled():
-                return None
-            value = self.loss(theta[None])[0]
-            optimizer.zero_grad()
-            value.backward()
-            optimizer.step()
-            with torch.no_grad():
-                theta.copy_(self.basis.project(theta[None])[0])
-            self.step_hooks(index, step, float(value.detach()))
-        return theta.detach()[None], self.steps
+    def progress(self) -> Progress:
+        total = self.spec.n_vectors - self.resumed
+        done = len(self.records) - self.resumed
+        if self.batch is None:
+            return Progress(total, done, 0, 0, self.steps)
+        return Progress(total, done, self.batch.k, self.batch.best.evals, self.steps)
 
-    def fast(self, first: int, k: int) -> tuple[Tensor, int] | None:
-        """Vectors first..first+k-1 together: ([k, d], loss evaluations), None if cancelled."""
-        cfg, scale = self.config, float(self.theta0.norm())
-        width, device = self.theta0.shape[0], self.theta0.device
-        start = torch.stack([initial_vector(self.seed, first + j, width) for j in range(k)]).to(device)
-        # θ = scale * φ: the problem no longer depends on ‖θ₀‖, and L-BFGS's first trial step
+    def step(self) -> list[ChainVector]:
+        """One unit of training; the records of the vectors it finished (often none)."""
+        if self.finished:
+            return []
+        if self.batch is None:
+            self.batch = self._start()
+        trained = self._iterate(self.batch) if self.fast else self._adam_step(self.batch)
+        if trained is None:
+            return []
+        first, spent, self.batch = self.batch.first, self.batch.best.evals, None
+        new = trained.float().cpu()
+        self.basis.add(new)
+        values, kl = self.loss.measure(new)
+        added = []
+        for j in range(new.shape[0]):
+            record = ChainVector(first + j, float(new[j].norm()), float(values[j]), float(kl[j]), spent)
+            self.records.append(record)
+            self.chain.append(new[j : j + 1])
+            added.append(record)
+            self.reason = self._verdict()
+            if self.reason != "completed":
+                break  # the rest of this batch lies past the end of the chain
+        return added
+
+    def result(self, *, cancelled: bool = False) -> ChainResult:
+        settings = {
+            **self.spec.to_dict(),
+            "lr": self.lr,
+            "steps": self.steps,
+            "loss_threshold": self.threshold,
+        }
+        reason: StopReason = "cancelled" if cancelled else self.reason
+        return ChainResult(
+            self.vectors,
+            list(self.records),
+            reason,
+            self.theta0_norm,
+            self.loss_at_zero,
+            self.theta0_kl,
+            self.source,
+            self.target,
+            settings,
+        )
+
+    # internals
+
+    def _verdict(self) -> StopReason:
+        """Why the chain must stop now ("completed": it need not); only a short chain stops early."""
+        if len(self.records) >= self.spec.n_vectors:
+            return "completed"
+        return _verdict(self.records, self.theta0_norm, self.loss_at_zero, self.config)
+
+    def _start(self) -> _Batch:
+        first = len(self.records)
+        if not self.fast:
+            theta = nn.Parameter(self.theta0.clone()[None])  # [1, d]: the first projection removes all of θ₀
+            return _Batch(first, 1, theta, torch.optim.Adam([theta], lr=self.lr))
+        k = min(self.spec.batch_size, self.spec.n_vectors - first)
+        width = self.theta0.shape[0]
+        start = torch.stack([initial_vector(self.spec.seed, first + j, width) for j in range(k)]).to(
+            self.device
+        )
+        # θ = ‖θ₀‖·φ: the problem no longer depends on ‖θ₀‖, and L-BFGS's first trial step
         # (1/‖g‖₁ in φ) moves θ by ‖θ₀‖·‖g‖₂/‖g‖₁, between ‖θ₀‖/√d and ‖θ₀‖.
         phi = nn.Parameter(orthogonalize(start / start.norm(dim=1, keepdim=True), self.basis))  # [k, d]
         optimizer = torch.optim.LBFGS(
-            [phi], lr=self.lr, max_iter=self.steps, max_eval=self.steps, history_size=cfg.history,
+            [phi], lr=self.lr, max_iter=1, max_eval=self.steps, history_size=self.config.history,
             tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe",
         )  # fmt: skip
-        best = _Best(phi.detach().clone())
+        return _Batch(first, k, phi, optimizer)
+
+    def _adam_step(self, batch: _Batch) -> Tensor | None:
+        """The published procedure: one Adam step, then θ projected off the chain; the vector when done."""
+        theta = batch.param
+        value = self.loss(theta)[0]
+        batch.optimizer.zero_grad()
+        value.backward()
+        batch.optimizer.step()
+        with torch.no_grad():
+            theta.copy_(self.basis.project(theta))
+        batch.best.evals += 1
+        self._report(batch.first, batch.best.evals - 1, float(value.detach()))
+        return theta.detach() if batch.best.evals >= self.steps else None
+
+    def _iterate(self, batch: _Batch) -> Tensor | None:
+        """One L-BFGS iteration of the batch (its line search included); the vectors when done."""
+        cfg, scale, phi, best = self.config, self.theta0_norm, batch.param, batch.best
 
         def closure() -> Tensor:
-            if self.cancelled():
-                raise _Halt(cancelled=True)
-            optimizer.zero_grad()
+            for point, total, grad in batch.seen:
+                if torch.equal(point, phi):
+                    phi.grad = grad.clone()
+                    return total
+            batch.optimizer.zero_grad()
             values = self.loss(orthogonalize(phi * scale, self.basis))  # [k]
             total = values.sum()
             total.backward()
+            assert phi.grad is not None
+            batch.seen = [*batch.seen[-31:], (phi.detach().clone(), total.detach(), phi.grad.clone())]
             best.evals += 1
             for j, value in enumerate(values.tolist()):
-                self.step_hooks(first + j, best.evals - 1, value)
+                self._report(batch.first + j, best.evals - 1, value)
             value = float(total.detach())
             if value < best.total:
                 best.total, best.phi = value, phi.detach().clone()
@@ -253,16 +376,24 @@ class _Trainer:
                 best.mark, best.gained_at = value, best.evals
             done = bool((values < self.threshold).all()) or best.evals >= self.steps
             if done or best.evals - best.gained_at >= cfg.plateau_steps:
-                raise _Halt(cancelled=False)
+                raise _Halt
             return total
 
+        evals = best.evals
         try:
-            optimizer.step(closure)
-        except _Halt as halt:
-            if halt.cancelled:
-                return None
-        with torch.no_grad():
-            return orthogonalize(best.phi * scale, self.basis), best.evals
+            batch.optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS takes a tensor loss
+        except _Halt:
+            batch.halted = True
+        # An iteration that evaluated nothing new has nowhere left to go (a zero gradient, or no
+        # descent direction): the batch is as good as it gets.
+        if batch.halted or best.evals == evals:
+            with torch.no_grad():
+                return orthogonalize(best.phi * scale, self.basis)
+        return None
+
+    def _report(self, index: int, step: int, value: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(index, step, value)
 
 
 def _verdict(
@@ -291,62 +422,12 @@ def train_chain(
 ) -> ChainResult:
     """Extend the chain from θ₀ [d] to spec.n_vectors vectors, or until it stops by itself.
 
-    `previous` [M, d]: what an earlier (killed) run of this chain found; kept, re-measured, and
-    training goes on at index M with the starts the uninterrupted run would have used. A cancelled
-    run returns the vectors finished so far (fast mode finishes whole batches).
+    `previous` [M, d]: an earlier (killed) run's vectors, kept; training resumes at index M. A
+    cancelled run returns the vectors finished so far (fast mode finishes whole batches).
     """
-    fast = spec.mode == "fast"
-    source, target = spec.span(lm.info)
-    theta0, prev = check_inputs(theta0, previous, lm.info.width)
-    device = next(lm.model.parameters()).device
-    loss = ChainLoss(lm, encode_prompts(lm.tokenizer, spec.prompts).to(device), source, target, fast)
-    loss_at_zero = loss.aim(theta0.to(device))
-    theta0_norm = float(theta0.norm())
-    basis = Basis(lm.info.width, device)
-    basis.add(torch.cat([theta0[None], prev]))
-    trainer = _Trainer(loss, basis, theta0.to(device), spec, config, on_progress, should_stop)
-    trainer.threshold = (
-        spec.loss_threshold if spec.loss_threshold is not None else config.threshold * loss_at_zero
-    )
-    records: list[ChainVector] = []
-    chain = [prev]
-
-    def verdict() -> StopReason:  # only a chain short of its length can have stopped early
-        done = len(records) >= spec.n_vectors
-        return "completed" if done else _verdict(records, theta0_norm, loss_at_zero, config)
-
-    if prev.shape[0]:
-        values, kl = loss.measure(prev)
-        records = [
-            ChainVector(i, float(v.norm()), float(values[i]), float(kl[i]), 0, True)
-            for i, v in enumerate(prev)
-        ]
-    reason = verdict()
-    while reason == "completed" and len(records) < spec.n_vectors:
-        first = len(records)
-        k = min(spec.batch_size, spec.n_vectors - first) if fast else 1
-        out = trainer.fast(first, k) if fast else trainer.reference(first)
-        if out is None:
-            reason = "cancelled"
-            break
-        new = out[0].float().cpu()
-        basis.add(new)
-        values, kl = loss.measure(new)
-        for j in range(k):
-            records.append(
-                ChainVector(first + j, float(new[j].norm()), float(values[j]), float(kl[j]), out[1])
-            )
-            chain.append(new[j : j + 1])
-            reason = verdict()
-            if reason != "completed":
-                break  # the rest of this batch lies past the end of the chain
-    settings = {
-        **spec.to_dict(),
-        "lr": trainer.lr,
-        "steps": trainer.steps,
-        "loss_threshold": trainer.threshold,
-    }
-    theta0_kl = float(loss.measure(theta0[None])[1][0])
-    return ChainResult(
-        torch.cat(chain), records, reason, theta0_norm, loss_at_zero, theta0_kl, source, target, settings
-    )
+    trainer = ChainTrainer(lm, spec, theta0, previous=previous, on_progress=on_progress, config=config)
+    while not trainer.finished:
+        if should_stop is not None and should_stop():
+            return trainer.result(cancelled=True)
+        trainer.step()
+    return trainer.result()

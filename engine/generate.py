@@ -67,7 +67,7 @@ def _pieces(decoder: Decoder, stop: Stop) -> Generator[str, None, GenerationResu
         step = decoder.step()
         for _, piece in step.pieces:
             yield piece
-        for _, result in step.finished:
-            pass
+        for _, finished in step.finished:
+            result = finished
     assert result is not None, "a decoder reports every request it finishes"
     return result

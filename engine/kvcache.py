@@ -19,7 +19,7 @@ _KNOWN = (DynamicLayer, DynamicSlidingWindowLayer)
 
 def reshapable(cache: Any) -> bool:
     """Whether rows can join this cache (other cache kinds make new rows wait for an empty batch)."""
-    layers = getattr(cache, "layers", None)
+    layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(type(layer) in _KNOWN for layer in layers)
 
 

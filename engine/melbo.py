@@ -123,126 +123,229 @@ def _with(fixed: Tensor, earlier: list[Tensor]) -> Tensor:
     return torch.cat([fixed, torch.stack(earlier)]) if earlier else fixed
 
 
-def _start(problem: _Problem, index: int, fixed: Tensor, earlier: list[Tensor]) -> Tensor:
-    spec = problem.spec
-    raw = initial_vector(spec.seed, index, problem.width)[None]
-    before = _with(fixed, earlier)
-    return retract(raw, before if spec.orthogonal else before[:0], problem.radius, spec.orthogonal)[0]
+@dataclass(frozen=True)
+class Progress:
+    """Where a trainer stands, in the engine's own step budget."""
+
+    total: int  # vectors this call trains
+    done: int  # finished
+    training: int  # in the batch being trained now
+    step: int  # steps the batch has taken
+    budget: int  # steps a batch may take (fast mode may stop sooner)
+    early_stops: int  # batches that converged before their budget
 
 
-def _reference(
-    problem: _Problem,
-    n: int,
-    fixed: Tensor,
-    first: int,
-    on_progress: ProgressFn | None,
-    should_stop: StopFn | None,
-) -> tuple[list[Tensor], list[Tensor], list[list[float]], bool]:
-    """The published procedure, one vector after another, whole model every step."""
-    spec, model = problem.spec, problem.lm.model
-    steps = step_budget(spec)
-    lr = spec.lr if spec.lr is not None else REFERENCE_LR
-    radius, z0 = problem.radius, problem.segment.z0
-    done: list[Tensor] = []
-    starts: list[Tensor] = []
-    curves: list[list[float]] = []
-    for i in range(n):
-        start = _start(problem, first + i, fixed, done)
-        basis = orthonormal_basis(_with(fixed, done)) if spec.orthogonal else fixed[:0].double()
-        theta = start.clone().to(problem.device).requires_grad_(True)
-        optimizer = torch.optim.AdamW([theta], lr=lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
-        curve: list[float] = []
-        for step in range(steps):
-            if should_stop is not None and should_stop():
-                return done, starts, curves, True
-            with steer(model, problem.source, theta):
-                out = model(**problem.batch.model_inputs(), output_hidden_states=True, use_cache=False)
-            value = problem.objective(out.hidden_states[problem.target], z0)[0]
-            optimizer.zero_grad()
-            (-value).backward()
-            with torch.no_grad():
-                assert theta.grad is not None
-                grad = project_out(theta.grad[None], basis.to(theta.device))[0]
-                theta.grad = grad - (grad @ theta) * theta / radius**2  # tangent to the sphere
-            optimizer.step()
-            with torch.no_grad():
-                theta.copy_(project_out(theta[None], basis.to(theta.device))[0])
-                theta.mul_(radius / theta.norm())
-            curve.append(float(value.detach()))
-            if on_progress is not None:
-                on_progress(first + i, step, curve[-1])
-        done.append(theta.detach().cpu().float())
-        starts.append(start)
-        curves.append(curve)
-    return done, starts, curves, False
+class _Batch:
+    """Vectors trained together: one in reference mode, `batch_size` in fast mode."""
+
+    def __init__(self, first: int, init: Tensor, before: Tensor, optimizer: torch.optim.Optimizer) -> None:
+        self.first, self.init, self.before, self.optimizer = first, init, before, optimizer
+        self.theta = optimizer.param_groups[0]["params"][0]
+        self.curves: list[list[float]] = [[] for _ in range(init.shape[0])]
+        self.schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.best = torch.full((init.shape[0],), -math.inf)
+        self.last_gain = 0
+
+    @property
+    def steps(self) -> int:
+        return len(self.curves[0])
 
 
-def _fast(
-    problem: _Problem,
-    n: int,
-    fixed: Tensor,
-    first: int,
-    on_progress: ProgressFn | None,
-    should_stop: StopFn | None,
-) -> tuple[list[Tensor], list[Tensor], list[list[float]], bool]:
-    """Batches of vectors on the cached segment, retracted in order each step, early stop."""
-    spec, seg = problem.spec, problem.segment
-    steps = step_budget(spec)
-    radius = problem.radius
-    lr = spec.lr if spec.lr is not None else FAST_ANGLE * radius / math.sqrt(problem.width)
-    done: list[Tensor] = []
-    starts: list[Tensor] = []
-    curves: list[list[float]] = []
-    for lo in range(0, n, spec.batch_size):
-        k = min(spec.batch_size, n - lo)
-        before = _with(fixed, done)
-        if not spec.orthogonal:
-            before = before[:0]
-        init = retract(
-            torch.stack([initial_vector(spec.seed, first + lo + j, problem.width) for j in range(k)]),
-            before,
-            radius,
-            spec.orthogonal,
+class MelboTrainer:
+    """Trains a run's vectors one optimizer step at a time, so a caller can interleave other work.
+
+    `step()` is one unit: an optimizer step of the vector (reference mode) or batch (fast mode) in
+    training, or the whole random baseline. It returns the records of the vectors it finished;
+    `take()` hands those vectors over as they come, `result()` gives everything.
+
+        trainer = MelboTrainer(lm, spec)
+        while not trainer.finished:
+            trainer.step()
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        spec: MelboSpec,
+        *,
+        orthogonal_to: Tensor | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> None:
+        self.began = time.perf_counter()
+        self.spec, self.on_progress = spec, on_progress
+        self.problem = _Problem(lm, spec)
+        width = self.problem.width
+        fixed = torch.zeros(0, width) if orthogonal_to is None else orthogonal_to.detach().float().cpu()
+        if fixed.dim() != 2 or fixed.shape[1] != width:
+            raise EngineError(f"earlier vectors must have shape [F, {width}], got {tuple(fixed.shape)}")
+        self.fixed, self.first = fixed, fixed.shape[0]
+        self.total = max(0, spec.n_vectors - self.first)
+        self.budget = step_budget(spec)
+        radius = self.problem.radius
+        self.lr = (
+            spec.lr
+            if spec.lr is not None
+            else (REFERENCE_LR if spec.mode == "reference" else FAST_ANGLE * radius / math.sqrt(width))
         )
-        theta = init.clone().to(problem.device).requires_grad_(True)
-        optimizer = torch.optim.Adam([theta], lr=lr, betas=(0.9, 0.98))
-        # Large steps find the basin quickly; shrinking them lets every vector settle within budget.
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda t: FAST_FINAL_LR + (1 - FAST_FINAL_LR) * 0.5 * (1 + math.cos(math.pi * t / max(steps, 1))),
-        )
-        batch_curves: list[list[float]] = [[] for _ in range(k)]
-        best = torch.full((k,), -math.inf)
-        last_gain = 0
-        for step in range(steps):
-            if should_stop is not None and should_stop():
-                return done, starts, curves, True
-            values = problem.objective(seg.run(theta), seg.z0)  # [K]
-            optimizer.zero_grad()
-            (-values.sum()).backward()
-            with torch.no_grad():
-                grad = theta.grad
-                assert grad is not None
-                theta.grad = grad - (grad * theta).sum(-1, keepdim=True) * theta / radius**2
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():
-                theta.copy_(retract(theta, before.to(problem.device), radius, spec.orthogonal))
+        self.vectors: list[Tensor] = []
+        self.records: list[VectorRecord] = []
+        self.taken = 0
+        self.early_stops = 0
+        self.batch: _Batch | None = None
+
+    @property
+    def finished(self) -> bool:
+        return len(self.vectors) >= self.total
+
+    def progress(self) -> Progress:
+        training = 0 if self.batch is None else self.batch.init.shape[0]
+        step = 0 if self.batch is None else self.batch.steps
+        return Progress(self.total, len(self.vectors), training, step, self.budget, self.early_stops)
+
+    def step(self) -> list[VectorRecord]:
+        """One unit of training; the records of the vectors it finished (often none)."""
+        if self.finished:
+            return []
+        if self.spec.method == "random":
+            return self._random()
+        if self.batch is None:
+            self.batch = self._start_batch()
+        batch = self.batch
+        converged = False
+        if batch.steps < self.budget:
+            values = self._reference_step(batch) if self.spec.mode == "reference" else self._fast_step(batch)
             now = values.detach().cpu()
-            for j in range(k):
-                batch_curves[j].append(float(now[j]))
-                if on_progress is not None:
-                    on_progress(first + lo + j, step, float(now[j]))
-            gained = now > best + FAST_TOL * best.abs().clamp_min(1e-12)
-            if bool(gained.any()):
-                last_gain = step
-            best = torch.maximum(best, now)
-            if step - last_gain >= FAST_PATIENCE:
-                break
-        done.extend(theta.detach().cpu().float().unbind(0))
-        starts.extend(init.unbind(0))
-        curves.extend(batch_curves)
-    return done, starts, curves, False
+            for j, value in enumerate(now.tolist()):
+                batch.curves[j].append(value)
+                if self.on_progress is not None:
+                    self.on_progress(batch.first + j, batch.steps - 1, value)
+            if self.spec.mode == "fast":
+                gained = now > batch.best + FAST_TOL * batch.best.abs().clamp_min(1e-12)
+                if bool(gained.any()):
+                    batch.last_gain = batch.steps - 1
+                batch.best = torch.maximum(batch.best, now)
+                converged = batch.steps - 1 - batch.last_gain >= FAST_PATIENCE
+        if batch.steps < self.budget and not converged:
+            return []
+        self.early_stops += int(converged and batch.steps < self.budget)
+        self.batch = None
+        return self._finish(batch.theta.detach().cpu().float(), batch.init, batch.curves)
+
+    def take(self) -> MelboResult:
+        """The vectors finished since the last take, as a result of their own."""
+        vectors, records = self.vectors[self.taken :], self.records[self.taken :]
+        self.taken = len(self.vectors)
+        return self._result(vectors, records, cancelled=False)
+
+    def result(self, *, cancelled: bool = False) -> MelboResult:
+        """Every vector finished so far (a cancelled run keeps them)."""
+        return self._result(self.vectors, self.records, cancelled=cancelled)
+
+    # internals
+
+    def _result(self, vectors: list[Tensor], records: list[VectorRecord], *, cancelled: bool) -> MelboResult:
+        return MelboResult(
+            vectors=torch.stack(vectors) if vectors else torch.zeros(0, self.problem.width),
+            records=list(records),
+            source=self.problem.source,
+            target=self.problem.target,
+            radius=self.problem.radius,
+            residual_norm=self.problem.residual_norm,
+            cancelled=cancelled,
+            seconds=time.perf_counter() - self.began,
+            settings=self.spec.to_dict(),
+        )
+
+    def _before(self) -> Tensor:
+        """The vectors a new one must avoid: stored ones and those finished here (none if not orthogonal)."""
+        before = _with(self.fixed, self.vectors)
+        return before if self.spec.orthogonal else before[:0]
+
+    def _random(self) -> list[VectorRecord]:
+        """The random baseline: the trained vectors' starts, orthogonalized the same way."""
+        n, width = self.total - len(self.vectors), self.problem.width
+        index = self.first + len(self.vectors)
+        raw = torch.stack([initial_vector(self.spec.seed, index + i, width) for i in range(n)])
+        stacked = retract(raw, self._before(), self.problem.radius, self.spec.orthogonal)
+        return self._finish(stacked, stacked, [[] for _ in range(n)])
+
+    def _start_batch(self) -> _Batch:
+        spec, problem = self.spec, self.problem
+        index = self.first + len(self.vectors)
+        k = 1 if spec.mode == "reference" else min(spec.batch_size, self.total - len(self.vectors))
+        before = self._before()
+        raw = torch.stack([initial_vector(spec.seed, index + j, problem.width) for j in range(k)])
+        init = retract(raw, before, problem.radius, spec.orthogonal)
+        theta = init.clone().to(problem.device).requires_grad_(True)
+        if spec.mode == "reference":
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                [theta], lr=self.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True
+            )
+            batch = _Batch(index, init, orthonormal_basis(before).to(problem.device), optimizer)
+        else:
+            optimizer = torch.optim.Adam([theta], lr=self.lr, betas=(0.9, 0.98))
+            batch = _Batch(index, init, before.to(problem.device), optimizer)
+            steps = max(self.budget, 1)
+            # Large steps find the basin quickly; shrinking them lets every vector settle within budget.
+            batch.schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer,
+                lambda t: FAST_FINAL_LR + (1 - FAST_FINAL_LR) * 0.5 * (1 + math.cos(math.pi * t / steps)),
+            )
+        return batch
+
+    def _reference_step(self, batch: _Batch) -> Tensor:
+        """The published procedure: the whole model, tangent gradient, retraction to the sphere."""
+        problem, model, radius = self.problem, self.problem.lm.model, self.problem.radius
+        theta, basis = batch.theta, batch.before  # here `before` is already an orthonormal basis
+        with steer(model, problem.source, theta[0]):
+            out = model(**problem.batch.model_inputs(), output_hidden_states=True, use_cache=False)
+        value = problem.objective(out.hidden_states[problem.target], problem.segment.z0)[0]
+        batch.optimizer.zero_grad()
+        (-value).backward()
+        with torch.no_grad():
+            assert theta.grad is not None
+            grad = project_out(theta.grad, basis)
+            theta.grad = grad - (grad * theta).sum(-1, keepdim=True) * theta / radius**2  # tangent
+        batch.optimizer.step()
+        with torch.no_grad():
+            theta.copy_(project_out(theta, basis))
+            theta.mul_(radius / theta.norm(dim=-1, keepdim=True))
+        return value.detach()[None]
+
+    def _fast_step(self, batch: _Batch) -> Tensor:
+        """One step of the batch on the cached segment, retracted in order (orthogonal, norm R)."""
+        problem, seg, radius, theta = self.problem, self.problem.segment, self.problem.radius, batch.theta
+        values = problem.objective(seg.run(theta), seg.z0)  # [K]
+        batch.optimizer.zero_grad()
+        (-values.sum()).backward()
+        with torch.no_grad():
+            grad = theta.grad
+            assert grad is not None
+            theta.grad = grad - (grad * theta).sum(-1, keepdim=True) * theta / radius**2
+        batch.optimizer.step()
+        assert batch.schedule is not None
+        batch.schedule.step()
+        with torch.no_grad():
+            theta.copy_(retract(theta, batch.before, radius, self.spec.orthogonal))
+        return values.detach()
+
+    def _finish(self, vectors: Tensor, starts: Tensor, curves: list[list[float]]) -> list[VectorRecord]:
+        objectives, shares = self.problem.final(vectors)
+        records = []
+        for j, (vec, start, curve) in enumerate(zip(vectors, starts, curves, strict=True)):
+            records.append(
+                VectorRecord(
+                    index=self.first + len(self.vectors),
+                    objective=float(objectives[j]),
+                    curve=curve,
+                    steps=len(curve),
+                    start_cosine=float(torch.nn.functional.cosine_similarity(vec, start.float(), dim=0)),
+                    top_position_share=float(shares[j]),
+                )
+            )
+            self.vectors.append(vec)
+            self.records.append(records[-1])
+        return records
 
 
 def train_melbo(
@@ -259,47 +362,9 @@ def train_melbo(
     index F with the same random starts it would have had. Cancelled runs return the vectors
     finished so far.
     """
-    began = time.perf_counter()
-    problem = _Problem(lm, spec)
-    fixed = torch.zeros(0, problem.width) if orthogonal_to is None else orthogonal_to.detach().float().cpu()
-    if fixed.dim() != 2 or fixed.shape[1] != problem.width:
-        raise EngineError(f"earlier vectors must have shape [F, {problem.width}], got {tuple(fixed.shape)}")
-    first = fixed.shape[0]
-    n = max(0, spec.n_vectors - first)
-    if spec.method == "random":
-        # The random baseline: the trained vectors' starts, orthogonalized the same way.
-        raw = [initial_vector(spec.seed, first + i, problem.width) for i in range(n)]
-        keep = fixed if spec.orthogonal else fixed[:0]
-        stacked = retract(torch.stack(raw), keep, problem.radius, spec.orthogonal) if n else fixed[:0]
-        curves: list[list[float]] = [[] for _ in range(n)]
-        done, starts, cancelled = list(stacked.unbind(0)), list(stacked.unbind(0)), False
-    elif spec.mode == "reference":
-        done, starts, curves, cancelled = _reference(problem, n, fixed, first, on_progress, should_stop)
-    else:
-        done, starts, curves, cancelled = _fast(problem, n, fixed, first, on_progress, should_stop)
-    vectors = torch.stack(done) if done else torch.zeros(0, problem.width)
-    records: list[VectorRecord] = []
-    if done:
-        objectives, shares = problem.final(vectors)
-        for i, (vec, start, curve) in enumerate(zip(done, starts, curves, strict=True)):
-            records.append(
-                VectorRecord(
-                    index=first + i,
-                    objective=float(objectives[i]),
-                    curve=curve,
-                    steps=len(curve),
-                    start_cosine=float(torch.nn.functional.cosine_similarity(vec, start.float(), dim=0)),
-                    top_position_share=float(shares[i]),
-                )
-            )
-    return MelboResult(
-        vectors=vectors,
-        records=records,
-        source=problem.source,
-        target=problem.target,
-        radius=problem.radius,
-        residual_norm=problem.residual_norm,
-        cancelled=cancelled,
-        seconds=time.perf_counter() - began,
-        settings=spec.to_dict(),
-    )
+    trainer = MelboTrainer(lm, spec, orthogonal_to=orthogonal_to, on_progress=on_progress)
+    while not trainer.finished:
+        if should_stop is not None and should_stop():
+            return trainer.result(cancelled=True)
+        trainer.step()
+    return trainer.result()
