@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,7 +92,22 @@ def find_radius(
     rtol: float = RTOL,
     max_evals: int = MAX_EVALS,
 ) -> tuple[float, float, list[tuple[float, float]]]:
-    """R with probe(R) within rtol of threshold, for a probe increasing in R: (R, ratio, samples).
+    """R with probe(R) within rtol of threshold, for a probe increasing in R: (R, ratio, samples)."""
+    search = radius_search(threshold, start, limit, rtol=rtol, max_evals=max_evals)
+    try:
+        radius = next(search)
+        while True:
+            radius = search.send(probe(radius))
+    except StopIteration as end:
+        found: tuple[float, float, list[tuple[float, float]]] = end.value
+        return found
+
+
+def radius_search(
+    threshold: float, start: float, limit: float, *, rtol: float = RTOL, max_evals: int = MAX_EVALS
+) -> Generator[float, float, tuple[float, float, list[tuple[float, float]]]]:
+    """The search behind `find_radius` as a coroutine: it yields each R to try and is sent its
+    ratio, so a caller can do other work between evaluations.
 
     Brackets by growing R geometrically from `start` (each jump extrapolates log ratio linearly in
     log R, at least x1.05 and at most x16), then narrows the bracket by false position on
@@ -101,23 +116,25 @@ def find_radius(
     """
     samples: list[tuple[float, float]] = []
 
-    def f(r: float) -> float:
+    def f(r: float) -> Generator[float, float, float]:
         if len(samples) >= max_evals:
             raise EngineError(f"no radius found within {max_evals} evaluations (tried {sorted(samples)})")
-        value = probe(r)
+        value = yield r
         samples.append((r, value))
         return value
 
     def close(value: float) -> bool:
         return abs(value / threshold - 1) <= rtol
 
-    lo, f_lo = start, f(start)
+    lo = start
+    f_lo = yield from f(lo)
     hi, f_hi = lo, f_lo
     while f_lo >= threshold and not close(f_lo):  # already nonlinear: look below
         if lo < start * 1e-4:
             raise EngineError(f"the response is already nonlinear (ratio {f_lo:.3g}) at R = {lo:.3g}")
         hi, f_hi = lo, f_lo
-        lo, f_lo = lo / 4, f(lo / 4)
+        lo = lo / 4
+        f_lo = yield from f(lo)
     slope = 1.0  # d log ratio / d log R; ~1 near R = 0, where the quadratic term dominates
     while f_hi < threshold and not close(f_hi):
         if hi >= limit:
@@ -130,7 +147,7 @@ def find_radius(
         lo, f_lo = hi, f_hi
         grow = min(16.0, max(1.05, (threshold / max(f_hi, 1e-12)) ** (1 / slope)))
         hi = min(limit, hi * grow)
-        f_hi = f(hi)
+        f_hi = yield from f(hi)
     stale = 0  # > 0: lo moved that many times in a row; < 0: hi did
     while not close(f_lo) and not close(f_hi) and hi / lo > 1 + 1e-4:
         x_lo, x_hi = math.log(lo), math.log(hi)
@@ -139,7 +156,7 @@ def find_radius(
         if abs(stale) >= 2 or not x_lo < x < x_hi:
             x = (x_lo + x_hi) / 2
         r = math.exp(x)
-        value = f(r)
+        value = yield from f(r)
         if value < threshold:
             lo, f_lo, stale = r, value, max(stale, 0) + 1
         else:
@@ -154,40 +171,70 @@ def fd_step(norm: float, dtype: torch.dtype) -> float:
     return 0.2 * norm * torch.finfo(dtype).eps ** (1 / 3)  # float32: 1e-3 x norm
 
 
+class Calibrator:
+    """Calibration one ratio evaluation per `step()`, so a caller can interleave other work.
+
+    Construction does the fixed part (activations, residual norm, the Jacobian probe).
+    """
+
+    def __init__(self, lm: LoadedModel, spec: CalibrateSpec) -> None:
+        self.began = time.perf_counter()
+        self.spec = spec
+        self.source, self.target = spec.span(lm.info)
+        device = next(lm.model.parameters()).device
+        batch = encode_prompts(lm.tokenizer, spec.prompts).to(device)
+        mask = target_mask(batch, spec.positions)
+        seg = Segment(lm.model, batch, self.source, self.target)
+        self.norm = residual_norm(seg, mask)
+        dtype = seg.h_source.dtype
+        directions = random_directions(spec.directions, lm.info.width, spec.seed).to(device, dtype)
+        self.probe = RatioProbe(seg, mask, directions, step=fd_step(self.norm, dtype))
+        self.search = radius_search(spec.threshold, self.probe.step, LIMIT * self.norm)
+        self.next_radius: float | None = next(self.search)
+        self.found: tuple[float, float, list[tuple[float, float]]] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.found is not None
+
+    def step(self) -> tuple[float, float]:
+        """Measure the ratio at the next radius the search wants: (R, ratio)."""
+        assert self.next_radius is not None, "the calibration has finished"
+        radius = self.next_radius
+        value = self.probe(radius)
+        try:
+            self.next_radius = self.search.send(value)
+        except StopIteration as end:
+            self.found, self.next_radius = end.value, None
+        return radius, value
+
+    def result(self) -> CalibrationResult:
+        assert self.found is not None, "the calibration has not finished"
+        radius, ratio, curve = self.found
+        return CalibrationResult(
+            radius=radius,
+            ratio=ratio,
+            residual_norm=self.norm,
+            relative=radius / self.norm,
+            source=self.source,
+            target=self.target,
+            threshold=self.spec.threshold,
+            directions=self.spec.directions,
+            seconds=time.perf_counter() - self.began,
+            curve=curve,
+        )
+
+
 def calibrate(
     lm: LoadedModel, spec: CalibrateSpec, *, on_progress: Callable[[float, float], None] | None = None
 ) -> CalibrationResult:
     """Find the radius where the nonlinearity ratio reaches spec.threshold."""
-    began = time.perf_counter()
-    source, target = spec.span(lm.info)
-    device = next(lm.model.parameters()).device
-    batch = encode_prompts(lm.tokenizer, spec.prompts).to(device)
-    mask = target_mask(batch, spec.positions)
-    seg = Segment(lm.model, batch, source, target)
-    norm = residual_norm(seg, mask)
-    dtype = seg.h_source.dtype
-    directions = random_directions(spec.directions, lm.info.width, spec.seed).to(device, dtype)
-    probe = RatioProbe(seg, mask, directions, step=fd_step(norm, dtype))
-
-    def measured(radius: float) -> float:
-        value = probe(radius)
+    calibrator = Calibrator(lm, spec)
+    while not calibrator.finished:
+        radius, value = calibrator.step()
         if on_progress is not None:
             on_progress(radius, value)
-        return value
-
-    radius, ratio, curve = find_radius(measured, spec.threshold, probe.step, LIMIT * norm)
-    return CalibrationResult(
-        radius=radius,
-        ratio=ratio,
-        residual_norm=norm,
-        relative=radius / norm,
-        source=source,
-        target=target,
-        threshold=spec.threshold,
-        directions=spec.directions,
-        seconds=time.perf_counter() - began,
-        curve=curve,
-    )
+    return calibrator.result()
 
 
 @dataclass
