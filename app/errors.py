@@ -37,3 +37,7 @@ class Unavailable(AppError):
     """The worker did not answer in time."""
 
     status_code = 503
+
+
+class WorkerFailed(Exception):
+    """A bug of ours in the worker: not the user's doing, so a 500 (the server log has the traceback)."""

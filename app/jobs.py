@@ -99,16 +99,20 @@ def retry(session: Session, job_id: int) -> Job:
 
 
 def requeue_interrupted(session: Session, *, owners: tuple[str, ...], stale_before: datetime) -> list[Job]:
-    """Running jobs whose runner is gone: those of `owners` and any whose heartbeat went stale."""
+    """Running jobs whose runner is gone (those of `owners` and any whose heartbeat went stale) are
+    queued again, or cancelled if a cancel was asked for; returns those queued."""
     jobs = session.scalars(
         select(Job).where(
             Job.status == "running", or_(Job.owner.in_(owners), Job.heartbeat_at < stale_before)
         )
     ).all()
     for job in jobs:
+        if job.cancel_requested:  # the cancel outlives the runner: do not start the job again
+            transition(job, "cancelled", message="cancelled; finished work kept")
+            continue
         transition(job, "queued", message="interrupted; resumes from what it stored")
         job.owner = ""
-    return list(jobs)
+    return [job for job in jobs if job.status == "queued"]
 
 
 def beat(session: Session, job_ids: list[int]) -> None:

@@ -34,6 +34,18 @@ from app.models import Job, LanguageModel, Vector, now
 log = logging.getLogger(__name__)
 FIRST_RETRY_S, LAST_RETRY_S = 0.05, 2.0  # back-off between tries of a write the database refused
 Attempt = tuple[int, int]  # (job id, attempt)
+PROGRESS_FIGURES = (
+    "phase",
+    "vectors_done",
+    "vectors_total",
+    "vectors_training",
+    "step",
+    "budget",
+    "early_stops",
+    "samples_done",
+    "samples_total",
+    "eta_s",
+)
 
 
 class Recorder:
@@ -163,7 +175,14 @@ class Recorder:
         job.progress = float(event["progress"])
         if not job.cancel_requested:
             job.message = str(event["message"])
-        return {"progress": job.progress, "message": job.message, "points": event.get("points", [])}
+        # The engine's own figures (vectors done and in training, step of budget, ETA) ride along.
+        figures = {k: event[k] for k in PROGRESS_FIGURES if k in event}
+        return {
+            "progress": job.progress,
+            "message": job.message,
+            "points": event.get("points", []),
+            **figures,
+        }
 
     def _vectors(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
         run = job.run
@@ -238,7 +257,10 @@ class Recorder:
             job = session.get(Job, int(event["job"]))
             if job is None or job.status != "running":
                 return
-            if job.attempts >= self.max_attempts:
+            if job.cancel_requested:
+                jobs.transition(job, "cancelled", message="cancelled; finished work kept")
+                status = "cancelled"
+            elif job.attempts >= self.max_attempts:
                 jobs.transition(
                     job,
                     "failed",

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app import jobs, store
 from app.broker import Broker
 from app.db import Database
-from app.errors import Invalid, Unavailable
+from app.errors import Invalid, Unavailable, WorkerFailed
 from app.executor import Executor, LocalExecutor, Order
 from app.models import Job, Run
 from app.recorder import Recorder
@@ -55,7 +55,7 @@ class Service:
             wake=self.wakeup.set,
         )
         self.thread: threading.Thread | None = None
-        self.cancels_sent: set[int] = set()
+        self.cancels_sent: set[tuple[int, int]] = set()  # (job, attempt): each attempt is told once
 
     # lifecycle
 
@@ -113,9 +113,9 @@ class Service:
             mine = session.scalars(select(Job).where(Job.status == "running", Job.owner == self.owner)).all()
             jobs.beat(session, [j.id for j in mine])
             for job in mine:
-                if job.cancel_requested and job.id not in self.cancels_sent:
+                if job.cancel_requested and (job.id, job.attempts) not in self.cancels_sent:
                     self.executor.cancel(job.id)
-                    self.cancels_sent.add(job.id)
+                    self.cancels_sent.add((job.id, job.attempts))
             jobs.requeue_interrupted(
                 session, owners=(), stale_before=jobs.stale_cutoff(self.settings.lease_s)
             )
@@ -183,9 +183,14 @@ class Service:
                         raise Unavailable("the server is shutting down; try again once it is back")
                     raise Unavailable(f"the worker did not answer within {limit:.0f} s")
                 if event["type"] == "reply":
-                    if not event["ok"]:
-                        raise Invalid(event["error"])
-                    return event["value"]
+                    if event["ok"]:
+                        return event["value"]
+                    if event.get("internal"):
+                        log.error(
+                            "the worker failed on a %s request:\n%s", message["type"], event.get("trace")
+                        )
+                        raise WorkerFailed(f"the worker failed on a {message['type']} request")
+                    raise Invalid(event["error"])
 
     def validate(self, kind: str, spec: dict[str, Any], *, reserve: int = 0) -> dict[str, Any]:
         """Check a spec against its model on the worker; the normalized spec and the model's info."""
@@ -208,5 +213,6 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         "dtype": settings.dtype,
         "data_dir": str(settings.data_dir),
         "threads": settings.worker_threads,
+        "train_share": settings.train_share,
         "nice": 5,
     }

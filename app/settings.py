@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="Torch device for the worker: auto, cpu, cuda, cuda:1, mps.")
     dtype: str = Field("auto", description="Weights dtype for the worker: auto, float32, bfloat16, float16.")
     worker_threads: int = Field(0, description="Torch threads in the worker; 0 lets torch decide.")
+    train_share: float = Field(
+        0.5,
+        ge=0.05,
+        le=1.0,
+        description="Least share of the worker's time a running job gets while chat replies or other "
+        "interactive generations also want it.",
+    )
     gallery_tokens: int = Field(
         48, ge=1, le=2048, description="New tokens per gallery sample generated after each run."
     )

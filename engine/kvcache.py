@@ -12,20 +12,20 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-_KNOWN = (DynamicLayer, DynamicSlidingWindowLayer)
+# By name: importing transformers here would load it (and its web-side dependencies) with the engine.
+_KNOWN = ("DynamicLayer", "DynamicSlidingWindowLayer")
 
 
 def reshapable(cache: Any) -> bool:
     """Whether rows can join this cache (other cache kinds make new rows wait for an empty batch)."""
     layers = getattr(cache, "layers", None) or []
-    return bool(layers) and all(type(layer) in _KNOWN for layer in layers)
+    return bool(layers) and all(type(layer).__name__ in _KNOWN for layer in layers)
 
 
 def _columns(layer: Any, length: int) -> int:
     """Columns a layer keeps for a sequence of `length` tokens (a sliding window keeps fewer)."""
-    if isinstance(layer, DynamicSlidingWindowLayer):
+    if getattr(layer, "is_sliding", False):
         return min(length, int(layer.sliding_window) - 1)
     return length
 
@@ -39,7 +39,7 @@ def _fit(states: Tensor, pad: int, keep: int) -> Tensor:
 
 
 def _set_length(layer: Any, length: int) -> None:
-    if isinstance(layer, DynamicSlidingWindowLayer):
+    if getattr(layer, "is_sliding", False):
         layer.cumulative_length = length
 
 

@@ -1,0 +1,145 @@
+"""Interactive generations in the compute loop: chat replies and generation requests share one
+continuous decode batch per model. A request joins at the next step, streams as it decodes, and
+is answered when all its rows have finished; a stopped request leaves alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from app.executor.base import Event
+from app.executor.codec import from_bytes
+from engine import Decoder, GenerationRequest, GenerationResult, LoadedModel
+from engine.generate import prompt_tokens
+
+MAX_ROWS = 64  # rows decoded together per model (a chat has two: steered and unsteered)
+
+
+def chat_rows(message: dict[str, Any]) -> list[GenerationRequest]:
+    """A chat request's rows: one whole conversation per pane, each with its steering and sampling."""
+    return [
+        GenerationRequest(
+            messages=row["messages"],
+            block=row.get("block"),
+            terms=[(from_bytes(values), float(scale)) for values, scale in row.get("terms", [])],
+            seed=int(row.get("seed", 0)),
+            temperature=float(row.get("temperature", 0.0)),
+            top_p=float(row.get("top_p", 1.0)),
+            max_new_tokens=int(row.get("max_new_tokens", 128)),
+        )
+        for row in message["rows"]
+    ]
+
+
+def generate_rows(message: dict[str, Any]) -> list[GenerationRequest]:
+    """A generation request's rows: a prompt with at most one vector at a scale."""
+    return [
+        GenerationRequest(
+            prompt=row["prompt"],
+            block=row.get("block"),
+            terms=[(from_bytes(row["vector"]), float(row["scale"]))] if row.get("vector") is not None else [],
+            seed=int(row.get("seed", 0)),
+            temperature=float(row.get("temperature", 0.0)),
+            top_p=float(row.get("top_p", 1.0)),
+            max_new_tokens=int(row.get("max_new_tokens", 64)),
+        )
+        for row in message["rows"]
+    ]
+
+
+def _split(key: Hashable) -> tuple[str, int]:
+    """A decoder key: (request id, row)."""
+    rid, row = cast(tuple[str, int], key)
+    return rid, row
+
+
+@dataclass
+class _Request:
+    rid: str
+    chat: bool  # chat pieces go out as one event per step; a streamed generation's row 0 as tokens
+    stream: bool
+    model: str
+    info: dict[str, Any]
+    results: dict[int, GenerationResult] = field(default_factory=dict)
+    rows: int = 0
+
+
+class Generations:
+    """The interactive decode batches, one per model, and the requests decoding in them."""
+
+    def __init__(self, send: Callable[[Event], None]) -> None:
+        self.send = send
+        self.decoders: dict[str, Decoder] = {}
+        self.requests: dict[str, _Request] = {}
+        self.turn = 0  # models take turns when several have work
+
+    def __bool__(self) -> bool:
+        return any(self.decoders.values())
+
+    def models(self) -> set[str]:
+        """Models with rows decoding (they must stay loaded)."""
+        return {name for name, decoder in self.decoders.items() if decoder}
+
+    def admit(self, lm: LoadedModel, model: str, message: dict[str, Any]) -> None:
+        """Queue a chat or generation request; every row is checked first, so none or all join."""
+        chat = message["type"] == "chat"
+        rows = chat_rows(message) if chat else generate_rows(message)
+        for row in rows:
+            prompt_tokens(lm, row)
+        rid = str(message["id"])
+        request = _Request(rid, chat, bool(message.get("stream")), model, lm.info.to_dict(), rows=len(rows))
+        self.requests[rid] = request
+        if not rows:
+            self._answer(request)
+            return
+        decoder = self.decoders.setdefault(model, Decoder(lm, max_rows=MAX_ROWS))
+        for i, row in enumerate(rows):
+            decoder.add((rid, i), row)
+
+    def stop(self, rid: str) -> None:
+        request = self.requests.get(rid)
+        if request is not None:
+            decoder = self.decoders[request.model]
+            for i in range(request.rows):
+                decoder.stop((rid, i))
+
+    def step(self) -> None:
+        """One decode step of one model's batch; pieces and finished requests go out as events."""
+        busy = sorted(name for name, decoder in self.decoders.items() if decoder)
+        if not busy:
+            return
+        self.turn = (self.turn + 1) % len(busy)
+        name = busy[self.turn]
+        step = self.decoders[name].step()
+        items = []
+        for key, piece in step.pieces:
+            rid, row = _split(key)
+            request = self.requests[rid]
+            if request.chat:
+                items.append([rid, row, piece])
+            elif request.stream and row == 0:
+                self.send({"type": "token", "id": rid, "row": 0, "text": piece})
+        if items:
+            # One event per step for every conversation: the pipe and the server's event thread
+            # carry a message per step, not one per token.
+            self.send({"type": "chat_tokens", "items": items})
+        for key, result in step.finished:
+            rid, row = _split(key)
+            request = self.requests[rid]
+            request.results[row] = result
+            if len(request.results) == request.rows:
+                self._answer(request)
+        if not self.decoders[name]:
+            del self.decoders[name]  # its model may be evicted now
+
+    def _answer(self, request: _Request) -> None:
+        del self.requests[request.rid]
+        rows = [
+            {"text": r.text, "n_tokens": r.n_tokens, "finish_reason": r.finish_reason}
+            for _, r in sorted(request.results.items())
+        ]
+        self.send(
+            {"type": "reply", "id": request.rid, "ok": True, "value": {"model": request.info, "rows": rows}}
+        )

@@ -1,0 +1,231 @@
+"""The compute loop: the one owner of the worker's models. Nothing else runs a forward pass.
+
+Work reaches it as messages and is carried out in small units, one at a time:
+- quick requests (check a spec, render prompts, check a chat, downstream cosines, vector files)
+  and the admission of chat and generation requests into the interactive decode batch;
+- one decode step of the interactive batch (chat replies and generations, continuously batched);
+- one unit of the running job (a training step, a calibration probe, a gallery decode step).
+
+The scheduler runs quick requests first, then interactive decode steps, except that the job gets
+at least `train_share` of the loop's recent time while both have work, so training is never
+starved by a busy chat. Commands (cancel, stop, shutdown) take effect between two units.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from app.executor import quick, tasks
+from app.executor.base import Event, Order
+from app.executor.generations import Generations
+from app.executor.resident import Resident
+from engine import EngineError
+
+log = logging.getLogger("steerscope.worker")
+SHARE_WINDOW_S = 5.0  # the scheduler's memory: time spent decays with this time constant
+INTERACTIVE = ("chat", "generate")  # requests that join the interactive decode batch
+INTERNAL = "internal error (the worker's log has the traceback)"
+
+
+class _Running:
+    """The job being carried out: its reporting and its units."""
+
+    def __init__(self, order: Order, send: Callable[[Event], None]) -> None:
+        self.order = order
+        self.job = tasks.Job(order, send)
+        self.units: tasks.Units | None = None  # started by the loop's first unit of the job
+
+    @property
+    def model(self) -> str:
+        return str(self.order.spec.get("model", "default"))
+
+
+class ComputeLoop:
+    def __init__(self, send: Callable[[Event], None], config: dict[str, Any]) -> None:
+        self.send = send
+        self.models = Resident(config)
+        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # filled from any thread
+        self.quick: deque[dict[str, Any]] = deque()
+        self.jobs: deque[Order] = deque()
+        self.running: _Running | None = None
+        self.generations = Generations(send)
+        self.train_share = float(config.get("train_share", 0.5))
+        self.spent = {"job": 0.0, "interactive": 0.0}  # decayed seconds per kind of unit
+        self.stamp = time.monotonic()
+        self.open = True
+
+    # messages
+
+    def put(self, message: dict[str, Any]) -> None:
+        """Hand the loop a message (thread-safe); it is applied between two units."""
+        self.inbox.put(message)
+
+    def _take(self, block: bool) -> None:
+        """Apply every message waiting (waiting for one first if asked)."""
+        try:
+            message = self.inbox.get(timeout=1.0) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._apply(message)
+            try:
+                message = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "job":
+            self.jobs.append(Order(**message["order"]))
+        elif kind == "cancel":
+            self._cancel(int(message["job"]))
+        elif kind == "stop":
+            rid = str(message["id"])
+            self.generations.stop(rid)
+            for waiting in [m for m in self.quick if str(m.get("id")) == rid]:
+                self.quick.remove(waiting)
+                self._fail(rid, EngineError("stopped before it started"))
+        elif kind == "shutdown":
+            self.open = False
+        elif kind in quick.KINDS or kind in INTERACTIVE:
+            self.quick.append(message)
+        else:
+            log.warning("unknown message %r ignored", kind)
+
+    def _cancel(self, job_id: int) -> None:
+        if self.running is not None and self.running.order.job_id == job_id:
+            self.running.job.cancelled = True
+        for order in [o for o in self.jobs if o.job_id == job_id]:
+            self.jobs.remove(order)
+            self._finished(order, "cancelled", "")
+
+    # the loop
+
+    def run(self) -> None:
+        """Until shut down: apply messages, then run the next unit."""
+        while self.open:
+            self._take(block=not self.has_work())
+            if self.open:
+                self.run_once()
+
+    def has_work(self) -> bool:
+        return bool(self.quick or self.generations or self.running or self.jobs)
+
+    def run_once(self) -> str | None:
+        """Run the next unit the policy picks; what kind it was (None: nothing to do)."""
+        if self.quick:
+            kind = "interactive"
+            self._timed(kind, self._quick, self.quick.popleft())
+        elif self.generations and not (self._job_waiting() and self._job_due()):
+            kind = "interactive"
+            self._timed(kind, self._generation_step)
+        elif self._job_waiting():
+            kind = "job"
+            self._timed(kind, self._job_unit)
+        else:
+            return None
+        return kind
+
+    def _job_waiting(self) -> bool:
+        return self.running is not None or bool(self.jobs)
+
+    def _job_due(self) -> bool:
+        """Whether the job has had less than its share of the loop's recent time."""
+        total = self.spent["job"] + self.spent["interactive"]
+        return total == 0 or self.spent["job"] / total < self.train_share
+
+    def _timed(self, kind: str, unit: Callable[..., None], *args: Any) -> None:
+        began = time.monotonic()
+        unit(*args)
+        now = time.monotonic()
+        decay = math.exp(-(now - self.stamp) / SHARE_WINDOW_S)
+        for key in self.spent:
+            self.spent[key] *= decay
+        self.spent[kind] += now - began
+        self.stamp = now
+
+    # units
+
+    def _quick(self, message: dict[str, Any]) -> None:
+        rid = str(message["id"])
+        try:
+            lm = self.models.get(str(message.get("model", "default")), self._in_use())
+            if message["type"] in INTERACTIVE:
+                self.generations.admit(lm, str(message.get("model", "default")), message)
+                return  # answered when its rows finish
+            value = quick.answer(lm, message)
+        except Exception as exc:
+            self._fail(rid, exc)
+            return
+        self.send({"type": "reply", "id": rid, "ok": True, "value": value})
+
+    def _generation_step(self) -> None:
+        try:
+            self.generations.step()
+        except Exception as exc:  # a broken batch fails its requests, not the loop
+            for rid in list(self.generations.requests):
+                self._fail(rid, exc)
+            self.generations = Generations(self.send)
+
+    def _job_unit(self) -> None:
+        if self.running is None:
+            self.running = _Running(self.jobs.popleft(), self.send)
+        running = self.running
+        try:
+            if running.units is None:
+                lm = self.models.get(running.model, self._in_use())
+                running.units = tasks.run(lm, running.job)
+            next(running.units)
+            return
+        except StopIteration as end:
+            status, error = ("cancelled" if end.value else "succeeded"), ""
+        except EngineError as exc:
+            status, error = "failed", str(exc)
+        except Exception:
+            log.exception("job %s failed", running.order.job_id)
+            status, error = "failed", INTERNAL
+        self.running = None
+        self._finished(running.order, status, error)
+
+    # replies
+
+    def _in_use(self) -> set[str]:
+        used = self.generations.models()
+        if self.running is not None:
+            used.add(self.running.model)
+        return used
+
+    def _finished(self, order: Order, status: str, error: str) -> None:
+        self.send(
+            {
+                "type": "finished",
+                "job": order.job_id,
+                "attempt": order.attempt,
+                "status": status,
+                "error": error,
+            }
+        )
+
+    def _fail(self, rid: str, exc: Exception) -> None:
+        if isinstance(exc, EngineError):
+            self.send({"type": "reply", "id": rid, "ok": False, "error": str(exc)})
+            return
+        trace = "".join(traceback.format_exception(exc))
+        log.error("request %s failed:\n%s", rid, trace)
+        self.send(
+            {
+                "type": "reply",
+                "id": rid,
+                "ok": False,
+                "internal": True,
+                "error": "internal error",
+                "trace": trace,
+            }
+        )

@@ -1,0 +1,25 @@
+"""The models a worker holds in memory: loaded on first use, evicted when another is needed and
+nothing is using them, so one stays resident on a small machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import LoadedModel, load_model
+
+
+class Resident:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.loaded: dict[str, LoadedModel] = {}
+
+    def get(self, name: str, in_use: set[str]) -> LoadedModel:
+        """The model `name`, loading it if needed; models not in `in_use` may be evicted for it."""
+        if name not in self.loaded:
+            lm = load_model(
+                name, device=self.config["device"], dtype=self.config["dtype"], data=self.config["data_dir"]
+            )  # before evicting: a name that fails to load costs the resident models nothing
+            for other in [n for n in self.loaded if n not in in_use]:
+                del self.loaded[other]
+            self.loaded[name] = lm
+        return self.loaded[name]
