@@ -90,6 +90,16 @@ def test_interrupted_jobs_are_queued_again(db: Database) -> None:
         assert all(j.status == "queued" and j.owner == "" for j in back)
 
 
+def test_a_cancel_asked_before_the_runner_vanished_is_kept(db: Database) -> None:
+    with db.session() as session:
+        job = new_job(session)
+        jobs.claim_next(session, owner="server")
+        jobs.request_cancel(session, job.id)  # asked; the server stopped before the worker obeyed
+        back = jobs.requeue_interrupted(session, owners=("server",), stale_before=jobs.stale_cutoff(30))
+        assert back == [] and job.status == "cancelled"
+        assert jobs.claim_next(session, owner="server") is None  # it does not start again
+
+
 def test_statuses_are_a_closed_set(db: Database) -> None:
     assert set(jobs.STATUSES) == {"queued", "running", "succeeded", "failed", "cancelled"}
     assert set(jobs.TRANSITIONS) == set(jobs.STATUSES)

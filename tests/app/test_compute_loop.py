@@ -1,0 +1,205 @@
+"""The compute loop in this process on the tiny model: every kind of unit leaves the model's hooks
+as it found them, interactive work goes first without starving the job, and cancels take effect
+between two units."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from app.executor.base import Event, Order
+from app.executor.codec import to_bytes
+from app.executor.loop import ComputeLoop
+from engine import LoadedModel, get_blocks
+
+
+@pytest.fixture
+def events() -> list[Event]:
+    return []
+
+
+@pytest.fixture
+def loop(tiny_dir: Path, tmp_path: Path, events: list[Event]) -> ComputeLoop:
+    config = {"device": "cpu", "dtype": "auto", "data_dir": str(tmp_path), "train_share": 0.5}
+    return ComputeLoop(events.append, config)
+
+
+def hooks(lm: LoadedModel) -> list[list[int]]:
+    return [sorted(b._forward_hooks) + sorted(b._forward_pre_hooks) for b in get_blocks(lm.model)]
+
+
+def order(job_id: int, kind: str, spec: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "job", "order": asdict(Order(job_id=job_id, attempt=1, kind=kind, spec=spec, **extra))}
+
+
+def drain(loop: ComputeLoop, check: Any = None, limit: int = 20000) -> list[str]:
+    """Run units until there is no work; `check` runs after each one."""
+    kinds = []
+    loop._take(block=False)
+    while loop.has_work():
+        kind = loop.run_once()
+        assert kind is not None
+        kinds.append(kind)
+        if check is not None:
+            check()
+        loop._take(block=False)
+        assert len(kinds) < limit, "the loop never ran out of work"
+    return kinds
+
+
+def replies(events: list[Event]) -> dict[str, Event]:
+    return {e["id"]: e for e in events if e["type"] == "reply"}
+
+
+def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[Event], tiny_dir: Path) -> None:
+    model = str(tiny_dir)
+    lm = loop.models.get(model, set())
+    with torch.no_grad():  # transformers adds hooks of its own on a first forward: let it, then compare
+        lm.model(input_ids=torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    before = hooks(lm)
+    vector = to_bytes(torch.randn(lm.info.width, generator=torch.Generator().manual_seed(0)) * 3)
+    prompts = ["Tell me a story.", "Hi"]
+    melbo = {"prompts": prompts, "model": model, "n_vectors": 2, "steps": 3}
+    gallery = {"prompts": prompts, "max_new_tokens": 4, "batch": 2}
+    for message in [
+        {"type": "validate", "id": "v", "model": model, "kind": "melbo", "spec": melbo},
+        {"type": "render", "id": "r", "model": model, "prompts": prompts},
+        {"type": "downstream", "id": "d", "model": model, "block": 1, "vectors": [vector, vector], "prompt": "Hi"},
+        order(1, "melbo", {**melbo, "mode": "reference"}, gallery=gallery),
+        order(2, "melbo", {**melbo, "mode": "fast", "batch_size": 2}, gallery=gallery),
+        order(3, "chain", {"prompts": prompts, "model": model, "source": 1, "n_vectors": 2, "steps": 4}, theta0=vector),
+        order(4, "calibrate", {"prompts": prompts, "model": model, "directions": 4}),
+        order(5, "generate", {"prompts": prompts, "model": model, "scales": [1.0], "max_new_tokens": 3}, vectors=[(9, 1, vector)]),
+        {"type": "chat", "id": "c", "model": model, "rows": [
+            {"messages": [{"role": "user", "content": "Hi"}], "terms": [(vector, 1.0)], "block": 1, "max_new_tokens": 5},
+            {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 5},
+        ]},
+        {"type": "generate", "id": "g", "model": model, "stream": True, "rows": [
+            {"prompt": "Hi", "vector": vector, "scale": 2.0, "block": 2, "max_new_tokens": 4, "temperature": 0.7, "seed": 1},
+        ]},
+    ]:  # fmt: skip
+        loop.put(message)
+
+    def same_hooks() -> None:
+        assert hooks(lm) == before
+
+    kinds = drain(loop, same_hooks)
+    assert {"job", "interactive"} <= set(kinds)
+    answered = replies(events)
+    assert {rid for rid, e in answered.items() if e["ok"]} == {"v", "r", "d", "c", "g"}
+    finished = {e["job"]: e["status"] for e in events if e["type"] == "finished"}
+    assert finished == {1: "succeeded", 2: "succeeded", 3: "succeeded", 4: "succeeded", 5: "succeeded"}
+    assert any(e["type"] == "token" and e["id"] == "g" for e in events)
+    assert any(e["type"] == "chat_tokens" for e in events)
+
+
+def test_a_chat_is_answered_while_a_job_trains(
+    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+) -> None:
+    model = str(tiny_dir)
+    long = {
+        "prompts": ["Tell me a story."],
+        "model": model,
+        "n_vectors": 1,
+        "mode": "reference",
+        "steps": 400,
+    }
+    loop.put(order(1, "melbo", long))
+    for _ in range(5):  # the job is under way
+        loop._take(block=False)
+        loop.run_once()
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 6}
+    loop.put({"type": "chat", "id": "c", "model": model, "rows": [chat]})
+    kinds = drain(loop)
+    reply_at = next(i for i, e in enumerate(events) if e["type"] == "reply")
+    finished_at = next(i for i, e in enumerate(events) if e["type"] == "finished")
+    assert reply_at < finished_at  # answered between training steps, not after the run
+    assert kinds.count("job") > 300
+
+
+def test_interactive_work_goes_first_but_the_job_keeps_its_share(loop: ComputeLoop, tiny_dir: Path) -> None:
+    model = str(tiny_dir)
+    loop.put(
+        order(
+            1, "melbo", {"prompts": ["Hi"], "model": model, "n_vectors": 1, "mode": "reference", "steps": 50}
+        )
+    )
+    loop.put(
+        {
+            "type": "chat",
+            "id": "c",
+            "model": model,
+            "rows": [{"messages": [{"role": "user", "content": "Hi"}]}],
+        }
+    )
+    loop._take(block=False)
+    assert loop.run_once() == "interactive"  # the chat's admission, a quick unit
+    loop.spent = {"job": 1.0, "interactive": 1.0}  # at its share: the chat goes first
+    assert loop.run_once() == "interactive"
+    loop.spent = {"job": 1.0, "interactive": 9.0}  # below its share: the job's turn
+    assert loop.run_once() == "job"
+    loop.put({"type": "render", "id": "r", "model": model, "prompts": ["Hi"]})
+    loop._take(block=False)
+    assert loop.run_once() == "interactive"  # quick requests never wait for the job
+
+
+def test_a_cancel_stops_the_job_at_its_next_unit(
+    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+) -> None:
+    model = str(tiny_dir)
+    spec = {"prompts": ["Hi"], "model": model, "n_vectors": 3, "mode": "reference", "steps": 10**4}
+    loop.put(order(7, "melbo", spec))
+    loop.put(order(8, "melbo", spec))  # waiting behind it
+    for _ in range(4):
+        loop._take(block=False)
+        loop.run_once()
+    loop.put({"type": "cancel", "job": 8})
+    loop.put({"type": "cancel", "job": 7})
+    drain(loop, limit=10)
+    finished = [(e["job"], e["status"]) for e in events if e["type"] == "finished"]
+    assert finished == [(8, "cancelled"), (7, "cancelled")]  # the waiting one never started
+    assert not any(e["type"] == "vectors" for e in events)
+
+
+def test_a_stop_ends_a_generation_and_its_reply_says_so(
+    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+) -> None:
+    model = str(tiny_dir)
+    row = {"prompt": "Hi", "max_new_tokens": 50}
+    loop.put({"type": "generate", "id": "g", "model": model, "stream": True, "rows": [row]})
+    loop.put({"type": "generate", "id": "h", "model": model, "rows": [row]})
+    for _ in range(4):
+        loop._take(block=False)
+        loop.run_once()
+    loop.put({"type": "stop", "id": "g"})
+    drain(loop)
+    answered = replies(events)
+    assert answered["g"]["value"]["rows"][0]["finish_reason"] == "stopped"
+    assert answered["h"]["value"]["rows"][0]["n_tokens"] in range(1, 51)
+
+
+def test_a_bad_request_is_the_users_and_a_bug_is_ours(
+    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+) -> None:
+    model = str(tiny_dir)
+    loop.put({"type": "generate", "id": "user", "model": model, "rows": [{"prompt": "Hi", "block": 99, "vector": to_bytes(torch.zeros(64)), "scale": 1.0}]})  # fmt: skip
+    loop.put(
+        {"type": "downstream", "id": "ours", "model": model, "block": 1, "vectors": [b"abc"], "prompt": "Hi"}
+    )
+    drain(loop)
+    answered = replies(events)
+    assert not answered["user"]["ok"] and "out of range" in answered["user"]["error"]
+    assert not answered["user"].get("internal")
+    assert answered["ours"]["internal"] and "Traceback" in answered["ours"]["trace"]
+
+
+def test_a_model_that_fails_to_load_fails_only_its_request(
+    loop: ComputeLoop, events: list[Event], tmp_path: Path
+) -> None:
+    loop.put({"type": "render", "id": "r", "model": str(tmp_path / "nothing"), "prompts": ["Hi"]})
+    drain(loop)
+    assert not replies(events)["r"]["ok"]
