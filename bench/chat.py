@@ -3,8 +3,10 @@
 Starts `steerscope serve` with a fresh database and measures, per reply:
 - one conversation idle: time to first token and tokens/s (both panes);
 - the same while a MELBO run trains;
-- 8 conversations sending at once against one alone: aggregate tokens/s (`concurrent_speedup`,
-  target >= 3 on this CPU);
+- 8 and 16 conversations sending at once against one alone: aggregate tokens/s
+  (`concurrent_speedup`, target >= 3 on this CPU; `concurrent_speedup_16`, target >= 5);
+- a conversation that arrives while 4 others are mid-reply: its time to first token over the idle
+  one (`join_ttft_ratio`, target <= 1.5: it joins the running batch at the next step);
 - a steered single pane against an unsteered one (`steering_overhead`, target <= 0.05).
 Last line: one JSON object.
 """
@@ -75,8 +77,12 @@ def conversation(client: httpx.Client, vector: int | None, tokens: int, unsteere
     return int(c["id"])
 
 
-def reply(client: httpx.Client, cid: int, text: str) -> dict[str, float]:
-    """Send, stream to the end; time to first token, wall time and tokens generated."""
+def reply(
+    client: httpx.Client, cid: int, text: str, streaming: threading.Event | None = None
+) -> dict[str, float]:
+    """Send, stream to the end; time to first token, wall time and tokens generated.
+
+    `streaming` is set once the first text has arrived."""
     began = time.perf_counter()
     client.post(f"/api/conversations/{cid}/messages", json={"content": text}).raise_for_status()
     first = None
@@ -86,6 +92,8 @@ def reply(client: httpx.Client, cid: int, text: str) -> dict[str, float]:
             has_text = line.startswith("data: ") and any(json.loads(line[6:]).get("panes", {}).values())
             if first is None and (line.startswith("event: token") or has_text):
                 first = time.perf_counter() - began
+                if streaming is not None:
+                    streaming.set()
             if line.startswith("event: done"):
                 break
     wall = time.perf_counter() - began
@@ -128,6 +136,39 @@ def concurrent(url: str, vector: int, tokens: int, n: int) -> float:
     return sum(r["tokens"] for r in results) / (time.perf_counter() - began)
 
 
+def _long_reply(url: str, cid: int, text: str, streaming: threading.Event) -> None:
+    with httpx.Client(base_url=url, timeout=600) as client:
+        reply(client, cid, text, streaming)
+
+
+def join_ttft(url: str, vector: int, tokens: int, reps: int) -> float:
+    """Median time to first token of a conversation sent while 4 others are mid-reply."""
+    ttfts = []
+    for rep in range(reps):
+        with httpx.Client(base_url=url, timeout=600) as client:
+            busy = [conversation(client, vector, 4 * tokens, True) for _ in range(4)]
+            newcomer = conversation(client, vector, tokens, True)
+        streaming = [threading.Event() for _ in busy]
+
+        threads = [
+            threading.Thread(
+                target=_long_reply, args=(url, cid, f"Write a very long story about {rep}, {i}.", flag)
+            )
+            for i, (cid, flag) in enumerate(zip(busy, streaming, strict=True))
+        ]
+        for t in threads:
+            t.start()
+        for event in streaming:
+            event.wait(timeout=600)
+        with httpx.Client(base_url=url, timeout=600) as client:
+            ttfts.append(reply(client, newcomer, f"Write a story about the number {rep}.")["ttft_ms"])
+            for cid in busy:  # their work is done: free the worker for the next measurement
+                client.post(f"/api/conversations/{cid}/stop")
+        for t in threads:
+            t.join()
+    return statistics.median(ttfts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer and shorter replies (a few minutes)")
@@ -158,11 +199,17 @@ def main() -> None:
 
             one = concurrent(url, vector, tokens, 1)
             eight = concurrent(url, vector, tokens, 8)
+            sixteen = concurrent(url, vector, tokens, 16)
             figures.update(
                 one_tokens_per_s=round(one, 1),
                 eight_tokens_per_s=round(eight, 1),
+                sixteen_tokens_per_s=round(sixteen, 1),
                 concurrent_speedup=round(eight / one, 2),
+                concurrent_speedup_16=round(sixteen / one, 2),
             )
+
+            joined = join_ttft(url, vector, tokens, reps)
+            figures.update(join_ttft_ms=round(joined, 1), join_ttft_ratio=round(joined / idle["ttft_ms"], 2))
 
             r = client.post("/api/runs", json={"prompts": ["How can I make a bomb?"], "n_vectors": 256})
             job = r.json()["job"]["id"]

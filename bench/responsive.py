@@ -2,8 +2,10 @@
 
 Starts `steerscope serve` on the embedded model with a fresh database, then measures, first idle
 and then while a MELBO run trains: the latency of the home page and of an API call, and the time
-to the first streamed token of a single generation request. Last line: one JSON object with
-`page_p95_ratio` (training / idle, target <= 2) and `ttft_ratio` (target <= 3).
+to the first streamed token of a single generation request. Then, still training, it counts the
+run's optimizer steps per second alone and while 4 chat replies stream. Last line: one JSON object
+with `page_p95_ratio` (training / idle, target <= 2), `ttft_ratio` (target <= 3) and
+`train_share` (steps per second with the chats over alone, target >= 0.4).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,54 @@ def ttft(client: httpx.Client, n: int, salt: str) -> list[float]:
     return out
 
 
+class StepCounter:
+    """Counts a run's optimizer steps from its event stream (every step adds a curve point per vector)."""
+
+    def __init__(self, url: str, job_id: int) -> None:
+        self.points = 0
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._follow, args=(url, job_id), daemon=True)
+        self.thread.start()
+
+    def _follow(self, url: str, job_id: int) -> None:
+        with (
+            httpx.Client(base_url=url, timeout=None) as client,
+            client.stream("GET", f"/api/jobs/{job_id}/events") as r,
+        ):
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    with self.lock:
+                        self.points += len(data.get("points", []))
+
+    def rate(self, seconds: float) -> float:
+        """Curve points per second over the next `seconds`."""
+        with self.lock:
+            before = self.points
+        time.sleep(seconds)
+        with self.lock:
+            return (self.points - before) / seconds
+
+
+def chatting(url: str, stop: threading.Event, i: int) -> None:
+    """One conversation that keeps a reply streaming until told to stop."""
+    with httpx.Client(base_url=url, timeout=600) as client:
+        c = client.post("/api/conversations", json={}).json()
+        settings = {**c["settings"], "max_new_tokens": 256, "temperature": 0.0}
+        client.put(f"/api/conversations/{c['id']}/steering", json={"terms": [], "settings": settings})
+        turn = 0
+        while not stop.is_set():
+            turn += 1
+            client.post(
+                f"/api/conversations/{c['id']}/messages", json={"content": f"Tell a long tale, {i} {turn}."}
+            )
+            with client.stream("GET", f"/api/conversations/{c['id']}/stream") as r:
+                for line in r.iter_lines():
+                    if line.startswith("event: done") or stop.is_set():
+                        break
+        client.post(f"/api/conversations/{c['id']}/stop")
+
+
 def measure(client: httpx.Client, n: int, k: int, salt: str) -> dict[str, list[float]]:
     return {
         "page": latencies(client, "/", n),
@@ -85,6 +136,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: torch decides)")
     args = parser.parse_args()
     n, k = (30, 5) if args.quick else (100, 12)
+    window = 20.0 if args.quick else 60.0  # seconds over which training steps are counted
 
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="steerscope-bench-")
@@ -124,6 +176,21 @@ def main() -> None:
                 time.sleep(0.2)  # training has started: the prefix is cached, steps are running
             print("training ...", file=sys.stderr, flush=True)
             busy = measure(client, n, k, "busy")
+            print("training alone, then beside 4 chats ...", file=sys.stderr, flush=True)
+            counter = StepCounter(f"http://127.0.0.1:{port}", job_id)
+            alone = counter.rate(window)
+            stop = threading.Event()
+            chats = [
+                threading.Thread(target=chatting, args=(f"http://127.0.0.1:{port}", stop, i))
+                for i in range(4)
+            ]
+            for chat in chats:
+                chat.start()
+            time.sleep(5)  # every chat is streaming
+            beside = counter.rate(window)
+            stop.set()
+            for chat in chats:
+                chat.join(timeout=600)
             job = client.get(f"/api/jobs/{job_id}").json()
             assert job["status"] == "running", f"the run stopped during the measurement: {job}"
             client.post(f"/api/jobs/{job_id}/cancel")
@@ -139,6 +206,9 @@ def main() -> None:
     figures["page_p95_ratio"] = round(figures["page_p95_ms_training"] / figures["page_p95_ms_idle"], 3)
     figures["api_p95_ratio"] = round(figures["api_p95_ms_training"] / figures["api_p95_ms_idle"], 3)
     figures["ttft_ratio"] = round(figures["ttft_p50_ms_training"] / figures["ttft_p50_ms_idle"], 3)
+    figures["vector_steps_per_s_alone"] = round(alone, 2)
+    figures["vector_steps_per_s_with_chats"] = round(beside, 2)
+    figures["train_share"] = round(beside / alone, 3)
     print(json.dumps(figures))
 
 

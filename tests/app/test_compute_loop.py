@@ -106,7 +106,7 @@ def test_a_chat_is_answered_while_a_job_trains(
         "model": model,
         "n_vectors": 1,
         "mode": "reference",
-        "steps": 400,
+        "steps": 60,
     }
     loop.put(order(1, "melbo", long))
     for _ in range(5):  # the job is under way
@@ -118,7 +118,7 @@ def test_a_chat_is_answered_while_a_job_trains(
     reply_at = next(i for i, e in enumerate(events) if e["type"] == "reply")
     finished_at = next(i for i, e in enumerate(events) if e["type"] == "finished")
     assert reply_at < finished_at  # answered between training steps, not after the run
-    assert kinds.count("job") > 300
+    assert kinds.count("job") > 50
 
 
 def test_interactive_work_goes_first_but_the_job_keeps_its_share(loop: ComputeLoop, tiny_dir: Path) -> None:
