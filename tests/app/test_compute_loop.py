@@ -68,20 +68,61 @@ def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[Event], ti
     for message in [
         {"type": "validate", "id": "v", "model": model, "kind": "melbo", "spec": melbo},
         {"type": "render", "id": "r", "model": model, "prompts": prompts},
-        {"type": "downstream", "id": "d", "model": model, "block": 1, "vectors": [vector, vector], "prompt": "Hi"},
+        {
+            "type": "downstream",
+            "id": "d",
+            "model": model,
+            "block": 1,
+            "vectors": [vector, vector],
+            "prompt": "Hi",
+        },
         order(1, "melbo", {**melbo, "mode": "reference"}, gallery=gallery),
         order(2, "melbo", {**melbo, "mode": "fast", "batch_size": 2}, gallery=gallery),
-        order(3, "chain", {"prompts": prompts, "model": model, "source": 1, "n_vectors": 2, "steps": 4}, theta0=vector),
+        order(
+            3,
+            "chain",
+            {"prompts": prompts, "model": model, "source": 1, "n_vectors": 2, "steps": 4},
+            theta0=vector,
+        ),
         order(4, "calibrate", {"prompts": prompts, "model": model, "directions": 4}),
-        order(5, "generate", {"prompts": prompts, "model": model, "scales": [1.0], "max_new_tokens": 3}, vectors=[(9, 1, vector)]),
-        {"type": "chat", "id": "c", "model": model, "rows": [
-            {"messages": [{"role": "user", "content": "Hi"}], "terms": [(vector, 1.0)], "block": 1, "max_new_tokens": 5},
-            {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 5},
-        ]},
-        {"type": "generate", "id": "g", "model": model, "stream": True, "rows": [
-            {"prompt": "Hi", "vector": vector, "scale": 2.0, "block": 2, "max_new_tokens": 4, "temperature": 0.7, "seed": 1},
-        ]},
-    ]:  # fmt: skip
+        order(
+            5,
+            "generate",
+            {"prompts": prompts, "model": model, "scales": [1.0], "max_new_tokens": 3},
+            vectors=[(9, 1, vector)],
+        ),
+        {
+            "type": "chat",
+            "id": "c",
+            "model": model,
+            "rows": [
+                {
+                    "messages": [{"role": "user", "content": "Hi"}],
+                    "terms": [(vector, 1.0)],
+                    "block": 1,
+                    "max_new_tokens": 5,
+                },
+                {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 5},
+            ],
+        },
+        {
+            "type": "generate",
+            "id": "g",
+            "model": model,
+            "stream": True,
+            "rows": [
+                {
+                    "prompt": "Hi",
+                    "vector": vector,
+                    "scale": 2.0,
+                    "block": 2,
+                    "max_new_tokens": 4,
+                    "temperature": 0.7,
+                    "seed": 1,
+                },
+            ],
+        },
+    ]:
         loop.put(message)
 
     def same_hooks() -> None:
@@ -186,7 +227,8 @@ def test_a_bad_request_is_the_users_and_a_bug_is_ours(
     loop: ComputeLoop, events: list[Event], tiny_dir: Path
 ) -> None:
     model = str(tiny_dir)
-    loop.put({"type": "generate", "id": "user", "model": model, "rows": [{"prompt": "Hi", "block": 99, "vector": to_bytes(torch.zeros(64)), "scale": 1.0}]})  # fmt: skip
+    bad_block = {"prompt": "Hi", "block": 99, "vector": to_bytes(torch.zeros(64)), "scale": 1.0}
+    loop.put({"type": "generate", "id": "user", "model": model, "rows": [bad_block]})
     loop.put(
         {"type": "downstream", "id": "ours", "model": model, "block": 1, "vectors": [b"abc"], "prompt": "Hi"}
     )

@@ -3,6 +3,7 @@ exactly the text they give alone; no step leaves a hook behind."""
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Hashable
 from pathlib import Path
@@ -152,7 +153,7 @@ def test_shared_padding_is_cut_when_long_rows_leave(tiny: LoadedModel) -> None:
         results.update(decoder.step().finished)
         widths.append(decoder.mask.shape[1])
     assert max(widths) > 40  # the short row was padded while the long one decoded,
-    assert any(after < before - 40 for before, after in zip(widths, widths[1:]))  # it went with it ...
+    assert any(after < before - 40 for before, after in itertools.pairwise(widths))  # it went with it ...
     assert results["short"] == generate(tiny, [short])[0]  # ... and the short row's text never noticed
 
 

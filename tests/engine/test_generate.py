@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 import torch
 
+from engine.decoder import Detokenizer
 from engine.errors import EngineError
-from engine.generate import GenerationRequest, generate
+from engine.generate import GenerationRequest, generate, stream
 from engine.models import LoadedModel, get_blocks, load_model
 from engine.prompts import format_messages, format_prompt
-from engine.decoder import Detokenizer
-from engine.generate import stream
 from tests.tiny import ARCH_CONFIGS, build_model_dir
 
 PROMPT = "Tell me a story about a dragon."
