@@ -55,6 +55,7 @@ class ComputeLoop:
         self.quick: deque[dict[str, Any]] = deque()
         self.jobs: deque[Order] = deque()
         self.running: _Running | None = None
+        self.stopping: set[str] = set()  # generations stopped before they were admitted
         self.generations = Generations(send)
         self.train_share = float(config.get("train_share", 0.5))
         self.spent = {"job": 0.0, "interactive": 0.0}  # decayed seconds per kind of unit
@@ -89,9 +90,8 @@ class ComputeLoop:
         elif kind == "stop":
             rid = str(message["id"])
             self.generations.stop(rid)
-            for waiting in [m for m in self.quick if str(m.get("id")) == rid]:
-                self.quick.remove(waiting)
-                self._fail(rid, EngineError("stopped before it started"))
+            if any(str(m.get("id")) == rid for m in self.quick):
+                self.stopping.add(rid)  # not admitted yet: it ends, empty, at its first step
         elif kind == "shutdown":
             self.open = False
         elif kind in quick.KINDS or kind in INTERACTIVE:
@@ -155,10 +155,14 @@ class ComputeLoop:
 
     def _quick(self, message: dict[str, Any]) -> None:
         rid = str(message["id"])
+        stopped = rid in self.stopping
+        self.stopping.discard(rid)
         try:
             lm = self.models.get(str(message.get("model", "default")), self._in_use())
             if message["type"] in INTERACTIVE:
                 self.generations.admit(lm, str(message.get("model", "default")), message)
+                if stopped:
+                    self.generations.stop(rid)
                 return  # answered when its rows finish
             value = quick.answer(lm, message)
         except Exception as exc:

@@ -217,9 +217,12 @@ def test_a_stop_ends_a_generation_and_its_reply_says_so(
         loop._take(block=False)
         loop.run_once()
     loop.put({"type": "stop", "id": "g"})
+    loop.put({"type": "generate", "id": "early", "model": model, "rows": [row]})
+    loop.put({"type": "stop", "id": "early"})  # before it was even admitted
     drain(loop)
     answered = replies(events)
     assert answered["g"]["value"]["rows"][0]["finish_reason"] == "stopped"
+    assert answered["early"]["ok"] and answered["early"]["value"]["rows"][0]["n_tokens"] == 0
     assert answered["h"]["value"]["rows"][0]["n_tokens"] in range(1, 51)
 
 
