@@ -150,6 +150,8 @@ def load_model(
         raise EngineError(
             f"cannot load model {name!r}: not a local folder and not in the Hugging Face cache ({exc})"
         ) from None
+    except ValueError as exc:  # a folder, but not one transformers can load a causal LM from
+        raise EngineError(f"cannot load model {name!r}: {exc}") from None
     model.to(dev).eval()
     model.requires_grad_(False)
     prepare_tokenizer(tokenizer)

@@ -242,7 +242,8 @@ def _parse_safetensors(name: str, data: bytes, expected_width: int | None) -> Ve
     what = f"'{key}' in {name}"
     rows = _rows(_as_float32(tensors[key], what), what)
     if stored.get("format") == FORMAT:
-        version = int(stored["version"]) if stored.get("version", "").isdigit() else None
+        text = stored.get("version", "")
+        version = int(text) if text.isascii() and text.isdigit() else None  # "²" is a digit to isdigit
         metadata = _load_metadata(name, stored.get("metadata"), version)
     else:
         metadata = dict(stored)  # another tool's file: keep its string metadata as it is

@@ -389,12 +389,13 @@ def test_gguf_with_a_huge_array_count_fails_fast(tmp_path: Path) -> None:
         import_gguf(tmp_path / "evil.gguf")
 
 
-def test_newer_format_versions_are_refused(tmp_path: Path) -> None:
-    header = {"format": "steerscope.vectors", "version": "99", "metadata": "{}"}
+@pytest.mark.parametrize(("version", "shown"), [("99", "99"), ("²", "None")])
+def test_newer_or_unreadable_format_versions_are_refused(tmp_path: Path, version: str, shown: str) -> None:
+    header = {"format": "steerscope.vectors", "version": version, "metadata": "{}"}
     safetensors.torch.save_file(
         {"vectors": torch.ones(1, WIDTH)}, tmp_path / "v.safetensors", metadata=header
     )
-    with pytest.raises(EngineError, match="format version 99"):
+    with pytest.raises(EngineError, match=f"format version {shown}"):
         load_vectors(tmp_path / "v.safetensors")
 
 
