@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 import types
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -72,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="migrate, then serve the web app with its worker")
     serve.add_argument("--host", help="address to bind (default STEERSCOPE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default STEERSCOPE_PORT or 8000)")
+    worker = sub.add_parser("worker", help="join this machine to a Ray cluster, with its GPUs (ray start)")
+    worker.add_argument("--address", required=True, help="the cluster head, HOST:PORT (its GCS port, 6379)")
+    worker.add_argument("--num-gpus", type=int, help="GPUs to offer (default: every GPU Ray finds)")
+    worker.add_argument("--num-cpus", type=int, help="CPUs to offer (default: every CPU)")
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply every migration")
     export = sub.add_parser("export", help="write a vector (or a run's vectors) to a file")
@@ -166,6 +173,21 @@ def serve(settings: Settings, host: str | None, port: int | None) -> int:
     return 0
 
 
+def worker(args: argparse.Namespace) -> int:
+    """A thin wrapper around Ray's own node start: the machine joins the cluster and stays until
+    stopped (Ctrl-C); the server then starts an actor on each of its devices."""
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray is None:
+        print("steerscope worker: Ray is not installed here (pip install 'steerscope[ray]')", file=sys.stderr)
+        return 2
+    command = [ray, "start", "--address", args.address, "--block"]
+    for flag, value in (("--num-gpus", args.num_gpus), ("--num-cpus", args.num_cpus)):
+        if value is not None:
+            command += [flag, str(value)]
+    print("+ " + " ".join(command), file=sys.stderr)
+    return subprocess.call(command)
+
+
 def follow(service: Service, job_id: int) -> dict[str, Any]:
     """Show the job's progress with tqdm until it finishes; Ctrl-C cancels it (finished work stays)."""
     from tqdm import tqdm
@@ -252,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(settings, args.host, args.port)
+        if args.command == "worker":
+            return worker(args)
         if args.command == "db":
             from app.db import upgrade
 

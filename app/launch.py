@@ -16,7 +16,7 @@ from app.models import Job, Run, Vector
 from app.service import Service
 
 
-def _limits(service: Service, n_vectors: int, steps: int | None) -> None:
+def check_limits(service: Service, n_vectors: int, steps: int | None) -> None:
     s = service.settings
     if not 1 <= n_vectors <= s.max_vectors:
         raise Invalid(f"number of vectors must be between 1 and {s.max_vectors}, got {n_vectors}")
@@ -38,7 +38,7 @@ def _queue(
 
 def check_melbo(service: Service, body: schemas.MelboCreate) -> dict[str, Any]:
     """Every check a MELBO run must pass (the model-dependent ones on the worker); writes nothing."""
-    _limits(service, body.n_vectors, body.steps)
+    check_limits(service, body.n_vectors, body.steps)
     return service.validate("melbo", body.spec(), reserve=service.settings.gallery_tokens)
 
 
@@ -48,7 +48,7 @@ def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "")
 
 
 def start_chain(service: Service, body: schemas.ChainCreate, *, owner: str = "") -> Job:
-    _limits(service, body.n_vectors, body.steps)
+    check_limits(service, body.n_vectors, body.steps)
     with service.db.session() as session:
         theta0 = store.get_vector(session, body.vector_id)
         run = theta0.run

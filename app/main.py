@@ -26,12 +26,14 @@ from app.routes import (
     api_interop,
     api_jobs,
     api_runs,
+    api_sweeps,
     chat_pages,
     compare_pages,
     label_pages,
     new_run_pages,
     pages,
     run_pages,
+    sweep_pages,
     vector_pages,
 )
 from app.service import Service
@@ -70,8 +72,17 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.templates = make_templates()
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.state.chat = ChatHub(service)
-    pages_ = (pages, new_run_pages, run_pages, vector_pages, compare_pages, chat_pages, label_pages)
-    for module in (*pages_, api_runs, api_jobs, api_data, api_chat, api_export, api_interop):
+    pages_ = (
+        pages,
+        new_run_pages,
+        run_pages,
+        vector_pages,
+        compare_pages,
+        chat_pages,
+        label_pages,
+        sweep_pages,
+    )
+    for module in (*pages_, api_runs, api_sweeps, api_jobs, api_data, api_chat, api_export, api_interop):
         app.include_router(module.router)
 
     @app.exception_handler(AppError)

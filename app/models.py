@@ -30,6 +30,19 @@ class LanguageModel(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
 
 
+class Sweep(Base):
+    """A grid of MELBO runs asked for at once: R values × source blocks × prompt sets, each learned
+    run beside its random twin at the same R, spread over every worker."""
+
+    __tablename__ = "sweeps"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(500))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the grid's axes and shared settings, as asked
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
+
+    runs: Mapped[list[Run]] = relationship(order_by="Run.id")
+
+
 class Run(Base):
     """What was asked: the kind of work, every setting, the prompts and the seed."""
 
@@ -52,6 +65,7 @@ class Run(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # run-level outcome
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
 
     vectors: Mapped[list[Vector]] = relationship(
         back_populates="run", foreign_keys="Vector.run_id", order_by="Vector.index"
@@ -192,6 +206,7 @@ class Job(Base):
     error: Mapped[str] = mapped_column(Text, server_default="")
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     owner: Mapped[str] = mapped_column(String(100), server_default="")  # who may run it ("" = any)
+    runner: Mapped[str] = mapped_column(String(200), server_default="")  # the worker (and node) running it
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=sql("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)

@@ -168,6 +168,7 @@ class Recorder:
     def _started(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
         model = store.upsert_model(session, event["model"])
         job.run.model_id = model.id
+        job.runner = str(event.get("runner", ""))
         job.message = "running"
         return {"status": "running", "attempt": job.attempts}
 

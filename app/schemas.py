@@ -38,6 +38,9 @@ class MelboCreate(Body):
     radius: float | None = Field(
         None, description="R, the norm of every vector; default 0.08 × the residual norm at the source."
     )
+    radius_fraction: float | None = Field(
+        None, description="R as a share of the residual norm at the source, when R is not given."
+    )
     p: float = Field(2.0, description="Exponent on per-position change norms.")
     q: float | None = Field(None, description="Outer root of the objective; default p.")
     n_vectors: Whole = Field(8, description="Number of vectors.")
@@ -99,6 +102,24 @@ class SamplesCreate(Body):
     max_new_tokens: Whole = Field(48, description="New tokens per completion.")
     unsteered: bool = Field(True, description="Also the unsteered completion of each prompt.")
     priority: Whole = Field(0, description="Higher runs first.")
+
+
+class SweepCreate(Body):
+    prompt_sets: list[list[str]] = Field(description="Prompt sets, each trained on as one run's prompts.")
+    radii: list[float] = Field(
+        description="R values; shares of the residual norm at the source when `relative`."
+    )
+    relative: bool = Field(
+        True, description="Read `radii` as shares of the residual norm at the source block."
+    )
+    sources: list[int] | None = Field(None, description="Source blocks; default: the one from depth.")
+    model: str | None = Field(
+        None, description="Model name, hub id or folder; default: the server's default."
+    )
+    n_vectors: int = Field(8, description="Vectors per run (learned, and as many random).")
+    steps: int | None = Field(None, description="Optimizer steps per vector; default as for a run.")
+    seed: int = Field(0, description="Seed of the random starts, shared by every cell and its twin.")
+    priority: int = Field(0, description="Higher runs first.")
 
 
 class GenerationCreate(Body):

@@ -44,7 +44,7 @@ class Service:
         self.claim_any = claim_any  # the server takes any queued job; a CLI process only its own
         self.db = Database(settings.resolved_database_url())
         self.broker = Broker()
-        self.executor: Executor = executor or LocalExecutor(worker_config(settings))
+        self.executor: Executor = executor or make_executor(settings)
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.recorder = Recorder(
@@ -205,6 +205,20 @@ class Service:
             }
         )
         return value
+
+
+def make_executor(settings: Settings) -> Executor:
+    """The executor the settings ask for (Ray is imported only when it is the one)."""
+    if settings.executor == "ray":
+        from app.executor.cluster import RayExecutor
+
+        return RayExecutor(
+            worker_config(settings),
+            address=settings.ray_address,
+            actors=settings.ray_actors,
+            cpus_per_actor=settings.ray_cpus_per_actor,
+        )
+    return LocalExecutor(worker_config(settings))
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,21 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="Torch device for the worker: auto, cpu, cuda, cuda:1, mps.")
     dtype: str = Field("auto", description="Weights dtype for the worker: auto, float32, bfloat16, float16.")
     worker_threads: int = Field(0, description="Torch threads in the worker; 0 lets torch decide.")
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the model runs: `local` (one worker process) or `ray` (an actor per device).",
+    )
+    ray_address: str = Field(
+        "local",
+        description="With the Ray executor: `local` starts a private cluster on this machine, `auto` joins "
+        "the one running here, `host:port` joins a cluster's head.",
+    )
+    ray_actors: int = Field(
+        0, ge=0, description="Ray actors to start; 0 means one per GPU in the cluster, or one per CPU share."
+    )
+    ray_cpus_per_actor: float = Field(
+        1.0, gt=0, description="CPUs each Ray actor reserves (its share of a machine without GPUs)."
+    )
     train_share: float = Field(
         0.5,
         ge=0.05,

@@ -106,7 +106,8 @@ class _Problem:
         self.objective = Objective(mask, spec.p, q, spec.loss, spec.normalize)
         self.segment = Segment(lm.model, self.batch, self.source, self.target)
         self.residual_norm = median_norm(self.segment.h_source, mask)
-        self.radius = spec.radius if spec.radius is not None else RADIUS_FRACTION * self.residual_norm
+        fraction = spec.radius_fraction if spec.radius_fraction is not None else RADIUS_FRACTION
+        self.radius = spec.radius if spec.radius is not None else fraction * self.residual_norm
         self.width = lm.info.width
         self.device = device
 

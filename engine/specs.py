@@ -139,7 +139,8 @@ class MelboSpec(_Spec):
     model: str = "default"
     source: int | None = None  # block whose output is steered; None: from depth
     target: int | None = None  # hidden_states index read by the objective; None: L - 8
-    radius: float | None = None  # R; None: 0.08 x median residual norm at the source
+    radius: float | None = None  # R; None: radius_fraction x median residual norm at the source
+    radius_fraction: float | None = None  # R as a share of that norm when radius is None; None: 0.08
     p: float = 2.0  # exponent on per-position change norms
     q: float | None = None  # outer root; None: q = p
     n_vectors: int = 8
@@ -157,6 +158,9 @@ class MelboSpec(_Spec):
     def __post_init__(self) -> None:
         _prompts(self.prompts)
         _finite_positive("R (radius)", self.radius)
+        _finite_positive("R as a share of the residual norm", self.radius_fraction)
+        if self.radius is not None and self.radius_fraction is not None:
+            raise EngineError("give R (radius) or R as a share of the residual norm, not both")
         _finite_positive("p", self.p, allow_none=False)
         _finite_positive("q", self.q)
         _finite_positive("lr", self.lr)

@@ -15,6 +15,7 @@ from typing import Any
 
 from app.executor.base import Event, Order
 from app.executor.entry import run_worker
+from app.executor.inflight import Inflight
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class LocalExecutor:
         self.on_event: Callable[[Event], None] = lambda event: None
         self.closing = False
         self.pump: threading.Thread | None = None
+        self.inflight = Inflight()
 
     @property
     def pid(self) -> int | None:
@@ -66,10 +68,16 @@ class LocalExecutor:
                 event: Event = events.recv()
             except (EOFError, OSError):
                 break
-            if event.get("type") == "finished":
+            kind = event.get("type")
+            if kind == "resident":
+                continue  # which models it holds only matters when there are several workers
+            if kind == "finished":
                 with self.lock:
                     if self.job == event.get("job"):
                         self.job = None
+            if kind == "started":
+                event["runner"] = f"local worker (pid {process.pid})"
+            self.inflight.seen(event)
             self._deliver(event)
         events.close()
         process.join(timeout=5)
@@ -79,6 +87,8 @@ class LocalExecutor:
             lost = self.job
         log.warning("worker %s exited (code %s); starting a new one", process.pid, process.exitcode)
         self._deliver({"type": "worker_died", "job": lost, "exitcode": process.exitcode})
+        for reply in self.inflight.lost("local"):
+            self._deliver(reply)
         self._spawn()
 
     def _deliver(self, event: Event) -> None:
@@ -112,6 +122,8 @@ class LocalExecutor:
         self._send({"type": "cancel", "job": job_id})
 
     def request(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "stop":
+            self.inflight.sent(str(message["id"]), "local")
         self._send(message)
 
     def close(self) -> None:

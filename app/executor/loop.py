@@ -50,7 +50,7 @@ class _Running:
 class ComputeLoop:
     def __init__(self, send: Callable[[Event], None], config: dict[str, Any]) -> None:
         self.send = send
-        self.models = Resident(config)
+        self.models = Resident(config, lambda names: send({"type": "resident", "models": names}))
         self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # filled from any thread
         self.quick: deque[dict[str, Any]] = deque()
         self.jobs: deque[Order] = deque()

@@ -3,15 +3,17 @@ nothing is using them, so one stays resident on a small machine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from engine import LoadedModel, load_model
 
 
 class Resident:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], on_change: Callable[[list[str]], None] = lambda names: None):
         self.config = config
         self.loaded: dict[str, LoadedModel] = {}
+        self.on_change = on_change  # told the names held after every load (a scheduler routes by them)
 
     def get(self, name: str, in_use: set[str]) -> LoadedModel:
         """The model `name`, loading it if needed; models not in `in_use` may be evicted for it."""
@@ -22,4 +24,5 @@ class Resident:
             for other in [n for n in self.loaded if n not in in_use]:
                 del self.loaded[other]
             self.loaded[name] = lm
+            self.on_change(sorted(self.loaded))
         return self.loaded[name]
