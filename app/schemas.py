@@ -159,6 +159,7 @@ def job_out(job: Job) -> dict[str, Any]:
             "error",
             "attempts",
             "cancel_requested",
+            "runner",
         )
     }
     for k in ("created_at", "started_at", "finished_at", "heartbeat_at"):
