@@ -56,6 +56,7 @@ class RayExecutor:
         self.owns_ray = False
         self.spawned = 0
         self.checked = 0.0
+        self.waiting: list[dict[str, Any]] = []  # requests sent before any actor was ready
 
     # lifecycle
 
@@ -150,6 +151,9 @@ class RayExecutor:
         if kind == "ready":
             with self.lock:
                 actor.ready, actor.node, actor.pid = True, str(event.get("node", "")), event.get("pid")
+                waiting, self.waiting = self.waiting, []
+            for message in waiting:
+                self.request(message)
         elif kind == "started":
             event["runner"] = actor.runner
         elif kind == "finished":
@@ -191,20 +195,28 @@ class RayExecutor:
             actor.handle.put.remote({"type": "cancel", "job": job_id})
 
     def request(self, message: dict[str, Any]) -> None:
-        rid = str(message["id"])
-        with self.lock:
-            if message.get("type") == "stop":
-                where = self.inflight.where(rid)
-                actor = self.actors.get(where) if where else None
-            else:
-                actor = self._pick(str(message.get("model", "default")))
-        if actor is None:
-            if message.get("type") != "stop":
-                self._deliver({"type": "reply", "id": rid, "ok": False, "error": "no worker is running yet"})
+        if message.get("type") == "stop":
+            self._stop(str(message["id"]))
             return
-        if message.get("type") != "stop":
-            self.inflight.sent(rid, actor.name)
+        with self.lock:
+            actor = self._pick(str(message.get("model", "default")))
+            if actor is None:
+                self.waiting.append(message)  # sent on once the first actor is up
+                return
+            self.inflight.sent(str(message["id"]), actor.name)
         actor.handle.put.remote(message)
+
+    def _stop(self, rid: str) -> None:
+        """Stop a request where it went; one still waiting for an actor is answered here."""
+        where = self.inflight.where(rid)
+        with self.lock:
+            actor = self.actors.get(where) if where else None
+            waited = [m for m in self.waiting if str(m["id"]) == rid]
+            self.waiting = [m for m in self.waiting if str(m["id"]) != rid]
+        if actor is not None:
+            actor.handle.put.remote({"type": "stop", "id": rid})
+        elif waited:
+            self._deliver({"type": "reply", "id": rid, "ok": False, "error": "stopped before it started"})
 
     def _pick(self, model: str) -> _Actor | None:
         """The actor for an interactive request: one holding its model, one without a job first."""
