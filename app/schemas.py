@@ -105,21 +105,21 @@ class SamplesCreate(Body):
 
 
 class SweepCreate(Body):
-    prompt_sets: list[list[str]] = Field(description="Prompt sets, each trained on as one run's prompts.")
+    prompt_sets: list[Prompts] = Field(description="Prompt sets, each trained on as one run's prompts.")
     radii: list[float] = Field(
         description="R values; shares of the residual norm at the source when `relative`."
     )
     relative: bool = Field(
         True, description="Read `radii` as shares of the residual norm at the source block."
     )
-    sources: list[int] | None = Field(None, description="Source blocks; default: the one from depth.")
-    model: str | None = Field(
+    sources: list[Whole] | None = Field(None, description="Source blocks; default: the one from depth.")
+    model: ModelName | None = Field(
         None, description="Model name, hub id or folder; default: the server's default."
     )
-    n_vectors: int = Field(8, description="Vectors per run (learned, and as many random).")
-    steps: int | None = Field(None, description="Optimizer steps per vector; default as for a run.")
-    seed: int = Field(0, description="Seed of the random starts, shared by every cell and its twin.")
-    priority: int = Field(0, description="Higher runs first.")
+    n_vectors: Whole = Field(8, description="Vectors per run (learned, and as many random).")
+    steps: Whole | None = Field(None, description="Optimizer steps per vector; default as for a run.")
+    seed: Whole = Field(0, description="Seed of the random starts, shared by every cell and its twin.")
+    priority: Whole = Field(0, description="Higher runs first.")
 
 
 class GenerationCreate(Body):

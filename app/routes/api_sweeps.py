@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from app import schemas, sweeps
 from app.deps import ServiceDep, SessionDep
+from app.fields import Whole
 from app.models import Sweep
 
 router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
@@ -33,5 +34,5 @@ def list_sweeps(session: SessionDep) -> list[dict[str, Any]]:
 
 
 @router.get("/{sweep_id}", summary="A sweep's grid: learned against random, cell by cell")
-def get_sweep(sweep_id: int, session: SessionDep) -> dict[str, Any]:
+def get_sweep(sweep_id: Whole, session: SessionDep) -> dict[str, Any]:
     return sweeps.grid(session, sweeps.get(session, sweep_id))

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from app import forms, schemas, sweeps
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
+from app.fields import Whole
 from app.models import Sweep
 from app.routes.run_pages import render
 
@@ -80,10 +81,10 @@ async def create_sweep(request: Request, service: ServiceDep) -> Response:
 
 
 @router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)
-def show_sweep(sweep_id: int, request: Request, session: SessionDep) -> HTMLResponse:
+def show_sweep(sweep_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
     return render(request, "sweeps/show.html", {"grid": sweeps.grid(session, sweeps.get(session, sweep_id))})
 
 
 @router.get("/sweeps/{sweep_id}/grid", response_class=HTMLResponse)
-def sweep_grid(sweep_id: int, request: Request, session: SessionDep) -> HTMLResponse:
+def sweep_grid(sweep_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
     return render(request, "sweeps/_grid.html", {"grid": sweeps.grid(session, sweeps.get(session, sweep_id))})
