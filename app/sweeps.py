@@ -6,6 +6,7 @@ shows, cell by cell, where learned vectors separate from random ones.
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from typing import Any
 
@@ -31,6 +32,9 @@ def _cells(body: schemas.SweepCreate) -> list[tuple[int, float, int | None]]:
         raise Invalid(f"give at most {MAX_AXIS} different source blocks")
     if len(set(body.radii)) != len(body.radii):
         raise Invalid("the R values repeat one another")
+    bad = [r for r in body.radii if not (math.isfinite(r) and r > 0)]
+    if bad:
+        raise Invalid(f"every R must be a finite number > 0, got {bad[0]}")
     cells = list(itertools.product(range(len(body.prompt_sets)), body.radii, sources))
     if len(cells) > MAX_CELLS:
         raise Invalid(f"a sweep has at most {MAX_CELLS} cells; this one has {len(cells)}")

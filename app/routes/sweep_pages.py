@@ -3,6 +3,7 @@ any of its runs is unfinished and stands still once all are done."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -72,7 +73,7 @@ async def create_sweep(request: Request, service: ServiceDep) -> Response:
     body, errors = forms.parse(schemas.SweepCreate, data)
     if body is not None:
         try:
-            sweep = sweeps.start(service, body)
+            sweep = await asyncio.to_thread(sweeps.start, service, body)  # it waits on the worker
         except AppError as exc:
             errors = {"form": exc.message}
         else:
