@@ -27,6 +27,7 @@ from engine.errors import EngineError
 from engine.metrics import next_token_kl
 from engine.models import LoadedModel
 from engine.orthogonal import Basis, max_abs_cos, orthogonalize
+from engine.progress import Progress
 from engine.prompts import PromptBatch, encode_prompts
 from engine.segment import Segment
 from engine.specs import ChainSpec
@@ -185,17 +186,6 @@ class _Batch:
         self.seen: list[tuple[Tensor, Tensor, Tensor]] = []
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Where a chain trainer stands, in its own step budget."""
-
-    total: int  # vectors this call trains
-    done: int  # finished
-    training: int  # in the batch being trained now
-    step: int  # steps (reference) or loss evaluations (fast) the batch has taken
-    budget: int  # the most it may take
-
-
 class ChainTrainer:
     """Extends a chain from θ₀ one unit at a time: an Adam step of the vector in training
     (reference) or one L-BFGS iteration of the batch in training (fast).
@@ -263,9 +253,10 @@ class ChainTrainer:
     def progress(self) -> Progress:
         total = self.spec.n_vectors - self.resumed
         done = len(self.records) - self.resumed
+        per_batch = self.spec.batch_size if self.fast else 1
         if self.batch is None:
-            return Progress(total, done, 0, 0, self.steps)
-        return Progress(total, done, self.batch.k, self.batch.best.evals, self.steps)
+            return Progress(total, done, 0, 0, self.steps, per_batch)
+        return Progress(total, done, self.batch.k, self.batch.best.evals, self.steps, per_batch)
 
     def step(self) -> list[ChainVector]:
         """One unit of training; the records of the vectors it finished (often none)."""

@@ -126,9 +126,6 @@ class Decoder:
         """Requests not finished yet (waiting or decoding)."""
         return len(self.pending) + sum(not row.done for row in self.rows)
 
-    def keys(self) -> list[Hashable]:
-        return [r.key for r in self.pending] + [r.key for r in self.rows if not r.done]
-
     def add(self, key: Hashable, request: GenerationRequest) -> None:
         """Queue a request; it joins the batch at a coming step. Every check runs now."""
         if any(row.key == key for row in (*self.pending, *self.rows) if not row.done):

@@ -23,6 +23,7 @@ from engine.errors import EngineError
 from engine.metrics import median_norm
 from engine.models import LoadedModel
 from engine.objective import Objective, orthonormal_basis, project_out, retract
+from engine.progress import Progress
 from engine.prompts import PromptBatch, encode_prompts, target_mask
 from engine.segment import Segment
 from engine.specs import MelboSpec
@@ -124,18 +125,6 @@ def _with(fixed: Tensor, earlier: list[Tensor]) -> Tensor:
     return torch.cat([fixed, torch.stack(earlier)]) if earlier else fixed
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Where a trainer stands, in the engine's own step budget."""
-
-    total: int  # vectors this call trains
-    done: int  # finished
-    training: int  # in the batch being trained now
-    step: int  # steps the batch has taken
-    budget: int  # steps a batch may take (fast mode may stop sooner)
-    early_stops: int  # batches that converged before their budget
-
-
 class _Batch:
     """Vectors trained together: one in reference mode, `batch_size` in fast mode."""
 
@@ -201,7 +190,10 @@ class MelboTrainer:
     def progress(self) -> Progress:
         training = 0 if self.batch is None else self.batch.init.shape[0]
         step = 0 if self.batch is None else self.batch.steps
-        return Progress(self.total, len(self.vectors), training, step, self.budget, self.early_stops)
+        per_batch = self.spec.batch_size if self.spec.mode == "fast" else 1
+        return Progress(
+            self.total, len(self.vectors), training, step, self.budget, per_batch, self.early_stops
+        )
 
     def step(self) -> list[VectorRecord]:
         """One unit of training; the records of the vectors it finished (often none)."""

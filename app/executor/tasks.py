@@ -31,6 +31,7 @@ from engine.calibrate import Calibrator
 from engine.chains import ChainTrainer
 from engine.melbo import MelboTrainer
 from engine.metrics import next_token_kl
+from engine.progress import Progress
 from engine.specs import SampleSpec
 
 Units = Generator[None, None, bool]  # yields between units; returns True if the job was cancelled
@@ -106,6 +107,32 @@ def _stack(rows: Sequence[bytes], width: int) -> Tensor:
     return torch.stack([from_bytes(r) for r in rows]) if rows else torch.zeros(0, width)
 
 
+def _report_training(job: Job, p: Progress, *, stored: int, wanted: int, force: bool, note: str = "") -> None:
+    """Progress of a training phase: vectors done and in training, the batch's step of its budget,
+    early stops, and an ETA from the measured time per step."""
+    eta = job.clock.eta(p.steps_left)
+    parts = [f"{stored + p.done}/{wanted} vectors"]
+    if p.training:
+        parts.append(f"{p.training} in training, step {p.step}/{p.budget}")
+    if p.early_stops:
+        parts.append(f"{p.early_stops} batch{'es' if p.early_stops > 1 else ''} converged early")
+    if note:
+        parts.append(note)
+    job.progress(
+        TRAIN_SHARE * p.fraction,
+        " · ".join(parts) + _left(eta),
+        force=force,
+        phase="training",
+        vectors_done=stored + p.done,
+        vectors_total=wanted,
+        vectors_training=p.training,
+        step=p.step,
+        budget=p.budget,
+        early_stops=p.early_stops,
+        eta_s=eta,
+    )
+
+
 def _melbo(lm: LoadedModel, job: Job) -> Units:
     spec = MelboSpec.from_dict(job.order.spec)
     stored = _stack(job.order.done, lm.info.width)
@@ -113,7 +140,6 @@ def _melbo(lm: LoadedModel, job: Job) -> Units:
     source = trainer.problem.source
     job.vectors = [(i, source, b) for i, b in enumerate(job.order.done)]
     batch = encode_prompts(lm.tokenizer, spec.prompts)
-    per_batch = spec.batch_size if spec.mode == "fast" else 1
     first = len(job.order.done)
     while not trainer.finished:
         if job.cancelled:
@@ -147,36 +173,7 @@ def _melbo(lm: LoadedModel, job: Job) -> Units:
             job.vectors += [
                 (r.index, source, to_bytes(v)) for r, v in zip(result.records, result.vectors, strict=True)
             ]
-        p = trainer.progress()
-        budget = max(p.budget, 1)
-        work = (
-            (p.done * budget + p.training * p.step) / max(p.total * budget, 1)
-            if p.budget
-            else p.done / max(p.total, 1)
-        )
-        untouched = p.total - p.done - p.training
-        eta = job.clock.eta(
-            (p.budget - p.step if p.training else 0) + math.ceil(untouched / per_batch) * p.budget
-        )
-        early = (
-            f" · {p.early_stops} batch{'es' if p.early_stops > 1 else ''} converged early"
-            if p.early_stops
-            else ""
-        )
-        doing = f" · {p.training} in training, step {p.step}/{p.budget}" if p.training else ""
-        job.progress(
-            TRAIN_SHARE * work,
-            f"{first + p.done}/{spec.n_vectors} vectors{doing}{early}{_left(eta)}",
-            force=bool(finished),
-            phase="training",
-            vectors_done=first + p.done,
-            vectors_total=spec.n_vectors,
-            vectors_training=p.training,
-            step=p.step,
-            budget=p.budget,
-            early_stops=p.early_stops,
-            eta_s=eta,
-        )
+        _report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=bool(finished))
         yield
     return False
 
@@ -187,7 +184,6 @@ def _chain(lm: LoadedModel, job: Job) -> Units:
     previous = _stack(job.order.done, lm.info.width)
     trainer = ChainTrainer(lm, spec, from_bytes(job.order.theta0), previous=previous, on_progress=job.point)
     job.vectors = [(i, trainer.source, b) for i, b in enumerate(job.order.done)]
-    per_batch = spec.batch_size if spec.mode == "fast" else 1
     while not trainer.finished:
         if job.cancelled:
             return True
@@ -217,25 +213,10 @@ def _chain(lm: LoadedModel, job: Job) -> Units:
                 ],
             )
             job.vectors += [(r.index, trainer.source, to_bytes(chain[r.index])) for r in new]
-        p = trainer.progress()
-        done = len(job.order.done) + p.done
-        untouched = p.total - p.done - p.training
-        eta = job.clock.eta(
-            (p.budget - p.step if p.training else 0) + math.ceil(untouched / per_batch) * p.budget
-        )
-        doing = f" · {p.training} in training, step {p.step}/{p.budget}" if p.training else ""
-        stopped = "" if trainer.reason == "completed" else f" · stopped: {trainer.reason.replace('_', ' ')}"
-        job.progress(
-            TRAIN_SHARE * (p.done * p.budget + p.training * p.step) / max(p.total * p.budget, 1),
-            f"{done}/{spec.n_vectors} vectors{doing}{stopped}{_left(eta)}",
-            force=bool(new),
-            phase="training",
-            vectors_done=done,
-            vectors_total=spec.n_vectors,
-            vectors_training=p.training,
-            step=p.step,
-            budget=p.budget,
-            eta_s=eta,
+        stopped = "" if trainer.reason == "completed" else f"stopped: {trainer.reason.replace('_', ' ')}"
+        report = trainer.progress()
+        _report_training(
+            job, report, stored=len(job.order.done), wanted=spec.n_vectors, force=bool(new), note=stopped
         )
         yield
     return False
