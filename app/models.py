@@ -66,6 +66,8 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    # A random run trained at the same R and prompts as this learned run (its baseline).
+    twin_of: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
 
     vectors: Mapped[list[Vector]] = relationship(
         back_populates="run", foreign_keys="Vector.run_id", order_by="Vector.index"
@@ -89,6 +91,13 @@ class Vector(Base):
     kl: Mapped[float | None] = mapped_column(Float, index=True)  # next-token KL from unsteered
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    # From the run's scoring: beyond random x fluent (0..1), its place in the interesting-first
+    # order (0 = first), and the behaviour most of its completions fall in.
+    interest: Mapped[float | None] = mapped_column(Float, index=True)
+    rank: Mapped[int | None] = mapped_column(Integer, index=True)
+    behaviour_id: Mapped[int | None] = mapped_column(
+        ForeignKey("behaviours.id", ondelete="SET NULL"), index=True
+    )
 
     run: Mapped[Run] = relationship(back_populates="vectors", foreign_keys=[run_id])
 
@@ -114,6 +123,58 @@ class Generation(Base):
     finish_reason: Mapped[str] = mapped_column(String(20))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    # Scores (engine/scores.py); None until the generation is scored.
+    effect: Mapped[float | None] = mapped_column(Float)  # embedding distance from the unsteered one
+    fluency: Mapped[float | None] = mapped_column(Float)  # mean log-prob under the unsteered model
+    repetition: Mapped[float | None] = mapped_column(Float)  # share of repeated token 3-grams
+    beyond_random: Mapped[float | None] = mapped_column(Float)  # percentile among the random twin's
+    interest: Mapped[float | None] = mapped_column(Float)
+    flag: Mapped[str] = mapped_column(String(20), server_default="")  # unchanged | rephrase | gibberish
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 sentence embedding
+    behaviour_id: Mapped[int | None] = mapped_column(
+        ForeignKey("behaviours.id", ondelete="SET NULL"), index=True
+    )
+
+
+class Behaviour(Base):
+    """A group of a run's steered completions that do the same thing (its random twin's included)."""
+
+    __tablename__ = "behaviours"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)  # biggest first; fixed groups last
+    kind: Mapped[str] = mapped_column(String(20), server_default="cluster")  # cluster | unchanged | rephrase
+    name: Mapped[str] = mapped_column(String(200))
+    words: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # The member nearest the behaviour's centre. No foreign key: generations point at behaviours,
+    # and a cycle of constraints is what SQLite cannot create in one pass.
+    exemplar_id: Mapped[int | None] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer, server_default="0")  # completions
+    n_vectors: Mapped[int] = mapped_column(Integer, server_default="0")  # learned vectors
+    n_random: Mapped[int] = mapped_column(Integer, server_default="0")  # random-twin vectors
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Detector(Base):
+    """A question asked of every completion: a regular expression or a judge model's yes/no."""
+
+    __tablename__ = "detectors"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # regex | judge
+    pattern: Mapped[str] = mapped_column(Text)  # the expression, or the question
+    judge_model: Mapped[str] = mapped_column(String(500), server_default="")  # "" = the run's model
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class DetectorScore(Base):
+    __tablename__ = "detector_scores"
+    __table_args__ = (Index("ix_detector_scores_rank", "detector_id", "score"),)
+    detector_id: Mapped[int] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"), primary_key=True)
+    generation_id: Mapped[int] = mapped_column(
+        ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    score: Mapped[float] = mapped_column(Float)  # 1/0 for a regex, P(yes) for a judge
 
 
 class LabelSet(Base):

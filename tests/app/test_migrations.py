@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import inspect, select, text
 
 from app import db as dbmod
-from app.models import Base, Conversation, Generation, Job, Message, Vector
+from app.models import Base, Conversation, Generation, Job, Message, Run, Vector
 
 
 def test_empty_database_upgrades_and_matches_the_models(tmp_path: Path) -> None:
@@ -60,6 +60,9 @@ def test_a_database_populated_at_the_first_revision_upgrades_to_head(tmp_path: P
         conversation = session.get(Conversation, 1)
         assert conversation is not None and (conversation.steering, conversation.settings) == ([], {})
         assert session.get(Message, 1).finish_reason == ""  # 0002 added columns over existing rows
+        generation = session.get(Generation, 1)
+        assert generation is not None and (generation.flag, generation.effect) == ("", None)  # 0005
+        assert (vector.rank, vector.behaviour_id, session.get(Run, 1).twin_of) == (None, None, None)
     database.close()
 
 
