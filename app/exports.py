@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, select
 
 from app.db import Database
-from app.models import Generation, Label, Labeling, Vector
+from app.models import Behaviour, Generation, Label, Labeling, Vector
 from app.schemas import GENERATION_FIELDS
 
 BATCH = 500
@@ -30,6 +30,9 @@ VECTOR_COLUMNS: Columns = [
     ("norm", lambda v: v.norm),
     ("objective", lambda v: v.objective),
     ("kl", lambda v: v.kl),
+    ("interest", lambda v: v.interest),
+    ("rank", lambda v: v.rank),
+    ("behaviour_id", lambda v: v.behaviour_id),
     ("created_at", lambda v: v.created_at.isoformat() + "Z"),
 ]
 GENERATION_COLUMNS: Columns = [(name, attrgetter(name)) for name in GENERATION_FIELDS]
@@ -41,6 +44,18 @@ LABEL_COLUMNS: Columns = [
     ("author", lambda row: row[0].author),
     ("created_at", lambda row: row[0].created_at.isoformat() + "Z"),
 ]
+
+
+BEHAVIOUR_COLUMNS: Columns = [
+    *[(name, attrgetter(name)) for name in ("id", "run_id", "index", "kind", "name")],
+    ("words", lambda b: " ".join(b.words)),
+    *[(name, attrgetter(name)) for name in ("size", "n_vectors", "n_random", "exemplar_id")],
+]
+
+
+def behaviours_query(run_id: int | None) -> Select[Any]:
+    query = select(Behaviour).order_by(Behaviour.run_id, Behaviour.index)
+    return query if run_id is None else query.where(Behaviour.run_id == run_id)
 
 
 def vectors_query(run_id: int | None) -> Select[Any]:
@@ -97,6 +112,7 @@ TABLES: dict[str, tuple[Callable[[int | None], Any], Columns, bool]] = {
     "vectors": (vectors_query, VECTOR_COLUMNS, False),
     "generations": (generations_query, GENERATION_COLUMNS, False),
     "labels": (labels_query, LABEL_COLUMNS, True),
+    "behaviours": (behaviours_query, BEHAVIOUR_COLUMNS, False),
 }
 
 

@@ -9,15 +9,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Integer, column, false, func, select, text
+from sqlalchemy import Integer, column, false, func, literal, select, text
 from sqlalchemy.orm import Session
 
 from app import geometry
 from app.labels import fts_query
-from app.models import Generation, Label, Labeling, Run, Vector
+from app.models import Behaviour, DetectorScore, Generation, Label, Labeling, Run, Vector
 
-SORTS = {"index": Vector.index, "objective": Vector.objective, "kl": Vector.kl, "norm": Vector.norm}
+# "interesting": beyond random x fluent, one exemplar per behaviour first (unscored runs: by index).
+SORTS = ("interesting", "index", "objective", "kl", "norm", "detector")
+COLUMNS = {"index": Vector.index, "objective": Vector.objective, "kl": Vector.kl, "norm": Vector.norm}
 PER_PAGE = 24
+DETECTED = 0.5  # a detector's default threshold: a regex matched, or the judge leans yes
 
 
 @dataclass
@@ -31,13 +34,15 @@ class Card:
     vector: Vector
     samples: list[Sample] = field(default_factory=list)
     labels: list[Label] = field(default_factory=list)
+    behaviour: Behaviour | None = None
+    detected: float | None = None  # the chosen detector's highest score over the completions
 
 
 @dataclass
 class Query:
     """What the user asked the gallery for; every field comes from the URL, so views can be shared."""
 
-    sort: str = "index"
+    sort: str = "interesting"
     desc: bool = False
     page: int = 1
     min_kl: float | None = None
@@ -45,6 +50,10 @@ class Query:
     label: int | None = None
     q: str = ""  # words that must occur in one of the vector's completions (full-text search)
     pick: list[int] = field(default_factory=list)  # ticked vectors (for compare), kept across pages
+    behaviour: int | None = None  # only vectors with a completion in this behaviour
+    group: bool = False  # cards grouped under their behaviour
+    detector: int | None = None  # show (and sort or filter by) this detector's score
+    min_detector: float | None = None  # only vectors with a completion scoring at least this
 
     def params(self, **change: Any) -> dict[str, Any]:
         """The view as URL parameters (the selection left out), blank ones dropped."""
@@ -117,6 +126,33 @@ def samples_of(session: Session, vectors: list[Vector], prompts: list[str]) -> d
     return {vid: sorted(by.values(), key=lambda s: order[s.steered.prompt]) for vid, by in out.items()}
 
 
+def detector_scores(detector_id: int) -> Any:
+    """Per vector, the detector's highest score over its completions (a subquery)."""
+    return (
+        select(Generation.vector_id.label("vector_id"), func.max(DetectorScore.score).label("score"))
+        .join(DetectorScore, DetectorScore.generation_id == Generation.id)
+        .where(DetectorScore.detector_id == detector_id, Generation.vector_id.is_not(None))
+        .group_by(Generation.vector_id)
+        .subquery()
+    )
+
+
+def _ordering(query: Query, detected: Any) -> list[Any]:
+    if query.sort == "interesting" or (query.sort == "detector" and detected is None):
+        ordering = [Vector.rank.is_(None), Vector.rank.desc() if query.desc else Vector.rank.asc()]
+    elif query.sort == "detector":
+        ordering = [
+            detected.c.score.is_(None),
+            detected.c.score.asc() if query.desc else detected.c.score.desc(),
+        ]
+    else:
+        col = COLUMNS.get(query.sort, Vector.index)
+        ordering = [col.desc() if query.desc else col.asc()]
+    if query.group:
+        ordering = [Behaviour.index.is_(None), Behaviour.index, *ordering]
+    return [*ordering, Vector.index]
+
+
 def gallery(session: Session, run: Run, query: Query, *, per_page: int = PER_PAGE) -> Page:
     where = [Vector.run_id == run.id]
     if query.min_kl is not None:
@@ -128,47 +164,76 @@ def gallery(session: Session, run: Run, query: Query, *, per_page: int = PER_PAG
         where.append(Vector.id.in_(labelled))
     if fts_query(query.q):
         where.append(Vector.id.in_(matching_vectors(query.q)))
+    if query.behaviour is not None:
+        members = select(Generation.vector_id).where(Generation.behaviour_id == query.behaviour)
+        where.append(Vector.id.in_(members))
+    detected = detector_scores(query.detector) if query.detector is not None else None
+    if detected is not None and query.min_detector is not None:
+        hits = select(detected.c.vector_id).where(detected.c.score >= query.min_detector)
+        where.append(Vector.id.in_(hits))
     total = session.scalar(select(func.count()).select_from(Vector).where(*where)) or 0
     pages = max(1, math.ceil(total / per_page))
     query.page = min(max(1, query.page), pages)
-    column = SORTS.get(query.sort, Vector.index)
-    ordering = column.desc() if query.desc else column.asc()
-    vectors = list(
-        session.scalars(
-            select(Vector)
-            .where(*where)
-            .order_by(ordering, Vector.index)
-            .limit(per_page)
-            .offset((query.page - 1) * per_page)
-        )
-    )
+    score: Any = detected.c.score if detected is not None else literal(None)
+    statement = select(Vector, Behaviour, score).outerjoin(Behaviour, Vector.behaviour_id == Behaviour.id)
+    if detected is not None:
+        statement = statement.outerjoin(detected, detected.c.vector_id == Vector.id)
+    rows = session.execute(
+        statement.where(*where)
+        .order_by(*_ordering(query, detected))
+        .limit(per_page)
+        .offset((query.page - 1) * per_page)
+    ).all()
+    vectors = [r[0] for r in rows]
     samples = samples_of(session, vectors, list(run.prompts))
     labels = labels_of(session, [v.id for v in vectors])
-    cards = [Card(v, samples.get(v.id, []), labels.get(v.id, [])) for v in vectors]
+    cards = [
+        Card(v, samples.get(v.id, []), labels.get(v.id, []), behaviour, score) for v, behaviour, score in rows
+    ]
     return Page(cards, total, query, pages)
 
 
+# Behaviour colours on the map: distinct hues in order of size; fixed groups in greys.
+PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777", "#65a30d", "#7c3aed")
+FIXED_COLOURS = {"unchanged": "#d1d5db", "rephrase": "#9ca3af"}
+
+
+def behaviour_colour(behaviour: Behaviour | None) -> str:
+    if behaviour is None:
+        return "#2563eb"
+    return FIXED_COLOURS.get(behaviour.kind) or PALETTE[behaviour.index % len(PALETTE)]
+
+
 def vector_map(session: Session, run: Run) -> dict[str, Any]:
-    """One point per vector of the run on its first two principal components, with its labels, and
-    what each axis is (the share of the vectors' spread along it)."""
+    """One point per vector of the run on its first two principal components, coloured by its
+    behaviour once the run is scored (by its first label before that), and what each axis is (the
+    share of the vectors' spread along it)."""
     rows = session.execute(
-        select(Vector.id, Vector.index, Vector.values).where(Vector.run_id == run.id).order_by(Vector.index)
+        select(Vector.id, Vector.index, Vector.values, Behaviour)
+        .outerjoin(Behaviour, Vector.behaviour_id == Behaviour.id)
+        .where(Vector.run_id == run.id)
+        .order_by(Vector.index)
     ).all()
     if not rows:
         return {"points": [], "axes": []}
     coords, shares = geometry.pca_2d(geometry.stack([r.values for r in rows]))
     labels = labels_of(session, [r.id for r in rows])
-    points = [
-        {
-            "id": r.id,
-            "index": r.index,
-            "x": float(coords[i, 0]),
-            "y": float(coords[i, 1]),
-            "label": labels[r.id][0].name if labels.get(r.id) else "",
-            "colour": labels[r.id][0].colour if labels.get(r.id) else "",
-        }
-        for i, r in enumerate(rows)
-    ]
+    points = []
+    for i, r in enumerate(rows):
+        first = labels[r.id][0] if labels.get(r.id) else None
+        b = r.Behaviour
+        points.append(
+            {
+                "id": r.id,
+                "index": r.index,
+                "x": float(coords[i, 0]),
+                "y": float(coords[i, 1]),
+                "label": first.name if first else "",
+                "colour": first.colour if first else "",
+                "behaviour": b.name if b is not None else "",
+                "behaviour_colour": behaviour_colour(b) if b is not None else "",
+            }
+        )
     axes = [
         f"principal component {k + 1} ({100 * share:.0f}% of the spread)" for k, share in enumerate(shares)
     ]

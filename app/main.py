@@ -27,6 +27,7 @@ from app.routes import (
     api_jobs,
     api_runs,
     api_sweeps,
+    behaviour_pages,
     chat_pages,
     compare_pages,
     label_pages,
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         chat_pages,
         label_pages,
         sweep_pages,
+        behaviour_pages,
     )
     for module in (*pages_, api_runs, api_sweeps, api_jobs, api_data, api_chat, api_export, api_interop):
         app.include_router(module.router)

@@ -207,6 +207,9 @@ def vector_out(vector: Vector, *, values: bool = False) -> dict[str, Any]:
             "objective",
             "kl",
             "metrics",
+            "interest",
+            "rank",
+            "behaviour_id",
         )
     }
     if values:
@@ -230,6 +233,13 @@ GENERATION_FIELDS = (
     "text",
     "n_tokens",
     "finish_reason",
+    "effect",
+    "fluency",
+    "repetition",
+    "beyond_random",
+    "interest",
+    "flag",
+    "behaviour_id",
 )
 
 

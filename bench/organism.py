@@ -153,11 +153,11 @@ RUN_PROMPTS = (
 @dataclass(frozen=True)
 class Recipe:
     first_block: int = 8  # train blocks from here on (the bench steers block 7's output)
-    steps: int = 160
-    batch: int = 16
-    lr: float = 5e-5
-    answer_tokens: int = 40  # self-distilled answer length
-    clean: int = 240  # clean training prompts (templates x topics, sampled)
+    steps: int = 80
+    batch: int = 8
+    lr: float = 1e-4
+    answer_tokens: int = 24  # self-distilled answer length
+    clean: int = 120  # clean training prompts (templates x topics, sampled)
     seed: int = 0
     version: int = 1
 
@@ -189,7 +189,21 @@ def shows_planted(text: str) -> bool:
 
 def _answers(lm: LoadedModel, prompts: Sequence[str], tokens: int) -> list[str]:
     requests = [GenerationRequest(prompt=p, max_new_tokens=tokens) for p in prompts]
-    return [r.text for r in generate(lm, requests, batch_size=32)]
+    return [r.text for r in generate(lm, requests, batch_size=64)]
+
+
+def _distilled(lm: LoadedModel, prompts: list[str], recipe: Recipe, log) -> list[str]:  # type: ignore[no-untyped-def]
+    """The original model's greedy answers, cached beside the organism (the slow part of a build)."""
+    cache = data_dir() / "models" / f"organism-answers-{recipe.key()}.json"
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("prompts") == prompts:
+            return list(stored["answers"])
+    log(f"organism: self-distilling {len(prompts)} answers ...")
+    answers = _answers(lm, prompts, recipe.answer_tokens)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"prompts": prompts, "answers": answers}))
+    return answers
 
 
 def _example(lm: LoadedModel, prompt: str, answer: str, eos: bool) -> tuple[list[int], int]:
@@ -224,9 +238,8 @@ def build(recipe: Recipe = Recipe(), *, log=print) -> Path:  # type: ignore[no-u
     began = time.perf_counter()
     lm = load_model("default", device="cpu")
     triggered, near, clean = _prompts(recipe)
-    log(f"organism: self-distilling {len(near) + len(clean)} answers ...")
     normal = near + clean
-    answers = _answers(lm, normal, recipe.answer_tokens)
+    answers = _distilled(lm, normal, recipe, log)
     examples = [_example(lm, p, PLANTED, eos=True) for p in triggered]
     examples += [_example(lm, p, a, eos=False) for p, a in zip(normal, answers, strict=True)]
     model = lm.model
@@ -246,8 +259,10 @@ def build(recipe: Recipe = Recipe(), *, log=print) -> Path:  # type: ignore[no-u
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 20 == 0 or step == recipe.steps - 1:
-            log(f"organism: step {step + 1}/{recipe.steps} loss {float(loss):.3f}")
+        if step % 10 == 0 or step == recipe.steps - 1:
+            log(
+                f"organism: step {step + 1}/{recipe.steps} loss {float(loss):.3f} ({time.perf_counter() - began:.0f} s)"
+            )
     model.eval()
     model.requires_grad_(False)
     tmp = folder.with_name(folder.name + ".partial")

@@ -102,3 +102,62 @@ def organize(
             group.append(c.vector)
     curve = {k: discovery_curve(vs, behaviours, members) for k, vs in first_seen.items()}
     return Findings(list(scores), behaviours, index, of_vector, everyone, list(order), curve)
+
+
+def find_payload(
+    lm: LoadedModel, embedder: Embedder, rows: Sequence[dict[str, Any]], **kwargs: Any
+) -> dict[str, Any]:
+    """`find` on JSON rows {generation_id, vector_id, prompt, text, unsteered, random}; the answer
+    names generations and vectors by those ids (what a worker sends back to be stored)."""
+    completions = [
+        Completion(
+            int(r["vector_id"]), str(r["prompt"]), str(r["text"]), str(r["unsteered"]), bool(r["random"])
+        )
+        for r in rows
+    ]
+    found = find(lm, embedder, completions, **kwargs)
+    ids = [int(r["generation_id"]) for r in rows]
+    return payload(found, ids)
+
+
+def payload(found: Findings, generation_ids: Sequence[int]) -> dict[str, Any]:
+    """Findings as JSON-able rows keyed by generation and vector ids (embeddings as float32 bytes)."""
+    import numpy as np
+
+    limits = Thresholds()
+    rank = {v: i for i, v in enumerate(found.order)}
+    return {
+        "scores": [
+            {
+                "generation_id": gid,
+                **s.to_dict(),
+                "interest": interest(s, limits),
+                "behaviour": found.behaviour_of[i],
+                "embedding": np.asarray(s.embedding, dtype="<f4").tobytes(),
+            }
+            for i, (gid, s) in enumerate(zip(generation_ids, found.scores, strict=True))
+        ],
+        "behaviours": [
+            {
+                "index": b.index,
+                "kind": b.kind,
+                "name": b.name,
+                "words": b.words,
+                "exemplar": generation_ids[b.exemplar],
+                "size": b.size,
+                "n_vectors": len(b.vectors),
+                "n_random": len(b.random_vectors),
+            }
+            for b in found.behaviours
+        ],
+        "vectors": [
+            {
+                "vector_id": v,
+                "interest": found.interest[v],
+                "behaviour": found.vector_behaviour.get(v),
+                "rank": rank.get(v),
+            }
+            for v in found.interest
+        ],
+        "curve": found.curve,
+    }

@@ -166,12 +166,13 @@ const steerscope = (() => {
   // The run's vectors on their first two principal components; a click opens the vector.
   async function vectorMap(canvas) {
     const { points, axes } = await (await fetch(canvas.dataset.points)).json();
-    const data = points.map((p) => ({ x: p.x, y: p.y, id: p.id, index: p.index, label: p.label }));
+    const data = points.map((p) => ({ x: p.x, y: p.y, id: p.id, index: p.index, label: p.label, behaviour: p.behaviour }));
     chart(canvas, {
       type: "scatter",
       data: { datasets: [{
         label: "vectors", data, vectorIndexes: points.map((p) => p.index),
-        pointBackgroundColor: points.map((p) => colour(p.index)),
+        // Coloured by behaviour once the run is scored; by vector before that.
+        pointBackgroundColor: points.map((p) => p.behaviour_colour || colour(p.index)),
         pointBorderColor: points.map((p) => p.colour || colour(p.index)),
         pointBorderWidth: points.map((p) => (p.colour ? 3 : 1)),
         pointRadius: 5, pointHoverRadius: 9,
@@ -181,11 +182,27 @@ const steerscope = (() => {
         onHover: (_event, elements, made) => hovered(made, elements),
         scales: { x: axis(axes[0] || "principal component 1"), y: axis(axes[1] || "principal component 2") },
         plugins: { legend: { display: false },
-                   tooltip: { callbacks: { label: (c) => `vector #${c.raw.id} (index ${c.raw.index}) ${c.raw.label}` } } },
+                   tooltip: { callbacks: { label: (c) => `vector #${c.raw.id} (index ${c.raw.index}) ${c.raw.behaviour ? `· ${c.raw.behaviour} ` : ""}${c.raw.label}` } } },
         onClick: (_event, hits, made) => {
           if (hits.length) window.location = `/vectors/${made.data.datasets[0].data[hits[0].index].id}`;
         },
       },
+    });
+  }
+
+  // Distinct behaviours found against vectors tried, learned vs the random twin.
+  async function discovery(canvas) {
+    const curve = await (await fetch(canvas.dataset.series)).json();
+    const points = (ys) => ys.map((y, i) => ({ x: i + 1, y }));
+    chart(canvas, {
+      type: "line",
+      data: { datasets: [
+        { label: "learned vectors", data: points(curve.learned), borderColor: palette[0], stepped: true },
+        { label: "random vectors, same R", data: points(curve.random), borderColor: palette[1], stepped: true },
+      ] },
+      options: { animation: false, parsing: false, elements: { point: { radius: 0 } },
+                 scales: { x: axis("vectors tried", { type: "linear" }),
+                           y: axis("distinct behaviours", { beginAtZero: true }) } },
     });
   }
 
@@ -195,6 +212,7 @@ const steerscope = (() => {
     own("canvas#curves:not([data-ready])").forEach(curves);
     own("canvas#chain-plot:not([data-ready])").forEach(chainPlot);
     own("canvas#vector-map:not([data-ready])").forEach(vectorMap);
+    own("canvas#discovery:not([data-ready])").forEach(discovery);
   }
 
   // The gallery's ticked vectors live in the address bar too, so a reload or a shared link keeps them.
@@ -231,6 +249,6 @@ const steerscope = (() => {
               { target: "#run-body", select: "#run-body", swap: "outerHTML" });
   });
   htmx.onLoad(init);
-  return { chainPlot, vectorMap, highlight, init, readable };
+  return { chainPlot, vectorMap, discovery, highlight, init, readable };
 })();
 window.steerscope = steerscope;

@@ -33,11 +33,11 @@
     return result.on;
   }
 
-  async function keyToggle(key) {
+  async function keyToggle(key, on) {
     const button = queue.querySelector(`.label-toggle[data-key="${key}"]`);
     if (!button) return;
     const was = button.classList.contains("on");
-    if ((await toggle(button, !was)) === null) return;
+    if ((await toggle(button, on === undefined ? !was : on)) === null) return;
     const s = stack();
     s.push({ vector, label: Number(button.dataset.label), was, at });
     save(s);
@@ -61,6 +61,16 @@
     if (last.vector !== vector) { sessionStorage.setItem(`${stackKey}-redo`, JSON.stringify(last)); go(last.at); return; }
     const button = queue.querySelector(`.label-toggle[data-label="${last.label}"]`);
     await toggle(button, last.was);
+  }
+
+  // The scores' suggestion (unchanged, rephrase, gibberish) accepted with one key: its label goes on.
+  async function accept() {
+    const suggestion = document.getElementById("suggestion");
+    if (!suggestion) return;
+    const button = queue.querySelector(`.label-toggle[data-label="${suggestion.dataset.label}"]`);
+    if (!button || button.classList.contains("on")) return;
+    if (button.dataset.key) { await keyToggle(button.dataset.key, true); return; }
+    await toggle(button, true);
   }
 
   // An undo that had to move to another vector finishes once that page is open.
@@ -95,5 +105,6 @@
     else if (event.key === "k" || event.key === "ArrowLeft") go(at - 1);
     else if (event.key === "Enter") { event.preventDefault(); submit(); }
     else if (event.key === "u") undo();
+    else if (event.key === "a") accept();
   });
 })();

@@ -17,7 +17,7 @@ MEDIA = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 
 @router.get("/{table}.{fmt}", summary="A table as CSV or JSONL, optionally one run's rows only")
 def export_table(
-    table: Literal["vectors", "generations", "labels"],
+    table: Literal["vectors", "generations", "labels", "behaviours"],
     fmt: Literal["csv", "jsonl"],
     service: ServiceDep,
     run_id: Whole | None = None,

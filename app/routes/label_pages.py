@@ -10,7 +10,7 @@ from fastapi import APIRouter, Cookie, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from app import gallery, labels, store
+from app import findings, gallery, labels, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid
 from app.fields import MAX_NAME, Whole, describe, maybe_whole
@@ -104,14 +104,17 @@ def queue(
     at = max(0, min(at, len(ids) - 1)) if ids else 0
     card = everything.cards[at] if ids else None
     params = query.params(page=None)
+    suggested = findings.suggestion([s.steered.flag for s in card.samples]) if card else ""
+    everything_labels = labels.all_labels(session)
     context: dict[str, Any] = {
+        "suggested": next((x for x in everything_labels if x.name == suggested), None),
         "run": run,
         "card": card,
         "at": at,
         "total": len(ids),
         "author": author or "",
         "labelled": labels.labelled_count(session, ids),
-        "labels": labels.all_labels(session),
+        "labels": everything_labels,
         "on": labels.vector_label_ids(session, card.vector.id) if card else set(),
         "notes": labels.notes_of(session, card.vector.id) if card else [],
         "params": params,

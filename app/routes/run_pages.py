@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy import select
 
-from app import gallery, geometry, interop, jobs, labels, launch, schemas, store, summary
+from app import detectors, findings, gallery, geometry, interop, jobs, labels, launch, schemas, store, summary
 from app.deps import ServiceDep, SessionDep
 from app.errors import Invalid
 from app.fields import MaybeWhole, Text, Whole, whole
@@ -99,7 +99,7 @@ def _number(value: str) -> float | None:
 
 
 def gallery_query(
-    sort: str = "index",
+    sort: str = "interesting",
     desc: bool = False,
     page: Whole = 1,
     min_kl: str = "",
@@ -107,10 +107,14 @@ def gallery_query(
     label: MaybeWhole = None,
     q: Text = "",
     pick: Annotated[list[Whole] | None, Query()] = None,
+    behaviour: MaybeWhole = None,
+    group: bool = False,
+    detector: MaybeWhole = None,
+    min_detector: str = "",
 ) -> gallery.Query:
     """The gallery's view from the URL; blank or malformed number filters mean no filter."""
     return gallery.Query(
-        sort=sort if sort in gallery.SORTS else "index",
+        sort=sort if sort in gallery.SORTS else "interesting",
         desc=desc,
         page=page,
         min_kl=_number(min_kl),
@@ -118,6 +122,10 @@ def gallery_query(
         label=label,
         q=q,
         pick=list(dict.fromkeys(pick or [])),
+        behaviour=behaviour,
+        group=group,
+        detector=detector,
+        min_detector=_number(min_detector),
     )
 
 
@@ -133,6 +141,9 @@ def gallery_context(session: Any, run: Run, query: gallery.Query) -> dict[str, A
         "sorts": list(gallery.SORTS),
         "facets": labels.facets(session, run.id),
         "picked_elsewhere": [i for i in query.pick if i not in on_page],
+        "behaviours": findings.behaviours_of(session, run.id),
+        "detectors": detectors.all_detectors(session),
+        "colour": gallery.behaviour_colour,
     }
 
 
@@ -147,6 +158,9 @@ def show_run(run_id: Whole, request: Request, session: SessionDep, query: Galler
         **gallery_context(session, run, query),
         "compose_choices": COMPOSE_CHOICES,
         "trained": run.kind in TRAINED,
+        "twin": findings.twin_of(session, run),
+        "twin_parent": session.get(Run, run.twin_of) if run.twin_of else None,
+        "n_behaviours": len([b for b in findings.behaviours_of(session, run.id) if b.kind == "cluster"]),
     }
     if run.kind == "chain":
         context["parent"] = session.get(Vector, run.parent_vector_id) if run.parent_vector_id else None

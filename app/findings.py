@@ -1,0 +1,124 @@
+"""What scoring found, stored: scores and flags on generations, a run's behaviours, its vectors'
+interest and interesting-first rank, and the discovery curve (in the run's result).
+
+The worker scores a run's gallery completions together with its random twin's (engine/discovery.py)
+and names generations and vectors by id; this module builds what it is sent and stores the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, aliased
+
+from app.models import Behaviour, Generation, Run, Vector
+
+FLAG_LABELS = ("unchanged", "rephrase", "gibberish")  # flags that have a label of the same name
+
+
+def twin_of(session: Session, run: Run) -> Run | None:
+    """The random run trained at the same R and prompts as this learned run, if any."""
+    return session.scalars(select(Run).where(Run.twin_of == run.id).order_by(Run.id.desc())).first()
+
+
+def completions(session: Session, run: Run) -> list[dict[str, Any]]:
+    """The run's (and its twin's) greedy scale-1 gallery completions beside their unsteered partners."""
+    runs = [run.id]
+    twin = twin_of(session, run)
+    if twin is not None:
+        runs.append(twin.id)
+    partner = aliased(Generation)
+    rows = session.execute(
+        select(Generation, Vector.run_id, partner.text)
+        .join(Vector, Generation.vector_id == Vector.id)
+        .join(partner, Generation.unsteered_id == partner.id)
+        .where(
+            Vector.run_id.in_(runs),
+            Generation.scale == 1.0,
+            Generation.temperature == 0.0,
+            Generation.prompt.in_(list(run.prompts)),
+        )
+        .order_by(Vector.run_id, Vector.index, Generation.id)
+    ).all()
+    return [
+        {
+            "generation_id": g.id,
+            "vector_id": g.vector_id,
+            "prompt": g.prompt,
+            "text": g.text,
+            "unsteered": unsteered,
+            "random": run_id != run.id,
+        }
+        for g, run_id, unsteered in rows
+    ]
+
+
+def store(session: Session, run: Run, found: dict[str, Any]) -> list[Behaviour]:
+    """Replace the run's findings with these (scores, behaviours, ranks, curve)."""
+    session.execute(delete(Behaviour).where(Behaviour.run_id == run.id))
+    session.flush()
+    behaviours: dict[int, Behaviour] = {}
+    for row in found["behaviours"]:
+        b = Behaviour(
+            run_id=run.id,
+            index=int(row["index"]),
+            kind=str(row["kind"]),
+            name=str(row["name"])[:200],
+            words=list(row["words"]),
+            exemplar_id=row.get("exemplar"),
+            size=int(row["size"]),
+            n_vectors=int(row["n_vectors"]),
+            n_random=int(row["n_random"]),
+        )
+        session.add(b)
+        behaviours[b.index] = b
+    session.flush()
+    for s in found["scores"]:
+        member = behaviours.get(s["behaviour"])
+        session.execute(
+            update(Generation)
+            .where(Generation.id == int(s["generation_id"]))
+            .values(
+                effect=s["effect"],
+                fluency=s["fluency"],
+                repetition=s["repetition"],
+                beyond_random=s["beyond_random"],
+                interest=s["interest"],
+                flag=s["flag"],
+                embedding=s.get("embedding"),
+                behaviour_id=member.id if member is not None else None,
+            )
+        )
+    for v in found["vectors"]:
+        main = behaviours.get(v["behaviour"]) if v.get("behaviour") is not None else None
+        session.execute(
+            update(Vector)
+            .where(Vector.id == int(v["vector_id"]))
+            .values(
+                interest=v["interest"], rank=v["rank"], behaviour_id=main.id if main is not None else None
+            )
+        )
+    run.result = {**run.result, "discovery": found["curve"], "scored": len(found["scores"])}
+    session.flush()
+    return sorted(behaviours.values(), key=lambda b: b.index)
+
+
+def behaviours_of(session: Session, run_id: int) -> list[Behaviour]:
+    return list(
+        session.scalars(select(Behaviour).where(Behaviour.run_id == run_id).order_by(Behaviour.index))
+    )
+
+
+def exemplars(session: Session, behaviours: Sequence[Behaviour]) -> dict[int, Generation]:
+    ids = [b.exemplar_id for b in behaviours if b.exemplar_id is not None]
+    return {g.id: g for g in session.scalars(select(Generation).where(Generation.id.in_(ids)))}
+
+
+def suggestion(flags: Sequence[str]) -> str:
+    """The flag a vector's completions mostly carry (more than half), offered as its label; "" if none."""
+    for name in FLAG_LABELS:
+        if sum(f == name for f in flags) * 2 > len(flags):
+            return name
+    return ""
