@@ -11,6 +11,7 @@ fluent, and whether it moved further than the run's random vectors move it.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections import defaultdict
@@ -25,7 +26,7 @@ from engine.embedder import Embedder
 from engine.errors import EngineError
 from engine.flags import Thresholds, flag
 from engine.models import LoadedModel
-from engine.prompts import format_prompt, positions_from_mask
+from engine.prompts import format_prompt
 
 NGRAM = 3  # repetition counts repeated token 3-grams
 FLUENCY_BATCH = 16  # rows teacher-forced together
@@ -79,62 +80,80 @@ def _rows(lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str]) -> list
     return rows
 
 
+def _cache_argument(model: Any) -> str:
+    """The keyword a model's forward takes its KV cache by (transformers renamed it)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 @torch.no_grad()
-def _fluency_batch(lm: LoadedModel, rows: Sequence[tuple[list[int], list[int]]]) -> list[float]:
-    """Mean log-prob of each tail after its head: heads left-padded, tails right-padded, so every
-    row's tail occupies the same columns and only those columns need the LM head."""
+def _fluency_of_prompt(
+    lm: LoadedModel, head: list[int], tails: Sequence[list[int]], batch_size: int
+) -> Iterator[list[float]]:
+    """Mean log-prob of each tail after one shared head, a batch of tails at a time.
+
+    The head (the rendered prompt) is run once and its KV cache copied for every batch, so each
+    batch computes only the completions' own tokens.
+    """
     model = lm.model
     device = next(model.parameters()).device
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    h = max(len(a) for a, _ in rows)
-    t = max(len(b) for _, b in rows)
-    ids = torch.full((len(rows), h + t), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), h + t), dtype=torch.long)
-    for i, (head, tail) in enumerate(rows):
-        ids[i, h - len(head) : h + len(tail)] = torch.tensor(head + tail)
-        mask[i, h - len(head) : h + len(tail)] = 1
-    kwargs: dict[str, Any] = {}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        # Column h-1 predicts the first tail token; h+t-2 the last.
-        kwargs["logits_to_keep"] = torch.arange(h - 1, h + t - 1, device=device)
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions_from_mask(mask).to(device),
-        use_cache=False,
-        **kwargs,
-    )
-    logits = out.logits if kwargs else out.logits[:, h - 1 : h + t - 1]  # [B, t, V]
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    targets = ids[:, h:].to(device)  # [B, t]
-    picked = logprobs.gather(-1, targets[..., None])[..., 0]  # [B, t]
-    real = mask[:, h:].to(device).bool()
-    sums = (picked * real).sum(dim=1)
-    counts = real.sum(dim=1)
-    return [float(s / c) if c > 0 else 0.0 for s, c in zip(sums.cpu(), counts.cpu(), strict=True)]
+    key = _cache_argument(model)
+    head_ids = torch.tensor([head], device=device)
+    prefill = model(input_ids=head_ids, use_cache=True)
+    first = torch.log_softmax(prefill.logits[0, -1].float(), dim=-1)  # predicts every tail's first token
+    cache = getattr(prefill, "past_key_values", None) or prefill.cache
+    h = len(head)
+    for lo in range(0, len(tails), batch_size):
+        chunk = tails[lo : lo + batch_size]
+        b, t = len(chunk), max(1, max(len(x) for x in chunk))
+        ids = torch.full((b, t), pad, dtype=torch.long)
+        real = torch.zeros((b, t), dtype=torch.bool)
+        for i, tail in enumerate(chunk):
+            ids[i, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+            real[i, : len(tail)] = True
+        ids, real = ids.to(device), real.to(device)
+        sums = first[ids[:, 0]] * real[:, 0]  # [b]
+        if t > 1:
+            shared = copy.deepcopy(cache)
+            shared.batch_repeat_interleave(b)
+            mask = torch.cat([torch.ones((b, h), dtype=torch.long, device=device), real.long()], dim=1)
+            positions = torch.arange(h, h + t, device=device)[None, :].expand(b, t)
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{key: shared}
+            )
+            logprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # [b, t-1, V]
+            picked = logprobs.gather(-1, ids[:, 1:, None])[..., 0]  # [b, t-1]
+            sums = sums + (picked * real[:, 1:]).sum(dim=1)
+        counts = real.sum(dim=1)
+        yield [float(s / c) if c > 0 else 0.0 for s, c in zip(sums.cpu(), counts.cpu(), strict=True)]
 
 
 def fluency(
     lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str], *, batch_size: int = FLUENCY_BATCH
 ) -> list[float]:
     """Mean log-prob per token of each text after its prompt under the model as loaded (unsteered)."""
-    return [f for _, f in _fluency_steps(lm, _rows(lm, prompts, texts), batch_size)]
+    out = [0.0] * len(texts)
+    for i, value in _fluency_steps(lm, _rows(lm, prompts, texts), batch_size):
+        out[i] = value
+    return out
 
 
 def _fluency_steps(
     lm: LoadedModel, rows: Sequence[tuple[list[int], list[int]]], batch_size: int
 ) -> Iterator[tuple[int, float]]:
-    """(row index, fluency) in row order, one batch per forward; rows of similar length together."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
-    found: dict[int, float] = {}
-    emitted = 0
-    for lo in range(0, len(order), batch_size):
-        chunk = order[lo : lo + batch_size]
-        for i, value in zip(chunk, _fluency_batch(lm, [rows[i] for i in chunk]), strict=True):
-            found[i] = value
-        while emitted in found:
-            yield emitted, found.pop(emitted)
-            emitted += 1
+    """(row index, fluency) pairs, one batch of one prompt's rows per forward (any order)."""
+    by_head: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, (head, _) in enumerate(rows):
+        by_head[tuple(head)].append(i)
+    for head, members in by_head.items():
+        # Similar lengths together: less padding to compute.
+        members = sorted(members, key=lambda i: len(rows[i][1]))
+        done = 0
+        for values in _fluency_of_prompt(lm, list(head), [rows[i][1] for i in members], batch_size):
+            for i, value in zip(members[done : done + len(values)], values, strict=True):
+                yield i, value
+            done += len(values)
 
 
 def percentile(value: float, baseline: Sequence[float]) -> float:
@@ -189,11 +208,11 @@ def score(
             cos = float(steered_emb[i] @ reference[s.unsteered])
             effects.append(max(0.0, 1.0 - cos))
     rows = _rows(lm, [s.prompt for s in inputs], texts)
-    fluencies: list[float] = []
-    for i, value in _fluency_steps(lm, rows, batch_size):
-        fluencies.append(value)
-        if on_batch is not None and (len(fluencies) % batch_size == 0 or i == len(rows) - 1):
-            on_batch(len(fluencies), len(rows))
+    fluencies = [0.0] * len(rows)
+    for n, (i, value) in enumerate(_fluency_steps(lm, rows, batch_size), 1):
+        fluencies[i] = value
+        if on_batch is not None and (n % batch_size == 0 or n == len(rows)):
+            on_batch(n, len(rows))
     repeats = [repetition(tail) for _, tail in rows]
     beyond = beyond_random(effects, inputs)
     limits = thresholds or Thresholds()
