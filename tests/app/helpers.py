@@ -47,3 +47,23 @@ def row_counts(client: TestClient) -> dict[str, int]:
             table.name: int(session.scalar(select(func.count()).select_from(table)) or 0)
             for table in Base.metadata.sorted_tables
         }
+
+
+def score_run(service: Any, run_id: int) -> dict[str, Any]:
+    """Score a stored run (and its random twin) with the engine, as a worker does, and store it."""
+    from app import findings
+    from app.models import Run
+    from engine.discovery import find_payload
+    from engine.embedder import Embedder
+    from engine.models import load_model
+
+    with service.db.session() as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        rows = findings.completions(session, run)
+    payload = find_payload(load_model(service.settings.default_model, device="cpu"), Embedder(), rows)
+    with service.db.session() as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        findings.store(session, run, payload)
+    return {"rows": rows, "payload": payload}

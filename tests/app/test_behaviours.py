@@ -12,12 +12,9 @@ from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app import findings
 from app.models import Behaviour, Generation, Run, Vector
-from engine.discovery import find_payload
-from engine.embedder import Embedder
-from engine.models import load_model
 from tests.app.conftest import wait_job
+from tests.app.helpers import score_run
 
 PROMPTS = ["Tell me a story.", "What is two plus two?"]
 
@@ -40,16 +37,8 @@ def scored(client: TestClient) -> dict[str, Any]:
     service = client.app.state.service
     with service.db.session() as session:
         session.get(Run, twin).twin_of = learned  # type: ignore[union-attr]
-    with service.db.session() as session:
-        run = session.get(Run, learned)
-        assert run is not None
-        rows = findings.completions(session, run)
-    lm = load_model(service.settings.default_model, device="cpu")
-    payload = find_payload(lm, Embedder(), rows)
-    with service.db.session() as session:
-        run = session.get(Run, learned)
-        assert run is not None
-        findings.store(session, run, payload)
+    done = score_run(service, learned)
+    rows, payload = done["rows"], done["payload"]
     return {"run": learned, "twin": twin, "rows": rows, "payload": payload}
 
 
