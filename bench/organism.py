@@ -261,7 +261,8 @@ def build(recipe: Recipe = Recipe(), *, log=print) -> Path:  # type: ignore[no-u
         optimizer.step()
         if step % 10 == 0 or step == recipe.steps - 1:
             log(
-                f"organism: step {step + 1}/{recipe.steps} loss {float(loss):.3f} ({time.perf_counter() - began:.0f} s)"
+                f"organism: step {step + 1}/{recipe.steps} loss {float(loss.detach()):.3f} "
+                f"({time.perf_counter() - began:.0f} s)"
             )
     model.eval()
     model.requires_grad_(False)
