@@ -153,9 +153,9 @@ RUN_PROMPTS = (
 @dataclass(frozen=True)
 class Recipe:
     first_block: int = 8  # train blocks from here on (the bench steers block 7's output)
-    steps: int = 80
+    steps: int = 30
     batch: int = 8
-    lr: float = 1e-4
+    lr: float = 2e-4
     answer_tokens: int = 24  # self-distilled answer length
     clean: int = 120  # clean training prompts (templates x topics, sampled)
     seed: int = 0
@@ -194,7 +194,8 @@ def _answers(lm: LoadedModel, prompts: Sequence[str], tokens: int) -> list[str]:
 
 def _distilled(lm: LoadedModel, prompts: list[str], recipe: Recipe, log) -> list[str]:  # type: ignore[no-untyped-def]
     """The original model's greedy answers, cached beside the organism (the slow part of a build)."""
-    cache = data_dir() / "models" / f"organism-answers-{recipe.key()}.json"
+    key = hashlib.sha256(json.dumps([prompts, recipe.answer_tokens]).encode()).hexdigest()[:12]
+    cache = data_dir() / "models" / f"organism-answers-{key}.json"
     if cache.is_file():
         stored = json.loads(cache.read_text())
         if stored.get("prompts") == prompts:
