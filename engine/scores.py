@@ -144,11 +144,11 @@ def _fluency_steps(
 ) -> Iterator[tuple[int, float]]:
     """(row index, fluency) pairs, one batch of one prompt's rows per forward (any order)."""
     by_head: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, (head, _) in enumerate(rows):
-        by_head[tuple(head)].append(i)
-    for head, members in by_head.items():
+    for i, (prompt_ids, _) in enumerate(rows):
+        by_head[tuple(prompt_ids)].append(i)
+    for head, indices in by_head.items():
         # Similar lengths together: less padding to compute.
-        members = sorted(members, key=lambda i: len(rows[i][1]))
+        members = sorted(indices, key=lambda i: len(rows[i][1]))
         done = 0
         for values in _fluency_of_prompt(lm, list(head), [rows[i][1] for i in members], batch_size):
             for i, value in zip(members[done : done + len(values)], values, strict=True):

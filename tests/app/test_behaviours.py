@@ -87,8 +87,8 @@ def test_behaviours_page_api_and_curve(client: TestClient, scored: dict[str, Any
     show = soup(client.get(f"/runs/{run}"))
     assert show.find(id="discovery") is not None and show.find(id="behaviours-link") is not None
     assert show.find(id="twin").find("a")["href"] == f"/runs/{scored['twin']}"
-    points = client.get(f"/runs/{run}/map.json").json()
-    assert all(p["behaviour"] for p in points)
+    points = client.get(f"/runs/{run}/map.json").json()["points"]
+    assert all(p["behaviour"] and p["behaviour_colour"] for p in points)
 
 
 def test_gallery_interesting_first_grouped_and_filtered(client: TestClient, scored: dict[str, Any]) -> None:
@@ -123,7 +123,7 @@ def test_label_a_behaviour_labels_its_members(client: TestClient, scored: dict[s
     client.cookies.set("steerscope_author", "ada")
     r = client.post(f"/api/behaviours/{behaviour['id']}/label", json={"label_id": label})
     assert r.status_code == 200 and r.json()["vectors"] + r.json()["generations"] >= 1
-    facets = {a["data-label"]: a for a in soup(client.get(f"/runs/{run}/gallery")).select("a.facet")}
+    facets = {a["data-label"]: a for a in soup(client.get(f"/runs/{run}/gallery")).select(".facet")}
     assert int(facets["role-play"].select_one(".facet-count").get_text()) == r.json()["vectors"]
     assert client.post("/api/behaviours/99999/label", json={"label_id": label}).status_code == 404
 
