@@ -5,8 +5,10 @@
 - rephrase: the same answer in other words;
 - "" : it changed and stayed fluent, the completions worth reading.
 
-The thresholds were chosen on the first half of a hand-labelled set of completions of the
-embedded model (tests/fixtures/flags_labelled.jsonl) and checked on its second half.
+The thresholds were chosen (a grid search) on the even rows of 156 hand-labelled completions of
+the embedded model (tests/fixtures/flags_labelled.jsonl): 85% agreement there, 96% on the odd rows,
+90% overall. The usual miss: a real change in the unsteered answer's own words (a wrong capital,
+a hedge before the same recipe) reads as a rephrase (11 of the 30 "changed" completions).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ FLAGS = ("unchanged", "rephrase", "gibberish")
 
 @dataclass(frozen=True)
 class Thresholds:
-    unchanged_effect: float = 0.03  # cosine distance below which the meaning did not move
-    rephrase_effect: float = 0.25  # ... below which it is the same answer reworded
-    gibberish_logprob: float = -4.0  # mean log-prob per token below which text is not fluent
-    gibberish_repetition: float = 0.5  # share of repeated 3-grams above which it loops
-    fluent_logprob: float = -1.5  # ordinary fluent text scores about this (for the interest score)
+    unchanged_effect: float = 0.02  # cosine distance below which the meaning did not move
+    rephrase_effect: float = 0.55  # ... below which it is the same answer reworded
+    gibberish_logprob: float = -3.0  # mean log-prob per token below which text is not fluent
+    gibberish_repetition: float = 0.35  # share of repeated 3-grams above which it loops
+    fluent_logprob: float = -1.0  # ordinary fluent text scores about this (for the interest score)
 
 
 def flag(
