@@ -4,49 +4,67 @@ A plain torch + transformers library: no web, database or app imports (an import
 checks it). The names below are the public API; everything else is an implementation detail.
 """
 
+from engine.behaviours import Behaviour, Member, cluster
 from engine.calibrate import CalibrationResult, calibrate, sweep_radius
 from engine.decoder import Decoder, Step
+from engine.detectors import Detector, detect, judge
+from engine.discovery import Completion, Findings, find
+from engine.embedder import Embedder
 from engine.errors import EngineError
 from engine.generate import GenerationRequest, GenerationResult, generate, stream
 from engine.melbo import MelboResult, VectorRecord, train_melbo
 from engine.metrics import cosine_matrix, downstream_cosine_matrix, downstream_norms, next_token_kl
 from engine.models import LoadedModel, ModelInfo, get_blocks, load_model
 from engine.prompts import encode_prompts, format_prompt, target_mask
+from engine.scores import ScoreInput, Scores, score
 from engine.specs import CalibrateSpec, ChainSpec, MelboSpec
 from engine.steering import combine, steer
 from engine.vectors import VectorFile, export_gguf, import_gguf, load_any, load_vectors, save_vectors
 
 __all__ = [
+    "Behaviour",
     "CalibrateSpec",
     "CalibrationResult",
     "ChainSpec",
+    "Completion",
     "Decoder",
+    "Detector",
+    "Embedder",
     "EngineError",
+    "Findings",
     "GenerationRequest",
     "GenerationResult",
     "LoadedModel",
     "MelboResult",
     "MelboSpec",
+    "Member",
     "ModelInfo",
+    "ScoreInput",
+    "Scores",
     "Step",
     "VectorFile",
     "VectorRecord",
     "calibrate",
+    "cluster",
     "combine",
     "cosine_matrix",
+    "detect",
     "downstream_cosine_matrix",
     "downstream_norms",
     "encode_prompts",
     "export_gguf",
+    "find",
     "format_prompt",
     "generate",
     "get_blocks",
     "import_gguf",
+    "judge",
     "load_any",
     "load_model",
     "load_vectors",
     "next_token_kl",
     "save_vectors",
+    "score",
     "steer",
     "stream",
     "sweep_radius",
