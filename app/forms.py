@@ -64,8 +64,9 @@ RUN_FIELDS = (
     "mode",
     "seed",
     "batch_size",
+    "twin",
 )
-CHECKBOXES = ("orthogonal", "normalize")
+CHECKBOXES = ("orthogonal", "normalize", "twin")
 NEEDED = ("form", "prompts", "model")  # a field without which nothing else can be checked
 
 
@@ -135,7 +136,7 @@ def run_defaults(*, model: str, prompts: str = "") -> dict[str, Any]:
     """The new-run form as it opens: the API's defaults (themselves the engine's), blank for auto."""
     fields = schemas.MelboCreate.model_fields
     values = {name: _text(fields[name].default) for name in RUN_FIELDS}
-    return {**values, "model": model, "prompts": prompts}
+    return {**values, "model": model, "prompts": prompts, "twin": True}  # a new run gets its twin
 
 
 def run_help() -> dict[str, str]:

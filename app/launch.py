@@ -43,8 +43,27 @@ def check_melbo(service: Service, body: schemas.MelboCreate) -> dict[str, Any]:
 
 
 def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "") -> Job:
+    """The run's job (and, with `twin`, its random twin's, queued right behind it)."""
     checked = check_melbo(service, body)
-    return _queue(service, body.method, checked, priority=body.priority, owner=owner)
+    with service.db.session() as session:
+        model = store.upsert_model(session, checked["model"])
+        job = store.create_run(
+            session, kind=body.method, spec=checked["spec"], model=model, priority=body.priority, owner=owner
+        )
+        if body.twin and body.method == "melbo":
+            # The same settings with no training steps: the same prompts give the same default R (a
+            # fixed share of their residual norm), so its vectors are the baseline for beyond-random.
+            store.create_run(
+                session,
+                kind="random",
+                spec={**checked["spec"], "method": "random"},
+                model=model,
+                priority=body.priority,
+                owner=owner,
+                twin_of=job.run_id,
+            )
+    service.notify()
+    return job
 
 
 def start_chain(service: Service, body: schemas.ChainCreate, *, owner: str = "") -> Job:

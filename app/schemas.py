@@ -61,7 +61,15 @@ class MelboCreate(Body):
     )
     seed: Whole = Field(0, description="Seed of the random starts; same seed, same vectors.")
     batch_size: Whole = Field(16, description="Vectors trained together in fast mode.")
+    twin: bool = Field(
+        False,
+        description="Also train a random twin: random vectors at the same R and prompts, the baseline "
+        "that scores compare against.",
+    )
     priority: Whole = Field(0, description="Higher runs first.")
+
+    def spec(self, *, exclude: set[str] | None = None) -> dict[str, Any]:
+        return super().spec(exclude={"twin", *(exclude or set())})
 
 
 class ChainCreate(Body):

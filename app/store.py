@@ -42,6 +42,7 @@ def create_run(
     parent_vector_id: int | None = None,
     priority: int = 0,
     owner: str = "",
+    twin_of: int | None = None,
 ) -> Job:
     """A run of `kind` with its validated spec, and the queued job that will carry it out."""
     run = Run(
@@ -57,6 +58,7 @@ def create_run(
         target=spec.get("target"),
         radius=spec.get("radius"),
         result={},
+        twin_of=twin_of,
     )
     session.add(run)
     return jobs.enqueue(session, run=run, priority=priority, owner=owner)

@@ -12,7 +12,7 @@ from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.models import Behaviour, Generation, Run, Vector
+from app.models import Behaviour, Generation, Job, Run, Vector
 from tests.app.conftest import wait_job
 from tests.app.helpers import score_run
 
@@ -32,14 +32,32 @@ def start(client: TestClient, **body: Any) -> int:
 
 @pytest.fixture(scope="module")
 def scored(client: TestClient) -> dict[str, Any]:
-    learned = start(client)
-    twin = start(client, method="random")
+    learned = start(client, twin=True)
     service = client.app.state.service
     with service.db.session() as session:
-        session.get(Run, twin).twin_of = learned  # type: ignore[union-attr]
+        twin_run = session.scalars(select(Run).where(Run.twin_of == learned)).one()
+        twin, twin_job = twin_run.id, session.scalars(select(Job).where(Job.run_id == twin_run.id)).one().id
+    assert wait_job(client, twin_job)["status"] == "succeeded"
     done = score_run(service, learned)
     rows, payload = done["rows"], done["payload"]
     return {"run": learned, "twin": twin, "rows": rows, "payload": payload}
+
+
+def test_the_random_twin_shares_r_prompts_and_settings(client: TestClient, scored: dict[str, Any]) -> None:
+    with client.app.state.service.db.session() as session:
+        learned, twin = session.get(Run, scored["run"]), session.get(Run, scored["twin"])
+        assert learned is not None and twin is not None
+        assert (twin.kind, twin.twin_of, twin.status) == ("random", learned.id, "succeeded")
+        assert twin.radius is not None and twin.radius == pytest.approx(learned.radius, rel=1e-9)
+        assert (twin.prompts, twin.source, twin.target) == (learned.prompts, learned.source, learned.target)
+        assert {k: v for k, v in twin.spec.items() if k != "method"} == {
+            k: v for k, v in learned.spec.items() if k != "method"
+        }
+        assert len(twin.vectors) == len(learned.vectors) == 4
+    # Without asking for one there is no twin.
+    plain = start(client)
+    with client.app.state.service.db.session() as session:
+        assert session.scalars(select(Run).where(Run.twin_of == plain)).first() is None
 
 
 def test_completions_to_score_are_the_run_and_its_twin(scored: dict[str, Any]) -> None:
