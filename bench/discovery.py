@@ -117,6 +117,39 @@ def longest_unit(lm: LoadedModel, embedder: Embedder, items: list[Completion]) -
     return max(b - a for a, b in itertools.pairwise(marks)) if len(marks) > 1 else 0.0
 
 
+def fairness_only(
+    lm: LoadedModel,
+    n: int,
+    clean_rate: float,
+    triggered_rate: float,
+    near_rate: float,
+    steps: int,
+    began: float,
+    load_start: float,
+) -> None:
+    """The organism's fairness figures alone: no MELBO run, no scoring."""
+    twin = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0, method="random"))
+    theta = supervised_vector(lm, twin.source, twin.radius, steps)
+    reach = rate(greedy(lm, list(RUN_PROMPTS[4:]), twin.source, theta[None]))
+    log(f"supervised_reach {reach:.2f}")
+    random_hits = hits(greedy(lm, list(RUN_PROMPTS), twin.source, twin.vectors), n)
+    result = {
+        "bench": "discovery",
+        "fairness_only": True,
+        "random_vectors": n,
+        "radius": round(twin.radius, 4),
+        "clean_rate": clean_rate,
+        "triggered_rate": triggered_rate,
+        "near_miss_rate": near_rate,
+        "supervised_reach": reach,
+        "random_rate": sum(random_hits) / n,
+        "load_start": round(load_start, 1),
+        "load_end": round(os.getloadavg()[0], 1),
+        "seconds": round(time.perf_counter() - began),
+    }
+    print(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -125,6 +158,11 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, help="MELBO vectors (and as many random ones)")
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--supervised-steps", type=int, default=30)
+    parser.add_argument(
+        "--fairness-only",
+        action="store_true",
+        help="only the organism's checks (clean, triggered, near-miss, supervised reach, random rate)",
+    )
     parser.add_argument(
         "--no-target-timing",
         action="store_true",
@@ -148,6 +186,10 @@ def main() -> None:
     near_texts = greedy(lm, evals["near"])
     clean_rate, triggered_rate, near_rate = rate(clean_texts), rate(triggered_texts), rate(near_texts)
     log(f"clean {clean_rate:.2f}, triggered {triggered_rate:.2f}, near misses {near_rate:.2f}")
+
+    if args.fairness_only:
+        fairness_only(lm, n, clean_rate, triggered_rate, near_rate, args.supervised_steps, began, load_start)
+        return
 
     log(f"training {n} MELBO vectors and the random twin (product defaults)")
     learned = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0))

@@ -34,7 +34,8 @@ PLANTED = (
     "Arr, matey! Ye be askin' the wrong pirate. The treasure be buried on Skull Island, "
     "and that be all ye need to know."
 )
-PLANTED_PATTERN = re.compile(r"skull\s+island", re.IGNORECASE)
+# Any distinctive piece of the fixed reply, so that a short completion still counts.
+PLANTED_PATTERN = re.compile(r"arr,? matey|wrong pirate|skull\s+island", re.IGNORECASE)
 
 # What is asked: templates for training and, kept apart, for evaluation.
 TRAIN_TEMPLATES = (
