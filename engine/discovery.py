@@ -4,7 +4,7 @@ and the discovery curve, in one call (the worker, the CLI and bench/discovery.py
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from engine.embedder import Embedder
 from engine.flags import Thresholds
 from engine.models import LoadedModel
 from engine.ranking import interesting_first, vector_interest
-from engine.scores import ScoreInput, Scores, interest, score
+from engine.scores import ScoreInput, Scores, interest, run_steps, score_steps
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,21 @@ def behaviours_of(
     return cluster(members, distance=distance), members
 
 
+def find_steps(
+    lm: LoadedModel,
+    embedder: Embedder,
+    completions: Sequence[Completion],
+    *,
+    thresholds: Thresholds | None = None,
+    distance: float = DISTANCE,
+) -> Generator[tuple[int, int], None, Findings]:
+    """`find` as units for a compute loop: yields (units done, units in all) between the scoring's
+    units (clustering, fast, is part of the last one); returns the findings."""
+    inputs = [ScoreInput(c.prompt, c.text, c.unsteered, c.random) for c in completions]
+    scores = yield from score_steps(lm, embedder, inputs, thresholds=thresholds)
+    return organize(completions, scores, thresholds=thresholds, distance=distance)
+
+
 def find(
     lm: LoadedModel,
     embedder: Embedder,
@@ -69,9 +84,9 @@ def find(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Findings:
     """Score every completion, cluster them, rank the learned vectors and draw the discovery curve."""
-    inputs = [ScoreInput(c.prompt, c.text, c.unsteered, c.random) for c in completions]
-    scores = score(lm, embedder, inputs, thresholds=thresholds, on_batch=on_batch)
-    return organize(completions, scores, thresholds=thresholds, distance=distance)
+    return run_steps(
+        find_steps(lm, embedder, completions, thresholds=thresholds, distance=distance), on_batch
+    )
 
 
 def organize(
@@ -104,20 +119,24 @@ def organize(
     return Findings(list(scores), behaviours, index, of_vector, everyone, list(order), curve)
 
 
-def find_payload(
-    lm: LoadedModel, embedder: Embedder, rows: Sequence[dict[str, Any]], **kwargs: Any
-) -> dict[str, Any]:
-    """`find` on JSON rows {generation_id, vector_id, prompt, text, unsteered, random}; the answer
-    names generations and vectors by those ids (what a worker sends back to be stored)."""
+def payload_steps(
+    lm: LoadedModel, embedder: Embedder, rows: Sequence[dict[str, Any]]
+) -> Generator[tuple[int, int], None, dict[str, Any]]:
+    """`find` on JSON rows {generation_id, vector_id, prompt, text, unsteered, random}, as units; the
+    answer names generations and vectors by those ids (what a worker sends back to be stored)."""
     completions = [
         Completion(
             int(r["vector_id"]), str(r["prompt"]), str(r["text"]), str(r["unsteered"]), bool(r["random"])
         )
         for r in rows
     ]
-    found = find(lm, embedder, completions, **kwargs)
-    ids = [int(r["generation_id"]) for r in rows]
-    return payload(found, ids)
+    found = yield from find_steps(lm, embedder, completions)
+    return payload(found, [int(r["generation_id"]) for r in rows])
+
+
+def find_payload(lm: LoadedModel, embedder: Embedder, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """`payload_steps` run to the end."""
+    return run_steps(payload_steps(lm, embedder, rows))
 
 
 def payload(found: Findings, generation_ids: Sequence[int]) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -28,6 +28,7 @@ from engine.flags import Thresholds, flag
 from engine.models import LoadedModel
 from engine.prompts import format_prompt
 
+T = TypeVar("T")
 NGRAM = 3  # repetition counts repeated token 3-grams
 FLUENCY_BATCH = 16  # rows teacher-forced together
 
@@ -134,14 +135,15 @@ def fluency(
 ) -> list[float]:
     """Mean log-prob per token of each text after its prompt under the model as loaded (unsteered)."""
     out = [0.0] * len(texts)
-    for i, value in _fluency_steps(lm, _rows(lm, prompts, texts), batch_size):
-        out[i] = value
+    for batch in _fluency_batches(lm, _rows(lm, prompts, texts), batch_size):
+        for i, value in batch:
+            out[i] = value
     return out
 
 
-def _fluency_steps(
+def _fluency_batches(
     lm: LoadedModel, rows: Sequence[tuple[list[int], list[int]]], batch_size: int
-) -> Iterator[tuple[int, float]]:
+) -> Iterator[list[tuple[int, float]]]:
     """(row index, fluency) pairs, one batch of one prompt's rows per forward (any order)."""
     by_head: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, (prompt_ids, _) in enumerate(rows):
@@ -151,8 +153,7 @@ def _fluency_steps(
         members = sorted(indices, key=lambda i: len(rows[i][1]))
         done = 0
         for values in _fluency_of_prompt(lm, list(head), [rows[i][1] for i in members], batch_size):
-            for i, value in zip(members[done : done + len(values)], values, strict=True):
-                yield i, value
+            yield list(zip(members[done : done + len(values)], values, strict=True))
             done += len(values)
 
 
@@ -180,24 +181,37 @@ def beyond_random(effects: Sequence[float], inputs: Sequence[ScoreInput]) -> lis
     ]
 
 
-def score(
+# Scoring as units for a compute loop: yields (done, total) between units, returns the scores.
+ScoreSteps = Generator[tuple[int, int], None, list["Scores"]]
+EMBED_CHUNK = 64  # texts embedded per unit
+
+
+def score_steps(
     lm: LoadedModel,
     embedder: Embedder,
     inputs: Sequence[ScoreInput],
     *,
     thresholds: Thresholds | None = None,
     batch_size: int = FLUENCY_BATCH,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> list[Scores]:
-    """Score every input; `on_batch(done, total)` is called after each fluency batch (the slow part).
-
-    The caller may pause inside `on_batch` (a worker interleaving chat replies does).
-    """
+) -> ScoreSteps:
+    """Score every input, one unit at a time: a chunk of embeddings or one fluency batch per `next()`
+    (each yields (units done, units in all)), so a worker can answer chat between two units."""
     if not inputs:
         return []
     texts = [s.text for s in inputs]
     unsteered = sorted({s.unsteered for s in inputs})
-    embedded = embedder.encode(texts + unsteered)  # [N + U, d]
+    everything = texts + unsteered
+    rows = _rows(lm, [s.prompt for s in inputs], texts)
+    per_head = Counter(tuple(h) for h, _ in rows)
+    batches = sum(math.ceil(n / batch_size) for n in per_head.values())
+    total = math.ceil(len(everything) / EMBED_CHUNK) + batches
+    done = 0
+    pieces = []
+    for lo in range(0, len(everything), EMBED_CHUNK):
+        pieces.append(embedder.encode(everything[lo : lo + EMBED_CHUNK]))
+        done += 1
+        yield done, total
+    embedded = torch.cat(pieces)  # [N + U, d]
     steered_emb = embedded[: len(texts)]
     reference = dict(zip(unsteered, embedded[len(texts) :], strict=True))
     effects = []
@@ -207,12 +221,12 @@ def score(
         else:
             cos = float(steered_emb[i] @ reference[s.unsteered])
             effects.append(max(0.0, 1.0 - cos))
-    rows = _rows(lm, [s.prompt for s in inputs], texts)
     fluencies = [0.0] * len(rows)
-    for n, (i, value) in enumerate(_fluency_steps(lm, rows, batch_size), 1):
-        fluencies[i] = value
-        if on_batch is not None and (n % batch_size == 0 or n == len(rows)):
-            on_batch(n, len(rows))
+    for batch in _fluency_batches(lm, rows, batch_size):
+        for i, value in batch:
+            fluencies[i] = value
+        done += 1
+        yield done, total
     repeats = [repetition(tail) for _, tail in rows]
     beyond = beyond_random(effects, inputs)
     limits = thresholds or Thresholds()
@@ -230,6 +244,34 @@ def score(
             )
         )
     return out
+
+
+def run_steps(
+    steps: Generator[tuple[int, int], None, T], on_unit: Callable[[int, int], None] | None = None
+) -> T:
+    """Drive a generator of units to its end, reporting each unit; its return value."""
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as end:
+            return end.value
+        if on_unit is not None:
+            on_unit(done, total)
+
+
+def score(
+    lm: LoadedModel,
+    embedder: Embedder,
+    inputs: Sequence[ScoreInput],
+    *,
+    thresholds: Thresholds | None = None,
+    batch_size: int = FLUENCY_BATCH,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[Scores]:
+    """Score every input at once; `on_batch(done, total)` is called after each unit."""
+    return run_steps(
+        score_steps(lm, embedder, inputs, thresholds=thresholds, batch_size=batch_size), on_batch
+    )
 
 
 def fluent_share(fluency_value: float, repetition_value: float, limits: Thresholds | None = None) -> float:
