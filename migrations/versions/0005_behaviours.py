@@ -16,6 +16,25 @@ branch_labels = None
 depends_on = None
 
 
+# SQLite's batch mode rebuilds the generations table, which drops the triggers that keep its
+# full-text index (0003) in step: they are created again after each rebuild.
+FTS_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS generations_fts_insert AFTER INSERT ON generations BEGIN "
+    "INSERT INTO generations_fts(rowid, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS generations_fts_delete AFTER DELETE ON generations BEGIN "
+    "INSERT INTO generations_fts(generations_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS generations_fts_update AFTER UPDATE OF text ON generations BEGIN "
+    "INSERT INTO generations_fts(generations_fts, rowid, text) VALUES ('delete', old.id, old.text); "
+    "INSERT INTO generations_fts(rowid, text) VALUES (new.id, new.text); END",
+)
+
+
+def restore_search_index() -> None:
+    for statement in FTS_TRIGGERS:
+        op.execute(statement)
+    op.execute("INSERT INTO generations_fts(generations_fts) VALUES ('rebuild')")
+
+
 def upgrade() -> None:
     op.create_table(
         "behaviours",
@@ -71,6 +90,7 @@ def upgrade() -> None:
         batch_op.create_foreign_key(
             "fk_generations_behaviour_id", "behaviours", ["behaviour_id"], ["id"], ondelete="SET NULL"
         )
+    restore_search_index()
     with op.batch_alter_table("vectors", schema=None) as batch_op:
         batch_op.add_column(sa.Column("interest", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("rank", sa.Integer(), nullable=True))
@@ -113,6 +133,7 @@ def downgrade() -> None:
             "effect",
         ):
             batch_op.drop_column(name)
+    restore_search_index()
     op.drop_index(op.f("ix_detector_scores_generation_id"), table_name="detector_scores")
     op.drop_index("ix_detector_scores_rank", table_name="detector_scores")
     op.drop_table("detector_scores")

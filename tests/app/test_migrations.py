@@ -18,6 +18,8 @@ def test_empty_database_upgrades_and_matches_the_models(tmp_path: Path) -> None:
     assert set(Base.metadata.tables) <= tables
     dbmod.check(url)  # `alembic check`: the models and the migrations agree
     with database.engine.connect() as conn:
+        triggers = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))}
+        assert {f"generations_fts_{t}" for t in ("insert", "delete", "update")} <= triggers
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == dbmod.BUSY_TIMEOUT_MS
@@ -63,6 +65,12 @@ def test_a_database_populated_at_the_first_revision_upgrades_to_head(tmp_path: P
         generation = session.get(Generation, 1)
         assert generation is not None and (generation.flag, generation.effect) == ("", None)  # 0005
         assert (vector.rank, vector.behaviour_id, session.get(Run, 1).twin_of) == (None, None, None)
+        # The full-text index survived 0004's rebuild of the generations table, old rows and new.
+        found = "SELECT rowid FROM generations_fts WHERE generations_fts MATCH :q"
+        assert session.execute(text(found), {"q": '"x"'}).scalars().all() == [1]
+        generation.text = "a pomegranate"
+        session.flush()
+        assert session.execute(text(found), {"q": "pomegranate"}).scalars().all() == [1]
     database.close()
 
 
