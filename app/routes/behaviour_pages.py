@@ -14,6 +14,7 @@ from sqlalchemy import select
 from app import detectors, findings, labels, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid, NotFound
+from app.fields import Whole, whole
 from app.models import Behaviour, Generation, Vector
 from app.routes.label_pages import AuthorCookie
 from app.routes.run_pages import render
@@ -45,7 +46,7 @@ def behaviour_out(b: Behaviour, exemplar: Generation | None) -> dict[str, Any]:
 
 @router.get("/runs/{run_id}/behaviours", response_class=HTMLResponse, include_in_schema=False)
 def behaviours_page(
-    run_id: int, request: Request, session: SessionDep, author: AuthorCookie = None
+    run_id: Whole, request: Request, session: SessionDep, author: AuthorCookie = None
 ) -> HTMLResponse:
     run = store.get_run(session, run_id)
     found = findings.behaviours_of(session, run.id)
@@ -61,7 +62,7 @@ def behaviours_page(
 
 
 @router.get("/api/runs/{run_id}/behaviours", tags=["behaviours"], summary="A run's behaviours, biggest first")
-def list_behaviours(run_id: int, session: SessionDep) -> list[dict[str, Any]]:
+def list_behaviours(run_id: Whole, session: SessionDep) -> list[dict[str, Any]]:
     found = findings.behaviours_of(session, store.get_run(session, run_id).id)
     examples = findings.exemplars(session, found)
     return [behaviour_out(b, examples.get(b.exemplar_id or -1)) for b in found]
@@ -70,7 +71,7 @@ def list_behaviours(run_id: int, session: SessionDep) -> list[dict[str, Any]]:
 @router.get(
     "/api/runs/{run_id}/discovery", tags=["behaviours"], summary="Distinct behaviours vs vectors tried"
 )
-def discovery(run_id: int, session: SessionDep) -> dict[str, Any]:
+def discovery(run_id: Whole, session: SessionDep) -> dict[str, Any]:
     """The discovery curve: behaviours (clusters) shown by the first k learned and random vectors."""
     run = store.get_run(session, run_id)
     curve = run.result.get("discovery") or {"learned": [], "random": []}
@@ -79,12 +80,12 @@ def discovery(run_id: int, session: SessionDep) -> dict[str, Any]:
 
 class BehaviourLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    label_id: int
+    label_id: Whole
 
 
 @router.post("/api/behaviours/{behaviour_id}/label", tags=["behaviours"], summary="Label every member")
 def label_behaviour(
-    behaviour_id: int, body: BehaviourLabel, service: ServiceDep, author: AuthorCookie = None
+    behaviour_id: Whole, body: BehaviourLabel, service: ServiceDep, author: AuthorCookie = None
 ) -> dict[str, Any]:
     """Put the label on the run's vectors this is the main behaviour of and on each of the run's
     completions in it (the random twin's members stay unlabelled: they are the baseline)."""
@@ -129,7 +130,7 @@ async def save_detector_form(request: Request, service: ServiceDep) -> Response:
     try:
         with service.db.session() as session:
             if form.get("delete"):
-                detectors.delete_detector(session, int(str(form.get("id", "0")) or 0))
+                detectors.delete_detector(session, whole(str(form.get("id", "")), "id"))
             else:
                 edit = detectors.DetectorEdit(
                     name=str(form.get("name", "")),
@@ -166,7 +167,7 @@ def create_detector(body: detectors.DetectorEdit, service: ServiceDep) -> dict[s
 @router.post(
     "/api/detectors/{detector_id}/runs/{run_id}", tags=["detectors"], summary="Score a run's completions"
 )
-async def run_detector(detector_id: int, run_id: int, service: ServiceDep) -> dict[str, Any]:
+async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -> dict[str, Any]:
     """A regex is answered at once; a judge question is sent to the worker."""
     with service.db.session() as session:
         detector = detectors.get(session, detector_id)
