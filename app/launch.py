@@ -58,7 +58,7 @@ def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "")
                 kind="random",
                 spec={**checked["spec"], "method": "random"},
                 model=model,
-                priority=body.priority,
+                priority=body.priority - 1,  # what the user asks for next goes first; the baseline waits
                 owner=owner,
                 twin_of=job.run_id,
             )
