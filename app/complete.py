@@ -11,17 +11,22 @@ from app.models import Job, Vector
 GALLERY_KINDS = ("melbo", "random", "chain")
 
 
-def missing(session: Session, job: Job, *, reported: set[int], lost: bool, gallery_tokens: int) -> str:
+def missing(
+    session: Session, job: Job, *, reported: set[int], lost: bool, answered: bool, gallery_tokens: int
+) -> str:
     """What the job's run lacks, in words; empty when everything it reported (and owes) is stored.
 
     - no event of this attempt failed to be stored;
     - every vector the attempt reported is stored, and a MELBO run has as many as it asked for
       (a chain may stop early by itself, so its length is what it reported);
-    - every vector of a run with a gallery has its sample on every prompt, beside the unsteered one.
+    - every vector of a run with a gallery has its sample on every prompt, beside the unsteered one;
+    - a scoring or judging run stored its answer.
     """
     run = job.run
     if lost:
         return "a result the worker sent could not be stored"
+    if run.kind in ("score", "detect"):
+        return "" if answered else "the answer is not stored"
     stored = set(session.scalars(select(Vector.index).where(Vector.run_id == run.id)))
     absent = sorted(reported - stored)
     if absent:

@@ -12,7 +12,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Invalid, NotFound
-from app.models import Detector, DetectorScore, Generation, Vector
+from app.models import Detector, DetectorScore, Generation, Job, LanguageModel, Run, Vector
+from app.store import create_run
 
 MAX_PATTERN = 1000
 
@@ -107,3 +108,21 @@ def counts(session: Session, run_id: int, threshold: float) -> dict[int, int]:
         .group_by(DetectorScore.detector_id)
     ).all()
     return {int(d): int(n) for d, n in rows}
+
+
+def queue_judging(
+    session: Session, detector: Detector, run: Run, model: LanguageModel, *, priority: int = 0
+) -> Job:
+    """A job asking the judge model the detector's question about each of the run's completions
+    (a `detect` run; the worker answers in batches, the scores land like a regex's)."""
+    if not run_texts(session, run.id):
+        raise Invalid(f"run {run.id} has no steered completions to judge")
+    spec = {"model": model.name, "prompts": [], "question": detector.pattern}
+    return create_run(
+        session,
+        kind="detect",
+        spec=spec,
+        model=model,
+        inputs={"for_run": run.id, "detector_id": detector.id},
+        priority=priority,
+    )

@@ -3,6 +3,8 @@ interest and interesting-first rank, and the discovery curve (in the run's resul
 
 The worker scores a run's gallery completions together with its random twin's (engine/discovery.py)
 and names generations and vectors by id; this module builds what it is sent and stores the answer.
+Scoring is a job of its own (a `score` run, `inputs.for_run` naming the run it scores): queued by
+itself when a learned run and its twin have finished, or on request.
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, aliased
 
-from app.models import Behaviour, Generation, Run, Vector
+from app.errors import Invalid
+from app.models import Behaviour, Generation, Job, LanguageModel, Run, Vector
+from app.store import create_run
 
 FLAG_LABELS = ("unchanged", "rephrase", "gibberish")  # flags that have a label of the same name
+AUTO_SCORED = ("melbo", "chain")  # learned runs, scored by themselves once their gallery is done
+NOT_SCORED = ("calibrate", "generate", "score", "detect")  # bookkeeping runs have no gallery of their own
+LIVE = ("queued", "running")
 
 
 def twin_of(session: Session, run: Run) -> Run | None:
@@ -53,6 +60,58 @@ def completions(session: Session, run: Run) -> list[dict[str, Any]]:
         }
         for g, run_id, unsteered in rows
     ]
+
+
+def scoring_job(session: Session, run: Run) -> Job | None:
+    """The queued or running job that scores this run, if any."""
+    return session.scalars(
+        select(Job)
+        .join(Run, Job.run_id == Run.id)
+        .where(Run.kind == "score", Run.inputs["for_run"].as_integer() == run.id, Job.status.in_(LIVE))
+        .order_by(Job.id)
+        .limit(1)
+    ).first()
+
+
+def queue_scoring(session: Session, run: Run, *, priority: int = 0, owner: str = "") -> Job:
+    """A job scoring the run's gallery (and its twin's); the one already waiting if there is one.
+    Refused, writing nothing, when the run has nothing to score."""
+    if run.kind in NOT_SCORED:
+        raise Invalid(f"run {run.id} is a {run.kind} run: it has no gallery of its own to score")
+    pending = scoring_job(session, run)
+    if pending is not None:
+        return pending
+    if not completions(session, run):
+        raise Invalid(f"run {run.id} has no greedy gallery samples (scale 1) beside unsteered ones to score")
+    model = session.get(LanguageModel, run.model_id) if run.model_id is not None else None
+    if model is None:
+        raise Invalid(f"run {run.id} has not been started on a model yet")
+    spec = {"model": run.model_name, "prompts": list(run.prompts), "run_id": run.id}
+    return create_run(
+        session,
+        kind="score",
+        spec=spec,
+        model=model,
+        inputs={"for_run": run.id},
+        priority=priority,
+        owner=owner,
+    )
+
+
+def score_when_done(session: Session, finished: Run) -> Job | None:
+    """After a run's job ends: queue the scoring of the learned run it completes, once the learned
+    run succeeded and its random twin (if it has one) is no longer queued or running."""
+    learned = session.get(Run, finished.twin_of) if finished.twin_of is not None else finished
+    if learned is None or learned.kind not in AUTO_SCORED or learned.status != "succeeded":
+        return None
+    twin = twin_of(session, learned)
+    if twin is not None and twin.status in LIVE:
+        return None
+    own = session.scalars(select(Job).where(Job.run_id == learned.id).order_by(Job.id.desc())).first()
+    try:
+        return queue_scoring(session, learned, priority=own.priority if own else 0)
+    except Invalid:
+        return None  # nothing to score (no prompts, no vectors): not a fault of anyone's
 
 
 def store(session: Session, run: Run, found: dict[str, Any]) -> list[Behaviour]:

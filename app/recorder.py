@@ -25,11 +25,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import complete, jobs, store
+from app import complete, detectors, findings, jobs, store
 from app.broker import Broker
 from app.db import Database
 from app.executor import Event
-from app.models import Job, LanguageModel, Vector, now
+from app.models import Detector, Job, LanguageModel, Run, Vector, now
 
 log = logging.getLogger(__name__)
 FIRST_RETRY_S, LAST_RETRY_S = 0.05, 2.0  # back-off between tries of a write the database refused
@@ -68,6 +68,7 @@ class Recorder:
         self.retries = 0  # writes the database refused for a while (each was tried again)
         self.reported: dict[Attempt, set[int]] = defaultdict(set)  # vector indexes each attempt sent
         self.incomplete: set[Attempt] = set()  # attempts with an event that could not be stored
+        self.answered: set[Attempt] = set()  # scoring and judging attempts whose answer is stored
 
     # lifecycle
 
@@ -149,6 +150,8 @@ class Recorder:
         if kind == "finished":
             self.reported.pop(attempt, None)
             self.incomplete.discard(attempt)
+            self.answered.discard(attempt)
+            self.later(lambda: self._score_when_done(attempt[0]))
             self.wake()
 
     def _apply(self, kind: Any, attempt: Attempt, event: Event) -> list[tuple[int, dict[str, Any]]]:
@@ -221,6 +224,28 @@ class Recorder:
             job.run.radius = float(event["radius"])
         return {"result": job.run.result}
 
+    def _findings(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
+        run = session.get(Run, int(job.run.inputs["for_run"]))
+        if run is None:
+            raise LookupError(f"run {job.run.inputs['for_run']} is gone: its findings cannot be stored")
+        found = event["found"]
+        behaviours = findings.store(session, run, found)
+        self.answered.add((job.id, job.attempts))
+        return {
+            "run_id": run.id,
+            "scored": len(found["scores"]),
+            "behaviours": sum(b.kind == "cluster" for b in behaviours),
+        }
+
+    def _detections(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
+        detector = int(job.run.inputs["detector_id"])
+        # A detector deleted while its judge ran has nowhere to keep the scores: nothing is owed.
+        stored = (
+            detectors.store_scores(session, detector, event["rows"]) if session.get(Detector, detector) else 0
+        )
+        self.answered.add((job.id, job.attempts))
+        return {"run_id": int(job.run.inputs["for_run"]), "scored": stored}
+
     def _finished(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
         status = event["status"]
         if status == "succeeded":
@@ -230,6 +255,7 @@ class Recorder:
                 job,
                 reported=self.reported.get(attempt, set()),
                 lost=attempt in self.incomplete,
+                answered=attempt in self.answered,
                 gallery_tokens=self.gallery_tokens,
             )
             if missing:
@@ -250,6 +276,23 @@ class Recorder:
         jobs.transition(job, "queued", message=f"{missing}; running again to redo it")
         self.wake()
         return {"type": "status", "status": "queued", "message": job.message}
+
+    def _score_when_done(self, job_id: int) -> None:
+        """A learned run (with its twin) is done: queue its scoring. Its own transaction, after the
+        job's end is stored, so a fault here never keeps a finished job from being recorded."""
+        try:
+            with self.db.session() as session:
+                job = session.get(Job, job_id)
+                if job is None or job.status not in jobs.FINISHED or job.run.kind in ("score", "detect"):
+                    return
+                queued = findings.score_when_done(session, job.run)
+        except OperationalError:
+            raise  # busy: tried again
+        except Exception:
+            log.exception("could not queue the scoring after job %s", job_id)
+            return
+        if queued is not None:
+            self.wake()
 
     def _worker_died(self, event: Event) -> None:
         if event.get("job") is None:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import jobs, store
+from app import detectors, findings, jobs, store
 from app.broker import Broker
 from app.db import Database
 from app.errors import Invalid, Unavailable, WorkerFailed
@@ -145,11 +145,17 @@ class Service:
             (v.id, v.block, v.values)
             for v in (store.get_vector(session, i) for i in run.inputs.get("vector_ids", []))
         ]
+        spec = run.spec
+        if run.kind == "score":  # the completions as they are now: the twin's gallery included
+            scored = store.get_run(session, int(run.inputs["for_run"]))
+            spec = {**spec, "rows": findings.completions(session, scored)}
+        if run.kind == "detect":  # the run's completions as they are now, each with its id
+            spec = {**spec, "rows": detectors.run_texts(session, int(run.inputs["for_run"]))}
         return Order(
             job_id=job.id,
             attempt=job.attempts,
             kind=run.kind,
-            spec=run.spec,
+            spec=spec,
             done=[v.values for v in run.vectors],
             theta0=theta0,
             vectors=vectors,

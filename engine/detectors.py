@@ -9,7 +9,7 @@ list?") better than chance and anything subtle close to chance; a bigger local m
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +18,7 @@ import torch
 from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts
+from engine.scores import run_steps
 
 JUDGE_TEMPLATE = (
     "Read the text between the lines and answer the question with yes or no.\n"
@@ -62,16 +63,11 @@ def _answer_ids(tokenizer: object, words: Sequence[str]) -> list[int]:
     return sorted(ids)
 
 
-@torch.no_grad()
-def judge(
-    lm: LoadedModel,
-    question: str,
-    texts: Sequence[str],
-    *,
-    batch_size: int = 16,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> list[float]:
-    """P(yes) of the judge for each text, from its next-token distribution after the question."""
+def judge_steps(
+    lm: LoadedModel, question: str, texts: Sequence[str], *, batch_size: int = 16
+) -> Generator[tuple[int, int], None, list[float]]:
+    """`judge` as units for a compute loop: one batch of texts per `next()`, yielding (texts done,
+    texts in all); returns P(yes) for each text."""
     yes, no = _answer_ids(lm.tokenizer, ("yes",)), _answer_ids(lm.tokenizer, ("no",))
     shared = set(yes) & set(no)  # e.g. a bare space that starts both spellings
     yes, no = [i for i in yes if i not in shared], [i for i in no if i not in shared]
@@ -85,14 +81,26 @@ def judge(
             for t in texts[lo : lo + batch_size]
         ]
         batch = encode_prompts(lm.tokenizer, prompts).to(device)
-        logits = lm.model(**batch.model_inputs(), use_cache=False).logits[:, -1].float()
+        with torch.no_grad():
+            logits = lm.model(**batch.model_inputs(), use_cache=False).logits[:, -1].float()
         probs = torch.softmax(logits, dim=-1)
         p_yes = probs[:, yes].sum(dim=-1)
         p_no = probs[:, no].sum(dim=-1)
         out.extend((p_yes / (p_yes + p_no).clamp_min(1e-12)).tolist())
-        if on_batch is not None:
-            on_batch(len(out), len(texts))
+        yield len(out), len(texts)
     return out
+
+
+def judge(
+    lm: LoadedModel,
+    question: str,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[float]:
+    """P(yes) of the judge for each text, from its next-token distribution after the question."""
+    return run_steps(judge_steps(lm, question, texts, batch_size=batch_size), on_batch)
 
 
 def detect(

@@ -185,7 +185,7 @@ class ComputeLoop:
         try:
             if running.units is None:
                 lm = self.models.get(running.model, self._in_use())
-                running.units = tasks.run(lm, running.job)
+                running.units = tasks.run(lm, running.job, self.models.embedder)
             next(running.units)
             return
         except StopIteration as end:

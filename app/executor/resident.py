@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import LoadedModel, load_model
+from engine.embedder import Embedder
 
 
 class Resident:
@@ -14,6 +15,7 @@ class Resident:
         self.config = config
         self.loaded: dict[str, LoadedModel] = {}
         self.on_change = on_change  # told the names held after every load (a scheduler routes by them)
+        self._embedder: Embedder | None = None
 
     def get(self, name: str, in_use: set[str]) -> LoadedModel:
         """The model `name`, loading it if needed; models not in `in_use` may be evicted for it."""
@@ -26,3 +28,9 @@ class Resident:
             self.loaded[name] = lm
             self.on_change(sorted(self.loaded))
         return self.loaded[name]
+
+    def embedder(self) -> Embedder:
+        """The sentence-embedding model that scoring uses: loaded on first use and kept (90 MB)."""
+        if self._embedder is None:
+            self._embedder = Embedder(device=self.config["device"])
+        return self._embedder

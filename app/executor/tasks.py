@@ -29,6 +29,10 @@ from engine import (
 )
 from engine.calibrate import Calibrator
 from engine.chains import ChainTrainer
+from engine.detectors import judge_steps
+from engine.discovery import payload_steps
+from engine.embedder import Embedder
+from engine.errors import EngineError
 from engine.melbo import MelboTrainer
 from engine.metrics import next_token_kl
 from engine.progress import Progress
@@ -88,8 +92,9 @@ def _left(seconds: float | None) -> str:
     return f" · about {seconds:.0f} s left" if seconds < 120 else f" · about {seconds / 60:.0f} min left"
 
 
-def run(lm: LoadedModel, job: Job) -> Units:
-    """Carry out the order, one unit per `next()`; returns True if it was cancelled."""
+def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
+    """Carry out the order, one unit per `next()`; returns True if it was cancelled. `embedder`
+    gives the worker's sentence-embedding model (loaded when scoring first needs it)."""
     kind = job.order.kind
     job.event("started", model=lm.info.to_dict())
     if kind in ("melbo", "random"):
@@ -100,6 +105,10 @@ def run(lm: LoadedModel, job: Job) -> Units:
         return (yield from _calibrate(lm, job))
     if kind == "generate":
         return (yield from _samples(lm, job))
+    if kind == "score":
+        return (yield from _score(lm, job, embedder))
+    if kind == "detect":
+        return (yield from _judge(lm, job))
     raise ValueError(f"unknown job kind {kind}")
 
 
@@ -358,3 +367,54 @@ def _samples(lm: LoadedModel, job: Job) -> Units:
     if not rows:
         return False
     return (yield from _decode_rows(lm, job, rows, int(job.order.gallery.get("batch", 16)), 0.0))
+
+
+def _score(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
+    """A run's findings: its gallery completions and its random twin's scored (an embedding chunk or
+    a fluency batch per unit), then clustered and ranked; sent as one `findings` event."""
+    rows = job.order.spec.get("rows") or []
+    if not rows:
+        raise EngineError("the run has no greedy gallery samples to score")
+    job.progress(0.0, f"scoring {len(rows)} completions: loading the embedding model", force=True)
+    yield
+    steps = payload_steps(lm, embedder(), rows)
+    while True:
+        if job.cancelled:
+            return True
+        try:
+            done, total = next(steps)
+        except StopIteration as end:
+            job.event("findings", found=end.value)
+            return False
+        job.clock.tick()
+        eta = job.clock.eta(total - done)
+        job.progress(
+            done / total,
+            f"scoring {len(rows)} completions: {done}/{total}{_left(eta)}",
+            phase="scoring",
+            eta_s=eta,
+        )
+        yield
+
+
+def _judge(lm: LoadedModel, job: Job) -> Units:
+    """A judge detector over a run's completions: one batch of yes/no questions per unit."""
+    rows = job.order.spec.get("rows") or []
+    if not rows:
+        raise EngineError("the run has no steered completions to judge")
+    steps = judge_steps(lm, str(job.order.spec["question"]), [str(text) for _, text in rows])
+    units = 0
+    while True:
+        if job.cancelled:
+            return True
+        try:
+            done, total = next(steps)
+        except StopIteration as end:
+            scores = [{"generation_id": gid, "score": p} for (gid, _), p in zip(rows, end.value, strict=True)]
+            job.event("detections", rows=scores)
+            return False
+        job.clock.tick()
+        units += 1
+        eta = job.clock.eta(math.ceil((total - done) * units / done))
+        job.progress(done / total, f"judged {done}/{total} completions{_left(eta)}", phase="judging")
+        yield

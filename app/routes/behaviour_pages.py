@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import select
 
-from app import detectors, findings, labels, store
+from app import detectors, findings, labels, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid, NotFound
 from app.fields import Whole, whole
@@ -76,6 +76,32 @@ def discovery(run_id: Whole, session: SessionDep) -> dict[str, Any]:
     run = store.get_run(session, run_id)
     curve = run.result.get("discovery") or {"learned": [], "random": []}
     return {"run_id": run.id, "learned": curve.get("learned", []), "random": curve.get("random", [])}
+
+
+def _score(service: Any, run_id: int) -> Any:
+    with service.db.session() as session:
+        job = findings.queue_scoring(session, store.get_run(session, run_id))
+        out = {"job": schemas.job_out(job), "run_id": run_id, "scoring_run_id": job.run_id}
+    service.notify()
+    return out
+
+
+@router.post(
+    "/api/runs/{run_id}/score",
+    tags=["behaviours"],
+    status_code=201,
+    summary="Score, cluster and rank a run's gallery (and its random twin's) now",
+)
+def score_run(run_id: Whole, service: ServiceDep) -> dict[str, Any]:
+    """Queues a scoring job (or answers with the one already waiting). Learned runs are scored by
+    themselves once they and their twin finish; this scores again, e.g. after more samples."""
+    return _score(service, run_id)
+
+
+@router.post("/runs/{run_id}/score", response_class=HTMLResponse, include_in_schema=False)
+async def score_page(run_id: Whole, service: ServiceDep) -> Response:
+    await asyncio.to_thread(_score, service, run_id)
+    return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
 
 
 class BehaviourLabel(BaseModel):
@@ -168,17 +194,27 @@ def create_detector(body: detectors.DetectorEdit, service: ServiceDep) -> dict[s
     "/api/detectors/{detector_id}/runs/{run_id}", tags=["detectors"], summary="Score a run's completions"
 )
 async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -> dict[str, Any]:
-    """A regex is answered at once; a judge question is sent to the worker."""
+    """A regex is answered at once; a judge question becomes a job for the worker (its model is
+    checked first, so a model the worker cannot load is refused here)."""
     with service.db.session() as session:
         detector = detectors.get(session, detector_id)
-        store.get_run(session, run_id)
+        run = store.get_run(session, run_id)
         kind, pattern = detector.kind, detector.pattern
+        judge_model = detector.judge_model or run.model_name
         texts = detectors.run_texts(session, run_id)
-    if kind != "regex":
-        raise Invalid(
-            "judge detectors are answered by the worker's scoring jobs, which this server does not run yet"
-        )
+    if kind == "judge":
+        if not texts:
+            raise Invalid(f"run {run_id} has no steered completions to judge")
+        info = await asyncio.to_thread(service.ask, {"type": "render", "model": judge_model, "prompts": []})
+        with service.db.session() as session:
+            model = store.upsert_model(session, info["model"])
+            job = detectors.queue_judging(
+                session, detectors.get(session, detector_id), store.get_run(session, run_id), model
+            )
+            out = {"detector_id": detector_id, "run_id": run_id, "scored": None, "job": schemas.job_out(job)}
+        service.notify()
+        return out
     rows = await asyncio.to_thread(detectors.regex_scores, pattern, texts)  # long texts: off the event loop
     with service.db.session() as session:
         stored = detectors.store_scores(session, detector_id, rows)
-    return {"detector_id": detector_id, "run_id": run_id, "scored": stored}
+    return {"detector_id": detector_id, "run_id": run_id, "scored": stored, "job": None}

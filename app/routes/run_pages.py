@@ -64,7 +64,7 @@ def working_job(session: Any, run: Run) -> Job | None:
         select(Job)
         .join(Run, Job.run_id == Run.id)
         .where(
-            Run.kind == "generate",
+            Run.kind.in_(("generate", "score", "detect")),
             Run.inputs["for_run"].as_integer() == run.id,
             Job.status.in_(("queued", "running")),
         )
@@ -161,6 +161,7 @@ def show_run(run_id: Whole, request: Request, session: SessionDep, query: Galler
         "twin": findings.twin_of(session, run),
         "twin_parent": session.get(Run, run.twin_of) if run.twin_of else None,
         "n_behaviours": len([b for b in findings.behaviours_of(session, run.id) if b.kind == "cluster"]),
+        "scorable": run.kind not in findings.NOT_SCORED,
     }
     if run.kind == "chain":
         context["parent"] = session.get(Vector, run.parent_vector_id) if run.parent_vector_id else None

@@ -49,21 +49,25 @@ def row_counts(client: TestClient) -> dict[str, int]:
         }
 
 
-def score_run(service: Any, run_id: int) -> dict[str, Any]:
-    """Score a stored run (and its random twin) with the engine, as a worker does, and store it."""
+def score_run(service: Any, run_id: int, timeout: float = 600.0) -> dict[str, Any]:
+    """Wait until the worker has scored a run (queued by itself once the run, and its twin if it has
+    one, finished), then read back what it scored: the completions and the run's findings."""
     from app import findings
-    from app.models import Run
-    from engine.discovery import find_payload
-    from engine.embedder import Embedder
-    from engine.models import load_model
+    from app.models import Job, Run
+    from tests.app.conftest import wait_for
 
+    def finished() -> str | None:
+        with service.db.session() as session:
+            status = session.scalars(
+                select(Job.status)
+                .join(Run, Job.run_id == Run.id)
+                .where(Run.kind == "score", Run.inputs["for_run"].as_integer() == run_id)
+                .order_by(Job.id.desc())
+            ).first()
+        return status if status in ("succeeded", "failed", "cancelled") else None
+
+    assert wait_for(finished, timeout=timeout, what=f"the scoring of run {run_id}") == "succeeded"
     with service.db.session() as session:
         run = session.get(Run, run_id)
         assert run is not None
-        rows = findings.completions(session, run)
-    payload = find_payload(load_model(service.settings.default_model, device="cpu"), Embedder(), rows)
-    with service.db.session() as session:
-        run = session.get(Run, run_id)
-        assert run is not None
-        findings.store(session, run, payload)
-    return {"rows": rows, "payload": payload}
+        return {"rows": findings.completions(session, run), "result": dict(run.result)}

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app.models import Behaviour, Generation, Job, Run, Vector
 from tests.app.conftest import wait_job
-from tests.app.helpers import score_run
+from tests.app.helpers import row_counts, score_run
 
 PROMPTS = ["Tell me a story.", "What is two plus two?"]
 
@@ -38,9 +38,8 @@ def scored(client: TestClient) -> dict[str, Any]:
         twin_run = session.scalars(select(Run).where(Run.twin_of == learned)).one()
         twin, twin_job = twin_run.id, session.scalars(select(Job).where(Job.run_id == twin_run.id)).one().id
     assert wait_job(client, twin_job)["status"] == "succeeded"
-    done = score_run(service, learned)
-    rows, payload = done["rows"], done["payload"]
-    return {"run": learned, "twin": twin, "rows": rows, "payload": payload}
+    done = score_run(service, learned)  # the worker scores the pair once both have finished
+    return {"run": learned, "twin": twin, "rows": done["rows"], "result": done["result"]}
 
 
 def test_the_random_twin_shares_r_prompts_and_settings(client: TestClient, scored: dict[str, Any]) -> None:
@@ -58,6 +57,41 @@ def test_the_random_twin_shares_r_prompts_and_settings(client: TestClient, score
     plain = start(client)
     with client.app.state.service.db.session() as session:
         assert session.scalars(select(Run).where(Run.twin_of == plain)).first() is None
+
+
+def test_the_worker_scores_the_pair_once_after_the_twin(client: TestClient, scored: dict[str, Any]) -> None:
+    with client.app.state.service.db.session() as session:
+        scorings = session.scalars(select(Run).where(Run.kind == "score")).all()
+        mine = [r for r in scorings if r.inputs["for_run"] == scored["run"]]
+        assert len(mine) == 1  # not once after the run and again after its twin
+        assert not [r for r in scorings if r.inputs["for_run"] == scored["twin"]]  # a baseline is not scored
+        twin_job = session.scalars(select(Job).where(Job.run_id == scored["twin"])).one()
+        score_job = session.scalars(select(Job).where(Job.run_id == mine[0].id)).one()
+        assert twin_job.finished_at is not None and score_job.created_at >= twin_job.finished_at
+    show = soup(client.get(f"/runs/{scored['run']}"))
+    assert show.find(id="score-run").get_text() == "Score again"
+
+
+def test_score_on_request(client: TestClient, scored: dict[str, Any]) -> None:
+    first = client.post(f"/api/runs/{scored['run']}/score")
+    assert first.status_code == 201, first.text
+    again = client.post(f"/api/runs/{scored['run']}/score")  # while it waits: the same job
+    assert again.json()["job"]["id"] == first.json()["job"]["id"]
+    assert wait_job(client, first.json()["job"]["id"])["status"] == "succeeded"
+    behaviours = client.get(f"/api/runs/{scored['run']}/behaviours").json()
+    assert sum(b["size"] for b in behaviours) == len(scored["rows"])  # replaced, not added to
+
+
+def test_score_refusals_write_nothing(client: TestClient, scored: dict[str, Any]) -> None:
+    r = client.post("/api/calibrations", json={"prompts": PROMPTS})
+    assert r.status_code == 201, r.text
+    calibration = r.json()["run_id"]
+    wait_job(client, r.json()["job"]["id"])
+    before = row_counts(client)
+    refused = client.post(f"/api/runs/{calibration}/score")
+    assert refused.status_code == 422 and "no gallery" in refused.json()["detail"]
+    assert client.post("/api/runs/987654/score").status_code == 404
+    assert row_counts(client) == before
 
 
 def test_completions_to_score_are_the_run_and_its_twin(scored: dict[str, Any]) -> None:
@@ -191,3 +225,29 @@ def test_regex_detector_column_sort_and_filter(client: TestClient, scored: dict[
     hits = soup(client.get(f"/runs/{run}/gallery", params={"detector": detector, "min_detector": "0.5"}))
     assert len(hits.select("article.card")) == sum(s >= 0.5 for s in scores)
     assert soup(client.get("/detectors")).select("tr.detector")
+
+
+def test_judge_detector_runs_on_the_worker(client: TestClient, scored: dict[str, Any]) -> None:
+    run = scored["run"]
+    r = client.post(
+        "/api/detectors", json={"name": "a story?", "kind": "judge", "pattern": "Is this text a story?"}
+    )
+    assert r.status_code == 201, r.text
+    detector = r.json()["id"]
+    started = client.post(f"/api/detectors/{detector}/runs/{run}")
+    assert started.status_code == 200, started.text
+    assert wait_job(client, started.json()["job"]["id"])["status"] == "succeeded"
+    with client.app.state.service.db.session() as session:
+        from app.models import DetectorScore
+
+        scores = session.scalars(select(DetectorScore).where(DetectorScore.detector_id == detector)).all()
+        assert len(scores) == 8 and all(0.0 <= s.score <= 1.0 for s in scores)
+    # A judge the worker cannot load is refused before anything is queued.
+    broken = client.post(
+        "/api/detectors",
+        json={"name": "nowhere", "kind": "judge", "pattern": "Yes?", "judge_model": "/no/such"},
+    ).json()["id"]
+    before = row_counts(client)
+    refused = client.post(f"/api/detectors/{broken}/runs/{run}")
+    assert 400 <= refused.status_code < 500, refused.text
+    assert row_counts(client) == before
