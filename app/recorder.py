@@ -56,10 +56,12 @@ class Recorder:
         *,
         max_attempts: int,
         gallery_tokens: int,
+        auto_score: bool = True,
         wake: Callable[[], None],
     ) -> None:
         self.db, self.broker, self.wake = db, broker, wake
         self.max_attempts, self.gallery_tokens = max_attempts, gallery_tokens
+        self.auto_score = auto_score  # queue a learned run's scoring once it and its twin are done
         # Chat replies are followed by the chat hub (it stores them); it answers False for other ids.
         self.chat_events: Callable[[Event], bool] | None = None
         self.pending: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -151,7 +153,8 @@ class Recorder:
             self.reported.pop(attempt, None)
             self.incomplete.discard(attempt)
             self.answered.discard(attempt)
-            self.later(lambda: self._score_when_done(attempt[0]))
+            if self.auto_score:
+                self.later(lambda: self._score_when_done(attempt[0]))
             self.wake()
 
     def _apply(self, kind: Any, attempt: Attempt, event: Event) -> list[tuple[int, dict[str, Any]]]:

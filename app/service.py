@@ -52,6 +52,7 @@ class Service:
             self.broker,
             max_attempts=settings.max_attempts,
             gallery_tokens=settings.gallery_tokens,
+            auto_score=settings.auto_score,
             wake=self.wakeup.set,
         )
         self.thread: threading.Thread | None = None

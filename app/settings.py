@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         48, ge=1, le=2048, description="New tokens per gallery sample generated after each run."
     )
     gallery_batch: int = Field(16, ge=1, le=256, description="Gallery samples decoded together.")
+    auto_score: bool = Field(
+        True,
+        description="Score, cluster and rank each MELBO run and chain by itself once its gallery (and its "
+        "random twin's) is done; off: only on request.",
+    )
     max_vectors: int = Field(256, ge=1, le=1024, description="Most vectors one run or chain may ask for.")
     max_steps: int = Field(5000, ge=1, le=20000, description="Most optimizer steps per vector.")
     max_new_tokens: int = Field(512, ge=1, le=2048, description="Most new tokens one generation may ask for.")

@@ -41,6 +41,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
         **os.environ,
         "STEERSCOPE_DATABASE_URL": f"sqlite:///{tmp}/chat.db",
         "STEERSCOPE_WORKER_THREADS": str(args.threads),
+        "STEERSCOPE_AUTO_SCORE": "false",  # chat is measured beside training, not beside a scoring job
     }
     log = Path(tmp) / "server.log"  # the worker says how many replies it decoded together
     print(f"server log: {log}", file=sys.stderr)

@@ -145,6 +145,7 @@ def main() -> None:
         "STEERSCOPE_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
         "STEERSCOPE_DEFAULT_MODEL": args.model,
         "STEERSCOPE_WORKER_THREADS": str(args.threads),
+        "STEERSCOPE_AUTO_SCORE": "false",  # the requests are measured beside training alone
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port)],

@@ -39,6 +39,7 @@ def run_sweep(actors: int, body: schemas.SweepCreate, args: argparse.Namespace) 
         worker_threads=1,
         gallery_tokens=args.tokens,
         heartbeat_s=0.5,
+        auto_score=False,  # the sweep's training and galleries are what is timed
     )
     service = Service(settings)
     service.start()

@@ -24,6 +24,9 @@ def make_settings(data_dir: Path, model_dir: Path, **overrides: Any) -> Settings
         "gallery_tokens": 6,
         "request_timeout_s": 60.0,
         "allowed_hosts": "testserver",  # the name TestClient sends as Host
+        # A scoring job queued behind every run would race the tests that count rows or want a quiet
+        # worker; the behaviour tests turn it on.
+        "auto_score": False,
         **overrides,
     }
     return Settings(**values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,10 +14,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.models import Behaviour, Generation, Job, Run, Vector
-from tests.app.conftest import wait_job
+from app.settings import Settings
+from tests.app.conftest import make_settings, wait_job
 from tests.app.helpers import row_counts, score_run
 
 PROMPTS = ["Tell me a story.", "What is two plus two?"]
+
+
+@pytest.fixture(scope="module")
+def shared_settings(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Settings:
+    """The module's server scores each learned run by itself, as a user's does."""
+    return make_settings(tmp_path_factory.mktemp("behaviours") / "data", tiny_dir, auto_score=True)
 
 
 def soup(response: Any) -> BeautifulSoup:

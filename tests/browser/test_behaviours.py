@@ -31,6 +31,8 @@ def test_accept_the_suggested_label_with_one_key(page: Page, live: LiveServer, s
         timeout=300,
     )
     service = live.app.state.service
+    asked = httpx.post(f"{live.url}/api/runs/{run_id}/score", timeout=120)  # this server scores on request
+    assert asked.status_code == 201, asked.text
     score_run(service, run_id)
     with service.db.session() as session:
         first = session.scalars(select(Vector).where(Vector.run_id == run_id).order_by(Vector.rank)).first()
