@@ -158,11 +158,6 @@ def show_run(run_id: Whole, request: Request, session: SessionDep, query: Galler
     return render(request, "runs/show.html", context)
 
 
-@router.get("/runs/{run_id}/progress", response_class=HTMLResponse)
-def run_progress(run_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
-    return render(request, "runs/_progress.html", status_context(session, store.get_run(session, run_id)))
-
-
 @router.get("/runs/{run_id}/live")
 async def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
     """SSE for a run page opened while its job is live: the progress and summary partials whenever

@@ -33,7 +33,7 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(settings: Settings) -> 
         executor = client.app.state.service.executor
         pid = executor.pid
         os.kill(pid, signal.SIGKILL)
-        job = wait_job(client, job_id, timeout=180)
+        job = wait_job(client, job_id)
         assert job["status"] == "succeeded", job["error"]
         assert executor.pid != pid and job["attempts"] == 2
         after = vectors_of(client, run_id)
@@ -55,7 +55,7 @@ def test_a_restarted_server_picks_up_interrupted_and_queued_jobs(settings: Setti
     assert statuses == {job_a: "queued", job_b: "queued"}  # the stopping server queued its job again
     with TestClient(create_app(settings)) as client:
         for job_id in (job_a, job_b):
-            job = wait_job(client, job_id, timeout=180)
+            job = wait_job(client, job_id)
             assert job["status"] == "succeeded", job["error"]
         assert [v["index"] for v in vectors_of(client, run_a)] == [0, 1, 2]
         assert max_abs_cos(vectors_of(client, run_a)) < 1e-4
@@ -74,6 +74,6 @@ def test_cancel_keeps_finished_vectors(client: TestClient) -> None:
     assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 409  # already finished
     retried = client.post(f"/api/jobs/{job_id}/retry")
     assert retried.json()["status"] == "queued"
-    job = wait_job(client, job_id, timeout=180)
+    job = wait_job(client, job_id)
     assert job["status"] == "succeeded", job["error"]
     assert [v["index"] for v in vectors_of(client, run_id)] == [0, 1, 2, 3]

@@ -1,0 +1,210 @@
+"""What the JSON API answers with: typed models, so `/docs` shows every response's shape and a
+route cannot answer with a field it does not declare. Times are UTC, written with a trailing Z."""
+
+from __future__ import annotations
+
+import struct
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from app.models import Generation, Job, Run, Vector
+
+UtcTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat() + "Z", return_type=str)]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+def values_list(data: bytes) -> list[float]:
+    """float32 little-endian bytes as numbers."""
+    return list(struct.unpack(f"<{len(data) // 4}f", data))
+
+
+class ModelOut(Out):
+    id: int
+    name: str = Field(description='"default", a hub id or a folder.')
+    architecture: str
+    n_blocks: int
+    width: int = Field(description="Hidden size: the length of its steering vectors.")
+    context_length: int
+    chat_template: bool
+
+
+class JobOut(Out):
+    id: int
+    kind: str = Field(description="melbo | random | chain | calibrate | generate | import | compose")
+    run_id: int
+    status: JobStatus
+    priority: int
+    progress: float = Field(description="0 to 1.")
+    message: str
+    error: str
+    attempts: int
+    cancel_requested: bool
+    runner: str = Field(description="The worker that runs it, or ran it last (blank until one starts).")
+    created_at: UtcTime
+    started_at: UtcTime | None
+    finished_at: UtcTime | None
+    heartbeat_at: UtcTime | None
+
+
+class RunOut(Out):
+    id: int
+    kind: str
+    model_id: int | None
+    model_name: str
+    spec: dict[str, Any] = Field(description="The engine spec exactly as validated.")
+    prompts: list[str]
+    seed: int
+    status: JobStatus
+    parent_vector_id: int | None = Field(description="A chain's θ₀.")
+    source: int | None = Field(description="Resolved source block, once known.")
+    target: int | None = Field(description="Resolved target block, once known.")
+    radius: float | None = Field(description="Resolved R, once known.")
+    result: dict[str, Any]
+    inputs: dict[str, Any]
+    created_at: UtcTime
+    finished_at: UtcTime | None
+
+
+class VectorOut(Out):
+    id: int
+    run_id: int
+    index: int = Field(description="Position in its run or chain.")
+    parent_id: int | None
+    block: int = Field(description="The block whose output it is added to.")
+    width: int
+    norm: float
+    objective: float | None
+    kl: float | None = Field(description="Next-token KL from the unsteered model.")
+    metrics: dict[str, Any]
+    values: list[float] | None = Field(None, description="The float32 values (only with ?values=true).")
+
+
+class GenerationOut(Out):
+    id: int
+    model_id: int
+    vector_id: int | None = Field(description="None: the unsteered model.")
+    unsteered_id: int | None = Field(description="The unsteered generation it sits beside.")
+    scale: float
+    block: int | None
+    prompt: str
+    seed: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    text: str
+    n_tokens: int
+    finish_reason: str
+
+
+# What a generation is, in the API and in exports.
+GENERATION_FIELDS = tuple(GenerationOut.model_fields)
+
+
+class Created(BaseModel):
+    job: JobOut
+    run_id: int
+
+
+class GeneratedPair(BaseModel):
+    generation: GenerationOut | None = Field(description="The steered completion (None without a vector).")
+    unsteered: GenerationOut
+
+
+class Imported(BaseModel):
+    run_id: int
+    vector_ids: list[int]
+    sample_jobs: list[int] = Field(description="The jobs generating the imported vectors' samples.")
+
+
+def job_out(job: Job) -> dict[str, Any]:
+    return JobOut.model_validate(job).model_dump(mode="json")
+
+
+def run_out(run: Run) -> dict[str, Any]:
+    return RunOut.model_validate(run).model_dump(mode="json")
+
+
+def vector(row: Vector, *, values: bool = False) -> VectorOut:
+    """A vector's answer; its values (bytes in the table) only when asked, else left unset."""
+    data = {name: getattr(row, name) for name in VectorOut.model_fields if name != "values"}
+    if values:
+        data["values"] = values_list(row.values)
+    return VectorOut.model_validate(data)
+
+
+def vector_out(row: Vector, *, values: bool = False) -> dict[str, Any]:
+    return vector(row, values=values).model_dump(mode="json", exclude_unset=True)
+
+
+def generation_out(generation: Generation) -> dict[str, Any]:
+    return GenerationOut.model_validate(generation).model_dump(mode="json")
+
+
+class ConversationItem(BaseModel):
+    id: int
+    title: str
+    model: str
+    updated_at: UtcTime
+
+
+class MessageOut(BaseModel):
+    id: int
+    pane: Literal["steered", "unsteered"]
+    role: Literal["user", "assistant"]
+    content: str
+    turn: int = Field(description="A user message and its replies share it.")
+    steering: dict[str, Any] = Field(description="The block and the (vector, scale) terms it was steered by.")
+    sampling: dict[str, Any]
+    n_tokens: int
+    finish_reason: str = Field(description='"" while it streams.')
+    created_at: str
+    superseded: bool = Field(description="An earlier reply of a turn that was answered again.")
+
+
+class ConversationOut(BaseModel):
+    id: int
+    title: str
+    model: str
+    steering: list[dict[str, Any]] = Field(
+        description="The panel: [{vector_id, scale, enabled, block, norm}]."
+    )
+    settings: dict[str, Any]
+    created_at: str
+    updated_at: str
+    messages: list[MessageOut]
+
+
+class Turn(BaseModel):
+    turn: int
+
+
+class Stopped(BaseModel):
+    stopped: bool = Field(description="False: no reply was in progress.")
+
+
+class LabelOut(Out):
+    id: int
+    name: str
+    colour: str
+    key: int | None = Field(description="Keyboard shortcut 1-9 in the labeling queue.")
+    description: str
+
+
+class LabelingOut(BaseModel):
+    label_id: int
+    vector_id: int | None
+    generation_id: int | None
+    on: bool
+
+
+class NoteOut(Out):
+    id: int
+    vector_id: int | None
+    text: str
+    author: str
