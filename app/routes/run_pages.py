@@ -77,12 +77,14 @@ def working_job(session: Any, run: Run) -> Job | None:
 def status_context(session: Any, run: Run) -> dict[str, Any]:
     """What the live parts of a run page show: progress, resolved values, settings."""
     job = working_job(session, run)
+    stats = summary.vector_stats(session, run)
     return {
         "run": run,
         "job": job,
         "live": is_live(job),
+        "stats": stats,
         "report": last_progress(session, job),
-        "facts": summary.facts(run, job),
+        "facts": summary.facts(run, job, stats),
         "settings": summary.settings(run),
     }
 
