@@ -36,10 +36,7 @@ def test_new_user_path(page: Page, live: LiveServer, api: httpx.Client, shots: P
 
     page.locator("a.vector-link").first.click()
     page.wait_for_url(re.compile(r"/vectors/\d+$"))
-    # The page asks for its scales by itself; let that job finish first: the worker does not yet
-    # keep a quick generation apart from a job's batch decoding at the same moment.
-    expect(page.locator("#scales td.pending")).to_have_count(0)
-    expect(page.locator("#scales[data-live]")).to_have_count(0)
+    # The page's own scales job may be decoding now: a quick generation goes on beside it.
     page.fill("#custom-form input[name=scale]", "2")
     page.click("#custom-generate")
     expect(page.locator("#custom-steered")).to_be_visible()
