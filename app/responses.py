@@ -208,3 +208,53 @@ class NoteOut(Out):
     vector_id: int | None
     text: str
     author: str
+
+
+class SweepSide(BaseModel):
+    """One half of a sweep cell (learned or random); empty until its run exists."""
+
+    run_id: int | None = None
+    status: str | None = None
+    runner: str | None = Field(None, description="The worker that trains it.")
+    radius: float | None = None
+    source: int | None = None
+    vectors: int | None = None
+    objective: float | None = Field(None, description="Mean over the run's vectors.")
+    kl: float | None = Field(None, description="Mean next-token KL over the run's vectors.")
+    sample: str | None = Field(None, description="The first vector's completion of the first prompt.")
+    unsteered_id: int | None = None
+
+
+class SweepCell(BaseModel):
+    source: int | None
+    learned: SweepSide
+    random: SweepSide
+    kl_ratio: float | None = Field(description="Learned KL over random KL at the same R.")
+    unsteered: str | None = Field(description="The unsteered completion both sides are read against.")
+
+
+class SweepRow(BaseModel):
+    radius: float
+    cells: list[SweepCell]
+
+
+class SweepTable(BaseModel):
+    index: int
+    prompts: list[str]
+    rows: list[SweepRow] = Field(description="One per R value; cells one per source block.")
+
+
+class SweepOut(BaseModel):
+    id: int
+    model: str
+    spec: dict[str, Any]
+    sources: list[int | None]
+    tables: list[SweepTable] = Field(description="One per prompt set.")
+    finished: bool
+
+
+class SweepSummary(BaseModel):
+    id: int
+    model: str
+    spec: dict[str, Any]
+    created_at: UtcTime
