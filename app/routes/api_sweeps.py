@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from app import schemas, sweeps
-from app.responses import SweepOut, SweepSummary
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
 from app.models import Sweep
+from app.responses import SweepOut, SweepSummary
 
 router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
 
