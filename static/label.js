@@ -96,4 +96,5 @@
     else if (event.key === "Enter") { event.preventDefault(); submit(); }
     else if (event.key === "u") undo();
   });
+  queue.dataset.ready = "true"; // the keys work from here on (a test waits for it)
 })();
