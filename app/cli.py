@@ -24,7 +24,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
-from app import jobs, launch, schemas
+from app import jobs, launch, responses, schemas
 from app.errors import AppError
 from app.fields import describe
 from app.models import Job, Run
@@ -202,7 +202,7 @@ def follow(service: Service, job_id: int) -> dict[str, Any]:
             while True:
                 sub.next_sync(1.0)  # wakes on any event of the job, or once a second
                 with service.db.session() as session:
-                    job = schemas.job_out(jobs.get(session, job_id))
+                    job = responses.job_out(jobs.get(session, job_id))
                 bar.n = int(1000 * job["progress"])
                 bar.set_postfix_str(job["message"][:60])
                 bar.refresh()
@@ -219,8 +219,8 @@ def follow(service: Service, job_id: int) -> dict[str, Any]:
 def summary(service: Service, job: dict[str, Any]) -> dict[str, Any]:
     with service.db.session() as session:
         run = jobs.get(session, job["id"]).run
-        out: dict[str, Any] = {"job": job, "run": schemas.run_out(run)}
-        out["vectors"] = [schemas.vector_out(v) for v in run.vectors]
+        out: dict[str, Any] = {"job": job, "run": responses.run_out(run)}
+        out["vectors"] = [responses.vector_out(v) for v in run.vectors]
     return out
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import Select, select
 
 from app.db import Database
 from app.models import Behaviour, Generation, Label, Labeling, Vector
-from app.schemas import GENERATION_FIELDS
+from app.responses import GENERATION_FIELDS
 
 BATCH = 500
 

@@ -47,7 +47,12 @@ def pca_2d(m: Matrix) -> tuple[Matrix, list[float]]:
     spread = singular**2
     total = float(spread.sum())
     shares = [float(s / total) if total > 0 else 0.0 for s in spread[:2]]
-    return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1]))), shares + [0.0] * (2 - len(shares))
+    shares += [0.0] * (2 - len(shares))
+    coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    for k, share in enumerate(shares):
+        if share < 1e-9:  # no spread along it: what is left is rounding noise (2 vectors, 1 point)
+            coords[:, k] = 0.0
+    return coords, shares
 
 
 def composition(m: Matrix, n: int) -> Matrix:

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app import geometry, jobs, launch, metadata, schemas, store
+from app import geometry, jobs, launch, metadata, responses, schemas, store
 from app.errors import AppError, Conflict, Invalid
 from app.fields import MAX_NAME, model_name, without_controls
 from app.gallery import labels_of
@@ -60,14 +60,14 @@ def export_vector(service: Service, vector_id: int, fmt: str) -> tuple[bytes, st
         hint = model.architecture if model else ""
     name = f"vector-{vector_id}"
     if fmt == "json":
-        return json.dumps({**meta, "values": schemas.values_list(values)}).encode(), f"{name}.json"
+        return json.dumps({**meta, "values": responses.values_list(values)}).encode(), f"{name}.json"
     if fmt == "neuronpedia":
         # Neuronpedia's hook_resid_pre of layer L is the input of block L: our block s output is L = s + 1.
         payload = {
             "modelId": meta["model"],
             "layerNumber": block + 1,
             "hookType": "hook_resid_pre",
-            "vector": schemas.values_list(values),
+            "vector": responses.values_list(values),
             "vectorDefaultSteerStrength": 1.0,
             "vectorLabel": f"steerscope vector {vector_id}",
         }
@@ -98,7 +98,7 @@ def export_run(service: Service, run_id: int, fmt: str) -> tuple[bytes, str]:
         values = [v.values for v in vectors]
     name = f"run-{run_id}"
     if fmt == "json":
-        rows = [{**m, "values": schemas.values_list(v)} for m, v in zip(metas, values, strict=True)]
+        rows = [{**m, "values": responses.values_list(v)} for m, v in zip(metas, values, strict=True)]
         return json.dumps({"run_id": run_id, "vectors": rows}).encode(), f"{name}.json"
     metadata = {
         "run_id": run_id,

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from app import schemas, store
+from app import responses, schemas, store
 from app.errors import Invalid
 from app.service import Service
 
@@ -61,7 +61,7 @@ def plan(service: Service, body: schemas.GenerationCreate) -> Plan:
             )
             hit = store.find_generation(session, row["key"])
             if hit is not None:
-                found[row["key"]] = schemas.generation_out(hit)
+                found[row["key"]] = responses.generation_out(hit)
     return Plan(model, rows, found)
 
 
@@ -88,7 +88,7 @@ def save(
             for row, result in pairs:
                 fields = {k: v for k, v in row.items() if k not in ("key", "vector")}
                 stored = store.add_generation(session, model, {**fields, **result})
-                plan.found[row["key"]] = schemas.generation_out(stored)
+                plan.found[row["key"]] = responses.generation_out(stored)
     steered = [plan.found[r["key"]] for r in plan.rows if r["vector_id"] is not None]
     return {"generation": steered[0] if steered else None, "unsteered": plan.found[plan.rows[-1]["key"]]}
 

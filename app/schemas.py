@@ -1,4 +1,5 @@
-"""Request bodies of the JSON API (their fields are the engine's specs) and the shapes it answers with.
+"""Request bodies of the JSON API (their fields and defaults are the engine's specs; a test keeps
+them in step). The shapes it answers with are in app/responses.py.
 
 Types are checked here; ranges that depend on the model (blocks, prompt length) are checked by a
 worker against the loaded model, with the engine's own messages.
@@ -6,13 +7,11 @@ worker against the loaded model, with the engine's own messages.
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.fields import ModelName, Name, Prompts, Text, Whole
-from app.models import Generation, Job, LanguageModel, Run, Vector
 
 
 class Body(BaseModel):
@@ -140,116 +139,3 @@ class GenerationCreate(Body):
     top_p: float = 1.0
     max_new_tokens: Whole = 64
     stream: bool = Field(False, description="Answer as an SSE stream of tokens, then the stored rows.")
-
-
-def values_list(data: bytes) -> list[float]:
-    return list(struct.unpack(f"<{len(data) // 4}f", data))
-
-
-def model_out(model: LanguageModel) -> dict[str, Any]:
-    return {
-        k: getattr(model, k)
-        for k in ("id", "name", "architecture", "n_blocks", "width", "context_length", "chat_template")
-    }
-
-
-def job_out(job: Job) -> dict[str, Any]:
-    out = {
-        k: getattr(job, k)
-        for k in (
-            "id",
-            "kind",
-            "run_id",
-            "status",
-            "priority",
-            "progress",
-            "message",
-            "error",
-            "attempts",
-            "cancel_requested",
-            "runner",
-        )
-    }
-    for k in ("created_at", "started_at", "finished_at", "heartbeat_at"):
-        value = getattr(job, k)
-        out[k] = value.isoformat() + "Z" if value else None
-    return out
-
-
-def run_out(run: Run) -> dict[str, Any]:
-    out = {
-        k: getattr(run, k)
-        for k in (
-            "id",
-            "kind",
-            "model_id",
-            "model_name",
-            "spec",
-            "prompts",
-            "seed",
-            "status",
-            "parent_vector_id",
-            "source",
-            "target",
-            "radius",
-            "result",
-            "inputs",
-        )
-    }
-    out["created_at"] = run.created_at.isoformat() + "Z"
-    out["finished_at"] = run.finished_at.isoformat() + "Z" if run.finished_at else None
-    return out
-
-
-def vector_out(vector: Vector, *, values: bool = False) -> dict[str, Any]:
-    out = {
-        k: getattr(vector, k)
-        for k in (
-            "id",
-            "run_id",
-            "index",
-            "parent_id",
-            "block",
-            "width",
-            "norm",
-            "objective",
-            "kl",
-            "metrics",
-            "interest",
-            "rank",
-            "behaviour_id",
-        )
-    }
-    if values:
-        out["values"] = values_list(vector.values)
-    return out
-
-
-# What a generation is, in the API and in exports.
-GENERATION_FIELDS = (
-    "id",
-    "model_id",
-    "vector_id",
-    "unsteered_id",
-    "scale",
-    "block",
-    "prompt",
-    "seed",
-    "temperature",
-    "top_p",
-    "max_new_tokens",
-    "text",
-    "n_tokens",
-    "finish_reason",
-    "effect",
-    "fluency",
-    "repetition",
-    "beyond_random",
-    "interest",
-    "flag",
-    "behaviour_id",
-)
-
-
-def generation_out(generation: Generation) -> dict[str, Any]:
-    return {k: getattr(generation, k) for k in GENERATION_FIELDS}

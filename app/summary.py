@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app import schemas
-from app.models import Job, Run
+from app.models import Job, Run, Vector
 
 # Where each kind of run's settings are described (the API bodies carry the help text).
 BODIES: dict[str, type[BaseModel]] = {
@@ -21,6 +23,33 @@ BODIES: dict[str, type[BaseModel]] = {
     "generate": schemas.SamplesCreate,
 }
 NOT_SETTINGS = {"prompts", "priority", "vector_id", "vector_ids"}
+
+
+@dataclass
+class VectorStats:
+    """What the summary needs of a run's vectors, read without their values or curves (the live
+    stream renders the summary at every progress event)."""
+
+    blocks: list[int]
+    norms: list[float]
+    steps: list[int]  # optimizer steps each trained vector took
+
+    @property
+    def count(self) -> int:
+        return len(self.norms)
+
+
+def vector_stats(session: Session, run: Run) -> VectorStats:
+    rows = session.execute(
+        select(Vector.block, Vector.norm, Vector.metrics["steps"].as_integer())
+        .where(Vector.run_id == run.id)
+        .order_by(Vector.index)
+    ).all()
+    return VectorStats(
+        blocks=[int(r[0]) for r in rows],
+        norms=[float(r[1]) for r in rows],
+        steps=[int(r[2]) for r in rows if r[2] is not None],
+    )
 
 
 @dataclass
@@ -48,8 +77,7 @@ def _pending(job: Job | None) -> str:
     return "–"
 
 
-def _steps(run: Run) -> Fact | None:
-    taken = [int(v.metrics["steps"]) for v in run.vectors if isinstance(v.metrics.get("steps"), int | float)]
+def _steps(run: Run, taken: list[int]) -> Fact | None:
     if not taken:
         return None
     budget = run.spec.get("steps")
@@ -60,13 +88,12 @@ def _steps(run: Run) -> Fact | None:
     return Fact("steps run", f"{min(taken)}–{max(taken)}{of} per vector", f"median {median:g}")
 
 
-def facts(run: Run, job: Job | None) -> list[Fact]:
+def facts(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
     """The values a run actually used, resolved from its defaults once it ran."""
     out: list[Fact] = []
-    vectors = list(run.vectors)
     result = run.result or {}
     if run.kind == "import":
-        blocks = sorted({v.block for v in vectors})
+        blocks = sorted(set(stats.blocks))
         out.append(Fact("file", str(run.spec.get("file", "")), "imported, not trained"))
         if result.get("prompts_from") == "probe":
             out.append(Fact("prompts", "probe prompts", "the file names none; samples are shown on these"))
@@ -77,8 +104,8 @@ def facts(run: Run, job: Job | None) -> list[Fact]:
             )
             out.append(Fact("stored before", twins, "the same values were imported or trained already"))
         out.append(Fact("block" if len(blocks) == 1 else "blocks", ", ".join(map(str, blocks)) or "–"))
-        out.append(Fact("vectors", str(len(vectors))))
-        norms = [v.norm for v in vectors]
+        out.append(Fact("vectors", str(stats.count)))
+        norms = stats.norms
         if norms:
             span = _g(norms[0]) if len(norms) == 1 else f"{_g(min(norms))}–{_g(max(norms))}"
             out.append(Fact("norm", span))
@@ -114,14 +141,14 @@ def facts(run: Run, job: Job | None) -> list[Fact]:
         else:
             out.append(Fact("R", _pending(job)))
     if run.kind == "chain":
-        norms = [v.norm for v in vectors]
+        norms = stats.norms
         if norms:
             out.append(Fact("norms", f"{_g(min(norms))}–{_g(max(norms))}"))
         if result.get("stop_reason"):
             out.append(Fact("stopped", str(result["stop_reason"]).replace("_", " ")))
     asked = run.spec.get("n_vectors")
-    out.append(Fact("vectors", f"{len(vectors)} of {asked}" if asked else str(len(vectors))))
-    steps = _steps(run)
+    out.append(Fact("vectors", f"{stats.count} of {asked}" if asked else str(stats.count)))
+    steps = _steps(run, stats.steps)
     if steps is not None:
         out.append(steps)
     return out

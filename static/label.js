@@ -107,4 +107,5 @@
     else if (event.key === "u") undo();
     else if (event.key === "a") accept();
   });
+  queue.dataset.ready = "true"; // the keys work from here on (a test waits for it)
 })();

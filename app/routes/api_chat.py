@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
@@ -15,6 +15,7 @@ from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
 from app.models import Conversation
 from app.replies import ChatHub
+from app.responses import ConversationItem, ConversationOut, Stopped, Turn
 from app.sampling import sse
 
 router = APIRouter(prefix="/api/conversations", tags=["chat"])
@@ -27,54 +28,57 @@ def hub(request: Request) -> ChatHub:
 
 
 @router.post("", status_code=201, summary="Start a conversation (optionally steered by a vector at scale 1)")
-def create_conversation(body: chat.ConversationCreate, service: ServiceDep) -> dict[str, Any]:
+def create_conversation(body: chat.ConversationCreate, service: ServiceDep) -> ConversationOut:
     conversation_id = chat.create(service, body)
     with service.db.session() as session:
-        return chat.conversation_out(session, chat.get(session, conversation_id))
+        return ConversationOut.model_validate(
+            chat.conversation_out(session, chat.get(session, conversation_id))
+        )
 
 
 @router.get("", summary="Conversations, most recently active first")
 def list_conversations(
     session: SessionDep, limit: Annotated[Whole, Query(ge=1, le=500)] = 50, offset: Whole = 0
-) -> list[dict[str, Any]]:
+) -> list[ConversationItem]:
     rows = session.scalars(
         select(Conversation).order_by(Conversation.updated_at.desc()).limit(limit).offset(offset)
     ).all()
     return [
-        {"id": c.id, "title": c.title, "model": c.model_name, "updated_at": c.updated_at.isoformat() + "Z"}
-        for c in rows
+        ConversationItem(id=c.id, title=c.title, model=c.model_name, updated_at=c.updated_at) for c in rows
     ]
 
 
 @router.get("/{conversation_id}")
-def read_conversation(conversation_id: Whole, session: SessionDep) -> dict[str, Any]:
-    return chat.conversation_out(session, chat.get(session, conversation_id))
+def read_conversation(conversation_id: Whole, session: SessionDep) -> ConversationOut:
+    return ConversationOut.model_validate(chat.conversation_out(session, chat.get(session, conversation_id)))
 
 
 @router.put(
     "/{conversation_id}/steering", summary="Set the steering panel and settings (from the next reply on)"
 )
-def set_steering(conversation_id: Whole, body: chat.SteeringUpdate, service: ServiceDep) -> dict[str, Any]:
+def set_steering(conversation_id: Whole, body: chat.SteeringUpdate, service: ServiceDep) -> ConversationOut:
     chat.update_steering(service, conversation_id, body)
     with service.db.session() as session:
-        return chat.conversation_out(session, chat.get(session, conversation_id))
+        return ConversationOut.model_validate(
+            chat.conversation_out(session, chat.get(session, conversation_id))
+        )
 
 
 @router.post(
     "/{conversation_id}/messages", status_code=202, summary="Send a message; both panes start replying"
 )
-def send_message(conversation_id: Whole, body: chat.MessageCreate, request: Request) -> dict[str, Any]:
-    return {"turn": hub(request).send(conversation_id, body.content)}
+def send_message(conversation_id: Whole, body: chat.MessageCreate, request: Request) -> Turn:
+    return Turn(turn=hub(request).send(conversation_id, body.content))
 
 
 @router.post("/{conversation_id}/regenerate", status_code=202, summary="Answer the last message again")
-def regenerate(conversation_id: Whole, request: Request) -> dict[str, Any]:
-    return {"turn": hub(request).regenerate(conversation_id)}
+def regenerate(conversation_id: Whole, request: Request) -> Turn:
+    return Turn(turn=hub(request).regenerate(conversation_id))
 
 
 @router.post("/{conversation_id}/stop", summary="Stop the reply in progress (what was written is kept)")
-def stop(conversation_id: Whole, request: Request) -> dict[str, Any]:
-    return {"stopped": hub(request).stop(conversation_id)}
+def stop(conversation_id: Whole, request: Request) -> Stopped:
+    return Stopped(stopped=hub(request).stop(conversation_id))
 
 
 @router.get(

@@ -12,14 +12,15 @@ from app import sampling, schemas
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
 from app.models import Generation, LanguageModel, Vector
+from app.responses import GeneratedPair, GenerationOut, ModelOut
 
 router = APIRouter(prefix="/api", tags=["data"])
 
 
 @router.get("/models")
-def list_models(session: SessionDep) -> list[dict[str, Any]]:
+def list_models(session: SessionDep) -> list[ModelOut]:
     return [
-        schemas.model_out(m) for m in session.scalars(select(LanguageModel).order_by(LanguageModel.id)).all()
+        ModelOut.model_validate(m) for m in session.scalars(select(LanguageModel).order_by(LanguageModel.id))
     ]
 
 
@@ -30,23 +31,24 @@ def list_generations(
     run_id: Whole | None = None,
     limit: Annotated[Whole, Query(ge=1, le=1000)] = 100,
     offset: Whole = 0,
-) -> list[dict[str, Any]]:
+) -> list[GenerationOut]:
     query = select(Generation).order_by(Generation.id).limit(limit).offset(offset)
     if vector_id is not None:
         query = query.where(Generation.vector_id == vector_id)
     if run_id is not None:
         query = query.join(Vector, Generation.vector_id == Vector.id).where(Vector.run_id == run_id)
-    return [schemas.generation_out(g) for g in session.scalars(query).all()]
+    return [GenerationOut.model_validate(g) for g in session.scalars(query).all()]
 
 
 @router.post(
     "/generations",
     summary="Generate now (between training steps): steered and unsteered, answered from the table if stored",
-    response_model=None,
+    response_model=GeneratedPair,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "With stream=true: an SSE stream."}
+    },
 )
-def create_generation(
-    body: schemas.GenerationCreate, service: ServiceDep
-) -> dict[str, Any] | StreamingResponse:
+def create_generation(body: schemas.GenerationCreate, service: ServiceDep) -> Any:
     if body.stream:
         return StreamingResponse(
             sampling.generate_stream(service, sampling.plan(service, body)),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
@@ -11,6 +10,7 @@ from fastapi.responses import Response
 from app import interop
 from app.deps import ServiceDep
 from app.fields import Whole, maybe_whole
+from app.responses import Imported
 
 router = APIRouter(prefix="/api", tags=["interop"])
 
@@ -43,7 +43,7 @@ async def import_vectors(
     file: UploadFile = File(...),  # noqa: B008 - FastAPI's way to declare an upload
     model: str = Form(""),
     block: str = Form(""),
-) -> dict[str, Any]:
+) -> Imported:
     data = await file.read(service.settings.max_upload_bytes + 1)
     run_id = await asyncio.to_thread(
         lambda: interop.import_file(
@@ -56,8 +56,6 @@ async def import_vectors(
     )
     sample_jobs = await asyncio.to_thread(interop.sample_imported, service, run_id)
     with service.db.session() as session:
-        return {
-            "run_id": run_id,
-            "vector_ids": interop.run_vector_ids(session, run_id),
-            "sample_jobs": sample_jobs,
-        }
+        return Imported(
+            run_id=run_id, vector_ids=interop.run_vector_ids(session, run_id), sample_jobs=sample_jobs
+        )

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from app import jobs, schemas, store
+from app import jobs, store
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
 from app.models import Job
+from app.responses import JobOut
 from app.sampling import sse
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -25,30 +26,30 @@ def list_jobs(
     status: jobs.Status | None = None,
     limit: Annotated[Whole, Query(ge=1, le=500)] = 50,
     offset: Whole = 0,
-) -> list[dict[str, Any]]:
+) -> list[JobOut]:
     query = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
     if status is not None:
         query = query.where(Job.status == status)
-    return [schemas.job_out(j) for j in session.scalars(query).all()]
+    return [JobOut.model_validate(j) for j in session.scalars(query).all()]
 
 
 @router.get("/{job_id}")
-def read_job(job_id: Whole, session: SessionDep) -> dict[str, Any]:
-    return schemas.job_out(jobs.get(session, job_id))
+def read_job(job_id: Whole, session: SessionDep) -> JobOut:
+    return JobOut.model_validate(jobs.get(session, job_id))
 
 
 @router.post(
     "/{job_id}/cancel", summary="Cancel; a running job stops between steps and keeps what it finished"
 )
-def cancel_job(job_id: Whole, service: ServiceDep) -> dict[str, Any]:
-    return schemas.job_out(service.change_job(jobs.request_cancel, job_id))
+def cancel_job(job_id: Whole, service: ServiceDep) -> JobOut:
+    return JobOut.model_validate(service.change_job(jobs.request_cancel, job_id))
 
 
 @router.post(
     "/{job_id}/retry", summary="Queue a failed or cancelled job again; it resumes from what it stored"
 )
-def retry_job(job_id: Whole, service: ServiceDep) -> dict[str, Any]:
-    return schemas.job_out(service.change_job(jobs.retry, job_id))
+def retry_job(job_id: Whole, service: ServiceDep) -> JobOut:
+    return JobOut.model_validate(service.change_job(jobs.retry, job_id))
 
 
 @router.get("/{job_id}/events", summary="Server-sent events of the job; reconnect with Last-Event-ID")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from sqlalchemy import select
 
@@ -11,6 +9,7 @@ from app import schemas, sweeps
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
 from app.models import Sweep
+from app.responses import SweepOut, SweepSummary
 
 router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
 
@@ -18,21 +17,18 @@ router = APIRouter(prefix="/api/sweeps", tags=["sweeps"])
 @router.post(
     "", status_code=201, summary="Train a grid of runs (R × source blocks × prompt sets) with random twins"
 )
-def create_sweep(body: schemas.SweepCreate, service: ServiceDep) -> dict[str, Any]:
+def create_sweep(body: schemas.SweepCreate, service: ServiceDep) -> SweepOut:
     sweep = sweeps.start(service, body)
     with service.db.session() as session:
-        return sweeps.grid(session, sweeps.get(session, sweep.id))
+        return SweepOut.model_validate(sweeps.grid(session, sweeps.get(session, sweep.id)))
 
 
 @router.get("", summary="Sweeps, newest first")
-def list_sweeps(session: SessionDep) -> list[dict[str, Any]]:
+def list_sweeps(session: SessionDep) -> list[SweepSummary]:
     rows = session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(200)).all()
-    return [
-        {"id": s.id, "model": s.model_name, "spec": s.spec, "created_at": s.created_at.isoformat()}
-        for s in rows
-    ]
+    return [SweepSummary(id=s.id, model=s.model_name, spec=s.spec, created_at=s.created_at) for s in rows]
 
 
 @router.get("/{sweep_id}", summary="A sweep's grid: learned against random, cell by cell")
-def get_sweep(sweep_id: Whole, session: SessionDep) -> dict[str, Any]:
-    return sweeps.grid(session, sweeps.get(session, sweep_id))
+def get_sweep(sweep_id: Whole, session: SessionDep) -> SweepOut:
+    return SweepOut.model_validate(sweeps.grid(session, sweeps.get(session, sweep_id)))

@@ -11,37 +11,47 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import select
 
-from app import detectors, findings, labels, schemas, store
+from app import detectors, findings, labels, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid, NotFound
 from app.fields import Whole, whole
 from app.models import Behaviour, Generation, Vector
+from app.responses import (
+    BehaviourLabelled,
+    BehaviourOut,
+    DetectorOut,
+    DetectorRun,
+    DiscoveryOut,
+    Exemplar,
+    JobOut,
+    ScoringQueued,
+)
 from app.routes.label_pages import AuthorCookie
 from app.routes.run_pages import render
 
 router = APIRouter()
 
 
-def behaviour_out(b: Behaviour, exemplar: Generation | None) -> dict[str, Any]:
-    return {
-        "id": b.id,
-        "run_id": b.run_id,
-        "index": b.index,
-        "kind": b.kind,
-        "name": b.name,
-        "words": b.words,
-        "size": b.size,
-        "n_vectors": b.n_vectors,
-        "n_random": b.n_random,
-        "exemplar": None
+def behaviour_out(b: Behaviour, exemplar: Generation | None) -> BehaviourOut:
+    return BehaviourOut(
+        id=b.id,
+        run_id=b.run_id,
+        index=b.index,
+        kind=b.kind,
+        name=b.name,
+        words=list(b.words),
+        size=b.size,
+        n_vectors=b.n_vectors,
+        n_random=b.n_random,
+        exemplar=None
         if exemplar is None
-        else {
-            "generation_id": exemplar.id,
-            "vector_id": exemplar.vector_id,
-            "prompt": exemplar.prompt,
-            "text": exemplar.text,
-        },
-    }
+        else Exemplar(
+            generation_id=exemplar.id,
+            vector_id=exemplar.vector_id,
+            prompt=exemplar.prompt,
+            text=exemplar.text,
+        ),
+    )
 
 
 @router.get("/runs/{run_id}/behaviours", response_class=HTMLResponse, include_in_schema=False)
@@ -62,7 +72,7 @@ def behaviours_page(
 
 
 @router.get("/api/runs/{run_id}/behaviours", tags=["behaviours"], summary="A run's behaviours, biggest first")
-def list_behaviours(run_id: Whole, session: SessionDep) -> list[dict[str, Any]]:
+def list_behaviours(run_id: Whole, session: SessionDep) -> list[BehaviourOut]:
     found = findings.behaviours_of(session, store.get_run(session, run_id).id)
     examples = findings.exemplars(session, found)
     return [behaviour_out(b, examples.get(b.exemplar_id or -1)) for b in found]
@@ -71,17 +81,17 @@ def list_behaviours(run_id: Whole, session: SessionDep) -> list[dict[str, Any]]:
 @router.get(
     "/api/runs/{run_id}/discovery", tags=["behaviours"], summary="Distinct behaviours vs vectors tried"
 )
-def discovery(run_id: Whole, session: SessionDep) -> dict[str, Any]:
+def discovery(run_id: Whole, session: SessionDep) -> DiscoveryOut:
     """The discovery curve: behaviours (clusters) shown by the first k learned and random vectors."""
     run = store.get_run(session, run_id)
     curve = run.result.get("discovery") or {"learned": [], "random": []}
-    return {"run_id": run.id, "learned": curve.get("learned", []), "random": curve.get("random", [])}
+    return DiscoveryOut(run_id=run.id, learned=curve.get("learned", []), random=curve.get("random", []))
 
 
-def _score(service: Any, run_id: int) -> Any:
+def _score(service: Any, run_id: int) -> ScoringQueued:
     with service.db.session() as session:
         job = findings.queue_scoring(session, store.get_run(session, run_id))
-        out = {"job": schemas.job_out(job), "run_id": run_id, "scoring_run_id": job.run_id}
+        out = ScoringQueued(job=JobOut.model_validate(job), run_id=run_id, scoring_run_id=job.run_id)
     service.notify()
     return out
 
@@ -92,7 +102,7 @@ def _score(service: Any, run_id: int) -> Any:
     status_code=201,
     summary="Score, cluster and rank a run's gallery (and its random twin's) now",
 )
-def score_run(run_id: Whole, service: ServiceDep) -> dict[str, Any]:
+def score_run(run_id: Whole, service: ServiceDep) -> ScoringQueued:
     """Queues a scoring job (or answers with the one already waiting). Learned runs are scored by
     themselves once they and their twin finish; this scores again, e.g. after more samples."""
     return _score(service, run_id)
@@ -112,7 +122,7 @@ class BehaviourLabel(BaseModel):
 @router.post("/api/behaviours/{behaviour_id}/label", tags=["behaviours"], summary="Label every member")
 def label_behaviour(
     behaviour_id: Whole, body: BehaviourLabel, service: ServiceDep, author: AuthorCookie = None
-) -> dict[str, Any]:
+) -> BehaviourLabelled:
     """Put the label on the run's vectors this is the main behaviour of and on each of the run's
     completions in it (the random twin's members stay unlabelled: they are the baseline)."""
     name = labels.author_of(author)
@@ -132,12 +142,9 @@ def label_behaviour(
             labels.toggle(session, labels.Toggle(label_id=body.label_id, vector_id=vid, on=True), name)
         for gid in generations:
             labels.toggle(session, labels.Toggle(label_id=body.label_id, generation_id=gid, on=True), name)
-    return {
-        "behaviour_id": behaviour_id,
-        "label_id": body.label_id,
-        "vectors": len(vectors),
-        "generations": len(generations),
-    }
+    return BehaviourLabelled(
+        behaviour_id=behaviour_id, label_id=body.label_id, vectors=len(vectors), generations=len(generations)
+    )
 
 
 # detectors
@@ -175,17 +182,17 @@ async def save_detector_form(request: Request, service: ServiceDep) -> Response:
     return RedirectResponse("/detectors", status_code=303)
 
 
-def detector_out(d: Any) -> dict[str, Any]:
-    return {"id": d.id, "name": d.name, "kind": d.kind, "pattern": d.pattern, "judge_model": d.judge_model}
+def detector_out(d: Any) -> DetectorOut:
+    return DetectorOut.model_validate(d)
 
 
 @router.get("/api/detectors", tags=["detectors"], summary="Defined detectors")
-def list_detectors(session: SessionDep) -> list[dict[str, Any]]:
+def list_detectors(session: SessionDep) -> list[DetectorOut]:
     return [detector_out(d) for d in detectors.all_detectors(session)]
 
 
 @router.post("/api/detectors", tags=["detectors"], summary="Define a detector", status_code=201)
-def create_detector(body: detectors.DetectorEdit, service: ServiceDep) -> dict[str, Any]:
+def create_detector(body: detectors.DetectorEdit, service: ServiceDep) -> DetectorOut:
     with service.db.session() as session:
         return detector_out(detectors.save(session, body))
 
@@ -193,7 +200,7 @@ def create_detector(body: detectors.DetectorEdit, service: ServiceDep) -> dict[s
 @router.post(
     "/api/detectors/{detector_id}/runs/{run_id}", tags=["detectors"], summary="Score a run's completions"
 )
-async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -> dict[str, Any]:
+async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -> DetectorRun:
     """A regex is answered at once; a judge question becomes a job for the worker (its model is
     checked first, so a model the worker cannot load is refused here)."""
     with service.db.session() as session:
@@ -211,10 +218,12 @@ async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -
             job = detectors.queue_judging(
                 session, detectors.get(session, detector_id), store.get_run(session, run_id), model
             )
-            out = {"detector_id": detector_id, "run_id": run_id, "scored": None, "job": schemas.job_out(job)}
+            out = DetectorRun(
+                detector_id=detector_id, run_id=run_id, scored=None, job=JobOut.model_validate(job)
+            )
         service.notify()
         return out
     rows = await asyncio.to_thread(detectors.regex_scores, pattern, texts)  # long texts: off the event loop
     with service.db.session() as session:
         stored = detectors.store_scores(session, detector_id, rows)
-    return {"detector_id": detector_id, "run_id": run_id, "scored": stored, "job": None}
+    return DetectorRun(detector_id=detector_id, run_id=run_id, scored=stored, job=None)

@@ -14,6 +14,7 @@ from app import findings, gallery, labels, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid
 from app.fields import MAX_NAME, Whole, describe, maybe_whole
+from app.responses import LabelingOut, LabelOut, NoteOut
 from app.routes.run_pages import GalleryQuery, render
 
 router = APIRouter()
@@ -126,29 +127,23 @@ def queue(
 
 
 @router.get("/api/labels", tags=["labels"], summary="The project's labels")
-def list_labels(session: SessionDep) -> list[dict[str, Any]]:
-    return [
-        {k: getattr(x, k) for k in ("id", "name", "colour", "key", "description")}
-        for x in labels.all_labels(session)
-    ]
+def list_labels(session: SessionDep) -> list[LabelOut]:
+    return [LabelOut.model_validate(x) for x in labels.all_labels(session)]
 
 
 @router.post("/api/labelings", tags=["labels"], summary="Put a label on (or off) a vector or a generation")
-def toggle_label(body: labels.Toggle, service: ServiceDep, author: AuthorCookie = None) -> dict[str, Any]:
+def toggle_label(body: labels.Toggle, service: ServiceDep, author: AuthorCookie = None) -> LabelingOut:
     name = labels.author_of(author)
     with service.db.session() as session:
         on = labels.toggle(session, body, name)
-    return {
-        "label_id": body.label_id,
-        "vector_id": body.vector_id,
-        "generation_id": body.generation_id,
-        "on": on,
-    }
+    return LabelingOut(
+        label_id=body.label_id, vector_id=body.vector_id, generation_id=body.generation_id, on=on
+    )
 
 
 @router.post("/api/notes", tags=["labels"], summary="A note on a vector")
-def add_note(body: labels.NoteCreate, service: ServiceDep, author: AuthorCookie = None) -> dict[str, Any]:
+def add_note(body: labels.NoteCreate, service: ServiceDep, author: AuthorCookie = None) -> NoteOut:
     name = labels.author_of(author)
     with service.db.session() as session:
         note = labels.add_note(session, vector_id=body.vector_id, text=body.text, author=name)
-        return {"id": note.id, "vector_id": note.vector_id, "text": note.text, "author": note.author}
+        return NoteOut.model_validate(note)

@@ -77,12 +77,14 @@ def working_job(session: Any, run: Run) -> Job | None:
 def status_context(session: Any, run: Run) -> dict[str, Any]:
     """What the live parts of a run page show: progress, resolved values, settings."""
     job = working_job(session, run)
+    stats = summary.vector_stats(session, run)
     return {
         "run": run,
         "job": job,
         "live": is_live(job),
+        "stats": stats,
         "report": last_progress(session, job),
-        "facts": summary.facts(run, job),
+        "facts": summary.facts(run, job, stats),
         "settings": summary.settings(run),
     }
 
@@ -171,11 +173,6 @@ def show_run(run_id: Whole, request: Request, session: SessionDep, query: Galler
             .order_by(Run.id)
         ).all()
     return render(request, "runs/show.html", context)
-
-
-@router.get("/runs/{run_id}/progress", response_class=HTMLResponse)
-def run_progress(run_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
-    return render(request, "runs/_progress.html", status_context(session, store.get_run(session, run_id)))
 
 
 @router.get("/runs/{run_id}/live")

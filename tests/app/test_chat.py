@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from app.main import create_app
 from app.models import Message
-from tests.app.conftest import make_settings, wait_for
+from tests.app.conftest import WAIT_S, make_settings, wait_for
 from tests.live import LiveServer, free_port
 
 
@@ -27,7 +27,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[L
 
 @pytest.fixture(scope="module")
 def api(live: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live.url, timeout=120) as client:
+    with httpx.Client(base_url=live.url, timeout=WAIT_S) as client:
         yield client
 
 
@@ -56,7 +56,7 @@ def replies(api: httpx.Client, cid: int, turn: int | None = None) -> dict[str, d
         mine = [m for m in messages if m["role"] == "assistant" and m["turn"] == last]
         return {m["pane"]: m for m in mine} if mine and all(m["finish_reason"] for m in mine) else None
 
-    result: dict[str, dict[str, Any]] = wait_for(done, 60, "the replies")
+    result: dict[str, dict[str, Any]] = wait_for(done, what="the replies")
     return result
 
 

@@ -72,7 +72,6 @@ ID_ROUTES = [
     ("GET", "/api/export/vectors.csv?run_id={n}"),
     ("GET", "/api/export/generations.jsonl?run_id={n}"),
     ("GET", "/runs/{n}"),
-    ("GET", "/runs/{n}/progress"),
     ("GET", "/runs/{n}/live"),
     ("GET", "/runs/{n}/gallery"),
     ("GET", "/runs/{n}/map.json"),

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from app.main import create_app
 from tests.app.conftest import make_settings, wait_for
@@ -18,6 +19,7 @@ from tests.live import LiveServer, free_port
 # Generous on purpose: a busy 2-core machine runs the worker, the server and Chromium at once.
 TIMEOUT_MS = 180_000  # Playwright's waits
 TIMEOUT_S = TIMEOUT_MS / 1000  # every HTTP call and condition wait
+expect.set_options(timeout=TIMEOUT_MS)  # Playwright's assertions wait 5 s unless told otherwise
 CHROMIUM = os.environ.get("STEERSCOPE_CHROMIUM", "/usr/bin/chromium")
 EVIL_HOST = "evil.example"  # another site's name; the browser resolves it to this machine
 ARTIFACTS = Path(os.environ.get("STEERSCOPE_TEST_ARTIFACTS", "test-artifacts"))

@@ -48,6 +48,7 @@ def test_accept_the_suggested_label_with_one_key(page: Page, live: LiveServer, s
     expect(page.locator("#suggestion")).to_contain_text("rephrase")
     rephrase = page.locator(".label-toggle", has_text="rephrase")
     expect(rephrase).not_to_have_class(re.compile(r"\bon\b"))
+    expect(page.locator("#queue")).to_have_attribute("data-ready", "true")  # its keys are listened to
     page.keyboard.press("a")
     expect(rephrase).to_have_class(re.compile(r"\bon\b"))
     page.screenshot(path=shots / "20-queue-suggestion.png", full_page=True)

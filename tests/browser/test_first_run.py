@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import TIMEOUT_MS, LiveServer
+from tests.browser.conftest import TIMEOUT_MS, LiveServer, finished
 
 
 def test_from_a_fresh_database_to_a_gallery(
@@ -34,3 +34,35 @@ def test_from_a_fresh_database_to_a_gallery(
     page.screenshot(path=shots / "17-home-after-first-run.png", full_page=True)
     page.click(f"section.run-group a[href='{run_url.removeprefix(live.url)}']")
     expect(page.locator("article.card")).to_have_count(8)
+
+
+def test_every_page_as_it_looks_now(page: Page, live: LiveServer, api: httpx.Client, shots: Path) -> None:
+    """A screenshot of each page a user can reach (kept as artifacts), each checked for its gist."""
+    page.set_default_timeout(TIMEOUT_MS)
+    r = api.post("/api/runs", json={"prompts": ["Name a fruit."], "n_vectors": 3, "steps": 10})
+    finished(api, r.json()["job"]["id"])
+    vectors = api.get(f"/api/runs/{r.json()['run_id']}/vectors").json()
+    chain = api.post("/api/chains", json={"vector_id": vectors[0]["id"], "n_vectors": 2, "steps": 5})
+    finished(api, chain.json()["job"]["id"])
+    calibration = api.post("/api/calibrations", json={"prompts": ["Name a fruit."]})
+    finished(api, calibration.json()["job"]["id"])
+
+    def shot(path: str, name: str, gist: str) -> None:
+        page.goto(f"{live.url}{path}")
+        expect(page.locator("main")).to_contain_text(gist)
+        page.screenshot(path=shots / name, full_page=True)
+
+    shot("/jobs", "21-jobs.png", "took")
+    shot("/runs", "22-runs.png", "chain")
+    shot(f"/runs/{calibration.json()['run_id']}", "23-calibration-run.png", "calibrated R")
+    shot(f"/runs/{chain.json()['run_id']}", "24-chain.png", "Composition test")
+    page.select_option("#compose-n", "2")
+    page.click("#composition button[type=submit]")
+    page.wait_for_url(re.compile(r"/vectors/\d+$"))
+    expect(page.locator("#scales td.pending")).to_have_count(0)
+    page.screenshot(path=shots / "25-composed-vector.png", full_page=True)
+    shot("/labels", "26-labels.png", "Your name (recorded with every label)")
+    shot("/chat", "27-chat-list.png", "Conversations")
+    shot(f"/compare?ids={vectors[0]['id']},{vectors[1]['id']}", "28-compare.png", "Cosine of the vectors")
+    shot("/no/such/page", "29-not-found.png", "there is no page at /no/such/page")
+    expect(page.locator("#way-back a")).to_have_count(5)

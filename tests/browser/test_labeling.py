@@ -39,6 +39,7 @@ def test_label_five_vectors_with_the_keyboard(
     expect(page.locator("#queue-progress")).to_have_text("0 / 6 labeled")
     for i in range(5):  # refusal (3) on all five, code (5) on the odd ones, then Enter to move on
         expect(page.locator("#queue")).to_have_attribute("data-at", str(i))
+        expect(page.locator("#queue")).to_have_attribute("data-ready", "true")  # its keys are listened to
         page.keyboard.press("3")
         expect(page.locator(".label-toggle[data-key='3']")).to_have_class(re.compile(r"\bon\b"))
         if i % 2:
@@ -53,6 +54,7 @@ def test_label_five_vectors_with_the_keyboard(
             page.keyboard.type("looks like a refusal")
         page.keyboard.press("Enter")
     expect(page.locator("#queue")).to_have_attribute("data-at", "5")
+    expect(page.locator("#queue")).to_have_attribute("data-ready", "true")
     expect(page.locator("#queue-progress")).to_have_text("5 / 6 labeled")
     page.keyboard.press("k")
     expect(page.locator("#queue")).to_have_attribute("data-at", "4")

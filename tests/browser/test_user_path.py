@@ -36,6 +36,7 @@ def test_new_user_path(page: Page, live: LiveServer, api: httpx.Client, shots: P
 
     page.locator("a.vector-link").first.click()
     page.wait_for_url(re.compile(r"/vectors/\d+$"))
+    # The page's own scales job may be decoding now: a quick generation goes on beside it.
     page.fill("#custom-form input[name=scale]", "2")
     page.click("#custom-generate")
     expect(page.locator("#custom-steered")).to_be_visible()
