@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from app import responses, schemas, store
 from app.errors import Invalid
 from app.service import Service
@@ -74,21 +76,30 @@ def _message(plan: Plan, missing: list[dict[str, Any]], stream: bool) -> dict[st
     }
 
 
+def _store(service: Service, plan: Plan, missing: list[dict[str, Any]], value: dict[str, Any]) -> None:
+    with service.db.session() as session:
+        model = store.upsert_model(session, value["model"])
+        # Unsteered first, so the steered row can link to its partner.
+        pairs = sorted(
+            zip(missing, value["rows"], strict=True), key=lambda rr: rr[0]["vector_id"] is not None
+        )
+        for row, result in pairs:
+            fields = {k: v for k, v in row.items() if k not in ("key", "vector")}
+            stored = store.add_generation(session, model, {**fields, **result})
+            plan.found[row["key"]] = responses.generation_out(stored)
+
+
 def save(
     service: Service, plan: Plan, missing: list[dict[str, Any]], value: dict[str, Any]
 ) -> dict[str, Any]:
     """Store what the worker generated; answer with the steered and unsteered rows."""
     if missing:
-        with service.db.session() as session:
-            model = store.upsert_model(session, value["model"])
-            # Unsteered first, so the steered row can link to its partner.
-            pairs = sorted(
-                zip(missing, value["rows"], strict=True), key=lambda rr: rr[0]["vector_id"] is not None
-            )
-            for row, result in pairs:
-                fields = {k: v for k, v in row.items() if k not in ("key", "vector")}
-                stored = store.add_generation(session, model, {**fields, **result})
-                plan.found[row["key"]] = responses.generation_out(stored)
+        try:
+            _store(service, plan, missing, value)
+        except IntegrityError:
+            # Two requests decoded the same generation at once (most often the unsteered partner they
+            # share) and the other stored it first: store again, and the stored row is found.
+            _store(service, plan, missing, value)
     steered = [plan.found[r["key"]] for r in plan.rows if r["vector_id"] is not None]
     return {"generation": steered[0] if steered else None, "unsteered": plan.found[plan.rows[-1]["key"]]}
 
