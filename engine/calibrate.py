@@ -177,14 +177,20 @@ class Calibrator:
     Construction does the fixed part (activations, residual norm, the Jacobian probe).
     """
 
-    def __init__(self, lm: LoadedModel, spec: CalibrateSpec) -> None:
+    def __init__(
+        self, lm: LoadedModel, spec: CalibrateSpec, *, segment: tuple[Segment, Tensor] | None = None
+    ) -> None:
+        """`segment`: the spec's segment and target mask when the caller has built them already."""
         self.began = time.perf_counter()
         self.spec = spec
         self.source, self.target = spec.span(lm.info)
         device = next(lm.model.parameters()).device
-        batch = encode_prompts(lm.tokenizer, spec.prompts).to(device)
-        mask = target_mask(batch, spec.positions)
-        seg = Segment(lm.model, batch, self.source, self.target)
+        if segment is None:
+            batch = encode_prompts(lm.tokenizer, spec.prompts).to(device)
+            mask = target_mask(batch, spec.positions)
+            seg = Segment(lm.model, batch, self.source, self.target)
+        else:
+            seg, mask = segment
         self.norm = residual_norm(seg, mask)
         dtype = seg.h_source.dtype
         directions = random_directions(spec.directions, lm.info.width, spec.seed).to(device, dtype)
@@ -192,6 +198,7 @@ class Calibrator:
         self.search = radius_search(spec.threshold, self.probe.step, LIMIT * self.norm)
         self.next_radius: float | None = next(self.search)
         self.found: tuple[float, float, list[tuple[float, float]]] | None = None
+        self.probes = 0  # ratios measured so far
 
     @property
     def finished(self) -> bool:
@@ -202,6 +209,7 @@ class Calibrator:
         assert self.next_radius is not None, "the calibration has finished"
         radius = self.next_radius
         value = self.probe(radius)
+        self.probes += 1
         try:
             self.next_radius = self.search.send(value)
         except StopIteration as end:

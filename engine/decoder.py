@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from engine import kvcache
+from engine.adapters import adapting, stack_rows
 from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.prompts import positions_from_mask
@@ -120,6 +121,7 @@ class Decoder:
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # [B, L] 1 = real token
         self.last = torch.zeros(0, dtype=torch.long, device=self.device)  # [B] token fed next
         self.deltas: dict[int, Tensor] = {}  # block -> [B, d] added at generated positions
+        self.adapters: dict[int, tuple[Tensor, Tensor]] = {}  # block -> per-row factors (adapters.py)
         self.prefilled_last = False
 
     def __len__(self) -> int:
@@ -171,7 +173,8 @@ class Decoder:
             mask[i, width - len(row.prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         prompt_deltas = self._deltas(joining, ("all", "prompt"))
-        with torch.no_grad(), self._steering(prompt_deltas, prompt=True):
+        adapters = self._adapters(joining)
+        with torch.no_grad(), self._steering(prompt_deltas, prompt=True), adapting(self.lm.model, adapters):
             result = self.lm.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -184,7 +187,7 @@ class Decoder:
             self._advance(row, token, out)
         generated = self._deltas(joining, ("all", "generated"))
         if self.cache is None:
-            self.cache, self.mask, self.deltas = result.cache, mask, generated
+            self.cache, self.mask, self.deltas, self.adapters = result.cache, mask, generated, adapters
             self.last = torch.tensor(tokens, dtype=torch.long, device=self.device)
             self.rows = list(joining)
             return
@@ -197,6 +200,10 @@ class Decoder:
                     self._or_zeros(generated.get(block), len(joining)),
                 ]
             )
+        for block in set(self.adapters) | set(adapters):
+            self.adapters[block] = _join_factors(
+                self.adapters.get(block), len(self.rows), adapters.get(block), len(joining)
+            )
         self.last = torch.cat([self.last, torch.tensor(tokens, dtype=torch.long, device=self.device)])
         self.rows += joining
 
@@ -204,7 +211,11 @@ class Decoder:
         batch = len(self.rows)
         mask = torch.cat([self.mask, self.mask.new_ones(batch, 1)], dim=1)
         positions = torch.tensor([[row.position] for row in self.rows], device=self.device)
-        with torch.no_grad(), self._steering(self.deltas, prompt=False):
+        with (
+            torch.no_grad(),
+            self._steering(self.deltas, prompt=False),
+            adapting(self.lm.model, self.adapters),
+        ):
             result = self.lm.model(
                 input_ids=self.last[:, None],
                 attention_mask=mask,
@@ -252,7 +263,7 @@ class Decoder:
         """Drop finished rows once enough have finished to pay for copying the cache; cut padding."""
         done = [i for i, row in enumerate(self.rows) if row.done]
         if len(done) == len(self.rows):
-            self.rows, self.cache, self.deltas = [], None, {}
+            self.rows, self.cache, self.deltas, self.adapters = [], None, {}, {}
             self.mask, self.last = self.mask[:0, :0], self.last[:0]
             return
         if len(done) >= max(1, len(self.rows) // 8):
@@ -261,6 +272,7 @@ class Decoder:
             self.rows = [self.rows[i] for i in keep.tolist()]
             self.mask, self.last = self.mask[keep], self.last[keep]
             self.deltas = {block: delta[keep] for block, delta in self.deltas.items()}
+            self.adapters = {block: (a[keep], b[keep]) for block, (a, b) in self.adapters.items()}
         shared = int((self.mask.cumsum(dim=1) == 0).all(dim=0).sum())  # leading columns padded in every row
         if shared >= max(TRIM_COLUMNS, self.mask.shape[1] // 4):
             kvcache.trim(self.cache, self.mask.shape[1], shared)
@@ -282,6 +294,16 @@ class Decoder:
             ]
             deltas[block] = torch.stack(stacked).to(self.device, self.dtype)
         return deltas
+
+    def _adapters(self, rows: list[_Row]) -> dict[int, tuple[Tensor, Tensor]]:
+        """Per block, the rows' adapter factors (zero where a row has none)."""
+        adapters = [row.request.adapter for row in rows]
+        out = {}
+        for block in sorted({a.block for a in adapters if a is not None}):
+            factors = stack_rows(adapters, block)
+            if factors is not None:
+                out[block] = (factors[0].to(self.device, self.dtype), factors[1].to(self.device, self.dtype))
+        return out
 
     def _or_zeros(self, delta: Tensor | None, rows: int) -> Tensor:
         if delta is not None:
@@ -325,6 +347,25 @@ class Decoder:
         for i, token in zip(sampled, order.gather(-1, rank)[:, 0].tolist(), strict=True):
             tokens[i] = token
         return [int(t) for t in tokens]
+
+
+def _join_factors(
+    old: tuple[Tensor, Tensor] | None, n_old: int, new: tuple[Tensor, Tensor] | None, n_new: int
+) -> tuple[Tensor, Tensor]:
+    """Rows of two batches' adapter factors at one block, ranks padded with zero columns."""
+    some = old if old is not None else new
+    assert some is not None
+    d_ff, width = some[0].shape[1], some[1].shape[1]
+    rank = max(f[0].shape[2] for f in (old, new) if f is not None)
+
+    def padded(f: tuple[Tensor, Tensor] | None, n: int) -> tuple[Tensor, Tensor]:
+        if f is None:
+            return some[0].new_zeros(n, d_ff, rank), some[1].new_zeros(n, width, rank)
+        pad = rank - f[0].shape[2]
+        return torch.nn.functional.pad(f[0], (0, pad)), torch.nn.functional.pad(f[1], (0, pad))
+
+    a, b = padded(old, n_old), padded(new, n_new)
+    return torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
 
 
 def _left_pad(mask: Tensor, width: int) -> Tensor:

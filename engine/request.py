@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from engine.adapters import Adapter, mlp_out
 from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.prompts import format_messages, format_prompt
@@ -31,7 +32,8 @@ class GenerationRequest:
     messages: Sequence[Mapping[str, str]] | None = None  # or a conversation of {role, content}
     block: int | None = None  # the block whose output the terms are added to
     terms: Sequence[Term] = ()  # (vector [d], scale) pairs; none = unsteered
-    where: Where = "all"  # steer prompt positions, generated ones, or both
+    where: Where = "all"  # steer prompt positions, generated ones, or both (vectors only)
+    adapter: Adapter | None = None  # a steering adapter, at every position, beside any vectors
     seed: int = 0
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 = greedy
@@ -58,6 +60,8 @@ class GenerationRequest:
                 raise EngineError(f"steering scale must be a finite number, got {scale}")
             if not isinstance(vector, Tensor) or vector.dim() != 1 or not bool(torch.isfinite(vector).all()):
                 raise EngineError("a steering vector must be a 1-D tensor of finite values (no NaN or inf)")
+        if self.adapter is not None and not isinstance(self.adapter, Adapter):
+            raise EngineError("an adapter must be an engine Adapter")
         if not 0 <= self.seed < 2**63:
             raise EngineError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
@@ -97,6 +101,8 @@ def encode_request(lm: LoadedModel, req: GenerationRequest) -> list[int]:
     for vector, _ in req.terms:
         if vector.shape != (info.width,):
             raise EngineError(f"a steering vector has width {vector.shape[0]}, the model needs {info.width}")
+    if req.adapter is not None:
+        check_adapter(lm, req.adapter)
     if req.prompt is not None:
         text = format_prompt(tokenizer, req.prompt)
     else:
@@ -112,3 +118,19 @@ def encode_request(lm: LoadedModel, req: GenerationRequest) -> list[int]:
             f"the model's context of {info.context_length} tokens"
         )
     return ids
+
+
+def check_adapter(lm: LoadedModel, adapter: Adapter) -> None:
+    """The adapter fits the model: its block exists and its factors have the projection's shapes."""
+    _, _, info = lm
+    if not 0 <= adapter.block < info.n_blocks:
+        raise EngineError(
+            f"adapter block {adapter.block} is out of range: the model has blocks 0..{info.n_blocks - 1}"
+        )
+    projection = mlp_out(lm.model, adapter.block)
+    if adapter.down.shape[0] != projection.in_features or adapter.up.shape[0] != projection.out_features:
+        raise EngineError(
+            f"the adapter's factors are [{adapter.down.shape[0]}, r] and [{adapter.up.shape[0]}, r]; block "
+            f"{adapter.block}'s MLP output projection needs [{projection.in_features}, r] and "
+            f"[{projection.out_features}, r]"
+        )

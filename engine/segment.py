@@ -49,7 +49,16 @@ class Segment:
     Rows of a run are vector-major: row k * P + i is vector k on prompt i.
     """
 
-    def __init__(self, model: nn.Module, batch: PromptBatch, source: int, target: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batch: PromptBatch,
+        source: int,
+        target: int,
+        *,
+        input_of: nn.Module | None = None,
+    ) -> None:
+        """`input_of`: a module whose input on the prompts is kept too (`self.kept_input`)."""
         blocks = get_blocks(model)
         check_span(len(blocks), source, target)
         self.model, self.batch, self.source, self.target = model, batch, source, target
@@ -68,7 +77,12 @@ class Segment:
             # Everything a block gets besides its hidden states: masks, positions, rotary tables.
             self._calls.append((tuple(args[1:]), dict(kwargs)))
 
+        def keep_input(module: nn.Module, args: Any) -> None:
+            captured["input"] = args[0].detach()
+
         handles = [blocks[source].register_forward_hook(keep_source)]
+        if input_of is not None:
+            handles.append(input_of.register_forward_pre_hook(keep_input))
         handles += [b.register_forward_pre_hook(keep_call, with_kwargs=True) for b in self.blocks]
         handles.append(blocks[target - 1].register_forward_hook(keep_target))
         try:
@@ -79,6 +93,7 @@ class Segment:
                 h.remove()
         self.h_source: Tensor = captured["source"]  # [P, T, d] output of the source block
         self.z0: Tensor = captured["target"]  # [P, T, d] unsteered hidden_states[target]
+        self.kept_input: Tensor | None = captured.get("input")  # [P, T, *] input of `input_of`
 
     @property
     def prompts(self) -> int:
@@ -95,10 +110,16 @@ class Segment:
         return self._expanded[times]
 
     def run(self, delta: Tensor) -> Tensor:
-        """hidden_states[target] with delta [K, d] added at the source: [K * P, T, d]."""
+        """hidden_states[target] with delta added at the source: [K * P, T, d].
+
+        delta is [K, d] (one vector at every position) or [K, P, T, d] (a change per position).
+        """
         k = delta.shape[0]
         hidden = self.h_source.repeat(k, 1, 1)  # [K*P, T, d]
-        hidden = hidden + delta.to(hidden.dtype).repeat_interleave(self.prompts, dim=0)[:, None, :]
+        if delta.dim() == 4:
+            hidden = hidden + delta.to(hidden.dtype).reshape(hidden.shape)
+        else:
+            hidden = hidden + delta.to(hidden.dtype).repeat_interleave(self.prompts, dim=0)[:, None, :]
         for block, (args, kwargs) in zip(self.blocks, self._calls_for(k), strict=True):
             out = block(hidden, *args, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out

@@ -21,9 +21,13 @@ MAX_NEW_TOKENS = 2048
 S = TypeVar("S", bound="_Spec")
 
 
+DEEP = 16  # blocks from which a model is deep enough for the reference's source block 7
+
+
 def default_source(n_blocks: int) -> int:
-    """Source block from depth: 7 on deep models (the reference default), a quarter of shallow ones."""
-    return max(0, min(7, n_blocks // 4))
+    """Source block from depth: 7 on models of 16 blocks or more (the reference default, e.g. on
+    24-block Qwen-1.8B), a quarter of the depth on shallower ones."""
+    return 7 if n_blocks >= DEEP else max(0, n_blocks // 4)
 
 
 def default_target(n_blocks: int, source: int) -> int:
@@ -176,6 +180,87 @@ class MelboSpec(_Spec):
         ):
             if getattr(self, name) not in choices:
                 raise EngineError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+
+    def span(self, info: ModelInfo) -> tuple[int, int]:
+        return _span(info, self.source, self.target)
+
+
+@dataclass(frozen=True)
+class DctSpec(_Spec):
+    """A Deep Causal Transcoding run (the exponential variant): n factors learned together, each an
+    input direction v at the source block and an output direction u at the target; R·v is a
+    steering vector like a MELBO one (engine/dct.py)."""
+
+    prompts: tuple[str, ...]
+    model: str = "default"
+    source: int | None = None  # block whose output is steered; None: from depth
+    target: int | None = None  # hidden_states index read; None: L - 8
+    radius: float | None = None  # R; None: calibrated, where the nonlinearity ratio reaches `threshold`
+    n_vectors: int = 8  # factors (at most the model's width: their input directions are orthogonalized)
+    steps: int | None = None  # iterations; None: 10, the published count
+    positions: str = "user"  # user | prompt | all | last:k; the change is averaged over them
+    batch_size: int = 32  # factors per forward pass
+    projection: int = 32  # random output directions of the Jacobian start
+    threshold: float = 0.5  # calibration's nonlinearity ratio (only when R is not given)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _prompts(self.prompts)
+        _finite_positive("R (radius)", self.radius)
+        _positions(self.positions)
+        _int_range("number of vectors", self.n_vectors, 1, MAX_VECTORS)
+        if self.steps is not None:
+            _int_range("steps (DCT iterations)", self.steps, 1, 1000)
+        _int_range("batch size", self.batch_size, 1, MAX_VECTORS)
+        _int_range("projection", self.projection, 1, 1024)
+        if not 0 < self.threshold < 10:
+            raise EngineError(f"threshold must be between 0 and 10, got {self.threshold}")
+
+    def span(self, info: ModelInfo) -> tuple[int, int]:
+        if self.n_vectors > info.width:
+            raise EngineError(
+                f"number of vectors must be at most the model's width ({info.width}) for DCT, whose "
+                f"input directions are orthogonal; got {self.n_vectors}"
+            )
+        return _span(info, self.source, self.target)
+
+
+@dataclass(frozen=True)
+class AdapterSpec(_Spec):
+    """Unsupervised steering adapters: n rank-r LoRAs on the source block's MLP output projection,
+    each maximizing the MELBO objective with unit-norm factor columns (engine/adapter_trainer.py)."""
+
+    prompts: tuple[str, ...]
+    model: str = "default"
+    source: int | None = None  # block whose MLP output projection is adapted; None: from depth
+    target: int | None = None  # hidden_states index read by the objective; None: L - 8
+    radius: float | None = None  # R in W + R·B·Aᵀ; None: matched to a vector of the default norm
+    rank: int = 16  # r: columns of A and B
+    p: float = 2.0
+    q: float | None = None
+    n_vectors: int = 8  # adapters
+    steps: int | None = None  # None: 100 (training stops earlier once converged)
+    lr: float | None = None  # None: matched to each factor's dimension (about 0.08 rad a step)
+    positions: str = "user"
+    loss: Literal["token", "reference"] = "token"
+    normalize: bool = False
+    seed: int = 0
+    batch_size: int = 8  # adapters trained together
+
+    def __post_init__(self) -> None:
+        _prompts(self.prompts)
+        _finite_positive("R (radius)", self.radius)
+        _finite_positive("p", self.p, allow_none=False)
+        _finite_positive("q", self.q)
+        _finite_positive("lr", self.lr)
+        _positions(self.positions)
+        _int_range("rank", self.rank, 1, 1024)
+        _int_range("number of vectors", self.n_vectors, 1, MAX_VECTORS)
+        if self.steps is not None:
+            _int_range("steps", self.steps, 0, MAX_STEPS)
+        _int_range("batch size", self.batch_size, 1, MAX_VECTORS)
+        if self.loss not in ("token", "reference"):
+            raise EngineError(f"loss must be one of token, reference, got {self.loss!r}")
 
     def span(self, info: ModelInfo) -> tuple[int, int]:
         return _span(info, self.source, self.target)
