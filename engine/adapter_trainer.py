@@ -21,8 +21,15 @@ from torch import Tensor
 
 from engine.adapters import Adapter, adapting, mlp_out, random_factors, stack_rows
 from engine.errors import EngineError
-from engine.melbo import FAST_ANGLE, FAST_FINAL_LR, FAST_PATIENCE, FAST_STEPS, FAST_TOL, RADIUS_FRACTION
-from engine.melbo import VectorRecord
+from engine.melbo import (
+    FAST_ANGLE,
+    FAST_FINAL_LR,
+    FAST_PATIENCE,
+    FAST_STEPS,
+    FAST_TOL,
+    RADIUS_FRACTION,
+    VectorRecord,
+)
 from engine.metrics import median_norm
 from engine.models import LoadedModel
 from engine.objective import Objective

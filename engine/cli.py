@@ -16,10 +16,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train MELBO vectors (or a random baseline) into a safetensors file")
+    train = sub.add_parser(
+        "train",
+        help="train MELBO vectors, a random baseline or DCT vectors into a safetensors file "
+        "(steering adapters: a folder of PEFT adapters)",
+    )
     add_model_args(train)
     add_prompt_args(train)
-    train.add_argument("--out", type=Path, required=True, help="safetensors file to write")
+    train.add_argument(
+        "--out", type=Path, required=True, help="safetensors file to write (adapters: a folder)"
+    )
     train.add_argument("--samples", type=Path, help="also write greedy completions per vector to this JSONL")
     train.add_argument("--max-new-tokens", type=int, default=48)
     train.add_argument("--source", type=int, help="block whose output is steered (default from depth)")
@@ -34,10 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--loss", choices=["token", "reference"])
     train.add_argument("--normalize", action="store_true", help="per-token normalized objective")
     train.add_argument("--no-orthogonal", action="store_true")
-    train.add_argument("--method", choices=["melbo", "random"], default="melbo")
+    train.add_argument("--method", choices=["melbo", "random", "dct", "adapter"], default="melbo")
     train.add_argument("--mode", choices=["fast", "reference"], default="fast")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--batch-size", type=int, default=16, help="vectors trained together (fast mode)")
+    train.add_argument(
+        "--batch-size", type=int, default=16, help="vectors (DCT: factors, adapters) trained together"
+    )
+    train.add_argument("--projection", type=int, help="DCT: random output directions of the Jacobian start")
+    train.add_argument("--beta", type=float, help="DCT: share of each update taken (1 = infinite step)")
+    train.add_argument("--rank", type=int, help="adapters: rank r of each LoRA (default 16)")
 
     chain = sub.add_parser("chain", help="grow an orthogonal chain (MELBO-ortho) from a stored vector")
     add_model_args(chain)

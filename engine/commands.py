@@ -116,6 +116,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from engine.specs import MelboSpec
     from engine.vectors import save_vectors
 
+    if args.method == "dct":
+        return _train_dct(args)
+    if args.method == "adapter":
+        return _train_adapters(args)
     lm = _load(args)
     fields = ("source", "target", "radius", "p", "q", "n_vectors", "steps", "lr", "positions", "loss")
     options = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
@@ -158,6 +162,106 @@ def cmd_train(args: argparse.Namespace) -> None:
         rows = _samples(lm, spec.prompts, result.source, result.vectors, 1.0, args.max_new_tokens, spec.seed)
         _write_jsonl(args.samples, rows)
         print(f"wrote {len(rows)} completions to {args.samples}")
+
+
+def _options(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {f: getattr(args, f) for f in names if getattr(args, f, None) is not None}
+
+
+def _train_dct(args: argparse.Namespace) -> None:
+    """DCT: the factors' steering vectors by α² (largest first), in one safetensors file."""
+    from engine.dct import train_dct
+    from engine.specs import DctSpec
+    from engine.vectors import save_vectors
+
+    lm = _load(args)
+    fields = ("source", "target", "radius", "n_vectors", "steps", "positions", "projection", "beta")
+    spec = DctSpec.from_dict(
+        dict(
+            _options(args, fields),
+            prompts=_prompts(args),
+            model=args.model,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
+    )
+    bar = tqdm(total=0, unit="unit", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(phase: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix(phase=phase, refresh=True)
+
+    result = train_dct(lm, spec, on_progress=progress)
+    bar.close()
+    metadata = {
+        "model": args.model,
+        "architecture": lm.info.architecture,
+        "block": result.source,
+        "target": result.target,
+        "radius": result.radius,
+        "residual_norm": result.residual_norm,
+        "method": "dct",
+        "seed": spec.seed,
+        "spec": spec.to_dict(),
+        "calibration": result.calibration,
+        "records": [r.to_dict() for r in result.records],
+    }
+    save_vectors(args.out, result.vectors, metadata)
+    print(
+        f"saved {len(result.vectors)} DCT vectors (R={result.radius:.3g}, block {result.source}) "
+        f"to {args.out}"
+    )
+    for r in result.records:
+        print(
+            f"  vector {r.index}: alpha {r.alpha:.4g}, effect {r.objective:.4g}, "
+            f"cos(start) {r.start_cosine:.2f}"
+        )
+    if args.samples:
+        rows = _samples(lm, spec.prompts, result.source, result.vectors, 1.0, args.max_new_tokens, spec.seed)
+        _write_jsonl(args.samples, rows)
+        print(f"wrote {len(rows)} completions to {args.samples}")
+
+
+def _train_adapters(args: argparse.Namespace) -> None:
+    """Steering adapters, each written as a PEFT LoRA folder: OUT/adapter_<i>/."""
+    from engine.adapter_trainer import AdapterTrainer
+    from engine.adapters import export_peft
+    from engine.specs import AdapterSpec
+
+    lm = _load(args)
+    fields = ("source", "target", "radius", "p", "q", "n_vectors", "steps", "lr", "positions", "loss", "rank")
+    spec = AdapterSpec.from_dict(
+        dict(
+            _options(args, fields),
+            prompts=_prompts(args),
+            model=args.model,
+            normalize=args.normalize,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
+    )
+    trainer = AdapterTrainer(lm, spec)
+    bar = tqdm(total=spec.n_vectors, unit="adapter", file=sys.stderr, dynamic_ncols=True)
+    while not trainer.finished:
+        bar.update(len(trainer.step()))
+    bar.close()
+    result = trainer.result()
+    for adapter, record in zip(result.adapters, result.records, strict=True):
+        meta = {
+            "method": "adapter",
+            "index": record.index,
+            "spec": spec.to_dict(),
+            "record": record.to_dict(),
+        }
+        folder = export_peft(
+            args.out / f"adapter_{record.index}", lm.model, adapter, base_model=args.model, meta=meta
+        )
+        print(f"  adapter {record.index}: objective {record.objective:.4g}, steps {record.steps} -> {folder}")
+    print(
+        f"saved {len(result.adapters)} adapters (rank {spec.rank}, R={result.radius:.3g}, "
+        f"block {result.source})"
+    )
 
 
 def cmd_chain(args: argparse.Namespace) -> None:

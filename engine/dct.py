@@ -101,13 +101,16 @@ class Transcoder:
         batch_size: int = 32,
         projection: int = 32,
         seed: int = 0,
+        beta: float = 1.0,
         device: torch.device | str = "cpu",
     ) -> None:
         if not 1 <= n_factors <= response.width:
             raise EngineError(f"DCT needs between 1 and {response.width} factors, got {n_factors}")
         if not math.isfinite(radius) or radius <= 0:
             raise EngineError(f"R (radius) must be a finite number > 0, got {radius}")
-        self.response, self.m, self.radius = response, n_factors, radius
+        if not 0 < beta <= 1:
+            raise EngineError(f"beta must be in (0, 1], got {beta}")
+        self.response, self.m, self.radius, self.beta = response, n_factors, radius, beta
         self.iterations, self.batch_size, self.projection = iterations, batch_size, projection
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
@@ -142,8 +145,9 @@ class Transcoder:
         yield from self._jacobian_start()
         self.phase = "start"
         yield from self._outputs()
-        for self.iteration in range(self.iterations):
-            self.phase = "iterations"
+        self.phase = "iterations"
+        for iteration in range(self.iterations):
+            self.iteration = iteration
             yield from self._iterate()
         self.phase = "ranking"
         yield from self._rank()
@@ -197,7 +201,10 @@ class Transcoder:
             for j, value in zip(range(part.start, part.stop), effect.detach().cpu().tolist(), strict=True):
                 self.curves[j].append(float(value))
             yield
-        self.U, self.V = F.normalize(g_u, dim=1), F.normalize(g_v, dim=1)
+        # β = 1 is the published "infinite step"; β < 1 keeps part of the last iterate.
+        beta = self.beta
+        self.U = F.normalize(beta * F.normalize(g_u, dim=1) + (1 - beta) * self.U, dim=1)
+        self.V = F.normalize(beta * F.normalize(g_v, dim=1) + (1 - beta) * self.V, dim=1)
 
     def _rank(self) -> Iterator[None]:
         effects = []
@@ -346,6 +353,7 @@ class DctTrainer:
             batch_size=spec.batch_size,
             projection=spec.projection,
             seed=spec.seed,
+            beta=spec.beta,
             device=self.device,
         )
 

@@ -160,7 +160,10 @@ class MelboTrainer:
         *,
         orthogonal_to: Tensor | None = None,
         on_progress: ProgressFn | None = None,
+        starts: Tensor | None = None,
     ) -> None:
+        """`starts` [n_vectors, d]: where each vector starts instead of a random direction (a warm
+        start; each is still projected and put at norm R first)."""
         self.began = time.perf_counter()
         self.spec, self.on_progress = spec, on_progress
         self.problem = _Problem(lm, spec)
@@ -169,6 +172,13 @@ class MelboTrainer:
         if fixed.dim() != 2 or fixed.shape[1] != width:
             raise EngineError(f"earlier vectors must have shape [F, {width}], got {tuple(fixed.shape)}")
         self.fixed, self.first = fixed, fixed.shape[0]
+        if starts is not None and (starts.dim() != 2 or starts.shape != (spec.n_vectors, width)):
+            raise EngineError(
+                f"starts must have shape [{spec.n_vectors}, {width}], got {tuple(starts.shape)}"
+            )
+        if starts is not None and not bool(torch.isfinite(starts).all()):
+            raise EngineError("starts contain NaN or infinite values")
+        self.starts = None if starts is None else starts.detach().float().cpu()
         self.total = max(0, spec.n_vectors - self.first)
         self.budget = step_budget(spec)
         radius = self.problem.radius
@@ -256,18 +266,24 @@ class MelboTrainer:
 
     def _random(self) -> list[VectorRecord]:
         """The random baseline: the trained vectors' starts, orthogonalized the same way."""
-        n, width = self.total - len(self.vectors), self.problem.width
+        n = self.total - len(self.vectors)
         index = self.first + len(self.vectors)
-        raw = torch.stack([initial_vector(self.spec.seed, index + i, width) for i in range(n)])
+        raw = self._starts(index, n)
         stacked = retract(raw, self._before(), self.problem.radius, self.spec.orthogonal)
         return self._finish(stacked, stacked, [[] for _ in range(n)])
+
+    def _starts(self, index: int, k: int) -> Tensor:
+        """Where vectors index .. index + k - 1 start: [k, d]."""
+        if self.starts is not None:
+            return self.starts[index : index + k]
+        return torch.stack([initial_vector(self.spec.seed, index + j, self.problem.width) for j in range(k)])
 
     def _start_batch(self) -> _Batch:
         spec, problem = self.spec, self.problem
         index = self.first + len(self.vectors)
         k = 1 if spec.mode == "reference" else min(spec.batch_size, self.total - len(self.vectors))
         before = self._before()
-        raw = torch.stack([initial_vector(spec.seed, index + j, problem.width) for j in range(k)])
+        raw = self._starts(index, k)
         init = retract(raw, before, problem.radius, spec.orthogonal)
         theta = init.clone().to(problem.device).requires_grad_(True)
         if spec.mode == "reference":

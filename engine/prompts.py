@@ -50,6 +50,8 @@ class PromptBatch:
     position_ids: Tensor  # [P, T] positions counted from each row's first real token
     user_mask: Tensor  # [P, T] bool: the user message through the end of the prompt
     texts: list[str]  # rendered prompts
+    # Rows whose user message the chat template changed (so it cannot be found in the rendered text).
+    unmatched: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -66,6 +68,7 @@ class PromptBatch:
             self.position_ids.to(device),
             self.user_mask.to(device),
             self.texts,
+            self.unmatched,
         )
 
     def model_inputs(self) -> dict[str, Tensor]:
@@ -81,17 +84,23 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def _encode_one(tokenizer: Any, prompt: str, chat: bool) -> tuple[list[int], int, str]:
-    """Token ids of one rendered prompt and the index of its first user-message token."""
+def _encode_one(tokenizer: Any, prompt: str, chat: bool) -> tuple[list[int], int | None, str]:
+    """Token ids of one rendered prompt and the index of its first user-message token (None when
+    the template changed the message so that it is not in the rendered text)."""
     text = format_prompt(tokenizer, prompt) if chat else prompt
     templated = text != prompt
     # A rendered chat template already carries its special tokens; a plain prompt gets BOS etc.
     enc = tokenizer(text, add_special_tokens=not templated, return_offsets_mapping=tokenizer.is_fast)
     ids = list(enc["input_ids"])
-    start_char = text.rfind(prompt) if prompt else len(text)
     if not templated:
         # Plain prompts: every token belongs to the user; a leading BOS (if any) does not.
         return ids, (1 if ids and ids[0] == tokenizer.bos_token_id and len(ids) > 1 else 0), text
+    # Templates that trim the message still hold it whole; any other change loses the user turn.
+    start_char = text.rfind(prompt) if prompt else len(text)
+    if start_char < 0 and prompt.strip():
+        start_char = text.rfind(prompt.strip())
+    if start_char < 0:
+        return ids, None, text
     if tokenizer.is_fast:
         offsets = enc["offset_mapping"]
         first = next((i for i, (_, end) in enumerate(offsets) if end > start_char), len(ids) - 1)
@@ -114,8 +123,11 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], *, chat: bool = True)
         offset = width - len(ids)
         input_ids[r, offset:] = torch.tensor(ids, dtype=torch.long)
         attention[r, offset:] = 1
-        user[r, offset + first_user :] = True
-    return PromptBatch(input_ids, attention, positions_from_mask(attention), user, [t for _, _, t in rows])
+        if first_user is not None:
+            user[r, offset + first_user :] = True
+    unmatched = tuple(r for r, (_, first_user, _) in enumerate(rows) if first_user is None)
+    texts = [t for _, _, t in rows]
+    return PromptBatch(input_ids, attention, positions_from_mask(attention), user, texts, unmatched)
 
 
 def target_mask(batch: PromptBatch, positions: str) -> Tensor:
@@ -128,6 +140,12 @@ def target_mask(batch: PromptBatch, positions: str) -> Tensor:
         first = real.long().cumsum(dim=1) == 1
         return real & ~first
     if positions == "user":
+        if batch.unmatched:
+            which = ", ".join(str(r + 1) for r in batch.unmatched)
+            raise EngineError(
+                f"positions 'user': the chat template changes the text of prompt {which}, so its user "
+                "turn cannot be found in what the model reads; choose positions prompt, all or last:k"
+            )
         return batch.user_mask & real
     if positions.startswith("last:"):
         try:

@@ -202,11 +202,14 @@ class DctSpec(_Spec):
     batch_size: int = 32  # factors per forward pass
     projection: int = 32  # random output directions of the Jacobian start
     threshold: float = 0.5  # calibration's nonlinearity ratio (only when R is not given)
+    beta: float = 1.0  # share of each update taken (1: the published "infinite step")
     seed: int = 0
 
     def __post_init__(self) -> None:
         _prompts(self.prompts)
         _finite_positive("R (radius)", self.radius)
+        if not 0 < self.beta <= 1:
+            raise EngineError(f"beta must be in (0, 1], got {self.beta}")
         _positions(self.positions)
         _int_range("number of vectors", self.n_vectors, 1, MAX_VECTORS)
         if self.steps is not None:

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.adapters import mlp_out
 from engine.errors import EngineError
 from engine.models import LoadedModel
-from engine.prompts import format_prompt
-from engine.specs import CalibrateSpec, ChainSpec, MelboSpec, SampleSpec
+from engine.prompts import encode_prompts, format_prompt, target_mask
+from engine.specs import AdapterSpec, CalibrateSpec, ChainSpec, DctSpec, MelboSpec, SampleSpec
 
-SPECS: dict[str, type[MelboSpec | ChainSpec | CalibrateSpec | SampleSpec]] = {
+AnySpec = MelboSpec | DctSpec | AdapterSpec | ChainSpec | CalibrateSpec | SampleSpec
+SPECS: dict[str, type[AnySpec]] = {
     "melbo": MelboSpec,
     "random": MelboSpec,
+    "dct": DctSpec,
+    "adapter": AdapterSpec,
     "chain": ChainSpec,
     "calibrate": CalibrateSpec,
     "generate": SampleSpec,
 }
 
 
-def parse_spec(kind: str, data: dict[str, Any]) -> MelboSpec | ChainSpec | CalibrateSpec | SampleSpec:
+def parse_spec(kind: str, data: dict[str, Any]) -> AnySpec:
     if kind not in SPECS:
         raise EngineError(f"unknown job kind {kind!r}; expected one of {', '.join(SPECS)}")
     return SPECS[kind].from_dict(data)
@@ -47,9 +51,13 @@ def check_spec(lm: LoadedModel, kind: str, data: dict[str, Any], *, reserve: int
     fit in the context too.
     """
     spec = parse_spec(kind, data)
-    if isinstance(spec, MelboSpec | ChainSpec | CalibrateSpec):
-        spec.span(lm.info)
     if isinstance(spec, SampleSpec):
         reserve = max(reserve, spec.max_new_tokens)
+    else:
+        source, _ = spec.span(lm.info)
+        if isinstance(spec, AdapterSpec):
+            mlp_out(lm.model, source)
     check_prompts(lm, spec.prompts, reserve)
+    if isinstance(spec, MelboSpec | DctSpec | AdapterSpec | CalibrateSpec) and spec.positions == "user":
+        target_mask(encode_prompts(lm.tokenizer, spec.prompts), "user")  # refuses a changed user turn
     return spec.to_dict()
