@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from app import store
 from app.models import Job, Vector
 
-GALLERY_KINDS = ("melbo", "random", "chain")
+GALLERY_KINDS = ("melbo", "random", "dct", "chain")  # runs whose job samples every vector
 
 
 def missing(
@@ -17,7 +17,7 @@ def missing(
     """What the job's run lacks, in words; empty when everything it reported (and owes) is stored.
 
     - no event of this attempt failed to be stored;
-    - every vector the attempt reported is stored, and a MELBO run has as many as it asked for
+    - every vector the attempt reported is stored, and a MELBO or DCT run has as many as it asked for
       (a chain may stop early by itself, so its length is what it reported);
     - every vector of a run with a gallery has its sample on every prompt, beside the unsteered one;
     - a scoring or judging run stored its answer.
@@ -31,7 +31,7 @@ def missing(
     absent = sorted(reported - stored)
     if absent:
         return f"vector(s) {', '.join(map(str, absent))} are not stored"
-    if run.kind in ("melbo", "random"):
+    if run.kind in ("melbo", "random", "dct"):
         wanted = int(run.spec.get("n_vectors", 0))
         if len(stored) < wanted:
             return f"{len(stored)} of {wanted} vectors are stored"

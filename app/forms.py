@@ -32,6 +32,10 @@ MESSAGE_FIELDS = [
     ("cannot load model", "model"),
     ("batch size", "batch_size"),
     ("seed", "seed"),
+    ("loss", "loss"),
+    ("normalize", "normalize"),
+    ("orthogonal", "orthogonal"),
+    ("mode", "mode"),
 ]
 
 # How fields are called on the pages (the API's names otherwise).

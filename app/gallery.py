@@ -17,8 +17,14 @@ from app.labels import fts_query
 from app.models import Behaviour, DetectorScore, Generation, Label, Labeling, Run, Vector
 
 # "interesting": beyond random x fluent, one exemplar per behaviour first (unscored runs: by index).
-SORTS = ("interesting", "index", "objective", "kl", "norm", "detector")
-COLUMNS = {"index": Vector.index, "objective": Vector.objective, "kl": Vector.kl, "norm": Vector.norm}
+SORTS = ("interesting", "index", "objective", "kl", "norm", "alpha", "detector")
+COLUMNS = {
+    "index": Vector.index,
+    "objective": Vector.objective,
+    "kl": Vector.kl,
+    "norm": Vector.norm,
+    "alpha": Vector.metrics["score"].as_float(),  # DCT: α², what its factors are ranked by
+}
 PER_PAGE = 24
 DETECTED = 0.5  # a detector's default threshold: a regex matched, or the judge leans yes
 

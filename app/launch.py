@@ -37,9 +37,11 @@ def _queue(
 
 
 def check_melbo(service: Service, body: schemas.MelboCreate) -> dict[str, Any]:
-    """Every check a MELBO run must pass (the model-dependent ones on the worker); writes nothing."""
+    """Every check a run of the form's methods must pass (the model-dependent ones on the worker);
+    writes nothing."""
     check_limits(service, body.n_vectors, body.steps)
-    return service.validate("melbo", body.spec(), reserve=service.settings.gallery_tokens)
+    kind = "dct" if body.method == "dct" else "melbo"
+    return service.validate(kind, body.engine_spec(), reserve=service.settings.gallery_tokens)
 
 
 def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "") -> Job:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.errors import Invalid
 from app.fields import ModelName, Name, Prompts, Text, Whole
 
 
@@ -22,44 +23,63 @@ class Body(BaseModel):
         return self.model_dump(exclude_none=True, exclude={"priority", *(exclude or set())})
 
 
+# The fields only MELBO's objective and optimizer read; another method refuses a value other than
+# their default instead of ignoring it.
+MELBO_ONLY = ("radius_fraction", "p", "q", "lr", "loss", "normalize", "orthogonal", "mode")
+
+
 class MelboCreate(Body):
     prompts: Prompts = Field(description="Prompts to train on; each is formatted with the chat template.")
     model: ModelName | None = Field(
         None, description="Model name, hub id or folder; default: the server's default."
     )
-    method: Literal["melbo", "random"] = Field(
-        "melbo", description="melbo trains; random keeps random vectors of the same norm (the baseline)."
+    method: Literal["melbo", "random", "dct"] = Field(
+        "melbo",
+        description="melbo trains; random keeps random vectors of the same norm (the baseline); dct "
+        "(Deep Causal Transcoding) learns all vectors together in a few iterations and ranks them by α.",
     )
     source: Whole | None = Field(
         None, description="Block whose output is steered; default from depth (7 on deep models)."
     )
     target: Whole | None = Field(None, description="Block the objective reads; default L - 8.")
     radius: float | None = Field(
-        None, description="R, the norm of every vector; default 0.08 × the residual norm at the source."
+        None,
+        description="R, the norm of every vector; default 0.08 × the residual norm at the source "
+        "(dct: calibrated, where the response to random vectors stops being linear).",
     )
     radius_fraction: float | None = Field(
-        None, description="R as a share of the residual norm at the source, when R is not given."
+        None,
+        description="R as a share of the residual norm at the source, when R is not given (MELBO only).",
     )
-    p: float = Field(2.0, description="Exponent on per-position change norms.")
-    q: float | None = Field(None, description="Outer root of the objective; default p.")
-    n_vectors: Whole = Field(8, description="Number of vectors.")
+    p: float = Field(2.0, description="Exponent on per-position change norms (MELBO only).")
+    q: float | None = Field(None, description="Outer root of the objective; default p (MELBO only).")
+    n_vectors: Whole = Field(8, description="Number of vectors (dct: factors, at most the model's width).")
     steps: Whole | None = Field(
-        None, description="Optimizer steps per vector; default 300 (fast mode may stop early)."
+        None,
+        description="Optimizer steps per vector; default 300 (fast mode may stop early); dct: iterations, "
+        "default 10.",
     )
-    lr: float | None = Field(None, description="Learning rate; default matched to R.")
+    lr: float | None = Field(None, description="Learning rate; default matched to R (MELBO only).")
     positions: Name = Field(
         "user", description="Positions the objective reads: user | prompt | all | last:k."
     )
     loss: Literal["token", "reference"] = Field(
-        "token", description="Where the p-norm is taken: per token, or as the published code does."
+        "token",
+        description="Where the p-norm is taken: per token, or as the published code does (MELBO only).",
     )
-    normalize: bool = Field(False, description="Divide each position's change by its unsteered norm.")
-    orthogonal: bool = Field(True, description="Keep every vector orthogonal to the ones before it.")
+    normalize: bool = Field(
+        False, description="Divide each position's change by its unsteered norm (MELBO only)."
+    )
+    orthogonal: bool = Field(
+        True, description="Keep every vector orthogonal to the ones before it (MELBO only)."
+    )
     mode: Literal["fast", "reference"] = Field(
-        "fast", description="fast: cached prefix, batched, early stop; reference: as published."
+        "fast", description="fast: cached prefix, batched, early stop; reference: as published (MELBO only)."
     )
     seed: Whole = Field(0, description="Seed of the random starts; same seed, same vectors.")
-    batch_size: Whole = Field(16, description="Vectors trained together in fast mode.")
+    batch_size: Whole = Field(
+        16, description="Vectors trained together in fast mode (dct: factors per pass)."
+    )
     twin: bool = Field(
         False,
         description="Also train a random twin: random vectors at the same R and prompts, the baseline "
@@ -69,6 +89,19 @@ class MelboCreate(Body):
 
     def spec(self, *, exclude: set[str] | None = None) -> dict[str, Any]:
         return super().spec(exclude={"twin", *(exclude or set())})
+
+    def engine_spec(self) -> dict[str, Any]:
+        """The spec of the engine method this body asks for; a MELBO-only field set to anything but
+        its default is refused for another method, never ignored."""
+        spec = self.spec(exclude={"method"} if self.method == "dct" else None)
+        if self.method != "dct":
+            return spec
+        fields = type(self).model_fields
+        for name in MELBO_ONLY:
+            if getattr(self, name) != fields[name].default:
+                raise Invalid(f"{name} applies to MELBO only; a dct run does not read it")
+            spec.pop(name, None)
+        return spec
 
 
 class ChainCreate(Body):

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import detectors, findings, jobs, store
+from app import complete, detectors, findings, jobs, store
 from app.broker import Broker
 from app.db import Database
 from app.errors import Invalid, Unavailable, WorkerFailed
@@ -135,7 +135,7 @@ class Service:
         if run.parent_vector_id is not None:
             theta0 = store.get_vector(session, run.parent_vector_id).values
         gallery: dict[str, Any] = {"batch": self.settings.gallery_batch}
-        if run.kind in ("melbo", "random", "chain"):
+        if run.kind in complete.GALLERY_KINDS:
             tokens = self.settings.gallery_tokens
             gallery.update(
                 prompts=run.prompts,

@@ -18,6 +18,7 @@ from app.models import Job, Run, Vector
 BODIES: dict[str, type[BaseModel]] = {
     "melbo": schemas.MelboCreate,
     "random": schemas.MelboCreate,
+    "dct": schemas.MelboCreate,
     "chain": schemas.ChainCreate,
     "calibrate": schemas.CalibrationCreate,
     "generate": schemas.SamplesCreate,
@@ -131,10 +132,13 @@ def facts(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
         out.append(Fact("blocks", f"{run.source} → {run.target}", note))
     else:
         out.append(Fact("blocks", _pending(job)))
-    if run.kind in ("melbo", "random"):
+    if run.kind in ("melbo", "random", "dct"):
         if run.radius is not None:
             residual = result.get("residual_norm")
+            calibrated = result.get("calibration") or {}
             note = "as asked" if run.spec.get("radius") is not None else "default"
+            if calibrated:
+                note = f"calibrated: nonlinearity ratio {calibrated['ratio']:.2f}"
             if residual:
                 note = f"{run.radius / residual:.3f} × residual norm {_g(residual)} ({note})"
             out.append(Fact("R", _g(run.radius), note))

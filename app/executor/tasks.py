@@ -33,10 +33,11 @@ from engine.detectors import judge_steps
 from engine.discovery import payload_steps
 from engine.embedder import Embedder
 from engine.errors import EngineError
+from engine.dct import DctTrainer
 from engine.melbo import MelboTrainer
 from engine.metrics import next_token_kl
 from engine.progress import Progress
-from engine.specs import SampleSpec
+from engine.specs import DctSpec, SampleSpec
 
 Units = Generator[None, None, bool]  # yields between units; returns True if the job was cancelled
 PROGRESS_EVERY_S = 0.25  # progress events per job at most this often
@@ -99,6 +100,8 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     job.event("started", model=lm.info.to_dict())
     if kind in ("melbo", "random"):
         return (yield from _melbo(lm, job)) or (yield from _gallery(lm, job))
+    if kind == "dct":
+        return (yield from _dct(lm, job)) or (yield from _gallery(lm, job))
     if kind == "chain":
         return (yield from _chain(lm, job)) or (yield from _gallery(lm, job))
     if kind == "calibrate":
@@ -183,6 +186,78 @@ def _melbo(lm: LoadedModel, job: Job) -> Units:
                 (r.index, source, to_bytes(v)) for r, v in zip(result.records, result.vectors, strict=True)
             ]
         _report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=bool(finished))
+        yield
+    return False
+
+
+def _dct(lm: LoadedModel, job: Job) -> Units:
+    """DCT: a calibration probe, then one batch of factors per unit; the vectors come together at
+    the end, ranked by α² (a resumed run that stored them all goes straight to the gallery)."""
+    spec = DctSpec.from_dict(job.order.spec)
+    if len(job.order.done) >= spec.n_vectors:
+        source, _ = spec.span(lm.info)
+        job.vectors = [(i, source, b) for i, b in enumerate(job.order.done)]
+        return False
+    trainer = DctTrainer(lm, spec)
+    batch = encode_prompts(lm.tokenizer, spec.prompts)
+    source = trainer.source
+    while not trainer.finished:
+        if job.cancelled:
+            return True
+        records = trainer.step()
+        job.clock.tick()
+        if records:
+            result = trainer.result()
+            kls = next_token_kl(lm.model, batch, source, result.vectors)
+            job.event(
+                "vectors",
+                source=source,
+                target=result.target,
+                radius=result.radius,
+                residual_norm=result.residual_norm,
+                result={"calibration": result.calibration} if result.calibration else {},
+                rows=[
+                    {
+                        "index": rec.index,
+                        "block": source,
+                        "values": to_bytes(vec),
+                        "norm": float(vec.norm()),
+                        "objective": rec.objective,
+                        "kl": float(kl),
+                        "metrics": {
+                            k: v for k, v in rec.to_dict().items() if k not in ("index", "objective")
+                        },
+                    }
+                    for vec, rec, kl in zip(result.vectors, result.records, kls, strict=True)
+                ],
+            )
+            job.vectors = [
+                (r.index, source, to_bytes(v)) for r, v in zip(result.records, result.vectors, strict=True)
+            ]
+        phase, done, total = trainer.progress()
+        if phase == "calibration":
+            fraction, message, eta = 0.0, f"calibrating R: probe {done}", None
+        else:
+            fraction = TRAIN_SHARE * done / max(total, 1)
+            eta = job.clock.eta(total - done)
+            where = (
+                f"iteration {trainer.transcoder.iteration + 1}/{trainer.transcoder.iterations}"
+                if (trainer.transcoder is not None and phase == "iterations")
+                else phase
+            )
+            message = f"{spec.n_vectors} factors · {where} · unit {done}/{total}{_left(eta)}"
+        job.progress(
+            fraction,
+            message,
+            force=bool(records),
+            phase="training",
+            vectors_done=spec.n_vectors if records else 0,
+            vectors_total=spec.n_vectors,
+            vectors_training=0 if records else spec.n_vectors,
+            step=done,
+            budget=total,
+            eta_s=eta,
+        )
         yield
     return False
 

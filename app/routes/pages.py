@@ -27,6 +27,7 @@ HOME_RUNS = 8  # newest runs of each kind on the home page
 KINDS = (
     ("melbo", "MELBO runs"),
     ("random", "Random baselines"),
+    ("dct", "DCT runs"),
     ("chain", "Chains"),
     ("compose", "Compositions"),
     ("import", "Imported vectors"),
@@ -84,7 +85,7 @@ def home(request: Request, session: SessionDep, service: ServiceDep) -> HTMLResp
         "other": [(kind, counts[kind], title) for kind, title in OTHER_TITLES.items() if counts.get(kind)],
         "jobs": active_jobs(session),
         "first_run": forms.run_defaults(model=service.settings.default_model, prompts=FIRST_PROMPT),
-        "trained": any(counts.get(kind) for kind in ("melbo", "random", "chain")),
+        "trained": any(counts.get(kind) for kind in ("melbo", "random", "dct", "chain")),
     }
     return render(request, "home/index.html", context)
 

@@ -3,6 +3,7 @@ one-factor case against MELBO, α finding a planted factor, calibration, determi
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -47,7 +48,9 @@ def test_input_directions_are_orthonormal_after_every_qr_step(
             torch.testing.assert_close(t.V, seen[-1])
     assert len(seen) == 4  # one QR per iteration (the Jacobian start's completion did not need one)
     for v in seen:
-        torch.testing.assert_close(v.double() @ v.double().T, torch.eye(6, dtype=torch.float64), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            v.double() @ v.double().T, torch.eye(6, dtype=torch.float64), atol=1e-5, rtol=0
+        )
     result = trainer.result()
     assert result.vectors.shape == (6, 64)
     torch.testing.assert_close(result.vectors.norm(dim=1), torch.full((6,), 1.0))
@@ -112,7 +115,7 @@ def test_damped_updates_keep_climbing(tiny: LoadedModel) -> None:
     # β < 1 keeps part of the last iterate: on this model the effect then rises at every iteration.
     result = train_dct(tiny, spec(n_vectors=1, beta=0.5, steps=8, radius=0.1, prompts=PROMPTS[:1]))
     curve = result.records[0].curve
-    assert all(b >= a - 1e-6 for a, b in zip(curve, curve[1:], strict=False))
+    assert all(b >= a - 1e-6 for a, b in itertools.pairwise(curve))
 
 
 @pytest.mark.parametrize(
