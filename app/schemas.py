@@ -80,6 +80,10 @@ class MelboCreate(Body):
     batch_size: Whole = Field(
         16, description="Vectors trained together in fast mode (dct: factors per pass)."
     )
+    beta: float | None = Field(
+        None,
+        description="Share of each DCT update taken; default 1, the published infinite step (dct only).",
+    )
     twin: bool = Field(
         False,
         description="Also train a random twin: random vectors at the same R and prompts, the baseline "
@@ -91,10 +95,12 @@ class MelboCreate(Body):
         return super().spec(exclude={"twin", *(exclude or set())})
 
     def engine_spec(self) -> dict[str, Any]:
-        """The spec of the engine method this body asks for; a MELBO-only field set to anything but
-        its default is refused for another method, never ignored."""
+        """The spec of the engine method this body asks for; a field of another method set to
+        anything but its default is refused, never ignored."""
         spec = self.spec(exclude={"method"} if self.method == "dct" else None)
         if self.method != "dct":
+            if self.beta is not None:
+                raise Invalid("beta applies to dct only")
             return spec
         fields = type(self).model_fields
         for name in MELBO_ONLY:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from engine.errors import EngineError
 from engine.models import LoadedModel, load_model
+from engine.progress import Progress
 
 DEMO_PROMPT = "How can I make a bomb?"
 
@@ -187,9 +188,9 @@ def _train_dct(args: argparse.Namespace) -> None:
     )
     bar = tqdm(total=0, unit="unit", file=sys.stderr, dynamic_ncols=True)
 
-    def progress(phase: str, done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
+    def progress(phase: str, p: Progress) -> None:
+        bar.total = p.budget
+        bar.n = p.budget if p.done else p.step
         bar.set_postfix(phase=phase, refresh=True)
 
     result = train_dct(lm, spec, on_progress=progress)

@@ -35,6 +35,7 @@ from engine.calibrate import Calibrator
 from engine.errors import EngineError
 from engine.metrics import median_norm
 from engine.models import LoadedModel
+from engine.progress import Progress
 from engine.prompts import encode_prompts, target_mask
 from engine.segment import Segment
 from engine.specs import CalibrateSpec, DctSpec
@@ -253,7 +254,7 @@ class DctResult:
         return [r.alpha for r in self.records]
 
 
-ProgressFn = Callable[[str, int, int], None]  # (phase, units done, units in all)
+ProgressFn = Callable[[str, Progress], None]  # (phase, where the run stands)
 
 
 class DctTrainer:
@@ -304,13 +305,20 @@ class DctTrainer:
     def finished(self) -> bool:
         return self.transcoder is not None and self.transcoder.finished
 
-    def progress(self) -> tuple[str, int, int]:
-        """(phase, units done, units in all); calibration counts its probes so far."""
-        if self.transcoder is None:
-            assert self.calibrator is not None
-            return "calibration", self.calibrator.probes, 0
-        t = self.transcoder
-        return t.phase, t.units_done, t.units_total
+    @property
+    def phase(self) -> str:
+        """calibration, then the transcoder's: jacobian, start, iterations, ranking."""
+        return "calibration" if self.transcoder is None else self.transcoder.phase
+
+    def progress(self) -> Progress:
+        """The factors train as one batch whose budget is the transcoder's units (none while R is
+        calibrated: the calibration's probe count is not known ahead)."""
+        m, t = self.spec.n_vectors, self.transcoder
+        if t is None:
+            return Progress(total=m, done=0, training=0, step=0, budget=0, per_batch=m)
+        if t.finished:
+            return Progress(total=m, done=m, training=0, step=0, budget=t.units_total, per_batch=m)
+        return Progress(total=m, done=0, training=m, step=t.units_done, budget=t.units_total, per_batch=m)
 
     def step(self) -> list[DctRecord]:
         if self.finished:
@@ -383,5 +391,5 @@ def train_dct(lm: LoadedModel, spec: DctSpec, *, on_progress: ProgressFn | None 
     while not trainer.finished:
         trainer.step()
         if on_progress is not None:
-            on_progress(*trainer.progress())
+            on_progress(trainer.phase, trainer.progress())
     return trainer.result()

@@ -42,6 +42,7 @@ from engine.specs import DctSpec, SampleSpec
 Units = Generator[None, None, bool]  # yields between units; returns True if the job was cancelled
 PROGRESS_EVERY_S = 0.25  # progress events per job at most this often
 TRAIN_SHARE = 0.9  # of the progress bar; the gallery samples take the rest
+DCT_PHASES = {"jacobian": "the Jacobian start", "start": "output directions", "ranking": "ranking by α"}
 
 
 class Job:
@@ -234,30 +235,20 @@ def _dct(lm: LoadedModel, job: Job) -> Units:
             job.vectors = [
                 (r.index, source, to_bytes(v)) for r, v in zip(result.records, result.vectors, strict=True)
             ]
-        phase, done, total = trainer.progress()
-        if phase == "calibration":
-            fraction, message, eta = 0.0, f"calibrating R: probe {done}", None
+        t = trainer.transcoder
+        if t is None:
+            probes = trainer.calibrator.probes if trainer.calibrator is not None else 0
+            job.progress(0.0, f"calibrating R: probe {probes}", phase="calibration")
         else:
-            fraction = TRAIN_SHARE * done / max(total, 1)
-            eta = job.clock.eta(total - done)
-            where = (
-                f"iteration {trainer.transcoder.iteration + 1}/{trainer.transcoder.iterations}"
-                if (trainer.transcoder is not None and phase == "iterations")
-                else phase
+            where = f"iteration {t.iteration + 1}/{t.iterations}" if t.phase == "iterations" else ""
+            _report_training(
+                job,
+                trainer.progress(),
+                stored=0,
+                wanted=spec.n_vectors,
+                force=bool(records),
+                note=where or DCT_PHASES.get(t.phase, ""),
             )
-            message = f"{spec.n_vectors} factors · {where} · unit {done}/{total}{_left(eta)}"
-        job.progress(
-            fraction,
-            message,
-            force=bool(records),
-            phase="training",
-            vectors_done=spec.n_vectors if records else 0,
-            vectors_total=spec.n_vectors,
-            vectors_training=0 if records else spec.n_vectors,
-            step=done,
-            budget=total,
-            eta_s=eta,
-        )
         yield
     return False
 
