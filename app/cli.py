@@ -32,7 +32,7 @@ from app.service import Service
 from app.settings import Settings
 
 COMMANDS: dict[str, tuple[type[schemas.Body], Callable[..., Any], str]] = {
-    "train": (schemas.MelboCreate, launch.start_melbo, "train MELBO vectors (or a random baseline)"),
+    "train": (schemas.MelboCreate, launch.start_melbo, "train MELBO vectors (or a random baseline, or DCT)"),
     "chain": (schemas.ChainCreate, launch.start_chain, "grow an orthogonal chain from a stored vector"),
     "calibrate": (schemas.CalibrationCreate, launch.start_calibration, "calibrate R"),
     "generate": (

@@ -36,6 +36,7 @@ MESSAGE_FIELDS = [
     ("normalize", "normalize"),
     ("orthogonal", "orthogonal"),
     ("mode", "mode"),
+    ("beta", "beta"),
 ]
 
 # How fields are called on the pages (the API's names otherwise).
@@ -69,6 +70,7 @@ RUN_FIELDS = (
     "seed",
     "batch_size",
     "twin",
+    "beta",
 )
 CHECKBOXES = ("orthogonal", "normalize", "twin")
 NEEDED = ("form", "prompts", "model")  # a field without which nothing else can be checked

@@ -68,3 +68,25 @@ def test_the_form_starts_a_dct_run(client: TestClient) -> None:
     run_id = int(r.headers["location"].rsplit("/", 1)[1])
     run = client.get(f"/api/runs/{run_id}").json()
     assert run["kind"] == "dct" and run["spec"]["radius"] == 1.5
+
+
+def test_beta_is_a_dct_field_checked_by_the_engine(client: TestClient) -> None:
+    for job in client.get("/api/jobs").json():  # the events of earlier runs are not this test's
+        wait_job(client, job["id"])
+    before = row_counts(client)
+    r = client.post("/api/runs", json={"prompts": PROMPTS, "beta": 0.5})
+    assert r.status_code == 422 and "beta applies to dct only" in r.text, r.text
+    r = client.post("/api/runs", json={"prompts": PROMPTS, "method": "dct", "beta": 1.5})
+    assert r.status_code == 422 and "beta must be in (0, 1]" in r.text, r.text
+    assert row_counts(client) == before
+    form = {
+        "prompts": "Tell me a story.",
+        "method": "dct",
+        "n_vectors": "2",
+        "steps": "1",
+        "orthogonal": "on",
+    }
+    r = client.post("/runs/new", data={**form, "radius": "1.5", "beta": "0.5"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    run = client.get(f"/api/runs/{int(r.headers['location'].rsplit('/', 1)[1])}").json()
+    assert run["spec"]["beta"] == 0.5
