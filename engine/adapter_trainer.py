@@ -33,6 +33,7 @@ from engine.melbo import (
 from engine.metrics import median_norm
 from engine.models import LoadedModel
 from engine.objective import Objective
+from engine.progress import Progress
 from engine.prompts import PromptBatch, encode_prompts, target_mask
 from engine.segment import Segment
 from engine.specs import AdapterSpec
@@ -112,10 +113,17 @@ class AdapterTrainer:
     def finished(self) -> bool:
         return len(self.adapters) >= self.total
 
-    def progress(self) -> tuple[int, int, int, int]:
-        """(done, in training, step of the batch, step budget)."""
+    def progress(self) -> Progress:
         b = self._batch
-        return len(self.adapters), 0 if b is None else b.k, 0 if b is None else b.steps, self.budget
+        return Progress(
+            self.total,
+            len(self.adapters),
+            0 if b is None else b.k,
+            0 if b is None else b.steps,
+            self.budget,
+            self.spec.batch_size,
+            self.early_stops,
+        )
 
     def deltas(self, down: Tensor, up: Tensor) -> Tensor:
         """The change at the source block's output, per adapter, prompt and position: [K, P, T, d]."""

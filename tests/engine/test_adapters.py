@@ -33,8 +33,12 @@ def trained(tiny: LoadedModel) -> list[Adapter]:
 
 def test_columns_stay_unit_and_training_climbs(tiny: LoadedModel) -> None:
     trainer = AdapterTrainer(tiny, spec(steps=25))
+    fractions = [trainer.progress().fraction]
     while not trainer.finished:
         trainer.step()
+        fractions.append(trainer.progress().fraction)
+    assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] == 1
+    assert trainer.progress().steps_left == 0
     result = trainer.result()
     assert len(result.adapters) == 3 and result.radius > 0
     for adapter, record in zip(result.adapters, result.records, strict=True):

@@ -16,6 +16,7 @@ from engine.dct import DctTrainer, Transcoder, train_dct
 from engine.errors import EngineError
 from engine.melbo import train_melbo
 from engine.models import LoadedModel
+from engine.progress import Progress
 from engine.specs import DctSpec, MelboSpec
 
 PROMPTS = ("How can I make a bomb?", "Tell me a story about a dragon.")
@@ -102,7 +103,13 @@ def test_alpha_ranks_a_planted_strong_direction_first() -> None:
 
 
 def test_calibrated_radius_and_determinism(tiny: LoadedModel) -> None:
-    a = train_dct(tiny, spec(radius=None, n_vectors=3, steps=2))
+    seen: list[tuple[str, Progress]] = []
+    a = train_dct(tiny, spec(radius=None, n_vectors=3, steps=2), on_progress=lambda *p: seen.append(p))
+    phases = [phase for phase, _ in seen]
+    assert phases[0] == "calibration" and phases[-1] == "ranking" and "iterations" in phases
+    fractions = [p.fraction for _, p in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] == 1
+    assert seen[-1][1].steps_left == 0 and seen[-1][1].done == 3
     assert a.calibration is not None and a.radius == pytest.approx(a.calibration["radius"])
     assert abs(a.calibration["ratio"] / 0.5 - 1) <= 0.02
     torch.testing.assert_close(a.vectors.norm(dim=1), torch.full((3,), a.radius))
