@@ -168,6 +168,10 @@ def _data(values: dict[str, Any], leave_out: set[str]) -> dict[str, Any]:
     data["prompts"] = prompt_lines(values["prompts"])
     for name in CHECKBOXES:
         data[name] = bool(values[name])
+    if data.get("method") == "dct":
+        # The box is ticked for every new run; a DCT run calibrates its R inside its job, so no twin
+        # can be queued beside it at the same R (its scores have no beyond-random baseline).
+        data["twin"] = False
     return data
 
 

@@ -87,7 +87,7 @@ class MelboCreate(Body):
     twin: bool = Field(
         False,
         description="Also train a random twin: random vectors at the same R and prompts, the baseline "
-        "that scores compare against.",
+        "that scores compare against (MELBO only).",
     )
     priority: Whole = Field(0, description="Higher runs first.")
 
@@ -102,6 +102,10 @@ class MelboCreate(Body):
             if self.beta is not None:
                 raise Invalid("beta applies to dct only")
             return spec
+        if self.twin:
+            raise Invalid(
+                "twin applies to MELBO only: a dct run calibrates its own R, so no twin can share it"
+            )
         fields = type(self).model_fields
         for name in MELBO_ONLY:
             if getattr(self, name) != fields[name].default:

@@ -29,11 +29,11 @@ from engine import (
 )
 from engine.calibrate import Calibrator
 from engine.chains import ChainTrainer
+from engine.dct import DctTrainer
 from engine.detectors import judge_steps
 from engine.discovery import payload_steps
 from engine.embedder import Embedder
 from engine.errors import EngineError
-from engine.dct import DctTrainer
 from engine.melbo import MelboTrainer
 from engine.metrics import next_token_kl
 from engine.progress import Progress
