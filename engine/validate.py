@@ -11,18 +11,21 @@ from typing import Any
 from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.prompts import format_prompt
-from engine.specs import CalibrateSpec, ChainSpec, MelboSpec, SampleSpec
+from engine.specs import CalibrateSpec, ChainSpec, MelboSpec, SampleSpec, ScaleSweepSpec
 
-SPECS: dict[str, type[MelboSpec | ChainSpec | CalibrateSpec | SampleSpec]] = {
+Spec = MelboSpec | ChainSpec | CalibrateSpec | SampleSpec | ScaleSweepSpec
+
+SPECS: dict[str, type[Spec]] = {
     "melbo": MelboSpec,
     "random": MelboSpec,
     "chain": ChainSpec,
     "calibrate": CalibrateSpec,
     "generate": SampleSpec,
+    "scale_sweep": ScaleSweepSpec,
 }
 
 
-def parse_spec(kind: str, data: dict[str, Any]) -> MelboSpec | ChainSpec | CalibrateSpec | SampleSpec:
+def parse_spec(kind: str, data: dict[str, Any]) -> Spec:
     if kind not in SPECS:
         raise EngineError(f"unknown job kind {kind!r}; expected one of {', '.join(SPECS)}")
     return SPECS[kind].from_dict(data)
@@ -49,7 +52,9 @@ def check_spec(lm: LoadedModel, kind: str, data: dict[str, Any], *, reserve: int
     spec = parse_spec(kind, data)
     if isinstance(spec, MelboSpec | ChainSpec | CalibrateSpec):
         spec.span(lm.info)
-    if isinstance(spec, SampleSpec):
+    if isinstance(spec, ScaleSweepSpec):
+        spec.check_block(lm.info)
+    if isinstance(spec, SampleSpec | ScaleSweepSpec):
         reserve = max(reserve, spec.max_new_tokens)
     check_prompts(lm, spec.prompts, reserve)
     return spec.to_dict()
