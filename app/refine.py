@@ -17,17 +17,23 @@ from sqlalchemy.orm import Session
 
 from app import store
 from app.errors import Invalid, NotFound
-from app.models import Generation, LanguageModel, Run
+from app.models import Generation, LanguageModel, Run, Vector
 
 KIND = "scale_sweep"
 GREEDY = {"seed": 0, "temperature": 0.0, "top_p": 1.0}
 SCORES = ("effect", "fluency", "repetition", "flag")
 
 
+def swept_vector(session: Session, run: Run) -> Vector:
+    """The vector a sweep swept: its run's parent."""
+    assert run.parent_vector_id is not None, "a scale sweep is started from a stored vector"
+    return store.get_vector(session, run.parent_vector_id)
+
+
 def record(session: Session, run: Run, found: dict[str, Any]) -> int:
     """Store what the worker found: the completions as generations (scored where nothing scored
     them before) and the per-scale figures in the run's result; how many completions."""
-    vector = store.get_vector(session, int(run.parent_vector_id or 0))
+    vector = swept_vector(session, run)
     model = session.get(LanguageModel, run.model_id)
     assert model is not None, "a job reports `started` (and its model) before anything else"
     sampling = {**GREEDY, "max_new_tokens": int(run.spec["max_new_tokens"])}
@@ -92,7 +98,7 @@ def _generations(session: Session, keys: list[str]) -> list[Generation]:
 def completions(session: Session, run: Run) -> tuple[list[Generation], list[Generation]]:
     """The sweep's stored completions (prompt by prompt, each at every scale) and the unsteered
     one of each prompt, found by the keys their requests have."""
-    vector = store.get_vector(session, int(run.parent_vector_id or 0))
+    vector = swept_vector(session, run)
     sampling = {**GREEDY, "max_new_tokens": int(run.spec["max_new_tokens"])}
     prompts, scales = [str(p) for p in run.spec["prompts"]], [float(s) for s in run.spec["scales"]]
     steered = [
@@ -106,7 +112,7 @@ def completions(session: Session, run: Run) -> tuple[list[Generation], list[Gene
 
 def summary(session: Session, run: Run) -> dict[str, Any]:
     """Everything the API and the plot show of one sweep."""
-    vector = store.get_vector(session, int(run.parent_vector_id or 0))
+    vector = swept_vector(session, run)
     steered, plain = completions(session, run)
     result = run.result or {}
     return {
