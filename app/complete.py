@@ -9,6 +9,7 @@ from app import store
 from app.models import Job, Vector
 
 GALLERY_KINDS = ("melbo", "random", "dct", "chain")  # runs whose job samples every vector
+ANSWERED_KINDS = ("score", "detect", "scale_sweep")  # runs whose result is one answer, sent at the end
 
 
 def missing(
@@ -20,12 +21,12 @@ def missing(
     - every vector the attempt reported is stored, and a MELBO or DCT run has as many as it asked for
       (a chain may stop early by itself, so its length is what it reported);
     - every vector of a run with a gallery has its sample on every prompt, beside the unsteered one;
-    - a scoring or judging run stored its answer.
+    - a scoring, judging or scale-sweep run stored its answer.
     """
     run = job.run
     if lost:
         return "a result the worker sent could not be stored"
-    if run.kind in ("score", "detect"):
+    if run.kind in ANSWERED_KINDS:
         return "" if answered else "the answer is not stored"
     stored = set(session.scalars(select(Vector.index).where(Vector.run_id == run.id)))
     absent = sorted(reported - stored)

@@ -21,7 +21,8 @@ from app.store import create_run
 
 FLAG_LABELS = ("unchanged", "rephrase", "gibberish")  # flags that have a label of the same name
 AUTO_SCORED = ("melbo", "dct", "chain")  # learned runs, scored by themselves once their gallery is done
-NOT_SCORED = ("calibrate", "generate", "score", "detect")  # bookkeeping runs have no gallery of their own
+# Bookkeeping runs have no gallery of their own.
+NOT_SCORED = ("calibrate", "generate", "score", "detect", "scale_sweep")
 LIVE = ("queued", "running")
 
 

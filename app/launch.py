@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app import schemas, store
+from app import refine, schemas, store
 from app.errors import Invalid
 from app.models import Job, Run, Vector
 from app.service import Service
@@ -111,4 +111,28 @@ def start_samples(
         priority=body.priority,
         owner=owner,
         inputs={"vector_ids": body.vector_ids, **({"for_run": for_run} if for_run is not None else {})},
+    )
+
+
+def start_scale_sweep(
+    service: Service, vector_id: int, body: schemas.ScaleSweepCreate, *, owner: str = ""
+) -> Job:
+    """A scale sweep of a stored vector (on its run's prompts unless others are given)."""
+    with service.db.session() as session:
+        vector = store.get_vector(session, vector_id)
+        model, block = vector.run.model_name, vector.block
+        prompts = body.prompts if body.prompts is not None else [str(p) for p in vector.run.prompts]
+    tokens = body.max_new_tokens if body.max_new_tokens is not None else service.settings.gallery_tokens
+    if tokens > service.settings.max_new_tokens:
+        raise Invalid(f"max new tokens must be at most {service.settings.max_new_tokens}, got {tokens}")
+    spec = {
+        "prompts": prompts,
+        "block": block,
+        "model": model,
+        "scales": sorted(set(body.scales)),
+        "max_new_tokens": tokens,
+    }
+    checked = service.validate(refine.KIND, spec, reserve=tokens)
+    return _queue(
+        service, refine.KIND, checked, priority=body.priority, owner=owner, parent_vector_id=vector_id
     )

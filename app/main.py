@@ -25,6 +25,7 @@ from app.routes import (
     api_export,
     api_interop,
     api_jobs,
+    api_refine,
     api_runs,
     api_sweeps,
     behaviour_pages,
@@ -33,6 +34,7 @@ from app.routes import (
     label_pages,
     new_run_pages,
     pages,
+    refine_pages,
     run_pages,
     sweep_pages,
     vector_pages,
@@ -78,13 +80,15 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         new_run_pages,
         run_pages,
         vector_pages,
+        refine_pages,
         compare_pages,
         chat_pages,
         label_pages,
         sweep_pages,
         behaviour_pages,
     )
-    for module in (*pages_, api_runs, api_sweeps, api_jobs, api_data, api_chat, api_export, api_interop):
+    apis = (api_runs, api_refine, api_sweeps, api_jobs, api_data, api_chat, api_export, api_interop)
+    for module in (*pages_, *apis):
         app.include_router(module.router)
 
     @app.exception_handler(AppError)

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import complete, detectors, findings, jobs, store
+from app import complete, detectors, findings, jobs, refine, store
 from app.broker import Broker
 from app.db import Database
 from app.executor import Event
@@ -70,7 +70,7 @@ class Recorder:
         self.retries = 0  # writes the database refused for a while (each was tried again)
         self.reported: dict[Attempt, set[int]] = defaultdict(set)  # vector indexes each attempt sent
         self.incomplete: set[Attempt] = set()  # attempts with an event that could not be stored
-        self.answered: set[Attempt] = set()  # scoring and judging attempts whose answer is stored
+        self.answered: set[Attempt] = set()  # scoring, judging, sweep attempts whose answer is stored
 
     # lifecycle
 
@@ -248,6 +248,12 @@ class Recorder:
         )
         self.answered.add((job.id, job.attempts))
         return {"run_id": int(job.run.inputs["for_run"]), "scored": stored}
+
+    def _scale_sweep(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
+        found = event["found"]
+        stored = refine.record(session, job.run, found)
+        self.answered.add((job.id, job.attempts))
+        return {"completions": stored, "first_change": found["first_change"], "breaks": found["breaks"]}
 
     def _finished(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
         status = event["status"]

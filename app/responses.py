@@ -37,7 +37,8 @@ class ModelOut(Out):
 class JobOut(Out):
     id: int
     kind: str = Field(
-        description="melbo | random | chain | calibrate | generate | import | compose | score | detect"
+        description="melbo | random | chain | calibrate | generate | import | compose | score | detect | "
+        "scale_sweep"
     )
     run_id: int
     status: JobStatus
@@ -324,3 +325,39 @@ class DetectorRun(BaseModel):
     run_id: int
     scored: int | None = Field(description="Completions scored (a regex, at once); None for a judge.")
     job: JobOut | None = Field(description="The judge's job (a `detect` run); None for a regex.")
+
+
+class ScalePointOut(BaseModel):
+    scale: float = Field(description="Multiple of the vector: it steers with norm scale × the vector's norm.")
+    effect: float = Field(description="Mean cosine distance in meaning from the unsteered completions.")
+    fluency: float = Field(description="Mean log-probability per token under the unsteered model.")
+    repetition: float = Field(description="Mean share of token 3-grams that repeat.")
+    kl: float = Field(
+        description="Next-token KL from the unsteered model at the prompt end, mean over prompts."
+    )
+    flags: dict[str, int] = Field(
+        description="Prompts whose completion carries each flag: unchanged, rephrase, gibberish, or "
+        "changed (none of them)."
+    )
+    changed: bool = Field(description="Most prompts' completions are not flagged unchanged.")
+    broken: bool = Field(description="Most prompts' completions are flagged gibberish.")
+
+
+class ScaleSweepOut(BaseModel):
+    run_id: int
+    vector_id: int = Field(description="The vector swept (the run's parent).")
+    status: JobStatus
+    block: int
+    norm: float = Field(description="The vector's norm.")
+    prompts: list[str]
+    scales: list[float]
+    max_new_tokens: int
+    points: list[ScalePointOut] = Field(description="One per scale once the sweep is done; empty before.")
+    first_change: float | None = Field(
+        description="The smallest |scale| at which most completions change; None if none did."
+    )
+    breaks: float | None = Field(
+        description="The smallest |scale| at which most completions are gibberish; None if none were."
+    )
+    completions: list[GenerationOut] = Field(description="The vector's greedy completions, prompt by prompt.")
+    unsteered: list[GenerationOut] = Field(description="The unsteered completion of each prompt.")

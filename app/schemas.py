@@ -7,9 +7,10 @@ worker against the loaded model, with the engine's own messages.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from annotated_types import Len
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from app.errors import Invalid
 from app.fields import ModelName, Name, Prompts, Text, Whole
@@ -151,6 +152,21 @@ class SamplesCreate(Body):
     top_p: float = Field(1.0, description="Nucleus sampling mass.")
     max_new_tokens: Whole = Field(48, description="New tokens per completion.")
     unsteered: bool = Field(True, description="Also the unsteered completion of each prompt.")
+    priority: Whole = Field(0, description="Higher runs first.")
+
+
+MAX_SCALES = 32  # the engine's limit (engine/specs.py); a test keeps the two equal
+DEFAULT_SCALES = [i / 4 for i in range(13)]  # 0, 0.25, ..., 3
+
+
+class ScaleSweepCreate(Body):
+    prompts: Prompts | None = Field(None, description="Default: the prompts of the vector's run.")
+    scales: Annotated[list[FiniteFloat], Len(1, MAX_SCALES)] = Field(
+        DEFAULT_SCALES, description="Multiples of the vector to steer with (sorted, each once)."
+    )
+    max_new_tokens: Whole | None = Field(
+        None, description="New tokens per completion; default: the gallery's (its scale-1 samples)."
+    )
     priority: Whole = Field(0, description="Higher runs first.")
 
 

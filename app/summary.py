@@ -22,8 +22,9 @@ BODIES: dict[str, type[BaseModel]] = {
     "chain": schemas.ChainCreate,
     "calibrate": schemas.CalibrationCreate,
     "generate": schemas.SamplesCreate,
+    "scale_sweep": schemas.ScaleSweepCreate,
 }
-NOT_SETTINGS = {"prompts", "priority", "vector_id", "vector_ids"}
+NOT_SETTINGS = {"prompts", "priority", "vector_id", "vector_ids", "block"}
 
 
 @dataclass
@@ -111,6 +112,8 @@ def facts(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
             span = _g(norms[0]) if len(norms) == 1 else f"{_g(min(norms))}–{_g(max(norms))}"
             out.append(Fact("norm", span))
         return out
+    if run.kind == "scale_sweep":
+        return _scale_sweep(run, job)
     if run.kind == "calibrate":
         found = result.get("calibration") or {}
         if found:
@@ -155,6 +158,28 @@ def facts(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
     steps = _steps(run, stats.steps)
     if steps is not None:
         out.append(steps)
+    return out
+
+
+def _scale_sweep(run: Run, job: Job | None) -> list[Fact]:
+    """A scale sweep's vector, scales and the two scales that sum it up (with the norms they give)."""
+    scales, result = run.spec.get("scales", []), run.result or {}
+    out = [
+        Fact("vector", f"#{run.parent_vector_id}", f"block {run.spec.get('block')}"),
+        Fact("scales", f"{_g(min(scales))} to {_g(max(scales))}", f"{len(scales)} multiples of the vector"),
+    ]
+    if "points" not in result:
+        waiting = job is not None and job.status in ("queued", "running")
+        out.append(Fact("first change", "not known yet: found when the sweep ends" if waiting else "–"))
+        return out
+    norm = float(result["norm"])
+    for name, at, none in (
+        ("first change", result.get("first_change"), "no scale changes most completions"),
+        ("breaks", result.get("breaks"), "no scale makes most completions gibberish"),
+    ):
+        out.append(
+            Fact(name, f"× {_g(at)}", f"norm {_g(abs(at) * norm)}") if at is not None else Fact(name, none)
+        )
     return out
 
 

@@ -16,8 +16,9 @@ from engine.melbo import MelboResult, VectorRecord, train_melbo
 from engine.metrics import cosine_matrix, downstream_cosine_matrix, downstream_norms, next_token_kl
 from engine.models import LoadedModel, ModelInfo, get_blocks, load_model
 from engine.prompts import encode_prompts, format_prompt, target_mask
+from engine.refine import ScaleSweep, scale_sweep
 from engine.scores import ScoreInput, Scores, score
-from engine.specs import CalibrateSpec, ChainSpec, MelboSpec
+from engine.specs import CalibrateSpec, ChainSpec, MelboSpec, ScaleSweepSpec
 from engine.steering import combine, steer
 from engine.vectors import VectorFile, export_gguf, import_gguf, load_any, load_vectors, save_vectors
 
@@ -39,6 +40,8 @@ __all__ = [
     "MelboSpec",
     "Member",
     "ModelInfo",
+    "ScaleSweep",
+    "ScaleSweepSpec",
     "ScoreInput",
     "Scores",
     "Step",
@@ -64,6 +67,7 @@ __all__ = [
     "load_vectors",
     "next_token_kl",
     "save_vectors",
+    "scale_sweep",
     "score",
     "steer",
     "stream",

@@ -351,3 +351,38 @@ class SampleSpec(_Spec):
             raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.seed < 2**63:
             raise EngineError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+
+
+MAX_SCALES = 32  # scales in one scale sweep
+MAX_SCALE = 1000.0  # |scale| bound: far past where any vector breaks a model, short of overflow
+DEFAULT_SCALES = tuple(i / 4 for i in range(13))  # 0, 0.25, ..., 3 (× the vector as stored)
+
+
+@dataclass(frozen=True)
+class ScaleSweepSpec(_Spec):
+    """A vector (handed in alongside) at each scale on the prompts: greedy completions, scores, KL."""
+
+    prompts: tuple[str, ...]
+    block: int  # the block the vector steers
+    model: str = "default"
+    scales: tuple[float, ...] = DEFAULT_SCALES  # multiples of the vector
+    max_new_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        _prompts(self.prompts)
+        if not 1 <= len(self.scales) <= MAX_SCALES:
+            raise EngineError(f"give between 1 and {MAX_SCALES} scales, got {len(self.scales)}")
+        for scale in self.scales:
+            if not math.isfinite(scale) or abs(scale) > MAX_SCALE:
+                raise EngineError(
+                    f"scales must be finite numbers from -{MAX_SCALE:g} to {MAX_SCALE:g}, got {scale}"
+                )
+        if len(set(self.scales)) < len(self.scales):
+            raise EngineError("each scale may be given once")
+        _int_range("max new tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+
+    def check_block(self, info: ModelInfo) -> None:
+        if not 0 <= self.block < info.n_blocks:
+            raise EngineError(
+                f"block {self.block} is out of range: the model has blocks 0..{info.n_blocks - 1}"
+            )

@@ -12,9 +12,17 @@ from engine.adapters import mlp_out
 from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts, format_prompt, target_mask
-from engine.specs import AdapterSpec, CalibrateSpec, ChainSpec, DctSpec, MelboSpec, SampleSpec
+from engine.specs import (
+    AdapterSpec,
+    CalibrateSpec,
+    ChainSpec,
+    DctSpec,
+    MelboSpec,
+    SampleSpec,
+    ScaleSweepSpec,
+)
 
-AnySpec = MelboSpec | DctSpec | AdapterSpec | ChainSpec | CalibrateSpec | SampleSpec
+AnySpec = MelboSpec | DctSpec | AdapterSpec | ChainSpec | CalibrateSpec | SampleSpec | ScaleSweepSpec
 SPECS: dict[str, type[AnySpec]] = {
     "melbo": MelboSpec,
     "random": MelboSpec,
@@ -23,6 +31,7 @@ SPECS: dict[str, type[AnySpec]] = {
     "chain": ChainSpec,
     "calibrate": CalibrateSpec,
     "generate": SampleSpec,
+    "scale_sweep": ScaleSweepSpec,
 }
 
 
@@ -51,7 +60,9 @@ def check_spec(lm: LoadedModel, kind: str, data: dict[str, Any], *, reserve: int
     fit in the context too.
     """
     spec = parse_spec(kind, data)
-    if isinstance(spec, SampleSpec):
+    if isinstance(spec, ScaleSweepSpec):
+        spec.check_block(lm.info)
+    if isinstance(spec, SampleSpec | ScaleSweepSpec):
         reserve = max(reserve, spec.max_new_tokens)
     else:
         source, _ = spec.span(lm.info)

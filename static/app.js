@@ -206,6 +206,64 @@ const steerscope = (() => {
     });
   }
 
+  // Vertical lines at the sweep's markers, each named at the top of the plot.
+  function markerLines(markers) {
+    return {
+      id: "markers",
+      afterDatasetsDraw(made) {
+        const { ctx, chartArea, scales } = made;
+        ctx.save();
+        markers.forEach((m, i) => {
+          const x = scales.x.getPixelForValue(m.scale);
+          ctx.strokeStyle = m.colour;
+          ctx.fillStyle = m.colour;
+          ctx.setLineDash([6, 4]);
+          ctx.beginPath();
+          ctx.moveTo(x, chartArea.top);
+          ctx.lineTo(x, chartArea.bottom);
+          ctx.stroke();
+          // One row each: the two may sit at the same scale.
+          ctx.fillText(`${m.label} × ${readable(m.scale, m.scale)}`, x + 4, chartArea.top + 12 + 14 * i);
+        });
+        ctx.restore();
+      },
+    };
+  }
+
+  // A scale sweep: effect, fluency and next-token KL against scale, with where most completions
+  // first change and where they break.
+  async function scaleSweep(canvas) {
+    const sweep = await (await fetch(canvas.dataset.series)).json();
+    const at = (key) => sweep.points.map((p) => ({ x: p.scale, y: p[key] }));
+    const line = (label, key, colour, yAxisID) => ({ label, data: at(key), borderColor: colour, backgroundColor: colour,
+                                                     yAxisID, tension: 0 });
+    const markers = [["first change", sweep.first_change, palette[2]], ["breaks", sweep.breaks, palette[1]]]
+      .filter(([, scale]) => scale !== null).map(([label, scale, colour]) => ({ label, scale, colour }));
+    canvas.dataset.markers = markers.map((m) => m.label).join(",");
+    chart(canvas, {
+      type: "line",
+      data: { datasets: [
+        line("effect (distance from unsteered)", "effect", palette[0], "effect"),
+        line("fluency (log-prob per token)", "fluency", palette[3], "fluency"),
+        line("next-token KL", "kl", palette[4], "kl"),
+      ] },
+      options: {
+        animation: false, parsing: false,
+        interaction: { mode: "nearest", axis: "x", intersect: false },
+        scales: {
+          x: axis("scale (× the vector)", { type: "linear" }),
+          effect: axis("effect", { position: "left", min: 0, max: 1 }),
+          fluency: axis("fluency", { position: "right", grid: { drawOnChartArea: false } }),
+          kl: axis("next-token KL", { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } }),
+        },
+        plugins: { tooltip: { callbacks: {
+          title: (items) => `× ${readable(items[0].parsed.x, items[0].parsed.x)} (norm ${readable(Math.abs(items[0].parsed.x) * sweep.norm, sweep.norm)})`,
+        } } },
+      },
+      plugins: [markerLines(markers)],
+    });
+  }
+
   function init(root) {
     const scope = root.querySelectorAll ? root : document;
     const own = (selector) => [...(root.matches && root.matches(selector) ? [root] : []), ...scope.querySelectorAll(selector)];
@@ -213,6 +271,7 @@ const steerscope = (() => {
     own("canvas#chain-plot:not([data-ready])").forEach(chainPlot);
     own("canvas#vector-map:not([data-ready])").forEach(vectorMap);
     own("canvas#discovery:not([data-ready])").forEach(discovery);
+    own("canvas#scale-sweep-plot:not([data-ready])").forEach(scaleSweep);
   }
 
   // The gallery's ticked vectors live in the address bar too, so a reload or a shared link keeps them.
@@ -249,6 +308,6 @@ const steerscope = (() => {
               { target: "#run-body", select: "#run-body", swap: "outerHTML" });
   });
   htmx.onLoad(init);
-  return { chainPlot, vectorMap, discovery, highlight, init, readable };
+  return { chainPlot, vectorMap, discovery, scaleSweep, highlight, init, readable };
 })();
 window.steerscope = steerscope;

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from app.executor.base import Event, Order
 from app.executor.codec import from_bytes, to_bytes
+from app.executor.refine import scale_sweep
 from engine import (
     CalibrateSpec,
     ChainSpec,
@@ -113,6 +114,8 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         return (yield from _score(lm, job, embedder))
     if kind == "detect":
         return (yield from _judge(lm, job))
+    if kind == "scale_sweep":
+        return (yield from scale_sweep(lm, job, embedder))
     raise ValueError(f"unknown job kind {kind}")
 
 

@@ -15,7 +15,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy import select
 
-from app import detectors, findings, gallery, geometry, interop, jobs, labels, launch, schemas, store, summary
+from app import (
+    detectors,
+    findings,
+    gallery,
+    geometry,
+    interop,
+    jobs,
+    labels,
+    launch,
+    refine,
+    schemas,
+    store,
+    summary,
+)
 from app.deps import ServiceDep, SessionDep
 from app.errors import Invalid
 from app.fields import MaybeWhole, Text, Whole, whole
@@ -165,6 +178,8 @@ def show_run(run_id: Whole, request: Request, session: SessionDep, query: Galler
         "n_behaviours": len([b for b in findings.behaviours_of(session, run.id) if b.kind == "cluster"]),
         "scorable": run.kind not in findings.NOT_SCORED,
     }
+    if run.kind == refine.KIND:
+        context["sweep_grid"] = refine.grid(session, run)
     if run.kind == "chain":
         context["parent"] = session.get(Vector, run.parent_vector_id) if run.parent_vector_id else None
         context["compositions"] = session.scalars(

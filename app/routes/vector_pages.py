@@ -16,6 +16,7 @@ from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
 from app.fields import Whole, describe
 from app.models import Generation, Job, Run, Vector
+from app.routes.refine_pages import sweep_context
 from app.routes.run_pages import render
 
 router = APIRouter(include_in_schema=False)
@@ -84,6 +85,7 @@ def show_vector(vector_id: Whole, request: Request, session: SessionDep, service
         "chains": chains,
         "labels": gallery.labels_of(session, [vector.id]).get(vector.id, []),
         "notes": labels.notes_of(session, vector.id),
+        **sweep_context(session, vector),
     }
     return render(request, "vectors/show.html", context)
 

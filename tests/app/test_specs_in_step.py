@@ -22,6 +22,13 @@ PAIRS = [
     (schemas.ChainCreate, specs.ChainSpec, {"priority", "vector_id"}, {"prompts", "source", "model"}),
     (schemas.CalibrationCreate, specs.CalibrateSpec, {"priority"}, set()),
     (schemas.SamplesCreate, specs.SampleSpec, {"priority", "vector_ids"}, {"model"}),
+    # The vector (in the path) gives the block, model and prompts; the server, the completions' length.
+    (
+        schemas.ScaleSweepCreate,
+        specs.ScaleSweepSpec,
+        {"priority"},
+        {"prompts", "block", "model", "max_new_tokens"},
+    ),
 ]
 MISSING = object()
 
@@ -94,6 +101,10 @@ def test_the_run_form_opens_with_the_same_defaults() -> None:
             assert shown is default, name
         else:
             assert float(shown) == default if isinstance(default, float) else shown == str(default), name
+
+
+def test_the_scale_sweep_cap_is_the_engines() -> None:
+    assert schemas.MAX_SCALES == specs.MAX_SCALES
 
 
 def test_a_changed_default_would_be_caught() -> None:
