@@ -292,7 +292,7 @@ class Recorder:
         try:
             with self.db.session() as session:
                 job = session.get(Job, job_id)
-                if job is None or job.status not in jobs.FINISHED or job.run.kind in ("score", "detect"):
+                if job is None or job.status not in jobs.FINISHED or job.run.kind in complete.ANSWERED_KINDS:
                     return
                 queued = findings.score_when_done(session, job.run)
         except OperationalError:
