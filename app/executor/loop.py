@@ -9,6 +9,10 @@ Work reaches it as messages and is carried out in small units, one at a time:
 The scheduler runs quick requests first, then interactive decode steps, except that the job gets
 at least `train_share` of the loop's recent time while both have work, so training is never
 starved by a busy chat. Commands (cancel, stop, shutdown) take effect between two units.
+
+A chat is checked (`check_chat`) just before it is sent; once a check passed, the loop waits up to
+CHAT_FOLLOWS_S for that chat before it starts another unit, so the reply does not also wait out a
+training step or a decode step started in the moment between the two messages.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ log = logging.getLogger("steerscope.worker")
 SHARE_WINDOW_S = 5.0  # the scheduler's memory: time spent decays with this time constant
 INTERACTIVE = ("chat", "generate")  # requests that join the interactive decode batch
 INTERNAL = "internal error (the worker's log has the traceback)"
+CHAT_FOLLOWS_S = 0.25  # how long a passed chat check holds the loop for its chat (it comes in ms)
 
 
 class _Running:
@@ -61,6 +66,7 @@ class ComputeLoop:
         self.spent = {"job": 0.0, "interactive": 0.0}  # decayed seconds per kind of unit
         self.stamp = time.monotonic()
         self.open = True
+        self.chat_due_by: float | None = None  # a chat check passed: its chat is on its way
 
     # messages
 
@@ -68,10 +74,10 @@ class ComputeLoop:
         """Hand the loop a message (thread-safe); it is applied between two units."""
         self.inbox.put(message)
 
-    def _take(self, block: bool) -> None:
-        """Apply every message waiting (waiting for one first if asked)."""
+    def _take(self, block: bool, timeout: float = 1.0) -> None:
+        """Apply every message waiting (waiting up to `timeout` for one first if asked)."""
         try:
-            message = self.inbox.get(timeout=1.0) if block else self.inbox.get_nowait()
+            message = self.inbox.get(timeout=timeout) if block else self.inbox.get_nowait()
         except queue.Empty:
             return
         while True:
@@ -111,9 +117,22 @@ class ComputeLoop:
     def run(self) -> None:
         """Until shut down: apply messages, then run the next unit."""
         while self.open:
-            self._take(block=not self.has_work())
+            follow = 0.0 if self.quick else self._chat_follows_s()
+            if follow > 0:
+                self._take(block=True, timeout=follow)
+            else:
+                self._take(block=not self.has_work())
             if self.open:
                 self.run_once()
+
+    def _chat_follows_s(self) -> float:
+        """How much longer to wait for the chat whose check passed (0: none is awaited)."""
+        if self.chat_due_by is None:
+            return 0.0
+        left = self.chat_due_by - time.monotonic()
+        if left <= 0:
+            self.chat_due_by = None
+        return max(left, 0.0)
 
     def has_work(self) -> bool:
         return bool(self.quick or self.generations or self.running or self.jobs)
@@ -155,6 +174,8 @@ class ComputeLoop:
 
     def _quick(self, message: dict[str, Any]) -> None:
         rid = str(message["id"])
+        if message["type"] == "chat":
+            self.chat_due_by = None  # the awaited chat (or another): admitted now
         stopped = rid in self.stopping
         self.stopping.discard(rid)
         try:
@@ -168,6 +189,8 @@ class ComputeLoop:
         except Exception as exc:
             self._fail(rid, exc)
             return
+        if message["type"] == "check_chat":
+            self.chat_due_by = time.monotonic() + CHAT_FOLLOWS_S
         self.send({"type": "reply", "id": rid, "ok": True, "value": value})
 
     def _generation_step(self) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from app.executor.base import Event, Order
 from app.executor.codec import to_bytes
-from app.executor.loop import ComputeLoop
+from app.executor.loop import CHAT_FOLLOWS_S, ComputeLoop
 from engine import LoadedModel, get_blocks
 
 
@@ -186,6 +186,23 @@ def test_interactive_work_goes_first_but_the_job_keeps_its_share(loop: ComputeLo
     loop.put({"type": "render", "id": "r", "model": model, "prompts": ["Hi"]})
     loop._take(block=False)
     assert loop.run_once() == "interactive"  # quick requests never wait for the job
+
+
+def test_a_passed_chat_check_holds_the_loop_for_its_chat(loop: ComputeLoop, tiny_dir: Path) -> None:
+    model = str(tiny_dir)
+    rows = [{"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 4}]
+    loop.put({"type": "check_chat", "id": "k", "model": model, "rows": rows})
+    loop._take(block=False)
+    loop.run_once()
+    assert 0 < loop._chat_follows_s() <= CHAT_FOLLOWS_S  # the chat is on its way: no job unit yet
+    loop.put({"type": "chat", "id": "c", "model": model, "rows": rows})
+    loop._take(block=False)
+    loop.run_once()  # its admission
+    assert loop._chat_follows_s() == 0
+    loop.put({"type": "check_chat", "id": "bad", "model": model, "rows": [{"messages": []}]})
+    loop._take(block=False)
+    loop.run_once()
+    assert loop._chat_follows_s() == 0  # a check that failed announces no chat
 
 
 def test_a_cancel_stops_the_job_at_its_next_unit(
