@@ -18,7 +18,8 @@ from engine import specs
 
 # (API body, engine spec, fields only the API has, fields the app fills in before validating)
 PAIRS = [
-    (schemas.MelboCreate, specs.MelboSpec, {"priority", "twin"}, set()),  # twin: a second run
+    # twin: a second run; beta: DCT's (the same body asks for dct runs, checked by DctSpec)
+    (schemas.MelboCreate, specs.MelboSpec, {"priority", "twin", "beta"}, set()),
     (schemas.ChainCreate, specs.ChainSpec, {"priority", "vector_id"}, {"prompts", "source", "model"}),
     (schemas.CalibrationCreate, specs.CalibrateSpec, {"priority"}, set()),
     (schemas.SamplesCreate, specs.SampleSpec, {"priority", "vector_ids"}, {"model"}),
