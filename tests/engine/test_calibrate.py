@@ -107,7 +107,6 @@ def test_calibrate_embedded_model(embedded: LoadedModel) -> None:
 
 
 def test_sweep_radius_compares_learned_and_random_vectors(tiny: LoadedModel) -> None:
-    pytest.importorskip("engine.melbo", reason="engine/melbo.py (train_melbo) has not landed yet")
     from engine.calibrate import sweep_radius
 
     _, norm = _probe(tiny, 1)
