@@ -8,6 +8,7 @@ from typing import Any
 
 from engine import LoadedModel, load_model
 from engine.embedder import Embedder
+from engine.models import pick_device
 
 
 class Resident:
@@ -32,5 +33,5 @@ class Resident:
     def embedder(self) -> Embedder:
         """The sentence-embedding model that scoring uses: loaded on first use and kept (90 MB)."""
         if self._embedder is None:
-            self._embedder = Embedder(device=self.config["device"])
+            self._embedder = Embedder(device=pick_device(self.config["device"]))  # "auto" as for models
         return self._embedder

@@ -265,3 +265,13 @@ def test_a_model_that_fails_to_load_fails_only_its_request(
     loop.put({"type": "render", "id": "r", "model": str(tmp_path / "nothing"), "prompts": ["Hi"]})
     drain(loop)
     assert not replies(events)["r"]["ok"]
+
+
+def test_the_embedding_model_follows_the_device_setting(tmp_path: Path) -> None:
+    """`auto` (the default setting) picks a device for the embedder as it does for models."""
+    from app.executor.resident import Resident
+    from engine.models import pick_device
+
+    held = Resident({"device": "auto", "dtype": "auto", "data_dir": str(tmp_path)})
+    assert held.embedder().device == pick_device("auto")
+    assert held.embedder() is held.embedder()  # loaded once per worker
