@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import jobs
@@ -147,6 +147,19 @@ def add_generation(session: Session, model: LanguageModel, row: dict[str, Any]) 
         generation.unsteered_id = unsteered.id if unsteered else None
     session.add(generation)
     session.flush()
+    if generation.vector_id is None:
+        # Rows of one batch finish in any order: steered ones stored before their partner get it now.
+        session.execute(
+            update(Generation)
+            .where(
+                Generation.unsteered_id.is_(None),
+                Generation.vector_id.is_not(None),
+                Generation.model_id == model.id,
+                Generation.prompt == generation.prompt,
+                *(getattr(Generation, k) == v for k, v in sampling.items()),
+            )
+            .values(unsteered_id=generation.id)
+        )
     return generation
 
 

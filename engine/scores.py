@@ -30,7 +30,7 @@ from engine.prompts import format_prompt
 
 T = TypeVar("T")
 NGRAM = 3  # repetition counts repeated token 3-grams
-FLUENCY_BATCH = 16  # rows teacher-forced together
+FLUENCY_BATCH = 8  # rows teacher-forced together (one unit: a chat waits for at most one)
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def beyond_random(effects: Sequence[float], inputs: Sequence[ScoreInput]) -> lis
 
 # Scoring as units for a compute loop: yields (done, total) between units, returns the scores.
 ScoreSteps = Generator[tuple[int, int], None, list["Scores"]]
-EMBED_CHUNK = 64  # texts embedded per unit
+EMBED_CHUNK = 32  # texts embedded per unit
 
 
 def score_steps(

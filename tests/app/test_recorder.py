@@ -129,3 +129,24 @@ def test_an_event_that_cannot_be_stored_is_redone_never_dropped(db: Database) ->
     )
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(Vector)) == 1
+
+
+def test_a_steered_sample_stored_before_its_partner_is_linked_to_it(db: Database) -> None:
+    """Rows of one decode batch finish in any order: the unsteered partner may come last."""
+    job_id, attempt = running_job(db, n_vectors=2)
+    started = {"type": "started", "model": MODEL}
+    feed(
+        recorder(db),
+        job_id,
+        attempt,
+        started,
+        {"type": "vectors", "rows": [vector_row(0), vector_row(1)]},
+        {"type": "generations", "rows": [sample(0), sample(1)]},  # the steered rows first
+        {"type": "generations", "rows": [sample(None)]},
+    )
+    with db.session() as session:
+        from app.models import Generation
+
+        rows = session.scalars(select(Generation)).all()
+        unsteered = next(g for g in rows if g.vector_id is None)
+        assert [g.unsteered_id for g in rows if g.vector_id is not None] == [unsteered.id, unsteered.id]
