@@ -43,6 +43,11 @@ bench: install
 	$(BIN)/python bench/responsive.py --quick
 	$(BIN)/python bench/web.py --quick
 	$(BIN)/python bench/chat.py --quick
+	$(BIN)/python bench/scale.py --quick
+	$(BIN)/python bench/dct.py --quick
+	$(BIN)/python bench/scoring.py --quick
+	$(BIN)/python bench/judge.py
+	# bench/discovery.py --quick is left out: it builds a fine-tuned model organism first (once, cached).
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
