@@ -8,10 +8,9 @@ carries on at the next index with the starts an uninterrupted run would have use
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,11 +18,11 @@ from torch import Tensor
 from app.executor.base import Event, Order
 from app.executor.codec import from_bytes, to_bytes
 from app.executor.refine import scale_sweep
+from app.executor.samples import gallery, samples
+from app.executor.scoring import judge, score
 from engine import (
     CalibrateSpec,
     ChainSpec,
-    Decoder,
-    GenerationRequest,
     LoadedModel,
     MelboSpec,
     encode_prompts,
@@ -31,14 +30,11 @@ from engine import (
 from engine.calibrate import Calibrator
 from engine.chains import ChainTrainer
 from engine.dct import DctTrainer
-from engine.detectors import judge_steps
-from engine.discovery import payload_steps
 from engine.embedder import Embedder
-from engine.errors import EngineError
 from engine.melbo import MelboTrainer
 from engine.metrics import next_token_kl
 from engine.progress import Progress
-from engine.specs import DctSpec, SampleSpec
+from engine.specs import DctSpec
 
 Units = Generator[None, None, bool]  # yields between units; returns True if the job was cancelled
 PROGRESS_EVERY_S = 0.25  # progress events per job at most this often
@@ -88,11 +84,12 @@ class Clock:
     def eta(self, units: float) -> float | None:
         return round(units * self.unit_s, 1) if self.unit_s > 0 else None
 
-
-def _left(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    return f" · about {seconds:.0f} s left" if seconds < 120 else f" · about {seconds / 60:.0f} min left"
+    @staticmethod
+    def left(seconds: float | None) -> str:
+        """An ETA as a progress message says it ("" while it is not known)."""
+        if seconds is None:
+            return ""
+        return f" · about {seconds:.0f} s left" if seconds < 120 else f" · about {seconds / 60:.0f} min left"
 
 
 def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
@@ -101,19 +98,19 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     kind = job.order.kind
     job.event("started", model=lm.info.to_dict())
     if kind in ("melbo", "random"):
-        return (yield from _melbo(lm, job)) or (yield from _gallery(lm, job))
+        return (yield from _melbo(lm, job)) or (yield from gallery(lm, job, start=TRAIN_SHARE))
     if kind == "dct":
-        return (yield from _dct(lm, job)) or (yield from _gallery(lm, job))
+        return (yield from _dct(lm, job)) or (yield from gallery(lm, job, start=TRAIN_SHARE))
     if kind == "chain":
-        return (yield from _chain(lm, job)) or (yield from _gallery(lm, job))
+        return (yield from _chain(lm, job)) or (yield from gallery(lm, job, start=TRAIN_SHARE))
     if kind == "calibrate":
         return (yield from _calibrate(lm, job))
     if kind == "generate":
-        return (yield from _samples(lm, job))
+        return (yield from samples(lm, job))
     if kind == "score":
-        return (yield from _score(lm, job, embedder))
+        return (yield from score(lm, job, embedder))
     if kind == "detect":
-        return (yield from _judge(lm, job))
+        return (yield from judge(lm, job))
     if kind == "scale_sweep":
         return (yield from scale_sweep(lm, job, embedder))
     raise ValueError(f"unknown job kind {kind}")
@@ -136,7 +133,7 @@ def _report_training(job: Job, p: Progress, *, stored: int, wanted: int, force: 
         parts.append(note)
     job.progress(
         TRAIN_SHARE * p.fraction,
-        " · ".join(parts) + _left(eta),
+        " · ".join(parts) + job.clock.left(eta),
         force=force,
         phase="training",
         vectors_done=stored + p.done,
@@ -312,178 +309,3 @@ def _calibrate(lm: LoadedModel, job: Job) -> Units:
     result = calibrator.result()
     job.event("result", result={"calibration": result.to_dict()}, radius=result.radius)
     return False
-
-
-def _request(
-    prompt: str, sampling: dict[str, Any], block: int | None = None, terms: Any = ()
-) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=prompt,
-        block=block,
-        terms=terms,
-        seed=int(sampling["seed"]),
-        temperature=float(sampling["temperature"]),
-        top_p=float(sampling["top_p"]),
-        max_new_tokens=int(sampling["max_new_tokens"]),
-    )
-
-
-def _decode_rows(
-    lm: LoadedModel, job: Job, rows: list[tuple[dict[str, Any], GenerationRequest]], batch: int, start: float
-) -> Units:
-    """Decode rows in a continuous batch of `batch`, sending finished generations in groups."""
-    decoder = Decoder(lm, max_rows=batch)
-    waiting: Iterator[tuple[int, tuple[dict[str, Any], GenerationRequest]]] = iter(enumerate(rows))
-    tags: dict[int, dict[str, Any]] = {}
-    finished: list[dict[str, Any]] = []
-    sent = 0
-    more = True
-
-    def send() -> None:
-        nonlocal sent, finished
-        if finished:
-            job.event("generations", rows=finished)
-            sent, finished = sent + len(finished), []
-            eta = job.clock.eta(
-                math.ceil((len(rows) - sent) / batch) * max(r.max_new_tokens for _, r in rows)
-            )
-            job.progress(
-                start + (1 - start) * sent / len(rows),
-                f"samples {sent}/{len(rows)}{_left(eta)}",
-                force=True,
-                phase="samples",
-                samples_done=sent,
-                samples_total=len(rows),
-                eta_s=eta,
-            )
-
-    while more or decoder:
-        if job.cancelled:
-            send()  # what finished is kept
-            return True
-        while more and len(decoder) < 2 * batch:  # added as room comes: a gallery can be large
-            item = next(waiting, None)
-            if item is None:
-                more = False
-                break
-            i, (tag, request) = item
-            tags[i] = tag
-            decoder.add(i, request)
-        step = decoder.step()
-        job.clock.tick()
-        for key, result in step.finished:
-            tag = tags.pop(cast(int, key))
-            finished.append(
-                {
-                    **tag,
-                    "text": result.text,
-                    "n_tokens": result.n_tokens,
-                    "finish_reason": result.finish_reason,
-                }
-            )
-        if len(finished) >= batch or not (more or decoder):
-            send()
-        yield
-    return False
-
-
-def _gallery(lm: LoadedModel, job: Job) -> Units:
-    """Greedy samples of every vector of the run (and the unsteered model) on the run's prompts."""
-    gallery = job.order.gallery
-    if not gallery:
-        return False
-    done = {(d[0], d[1]) for d in gallery.get("done", [])}
-    settings: dict[str, Any] = {
-        "seed": 0,
-        "temperature": 0.0,
-        "top_p": 1.0,
-        "max_new_tokens": int(gallery["max_new_tokens"]),
-    }
-    rows: list[tuple[dict[str, Any], GenerationRequest]] = []
-    for p, prompt in enumerate(gallery["prompts"]):
-        if (None, p) not in done:
-            tag = {"vector_index": None, "prompt": prompt, "scale": 0.0, "block": None, **settings}
-            rows.append((tag, _request(prompt, settings)))
-    for index, block, values in job.vectors:
-        for p, prompt in enumerate(gallery["prompts"]):
-            if (index, p) not in done:
-                tag = {"vector_index": index, "prompt": prompt, "scale": 1.0, "block": block, **settings}
-                rows.append((tag, _request(prompt, settings, block, [(from_bytes(values), 1.0)])))
-    if not rows:
-        return False
-    return (yield from _decode_rows(lm, job, rows, int(gallery.get("batch", 16)), TRAIN_SHARE))
-
-
-def _samples(lm: LoadedModel, job: Job) -> Units:
-    """A generation job: each given vector at each scale on each prompt, plus the unsteered ones."""
-    spec = SampleSpec.from_dict(job.order.spec)
-    settings = {
-        "seed": spec.seed,
-        "temperature": spec.temperature,
-        "top_p": spec.top_p,
-        "max_new_tokens": spec.max_new_tokens,
-    }
-    rows: list[tuple[dict[str, Any], GenerationRequest]] = []
-    for prompt in spec.prompts:
-        if spec.unsteered:
-            tag = {"vector_id": None, "prompt": prompt, "scale": 0.0, "block": None, **settings}
-            rows.append((tag, _request(prompt, settings)))
-        for vector_id, block, values in job.order.vectors:
-            vector = from_bytes(values)
-            for scale in spec.scales:
-                tag = {"vector_id": vector_id, "prompt": prompt, "scale": scale, "block": block, **settings}
-                rows.append((tag, _request(prompt, settings, block, [(vector, scale)])))
-    if not rows:
-        return False
-    return (yield from _decode_rows(lm, job, rows, int(job.order.gallery.get("batch", 16)), 0.0))
-
-
-def _score(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
-    """A run's findings: its gallery completions and its random twin's scored (an embedding chunk or
-    a fluency batch per unit), then clustered and ranked; sent as one `findings` event."""
-    rows = job.order.spec.get("rows") or []
-    if not rows:
-        raise EngineError("the run has no greedy gallery samples to score")
-    job.progress(0.0, f"scoring {len(rows)} completions: loading the embedding model", force=True)
-    yield
-    steps = payload_steps(lm, embedder(), rows)
-    while True:
-        if job.cancelled:
-            return True
-        try:
-            done, total = next(steps)
-        except StopIteration as end:
-            job.event("findings", found=end.value)
-            return False
-        job.clock.tick()
-        eta = job.clock.eta(total - done)
-        job.progress(
-            done / total,
-            f"scoring {len(rows)} completions: {done}/{total}{_left(eta)}",
-            phase="scoring",
-            eta_s=eta,
-        )
-        yield
-
-
-def _judge(lm: LoadedModel, job: Job) -> Units:
-    """A judge detector over a run's completions: one batch of yes/no questions per unit."""
-    rows = job.order.spec.get("rows") or []
-    if not rows:
-        raise EngineError("the run has no steered completions to judge")
-    steps = judge_steps(lm, str(job.order.spec["question"]), [str(text) for _, text in rows])
-    units = 0
-    while True:
-        if job.cancelled:
-            return True
-        try:
-            done, total = next(steps)
-        except StopIteration as end:
-            scores = [{"generation_id": gid, "score": p} for (gid, _), p in zip(rows, end.value, strict=True)]
-            job.event("detections", rows=scores)
-            return False
-        job.clock.tick()
-        units += 1
-        eta = job.clock.eta(math.ceil((total - done) * units / done))
-        job.progress(done / total, f"judged {done}/{total} completions{_left(eta)}", phase="judging")
-        yield

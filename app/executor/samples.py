@@ -1,0 +1,140 @@
+"""Samples in the worker: a run's gallery and generation jobs, decoded in a continuous batch
+(one decode step per unit of the compute loop), sent in groups as they finish."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+from app.executor.codec import from_bytes
+from engine import Decoder, GenerationRequest, LoadedModel
+from engine.specs import SampleSpec
+
+if TYPE_CHECKING:
+    from app.executor.tasks import Job, Units
+
+
+def _request(
+    prompt: str, sampling: dict[str, Any], block: int | None = None, terms: Any = ()
+) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=prompt,
+        block=block,
+        terms=terms,
+        seed=int(sampling["seed"]),
+        temperature=float(sampling["temperature"]),
+        top_p=float(sampling["top_p"]),
+        max_new_tokens=int(sampling["max_new_tokens"]),
+    )
+
+
+def _decode_rows(
+    lm: LoadedModel, job: Job, rows: list[tuple[dict[str, Any], GenerationRequest]], batch: int, start: float
+) -> Units:
+    """Decode rows in a continuous batch of `batch`, sending finished generations in groups."""
+    decoder = Decoder(lm, max_rows=batch)
+    waiting: Iterator[tuple[int, tuple[dict[str, Any], GenerationRequest]]] = iter(enumerate(rows))
+    tags: dict[int, dict[str, Any]] = {}
+    finished: list[dict[str, Any]] = []
+    sent = 0
+    more = True
+
+    def send() -> None:
+        nonlocal sent, finished
+        if finished:
+            job.event("generations", rows=finished)
+            sent, finished = sent + len(finished), []
+            eta = job.clock.eta(
+                math.ceil((len(rows) - sent) / batch) * max(r.max_new_tokens for _, r in rows)
+            )
+            job.progress(
+                start + (1 - start) * sent / len(rows),
+                f"samples {sent}/{len(rows)}{job.clock.left(eta)}",
+                force=True,
+                phase="samples",
+                samples_done=sent,
+                samples_total=len(rows),
+                eta_s=eta,
+            )
+
+    while more or decoder:
+        if job.cancelled:
+            send()  # what finished is kept
+            return True
+        while more and len(decoder) < 2 * batch:  # added as room comes: a gallery can be large
+            item = next(waiting, None)
+            if item is None:
+                more = False
+                break
+            i, (tag, request) = item
+            tags[i] = tag
+            decoder.add(i, request)
+        step = decoder.step()
+        job.clock.tick()
+        for key, result in step.finished:
+            tag = tags.pop(cast(int, key))
+            finished.append(
+                {
+                    **tag,
+                    "text": result.text,
+                    "n_tokens": result.n_tokens,
+                    "finish_reason": result.finish_reason,
+                }
+            )
+        if len(finished) >= batch or not (more or decoder):
+            send()
+        yield
+    return False
+
+
+def gallery(lm: LoadedModel, job: Job, *, start: float) -> Units:
+    """Greedy samples of every vector of the run (and the unsteered model) on the run's prompts; the
+    progress bar goes on from `start` (where training left it)."""
+    wanted = job.order.gallery
+    if not wanted:
+        return False
+    done = {(d[0], d[1]) for d in wanted.get("done", [])}
+    settings: dict[str, Any] = {
+        "seed": 0,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "max_new_tokens": int(wanted["max_new_tokens"]),
+    }
+    rows: list[tuple[dict[str, Any], GenerationRequest]] = []
+    for p, prompt in enumerate(wanted["prompts"]):
+        if (None, p) not in done:
+            tag = {"vector_index": None, "prompt": prompt, "scale": 0.0, "block": None, **settings}
+            rows.append((tag, _request(prompt, settings)))
+    for index, block, values in job.vectors:
+        for p, prompt in enumerate(wanted["prompts"]):
+            if (index, p) not in done:
+                tag = {"vector_index": index, "prompt": prompt, "scale": 1.0, "block": block, **settings}
+                rows.append((tag, _request(prompt, settings, block, [(from_bytes(values), 1.0)])))
+    if not rows:
+        return False
+    return (yield from _decode_rows(lm, job, rows, int(wanted.get("batch", 16)), start))
+
+
+def samples(lm: LoadedModel, job: Job) -> Units:
+    """A generation job: each given vector at each scale on each prompt, plus the unsteered ones."""
+    spec = SampleSpec.from_dict(job.order.spec)
+    settings = {
+        "seed": spec.seed,
+        "temperature": spec.temperature,
+        "top_p": spec.top_p,
+        "max_new_tokens": spec.max_new_tokens,
+    }
+    rows: list[tuple[dict[str, Any], GenerationRequest]] = []
+    for prompt in spec.prompts:
+        if spec.unsteered:
+            tag = {"vector_id": None, "prompt": prompt, "scale": 0.0, "block": None, **settings}
+            rows.append((tag, _request(prompt, settings)))
+        for vector_id, block, values in job.order.vectors:
+            vector = from_bytes(values)
+            for scale in spec.scales:
+                tag = {"vector_id": vector_id, "prompt": prompt, "scale": scale, "block": block, **settings}
+                rows.append((tag, _request(prompt, settings, block, [(vector, scale)])))
+    if not rows:
+        return False
+    return (yield from _decode_rows(lm, job, rows, int(job.order.gallery.get("batch", 16)), 0.0))
