@@ -146,6 +146,35 @@ def _report_training(job: Job, p: Progress, *, stored: int, wanted: int, force: 
     )
 
 
+def _send_vectors(
+    lm: LoadedModel, job: Job, batch: Any, source: int, result: Any, **extra: Any
+) -> list[tuple[int, int, bytes]]:
+    """Send a trained chunk (MELBO or DCT: vectors with per-vector records) with each vector's
+    next-token KL; its (index, block, values) for the gallery."""
+    kls = next_token_kl(lm.model, batch, source, result.vectors)
+    job.event(
+        "vectors",
+        source=source,
+        target=result.target,
+        radius=result.radius,
+        residual_norm=result.residual_norm,
+        **extra,
+        rows=[
+            {
+                "index": rec.index,
+                "block": source,
+                "values": to_bytes(vec),
+                "norm": float(vec.norm()),
+                "objective": rec.objective,
+                "kl": float(kl),
+                "metrics": {k: v for k, v in rec.to_dict().items() if k not in ("index", "objective")},
+            }
+            for vec, rec, kl in zip(result.vectors, result.records, kls, strict=True)
+        ],
+    )
+    return [(r.index, source, to_bytes(v)) for r, v in zip(result.records, result.vectors, strict=True)]
+
+
 def _melbo(lm: LoadedModel, job: Job) -> Units:
     spec = MelboSpec.from_dict(job.order.spec)
     stored = _stack(job.order.done, lm.info.width)
@@ -160,32 +189,7 @@ def _melbo(lm: LoadedModel, job: Job) -> Units:
         finished = trainer.step()
         job.clock.tick()
         if finished:
-            result = trainer.take()
-            kls = next_token_kl(lm.model, batch, source, result.vectors)
-            job.event(
-                "vectors",
-                source=source,
-                target=result.target,
-                radius=result.radius,
-                residual_norm=result.residual_norm,
-                rows=[
-                    {
-                        "index": rec.index,
-                        "block": source,
-                        "values": to_bytes(vec),
-                        "norm": float(vec.norm()),
-                        "objective": rec.objective,
-                        "kl": float(kl),
-                        "metrics": {
-                            k: v for k, v in rec.to_dict().items() if k not in ("index", "objective")
-                        },
-                    }
-                    for vec, rec, kl in zip(result.vectors, result.records, kls, strict=True)
-                ],
-            )
-            job.vectors += [
-                (r.index, source, to_bytes(v)) for r, v in zip(result.records, result.vectors, strict=True)
-            ]
+            job.vectors += _send_vectors(lm, job, batch, source, trainer.take())
         _report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=bool(finished))
         yield
     return False
@@ -209,32 +213,8 @@ def _dct(lm: LoadedModel, job: Job) -> Units:
         job.clock.tick()
         if records:
             result = trainer.result()
-            kls = next_token_kl(lm.model, batch, source, result.vectors)
-            job.event(
-                "vectors",
-                source=source,
-                target=result.target,
-                radius=result.radius,
-                residual_norm=result.residual_norm,
-                result={"calibration": result.calibration} if result.calibration else {},
-                rows=[
-                    {
-                        "index": rec.index,
-                        "block": source,
-                        "values": to_bytes(vec),
-                        "norm": float(vec.norm()),
-                        "objective": rec.objective,
-                        "kl": float(kl),
-                        "metrics": {
-                            k: v for k, v in rec.to_dict().items() if k not in ("index", "objective")
-                        },
-                    }
-                    for vec, rec, kl in zip(result.vectors, result.records, kls, strict=True)
-                ],
-            )
-            job.vectors = [
-                (r.index, source, to_bytes(v)) for r, v in zip(result.records, result.vectors, strict=True)
-            ]
+            extra = {"result": {"calibration": result.calibration}} if result.calibration else {}
+            job.vectors = _send_vectors(lm, job, batch, source, result, **extra)
         t = trainer.transcoder
         if t is None:
             probes = trainer.calibrator.probes if trainer.calibrator is not None else 0
