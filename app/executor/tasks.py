@@ -147,17 +147,17 @@ def _report_training(job: Job, p: Progress, *, stored: int, wanted: int, force: 
 
 
 def _send_vectors(
-    lm: LoadedModel, job: Job, batch: Any, source: int, result: Any, **extra: Any
+    lm: LoadedModel, job: Job, batch: Any, source: int, trained: Any, **extra: Any
 ) -> list[tuple[int, int, bytes]]:
     """Send a trained chunk (MELBO or DCT: vectors with per-vector records) with each vector's
     next-token KL; its (index, block, values) for the gallery."""
-    kls = next_token_kl(lm.model, batch, source, result.vectors)
+    kls = next_token_kl(lm.model, batch, source, trained.vectors)
     job.event(
         "vectors",
         source=source,
-        target=result.target,
-        radius=result.radius,
-        residual_norm=result.residual_norm,
+        target=trained.target,
+        radius=trained.radius,
+        residual_norm=trained.residual_norm,
         **extra,
         rows=[
             {
@@ -169,10 +169,10 @@ def _send_vectors(
                 "kl": float(kl),
                 "metrics": {k: v for k, v in rec.to_dict().items() if k not in ("index", "objective")},
             }
-            for vec, rec, kl in zip(result.vectors, result.records, kls, strict=True)
+            for vec, rec, kl in zip(trained.vectors, trained.records, kls, strict=True)
         ],
     )
-    return [(r.index, source, to_bytes(v)) for r, v in zip(result.records, result.vectors, strict=True)]
+    return [(r.index, source, to_bytes(v)) for r, v in zip(trained.records, trained.vectors, strict=True)]
 
 
 def _melbo(lm: LoadedModel, job: Job) -> Units:
