@@ -109,7 +109,7 @@ class ScaleSweep:
         }
 
 
-def _tagged(
+def tagged(
     phase: str, steps: Generator[tuple[int, int], None, T]
 ) -> Generator[tuple[str, int, int], None, T]:
     """Another generator's (done, total) units, labelled with a phase; its return value."""
@@ -215,7 +215,7 @@ def scale_sweep_steps(
         for k, scale in enumerate(spec.scales)
     ]
     inputs = [ScoreInput(spec.prompts[p], r.text, unsteered[p].text) for p, _, r in cells]
-    scores = yield from _tagged(
+    scores = yield from tagged(
         "scoring", score_steps(lm, embedder, inputs, thresholds=thresholds, batch_size=FLUENCY_BATCH)
     )
     by_scale: dict[int, list[Scores]] = {k: [] for k in range(len(spec.scales))}

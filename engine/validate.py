@@ -12,6 +12,7 @@ from engine.adapters import mlp_out
 from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts, format_prompt, target_mask
+from engine.refine_specs import GeneralizeSpec, RPathSpec, SearchSpec
 from engine.specs import (
     AdapterSpec,
     CalibrateSpec,
@@ -22,7 +23,18 @@ from engine.specs import (
     ScaleSweepSpec,
 )
 
-AnySpec = MelboSpec | DctSpec | AdapterSpec | ChainSpec | CalibrateSpec | SampleSpec | ScaleSweepSpec
+AnySpec = (
+    MelboSpec
+    | DctSpec
+    | AdapterSpec
+    | ChainSpec
+    | CalibrateSpec
+    | SampleSpec
+    | ScaleSweepSpec
+    | RPathSpec
+    | GeneralizeSpec
+    | SearchSpec
+)
 SPECS: dict[str, type[AnySpec]] = {
     "melbo": MelboSpec,
     "random": MelboSpec,
@@ -32,6 +44,9 @@ SPECS: dict[str, type[AnySpec]] = {
     "calibrate": CalibrateSpec,
     "generate": SampleSpec,
     "scale_sweep": ScaleSweepSpec,
+    "rpath": RPathSpec,
+    "generalize": GeneralizeSpec,
+    "search": SearchSpec,
 }
 
 
@@ -60,15 +75,20 @@ def check_spec(lm: LoadedModel, kind: str, data: dict[str, Any], *, reserve: int
     fit in the context too.
     """
     spec = parse_spec(kind, data)
-    if isinstance(spec, ScaleSweepSpec):
+    if isinstance(spec, ScaleSweepSpec | SearchSpec):
         spec.check_block(lm.info)
-    if isinstance(spec, SampleSpec | ScaleSweepSpec):
+    if isinstance(spec, SampleSpec | ScaleSweepSpec | SearchSpec):
         reserve = max(reserve, spec.max_new_tokens)
     else:
         source, _ = spec.span(lm.info)
         if isinstance(spec, AdapterSpec):
             mlp_out(lm.model, source)
     check_prompts(lm, spec.prompts, reserve)
-    if isinstance(spec, MelboSpec | DctSpec | AdapterSpec | CalibrateSpec) and spec.positions == "user":
+    trained = MelboSpec | DctSpec | AdapterSpec | CalibrateSpec | RPathSpec | GeneralizeSpec
+    if isinstance(spec, trained) and spec.positions == "user":
         target_mask(encode_prompts(lm.tokenizer, spec.prompts), "user")  # refuses a changed user turn
+    if isinstance(spec, GeneralizeSpec):  # compared on: completed, and read by the objective
+        check_prompts(lm, spec.held_out, spec.max_new_tokens)
+        if spec.positions == "user":
+            target_mask(encode_prompts(lm.tokenizer, spec.held_out), "user")
     return spec.to_dict()

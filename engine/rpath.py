@@ -1,0 +1,166 @@
+"""The R-path of a vector: how its direction turns as its norm changes.
+
+The vector is trained again with MELBO's objective (fast mode, one vector) at each multiple of R,
+each time warm-started from the vector itself, so each point is the optimum nearest to it at that
+norm. The path is read in order of R: the cosine of each point with its neighbour below and with
+the vector, and the coordinates of the unit direction that change most from the smallest R to the
+largest (the vector's own direction stands in for the smallest when the path has one point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.functional import cosine_similarity
+
+from engine.errors import EngineError
+from engine.melbo import MelboTrainer
+from engine.models import LoadedModel
+from engine.refine_specs import RPathSpec
+
+TOP_COORDINATES = 8  # coordinates reported as growing or shrinking fastest
+
+# Units for a compute loop: (multiples finished, multiples in all, optimizer step of the current one).
+RPathSteps = Generator[tuple[int, int, int], None, "RPath"]
+
+
+@dataclass(frozen=True)
+class PathPoint:
+    multiple: float  # × R
+    radius: float  # the norm trained at
+    objective: float  # after training
+    start_objective: float  # the vector itself, scaled to this norm
+    steps: int
+    cos_parent: float  # with the vector the path starts from
+    cos_previous: float | None  # with the point at the next smaller R; None for the first
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    index: int
+    values: list[float]  # the unit direction's coordinate at each point of the path
+    change: float  # last minus first
+    grows: bool  # its magnitude grows along the path
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RPath:
+    vectors: Tensor  # [K, d] float32, in order of R
+    points: list[PathPoint]
+    coordinates: list[Coordinate]  # the fastest changing first
+    source: int
+    target: int
+    radius: float  # the R the multiples multiply
+    curves: list[list[float]]  # objective at every step, per point
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, vectors left out."""
+        return {
+            "radius": self.radius,
+            "points": [p.to_dict() for p in self.points],
+            "coordinates": [c.to_dict() for c in self.coordinates],
+        }
+
+
+def check_vector(lm: LoadedModel, vector: Tensor) -> Tensor:
+    """The vector as float32 on the CPU, refused unless it fits the model and is finite and nonzero."""
+    width = lm.info.width
+    if vector.shape != (width,):
+        raise EngineError(f"the vector has shape {tuple(vector.shape)}, the model needs ({width},)")
+    if not bool(torch.isfinite(vector).all()):
+        raise EngineError("the vector contains NaN or infinite values")
+    if float(vector.norm()) == 0.0:
+        raise EngineError("the vector is zero: it has no direction to start from")
+    return vector.detach().float().cpu()
+
+
+def coordinates(units: Tensor, k: int = TOP_COORDINATES) -> list[Coordinate]:
+    """The k coordinates of unit directions [K, d] (in path order) that change most, first to last."""
+    change = units[-1] - units[0]
+    order = torch.argsort(change.abs(), descending=True)[: min(k, units.shape[1])]
+    return [
+        Coordinate(
+            index=int(i),
+            values=[float(v) for v in units[:, i]],
+            change=float(change[i]),
+            grows=bool(units[-1, i].abs() > units[0, i].abs()),
+        )
+        for i in order
+    ]
+
+
+def rpath_steps(lm: LoadedModel, vector: Tensor, spec: RPathSpec) -> RPathSteps:
+    """The path one optimizer step per `next()` (a compute loop's unit); returns it."""
+    vector = check_vector(lm, vector)
+    spec.span(lm.info)
+    base = spec.radius if spec.radius is not None else float(vector.norm())
+    multiples = sorted(spec.multiples)
+    trained: list[Tensor] = []
+    points: list[PathPoint] = []
+    curves: list[list[float]] = []
+    source = target = 0
+    for i, m in enumerate(multiples):
+        radius = m * base
+        trainer = MelboTrainer(lm, spec.melbo(radius, lm.info.width), starts=vector[None])
+        source, target = trainer.problem.source, trainer.problem.target
+        start, _ = trainer.problem.final((vector * (radius / vector.norm()))[None])
+        while not trainer.finished:
+            trainer.step()
+            batch = trainer.batch
+            yield i, len(multiples), 0 if batch is None else batch.steps
+        result = trainer.result()
+        record, theta = result.records[0], result.vectors[0]
+        trained.append(theta)
+        curves.append(record.curve)
+        points.append(
+            PathPoint(
+                multiple=m,
+                radius=radius,
+                objective=record.objective,
+                start_objective=float(start[0]),
+                steps=record.steps,
+                cos_parent=float(cosine_similarity(theta, vector, dim=0)),
+                cos_previous=float(cosine_similarity(theta, trained[-2], dim=0)) if i else None,
+            )
+        )
+    stacked = torch.stack(trained)  # [K, d]
+    units = stacked / stacked.norm(dim=1, keepdim=True)
+    if len(multiples) == 1:
+        units = torch.cat([(vector / vector.norm())[None], units])
+    return RPath(
+        vectors=stacked,
+        points=points,
+        coordinates=coordinates(units),
+        source=source,
+        target=target,
+        radius=base,
+        curves=curves,
+    )
+
+
+def rpath(
+    lm: LoadedModel,
+    vector: Tensor,
+    spec: RPathSpec,
+    *,
+    on_unit: Callable[[int, int, int], None] | None = None,
+) -> RPath:
+    """The whole path at once; `on_unit(done, total, step)` after each optimizer step."""
+    steps = rpath_steps(lm, vector, spec)
+    while True:
+        try:
+            unit = next(steps)
+        except StopIteration as end:
+            return end.value
+        if on_unit is not None:
+            on_unit(*unit)
