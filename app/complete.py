@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session
 from app import store
 from app.models import Job, Vector
 
-GALLERY_KINDS = ("melbo", "random", "dct", "chain")  # runs whose job samples every vector
+REFINED_KINDS = ("rpath", "generalize", "search")  # runs refining a vector into new ones
+GALLERY_KINDS = ("melbo", "random", "dct", "chain", *REFINED_KINDS)  # runs whose job samples every vector
 ANSWERED_KINDS = ("score", "detect", "scale_sweep")  # runs whose result is one answer, sent at the end
 
 

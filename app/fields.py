@@ -162,3 +162,17 @@ def where(error: Any) -> str:
 def describe(errors: list[Any]) -> str:
     """Every error of a failed validation, in words: 'seed: must be less than ...; title: ...'."""
     return "; ".join(f"{where(e)}: {plain(e)}" if where(e) else plain(e) for e in errors)
+
+
+def numbers(text: str, field: str) -> list[float]:
+    """Numbers from a form field, separated by commas or spaces; a readable Invalid otherwise."""
+    words = text.replace(",", " ").split()
+    if not words:
+        raise Invalid(f"{field}: give at least one number")
+    out = []
+    for word in words:
+        try:
+            out.append(float(word))
+        except ValueError:
+            raise Invalid(f"{field}: {word[:40]!r} is not a number") from None
+    return out

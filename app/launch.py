@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app import refine, schemas, store
 from app.errors import Invalid
-from app.models import Job, Run, Vector
+from app.models import Detector, Job, Run, Vector
 from app.service import Service
 
 
@@ -135,4 +135,115 @@ def start_scale_sweep(
     checked = service.validate(refine.KIND, spec, reserve=tokens)
     return _queue(
         service, refine.KIND, checked, priority=body.priority, owner=owner, parent_vector_id=vector_id
+    )
+
+
+# Refining a vector into new vectors (app/refine_runs.py reads them back): each run's parent is the
+# vector; it trains on the vector's run's prompts (generalize: and the probes) with that run's
+# objective settings, at the vector's block.
+
+OBJECTIVE = ("p", "q", "positions", "loss", "normalize")  # read from the vector's run where it has them
+
+
+def _refined(service: Service, vector_id: int) -> dict[str, Any]:
+    """What a refinement takes from its vector: model, block, prompts and objective settings."""
+    with service.db.session() as session:
+        vector = store.get_vector(session, vector_id)
+        run = vector.run
+        target = run.target if run.target is not None else run.spec.get("target")
+        return {
+            "model": run.model_name,
+            "block": vector.block,
+            "prompts": [str(p) for p in run.prompts],
+            "objective": {
+                **{k: run.spec[k] for k in OBJECTIVE if run.spec.get(k) is not None},
+                **({"target": target} if target is not None else {}),
+            },
+        }
+
+
+def start_rpath(service: Service, vector_id: int, body: schemas.RPathCreate, *, owner: str = "") -> Job:
+    """The vector trained again from itself at each multiple of its norm."""
+    check_limits(service, 1, body.steps)
+    parent = _refined(service, vector_id)
+    spec = {
+        **parent["objective"],
+        "prompts": body.prompts if body.prompts is not None else parent["prompts"],
+        "source": parent["block"],
+        "model": parent["model"],
+        "multiples": sorted(set(body.multiples)),
+        **({"steps": body.steps} if body.steps is not None else {}),
+    }
+    checked = service.validate("rpath", spec, reserve=service.settings.gallery_tokens)
+    return _queue(service, "rpath", checked, priority=body.priority, owner=owner, parent_vector_id=vector_id)
+
+
+def start_generalize(
+    service: Service, vector_id: int, body: schemas.GeneralizeCreate, *, owner: str = ""
+) -> Job:
+    """The vector trained further on its run's prompts and the probes, compared on held-out prompts."""
+    check_limits(service, 1, body.steps)
+    probes = [p for p in body.probes if p.strip()]
+    held_out = [p for p in body.held_out if p.strip()]
+    if not probes:
+        raise Invalid("probes: give at least one prompt to train on, one per line")
+    if not held_out:
+        raise Invalid("held-out prompts: give at least one prompt to compare on, one per line")
+    tokens = body.max_new_tokens if body.max_new_tokens is not None else service.settings.gallery_tokens
+    if tokens > service.settings.max_new_tokens:
+        raise Invalid(f"max new tokens must be at most {service.settings.max_new_tokens}, got {tokens}")
+    parent = _refined(service, vector_id)
+    prompts = list(dict.fromkeys([*parent["prompts"], *probes]))  # its own prompts first, each once
+    trained_on = [p for p in held_out if p in prompts]
+    if trained_on:
+        raise Invalid(
+            f"held-out prompts must not be trained on: {trained_on[0][:80]!r} is among the training prompts"
+        )
+    spec = {
+        **parent["objective"],
+        "prompts": prompts,
+        "held_out": held_out,
+        "source": parent["block"],
+        "model": parent["model"],
+        "max_new_tokens": tokens,
+        **({"steps": body.steps} if body.steps is not None else {}),
+    }
+    checked = service.validate("generalize", spec, reserve=service.settings.gallery_tokens)
+    return _queue(
+        service, "generalize", checked, priority=body.priority, owner=owner, parent_vector_id=vector_id
+    )
+
+
+def start_search(service: Service, vector_id: int, body: schemas.SearchCreate, *, owner: str = "") -> Job:
+    """An evolution strategy around the vector for completions the detector scores higher."""
+    parent = _refined(service, vector_id)
+    with service.db.session() as session:
+        detector = session.get(Detector, body.detector_id)
+        if detector is None:
+            raise Invalid(f"detector_id: no detector {body.detector_id}")
+        kind, pattern, judge_model = detector.kind, detector.pattern, detector.judge_model
+    if kind == "judge" and judge_model not in ("", parent["model"]):
+        raise Invalid(
+            f"detector {body.detector_id} asks the judge model {judge_model!r}; a search asks the vector's "
+            f"own model ({parent['model']!r}), so pick a regex detector or a judge of that model"
+        )
+    # The gallery's length, so the stored best vectors' gallery samples are the completions it scored.
+    spec = {
+        **body.spec(exclude={"detector_id"}),
+        "prompts": body.prompts if body.prompts is not None else parent["prompts"],
+        "block": parent["block"],
+        "model": parent["model"],
+        "pattern": pattern,
+        "detector": kind,
+        "max_new_tokens": service.settings.gallery_tokens,
+    }
+    checked = service.validate("search", spec, reserve=service.settings.gallery_tokens)
+    return _queue(
+        service,
+        "search",
+        checked,
+        priority=body.priority,
+        owner=owner,
+        parent_vector_id=vector_id,
+        inputs={"detector_id": body.detector_id},
     )

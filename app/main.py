@@ -26,6 +26,7 @@ from app.routes import (
     api_interop,
     api_jobs,
     api_refine,
+    api_refine_runs,
     api_runs,
     api_sweeps,
     behaviour_pages,
@@ -35,6 +36,7 @@ from app.routes import (
     new_run_pages,
     pages,
     refine_pages,
+    refine_run_pages,
     run_pages,
     sweep_pages,
     vector_pages,
@@ -81,13 +83,24 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         run_pages,
         vector_pages,
         refine_pages,
+        refine_run_pages,
         compare_pages,
         chat_pages,
         label_pages,
         sweep_pages,
         behaviour_pages,
     )
-    apis = (api_runs, api_refine, api_sweeps, api_jobs, api_data, api_chat, api_export, api_interop)
+    apis = (
+        api_runs,
+        api_refine,
+        api_refine_runs,
+        api_sweeps,
+        api_jobs,
+        api_data,
+        api_chat,
+        api_export,
+        api_interop,
+    )
     for module in (*pages_, *apis):
         app.include_router(module.router)
 

@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import store
-from app.errors import Invalid, NotFound
+from app.errors import NotFound
+from app.fields import numbers
 from app.models import Generation, LanguageModel, Run, Vector
 
 KIND = "scale_sweep"
@@ -134,16 +135,7 @@ def summary(session: Session, run: Run) -> dict[str, Any]:
 
 def parse_scales(text: str) -> list[float]:
     """Scales from a form field: numbers separated by commas or spaces."""
-    words = text.replace(",", " ").split()
-    if not words:
-        raise Invalid("scales: give at least one number")
-    out = []
-    for word in words:
-        try:
-            out.append(float(word))
-        except ValueError:
-            raise Invalid(f"scales: {word[:40]!r} is not a number") from None
-    return out
+    return numbers(text, "scales")
 
 
 def grid(session: Session, run: Run) -> dict[str, Any]:

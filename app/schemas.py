@@ -170,6 +170,63 @@ class ScaleSweepCreate(Body):
     priority: Whole = Field(0, description="Higher runs first.")
 
 
+# The engine's limits and defaults for refining a vector (engine/refine_specs.py); a test keeps them equal.
+MAX_MULTIPLES = 16
+MAX_MULTIPLE = 100.0
+DEFAULT_MULTIPLES = [0.5, 0.75, 1.0, 1.5, 2.0]
+MAX_SEARCH_BUDGET = 512
+MAX_POPULATION = 64
+
+
+class RPathCreate(Body):
+    multiples: Annotated[
+        list[Annotated[FiniteFloat, Field(gt=0, le=MAX_MULTIPLE)]], Len(1, MAX_MULTIPLES)
+    ] = Field(DEFAULT_MULTIPLES, description="Multiples of the vector's norm R to train it again at.")
+    prompts: Prompts | None = Field(None, description="Default: the prompts of the vector's run.")
+    steps: Whole | None = Field(
+        None, description="Optimizer steps at each R; default as fast MELBO (it stops once converged)."
+    )
+    priority: Whole = Field(0, description="Higher runs first.")
+
+
+class GeneralizeCreate(Body):
+    probes: Prompts = Field(
+        description="More prompts to train on (beside the vector's own run's prompts), one per line."
+    )
+    held_out: Prompts = Field(description="Prompts it is compared on before and after, not trained on.")
+    steps: Whole | None = Field(
+        None, description="Optimizer steps; default as fast MELBO (it stops once converged)."
+    )
+    max_new_tokens: Whole | None = Field(
+        None, description="New tokens per held-out completion; default: the gallery's."
+    )
+    priority: Whole = Field(0, description="Higher runs first.")
+
+
+class SearchCreate(Body):
+    detector_id: Whole = Field(
+        description="The detector whose score it raises: a regex, or a judge asked of the vector's model."
+    )
+    prompts: Prompts | None = Field(None, description="Default: the prompts of the vector's run.")
+    budget: Whole = Field(
+        32,
+        ge=1,
+        le=MAX_SEARCH_BUDGET,
+        description="Perturbed vectors tried in all (each completes every prompt).",
+    )
+    population: Whole = Field(
+        8, ge=1, le=MAX_POPULATION, description="Perturbed vectors tried per generation."
+    )
+    sigma: FiniteFloat = Field(
+        0.3, gt=0, le=10, description="Size of a perturbation, as a share of the vector's norm."
+    )
+    keep: Whole = Field(
+        3, ge=1, le=16, description="Best vectors stored (the start too, until that many beat it)."
+    )
+    seed: Whole = Field(0, description="Seed of the perturbations.")
+    priority: Whole = Field(0, description="Higher runs first.")
+
+
 class SweepCreate(Body):
     prompt_sets: list[Prompts] = Field(description="Prompt sets, each trained on as one run's prompts.")
     radii: list[float] = Field(

@@ -23,6 +23,9 @@ BODIES: dict[str, type[BaseModel]] = {
     "calibrate": schemas.CalibrationCreate,
     "generate": schemas.SamplesCreate,
     "scale_sweep": schemas.ScaleSweepCreate,
+    "rpath": schemas.RPathCreate,
+    "generalize": schemas.GeneralizeCreate,
+    "search": schemas.SearchCreate,
 }
 NOT_SETTINGS = {"prompts", "priority", "vector_id", "vector_ids", "block"}
 
@@ -114,6 +117,8 @@ def facts(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
         return out
     if run.kind == "scale_sweep":
         return _scale_sweep(run, job)
+    if run.kind in ("rpath", "generalize", "search"):
+        out.append(Fact("refines", f"vector #{run.parent_vector_id}", "its vectors are children of it"))
     if run.kind == "calibrate":
         found = result.get("calibration") or {}
         if found:

@@ -135,7 +135,7 @@ class SearchSpec(_Spec):
     budget: int = 32  # perturbed vectors tried in all
     population: int = 8  # perturbed vectors tried per generation
     sigma: float = 0.3  # perturbation norm as a share of the vector's (then back to its norm)
-    keep: int = 3  # best vectors returned (the start among them until one beats it)
+    keep: int = 3  # best vectors returned (the start among them until that many beat it)
     max_new_tokens: int = 48
     seed: int = 0
 

@@ -264,6 +264,44 @@ const steerscope = (() => {
     });
   }
 
+  // A search's detector score per generation: best so far, best and mean of each generation.
+  async function searchPlot(canvas) {
+    const found = await (await fetch(canvas.dataset.series)).json();
+    const at = (key) => found.generations.map((g) => ({ x: g.generation, y: g[key] }));
+    const line = (label, key, colour, extra = {}) => ({ label, data: at(key), borderColor: colour, backgroundColor: colour,
+                                                        tension: 0, ...extra });
+    chart(canvas, {
+      type: "line",
+      data: { datasets: [
+        line("best so far", "best", palette[0], { stepped: true }),
+        line("best of the generation", "max", palette[2]),
+        line("mean of the generation", "mean", palette[3]),
+      ] },
+      options: { animation: false, parsing: false,
+                 scales: { x: axis("generation (0: the start)", { type: "linear", ticks: { stepSize: 1 } }),
+                           y: axis("detector score", { beginAtZero: true }) } },
+    });
+  }
+
+  // An R-path: how the direction turns as R grows (cosines), beside the objective.
+  async function rpathPlot(canvas) {
+    const path = await (await fetch(canvas.dataset.series)).json();
+    const at = (key) => path.points.map((p) => ({ x: p.multiple, y: p[key] }));
+    const line = (label, key, colour, yAxisID) => ({ label, data: at(key), borderColor: colour, backgroundColor: colour,
+                                                     yAxisID, tension: 0 });
+    chart(canvas, {
+      type: "line",
+      data: { datasets: [
+        line("cosine with the vector", "cos_parent", palette[0], "cos"),
+        line("cosine with the next smaller R", "cos_previous", palette[2], "cos"),
+        line("objective", "objective", palette[3], "objective"),
+      ] },
+      options: { animation: false, parsing: false,
+                 scales: { x: axis("× R", { type: "linear" }), cos: axis("cosine", { max: 1 }),
+                           objective: axis("objective", { position: "right", grid: { drawOnChartArea: false } }) } },
+    });
+  }
+
   function init(root) {
     const scope = root.querySelectorAll ? root : document;
     const own = (selector) => [...(root.matches && root.matches(selector) ? [root] : []), ...scope.querySelectorAll(selector)];
@@ -272,6 +310,8 @@ const steerscope = (() => {
     own("canvas#vector-map:not([data-ready])").forEach(vectorMap);
     own("canvas#discovery:not([data-ready])").forEach(discovery);
     own("canvas#scale-sweep-plot:not([data-ready])").forEach(scaleSweep);
+    own("canvas#search-plot:not([data-ready])").forEach(searchPlot);
+    own("canvas#rpath-plot:not([data-ready])").forEach(rpathPlot);
   }
 
   // The gallery's ticked vectors live in the address bar too, so a reload or a shared link keeps them.

@@ -1,15 +1,25 @@
 """Refining a vector in the worker: its scale sweep as units of the compute loop (a decode step, a
-chunk of KL, or a scoring unit each), sent back as one `scale_sweep` event when it is done."""
+chunk of KL, or a scoring unit each), sent back as one `scale_sweep` event when it is done; its
+R-path, generalization and search, sent back as the run's vectors and result."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
 
-from app.executor.codec import from_bytes
+import torch
+from torch import Tensor
+
+from app.executor.codec import from_bytes, to_bytes
 from engine.embedder import Embedder
+from engine.generalize import generalize_steps
+from engine.metrics import next_token_kl
 from engine.models import LoadedModel
+from engine.prompts import encode_prompts
 from engine.refine import scale_sweep_steps
+from engine.refine_specs import GeneralizeSpec, RPathSpec, SearchSpec
+from engine.rpath import rpath_steps
+from engine.search import search_steps
 from engine.specs import ScaleSweepSpec
 
 if TYPE_CHECKING:
@@ -45,3 +55,114 @@ def scale_sweep(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> 
             phase=phase,
         )
         yield
+
+
+# Refining a vector into new ones (R-path, generalize, search): the engine's units, then one
+# `vectors` event with the new vectors (children of the vector) and what the run page shows as the
+# run's result; the gallery follows (app/executor/tasks.py). A resumed job whose vectors are stored
+# goes straight to the gallery.
+
+RETRAINED = ("rpath", "generalize", "search")
+
+
+def _rows(
+    lm: LoadedModel, prompts: tuple[str, ...], block: int, vectors: Tensor, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Vector rows as a `vectors` event carries them, each with its next-token KL on the prompts."""
+    kls = next_token_kl(lm.model, encode_prompts(lm.tokenizer, list(prompts)), block, vectors)
+    return [
+        {
+            "index": i,
+            "block": block,
+            "values": to_bytes(vector),
+            "norm": float(vector.norm()),
+            "objective": record.pop("objective", None),
+            "kl": float(kl),
+            "metrics": record,
+        }
+        for i, (vector, record, kl) in enumerate(zip(vectors, records, kls, strict=True))
+    ]
+
+
+def retrained(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder], *, share: float) -> Units:
+    """An R-path, generalize or search run, one engine unit per unit of the compute loop; `share`:
+    the part of the progress bar it fills (the gallery fills the rest)."""
+    kind = job.order.kind
+    if job.order.done:
+        block = int(job.order.spec.get("source", job.order.spec.get("block", 0)))
+        job.vectors = [(i, block, b) for i, b in enumerate(job.order.done)]
+        return False
+    assert job.order.theta0 is not None, "a refinement's order carries its vector"
+    vector = from_bytes(job.order.theta0)
+    batch = int(job.order.gallery.get("batch", 16))
+    units: Generator[tuple[Any, ...], None, Any]
+    if kind == "rpath":
+        units = rpath_steps(lm, vector, RPathSpec.from_dict(job.order.spec))
+    elif kind == "generalize":
+        spec = GeneralizeSpec.from_dict(job.order.spec)
+        units = generalize_steps(lm, embedder(), vector, spec, batch_size=batch)
+    else:
+        units = search_steps(lm, vector, SearchSpec.from_dict(job.order.spec), batch_size=batch)
+    job.progress(0.0, f"{WHAT[kind]}: starting", force=True)
+    yield
+    while True:
+        if job.cancelled:
+            return True  # its vectors come together at the end: a cancelled one keeps nothing
+        try:
+            unit = next(units)
+        except StopIteration as end:
+            rows, result, resolved = _finish(lm, job, end.value)
+            job.event("vectors", source=rows[0]["block"], **resolved, result=result, rows=rows)
+            job.vectors = [(r["index"], r["block"], r["values"]) for r in rows]
+            return False
+        job.clock.tick()
+        fraction, message = _where(kind, job.order.spec, unit)
+        job.progress(share * fraction, message, phase=kind)
+        yield
+
+
+WHAT = {"rpath": "R-path", "generalize": "training on more prompts", "search": "search"}
+
+
+def _where(kind: str, spec: dict[str, Any], unit: tuple[Any, ...]) -> tuple[float, str]:
+    """How far a unit is along its run (0..1), in words."""
+    if kind == "rpath":
+        done, total, step = unit
+        return done / total, f"R × {sorted(spec['multiples'])[done]:g} ({done + 1} of {total}), step {step}"
+    if kind == "generalize":
+        phase, done, total = unit
+        low, high = {"training": (0.0, 0.5), "completions": (0.5, 0.8), "scoring": (0.8, 1.0)}[phase]
+        return low + (high - low) * done / max(total, 1), f"{phase} {done}/{total}"
+    phase, generation, tried = unit
+    budget = int(spec["budget"])
+    return tried / budget, f"generation {generation}: {phase}, {tried}/{budget} candidates tried"
+
+
+def _finish(
+    lm: LoadedModel, job: Job, found: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The found vectors as rows, the run's result (keyed by the run's kind), and the target block
+    and R it resolved."""
+    kind, spec = job.order.kind, job.order.spec
+    prompts = tuple(spec["prompts"])
+    if kind == "rpath":
+        records = [
+            {**p.to_dict(), "curve": curve, "objective": p.objective}
+            for p, curve in zip(found.points, found.curves, strict=True)
+        ]
+        rows = _rows(lm, prompts, found.source, found.vectors, records)
+        return rows, {"rpath": found.to_dict()}, {"target": found.target, "radius": found.radius}
+    if kind == "generalize":
+        record = found.record.to_dict()
+        record.pop("index")
+        rows = _rows(
+            lm, prompts, found.source, found.vector[None], [{**record, "cos_parent": found.cos_parent}]
+        )
+        return rows, {"generalize": found.to_dict()}, {"target": found.target, "radius": found.radius}
+    best = found.best
+    records = [
+        {"score": c.score, "generation": c.generation, "cos_start": c.cos_start, "detector_scores": c.scores}
+        for c in best
+    ]
+    rows = _rows(lm, prompts, int(spec["block"]), torch.stack([c.vector for c in best]), records)
+    return rows, {"search": found.to_dict()}, {}

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from app.executor.base import Event, Order
 from app.executor.codec import from_bytes, to_bytes
-from app.executor.refine import scale_sweep
+from app.executor.refine import RETRAINED, retrained, scale_sweep
 from app.executor.samples import gallery, samples
 from app.executor.scoring import judge, score
 from engine import (
@@ -113,6 +113,10 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         return (yield from judge(lm, job))
     if kind == "scale_sweep":
         return (yield from scale_sweep(lm, job, embedder))
+    if kind in RETRAINED:
+        return (yield from retrained(lm, job, embedder, share=TRAIN_SHARE)) or (
+            yield from gallery(lm, job, start=TRAIN_SHARE)
+        )
     raise ValueError(f"unknown job kind {kind}")
 
 

@@ -31,6 +31,9 @@ KINDS = (
     ("chain", "Chains"),
     ("compose", "Compositions"),
     ("import", "Imported vectors"),
+    ("rpath", "R-paths"),
+    ("generalize", "Generalizations"),
+    ("search", "Searches"),
 )
 # Bookkeeping: work done for another page (a calibration, a vector's samples), counted, not listed.
 OTHER_TITLES = {

@@ -25,6 +25,7 @@ from app import (
     labels,
     launch,
     refine,
+    refine_runs,
     schemas,
     store,
     summary,
@@ -180,6 +181,9 @@ def show_run(run_id: Whole, request: Request, session: SessionDep, query: Galler
     }
     if run.kind == refine.KIND:
         context["sweep_grid"] = refine.grid(session, run)
+    if run.kind in refine_runs.SUMMARIES:
+        context["refined"] = refine_runs.summary(session, run)
+        context["refined_name"] = refine_runs.NAMES[run.kind]
     if run.kind == "chain":
         context["parent"] = session.get(Vector, run.parent_vector_id) if run.parent_vector_id else None
         context["compositions"] = session.scalars(

@@ -11,7 +11,7 @@ from markupsafe import escape
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from app import gallery, geometry, labels, launch, sampling, schemas, store
+from app import detectors, gallery, geometry, labels, launch, refine_runs, sampling, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
 from app.fields import Whole, describe
@@ -86,6 +86,10 @@ def show_vector(vector_id: Whole, request: Request, session: SessionDep, service
         "labels": gallery.labels_of(session, [vector.id]).get(vector.id, []),
         "notes": labels.notes_of(session, vector.id),
         **sweep_context(session, vector),
+        "refinements": refine_runs.refinements_of(session, vector.id),
+        "refine_names": refine_runs.NAMES,
+        "detectors": detectors.all_detectors(session),
+        "default_multiples": ", ".join(f"{m:g}" for m in schemas.DEFAULT_MULTIPLES),
     }
     return render(request, "vectors/show.html", context)
 
