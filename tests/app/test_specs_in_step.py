@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from app import forms, schemas
-from engine import specs
+from engine import refine_specs, specs
 
 # (API body, engine spec, fields only the API has, fields the app fills in before validating)
 PAIRS = [
@@ -29,6 +29,41 @@ PAIRS = [
         specs.ScaleSweepSpec,
         {"priority"},
         {"prompts", "block", "model", "max_new_tokens"},
+    ),
+    # Refining a vector: the vector gives the block, model, prompts and its run's objective settings.
+    (
+        schemas.RPathCreate,
+        refine_specs.RPathSpec,
+        {"priority"},
+        {"prompts", "source", "model", "target", "radius", "p", "q", "lr", "positions", "loss", "normalize"},
+    ),
+    # probes: added to the vector's run's prompts; held_out: required here (the engine refuses none).
+    (
+        schemas.GeneralizeCreate,
+        refine_specs.GeneralizeSpec,
+        {"priority", "probes"},
+        {
+            "prompts",
+            "held_out",
+            "source",
+            "model",
+            "target",
+            "radius",
+            "p",
+            "q",
+            "lr",
+            "positions",
+            "loss",
+            "normalize",
+            "max_new_tokens",
+        },
+    ),
+    # The detector (by id) gives the pattern and its kind; the gallery, the completions' length.
+    (
+        schemas.SearchCreate,
+        refine_specs.SearchSpec,
+        {"priority", "detector_id"},
+        {"prompts", "block", "model", "pattern", "detector", "max_new_tokens"},
     ),
 ]
 MISSING = object()
@@ -106,6 +141,13 @@ def test_the_run_form_opens_with_the_same_defaults() -> None:
 
 def test_the_scale_sweep_cap_is_the_engines() -> None:
     assert schemas.MAX_SCALES == specs.MAX_SCALES
+
+
+def test_the_refinement_caps_are_the_engines() -> None:
+    assert schemas.MAX_MULTIPLES == refine_specs.MAX_MULTIPLES
+    assert schemas.MAX_MULTIPLE == refine_specs.MAX_MULTIPLE
+    assert schemas.MAX_SEARCH_BUDGET == refine_specs.MAX_BUDGET
+    assert schemas.MAX_POPULATION == refine_specs.MAX_POPULATION
 
 
 def test_a_changed_default_would_be_caught() -> None:
