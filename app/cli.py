@@ -1,8 +1,9 @@
 """`steerscope`: serve the app, migrate the database, or run one job from the shell.
 
-`train | chain | calibrate | generate` take the same fields as the JSON API (their flags are made
-from the request bodies), run on a worker of their own, show tqdm progress and write the same
-database as the server. A job started here is reserved for this process; if it dies, a running
+`train | chain | calibrate | generate | scale-sweep | rpath | generalize | search` take the same
+fields as the JSON API (their flags are made from the request bodies; a command that refines a
+vector takes its id as `--vector-id`), run on a worker of their own, show tqdm progress and write
+the same database as the server. A job started here is reserved for this process; if it dies, a running
 server takes the job over once its heartbeat goes stale.
 """
 
@@ -21,15 +22,35 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model
 from sqlalchemy import select
 
 from app import jobs, launch, responses, schemas
 from app.errors import AppError
-from app.fields import describe
+from app.fields import Whole, describe
 from app.models import Job, Run
 from app.service import Service
 from app.settings import Settings
+
+
+def on_vector(
+    body: type[schemas.Body], start: Callable[..., Job]
+) -> tuple[type[schemas.Body], Callable[..., Job]]:
+    """A command refining a stored vector: the API's body with the vector's id beside it (the API
+    takes it in the path), and the start that splits the two again."""
+    with_id: type[schemas.Body] = create_model(
+        f"{body.__name__}OnVector",
+        __base__=body,
+        vector_id=(Whole, Field(description="The stored vector it starts from.")),
+    )
+
+    def begin(service: Service, given: schemas.Body, *, owner: str = "") -> Job:
+        fields = given.model_dump(exclude_unset=True)
+        vector_id = int(fields.pop("vector_id"))
+        return start(service, vector_id, body.model_validate(fields), owner=owner)
+
+    return with_id, begin
+
 
 COMMANDS: dict[str, tuple[type[schemas.Body], Callable[..., Any], str]] = {
     "train": (schemas.MelboCreate, launch.start_melbo, "train MELBO vectors (or a random baseline, or DCT)"),
@@ -39,6 +60,22 @@ COMMANDS: dict[str, tuple[type[schemas.Body], Callable[..., Any], str]] = {
         schemas.SamplesCreate,
         launch.start_samples,
         "completions of stored vectors at given scales",
+    ),
+    "scale-sweep": (
+        *on_vector(schemas.ScaleSweepCreate, launch.start_scale_sweep),
+        "sweep a stored vector's scale: where it changes the answer, where it breaks",
+    ),
+    "rpath": (
+        *on_vector(schemas.RPathCreate, launch.start_rpath),
+        "train a stored vector again at several multiples of its norm (its R-path)",
+    ),
+    "generalize": (
+        *on_vector(schemas.GeneralizeCreate, launch.start_generalize),
+        "train a stored vector further on more prompts, compared on held-out ones",
+    ),
+    "search": (
+        *on_vector(schemas.SearchCreate, launch.start_search),
+        "search around a stored vector for completions a detector scores higher",
     ),
 }
 

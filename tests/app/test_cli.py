@@ -92,3 +92,34 @@ def test_export_and_import_from_the_shell(tmp_path: Path, tiny_dir: Path) -> Non
     out = steerscope(tmp_path, tiny_dir, "import", str(tmp_path / "bad.pt"), "--block", "1")
     assert out.returncode == 2 and "pickle" in out.stderr
     assert count(tmp_path, Vector) == 2
+
+
+def test_refining_a_vector_from_the_shell(tmp_path: Path, tiny_dir: Path) -> None:
+    """A scale sweep and an R-path of a stored vector: `--vector-id` beside the API's fields."""
+    out = steerscope(
+        tmp_path, tiny_dir, "train", "--prompts", "Tell me a story.", "--n-vectors", "1", "--steps", "3"
+    )
+    assert out.returncode == 0, out.stderr
+    vector = json.loads(out.stdout)["vectors"][0]["id"]
+    out = steerscope(tmp_path, tiny_dir, "scale-sweep", "--vector-id", str(vector), "--scales", "0", "2")
+    assert out.returncode == 0, out.stderr
+    swept = json.loads(out.stdout)["run"]
+    assert (swept["kind"], swept["parent_vector_id"], swept["spec"]["scales"]) == (
+        "scale_sweep",
+        vector,
+        [0.0, 2.0],
+    )
+    assert [p["scale"] for p in swept["result"]["points"]] == [0.0, 2.0]
+    out = steerscope(
+        tmp_path, tiny_dir, "rpath", "--vector-id", str(vector), "--multiples", "1", "2", "--steps", "2"
+    )
+    assert out.returncode == 0, out.stderr
+    path = json.loads(out.stdout)
+    assert path["run"]["kind"] == "rpath" and len(path["vectors"]) == 2
+    assert all(v["parent_id"] == vector for v in path["vectors"])
+    runs = count(tmp_path, Run)
+    out = steerscope(tmp_path, tiny_dir, "rpath", "--vector-id", "9999")
+    assert out.returncode == 2 and "no vector 9999" in out.stderr
+    out = steerscope(tmp_path, tiny_dir, "rpath", "--multiples", "1")
+    assert out.returncode == 2 and "vector_id" in out.stderr
+    assert count(tmp_path, Run) == runs
