@@ -158,6 +158,18 @@ def test_search(client: TestClient, vector: dict[str, Any]) -> None:
     assert len(page.select("table.search-generations tr[data-generation]")) == 4
 
 
+def test_search_with_a_judge_of_the_vectors_model(client: TestClient, vector: dict[str, Any]) -> None:
+    detector = client.post(
+        "/api/detectors", json={"name": "a story?", "kind": "judge", "pattern": "Is this a story?"}
+    )
+    assert detector.status_code == 201, detector.text
+    body = {"detector_id": detector.json()["id"], "budget": 2, "population": 2}
+    run, found = finished(client, client.post(f"/api/vectors/{vector['id']}/search", json=body), "search")
+    assert run["spec"]["detector"] == "judge" and run["spec"]["pattern"] == "Is this a story?"
+    assert found["tried"] == 2 and 0.0 <= found["start_score"] <= found["best_score"] <= 1.0
+    assert all(0.0 <= s <= 1.0 for b in found["best"] for s in b["scores"])
+
+
 def test_the_vector_page_forms_start_them(client: TestClient, vector: dict[str, Any]) -> None:
     page = soup(client.get(f"/vectors/{vector['id']}"))
     for form in ("rpath-form", "generalize-form"):
