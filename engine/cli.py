@@ -1,4 +1,5 @@
-"""`python -m engine train|chain|generate|calibrate|demo|score|cluster|detect`: scripted use and GPU boxes."""
+"""`python -m engine train|chain|generate|calibrate|demo|score|cluster|detect|rpath|generalize|search`:
+scripted use and GPU boxes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine import discovery_commands
+from engine import discovery_commands, refine_commands
 from engine.commands import COMMANDS, add_model_args, add_prompt_args
 from engine.errors import EngineError
 
@@ -94,13 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--max-new-tokens", type=int, default=40)
     discovery_commands.add_parsers(sub, add_model_args)
+    refine_commands.add_parsers(sub, add_model_args)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {**COMMANDS, **discovery_commands.COMMANDS}[args.command](args)
+        {**COMMANDS, **discovery_commands.COMMANDS, **refine_commands.COMMANDS}[args.command](args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

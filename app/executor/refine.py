@@ -63,6 +63,7 @@ def scale_sweep(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> 
 # goes straight to the gallery.
 
 RETRAINED = ("rpath", "generalize", "search")
+WHAT = {"rpath": "R-path", "generalize": "training on more prompts", "search": "search"}
 
 
 def _rows(
@@ -121,9 +122,6 @@ def retrained(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder], *, sh
         yield
 
 
-WHAT = {"rpath": "R-path", "generalize": "training on more prompts", "search": "search"}
-
-
 def _where(kind: str, spec: dict[str, Any], unit: tuple[Any, ...]) -> tuple[float, str]:
     """How far a unit is along its run (0..1), in words."""
     if kind == "rpath":
@@ -147,8 +145,7 @@ def _finish(
     prompts = tuple(spec["prompts"])
     if kind == "rpath":
         records = [
-            {**p.to_dict(), "curve": curve, "objective": p.objective}
-            for p, curve in zip(found.points, found.curves, strict=True)
+            {**p.to_dict(), "curve": curve} for p, curve in zip(found.points, found.curves, strict=True)
         ]
         rows = _rows(lm, prompts, found.source, found.vectors, records)
         return rows, {"rpath": found.to_dict()}, {"target": found.target, "radius": found.radius}

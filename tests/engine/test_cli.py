@@ -85,3 +85,51 @@ def test_chain_from_a_trained_vector(tiny_dir: Path, tmp_path: Path) -> None:
     theta0 = load_vectors(vectors).vectors[0].double()
     assert file.metadata["block"] == 0 and len(file.metadata["chain"]["records"]) == len(file.vectors)
     assert float((file.vectors.double() @ theta0).abs().max()) < 1e-4 * float(theta0.norm()) ** 2
+
+
+def test_refine_a_vector_from_a_file(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rpath, generalize and search read a vector from a file and write the new ones."""
+    from engine.vectors import save_vectors
+
+    start = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    source = tmp_path / "start.safetensors"
+    save_vectors(source, (start / start.norm() * 4)[None], {"block": 1})
+    common = [
+        "--model",
+        str(tiny_dir),
+        "--device",
+        "cpu",
+        "--prompt",
+        "Tell me a story",
+        "--vectors",
+        str(source),
+    ]
+    capsys.readouterr()
+    out = tmp_path / "path.safetensors"
+    assert main(["rpath", *common, "--multiples", "2", "1", "--steps", "2", "--out", str(out)]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [p["multiple"] for p in found["points"]] == [1.0, 2.0]
+    file = load_vectors(out)
+    torch.testing.assert_close(file.vectors.norm(dim=1), torch.tensor([4.0, 8.0]))
+    assert file.metadata["block"] == 1 and file.metadata["rpath"]["points"][1]["multiple"] == 2.0
+
+    out = tmp_path / "wider.safetensors"
+    args = ["generalize", *common, "--held-out", "Name a colour", "--steps", "2", "--max-new-tokens", "3"]
+    assert main([*args, "--out", str(out)]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert set(found["objective"]) == {"before", "after"} and len(found["held_out"]) == 1
+    assert load_vectors(out).vectors.shape == (1, 64)
+
+    out = tmp_path / "found.safetensors"
+    args = ["search", *common, "--regex", "t", "--budget", "3", "--population", "2", "--max-new-tokens", "3"]
+    assert main([*args, "--out", str(out)]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["tried"] == 3 and found["best_score"] >= found["start_score"]
+    assert load_vectors(out).vectors.shape[0] == len(found["best"])
+
+    assert main(["search", *common, "--out", str(out)]) == 2  # neither --regex nor --judge
+    assert "--regex or --judge" in capsys.readouterr().err
+    assert main(["generalize", *common, "--out", str(out)]) == 2
+    assert "held-out" in capsys.readouterr().err
