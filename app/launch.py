@@ -146,12 +146,16 @@ OBJECTIVE = ("p", "q", "positions", "loss", "normalize")  # read from the vector
 
 
 def _refined(service: Service, vector_id: int) -> dict[str, Any]:
-    """What a refinement takes from its vector: model, block, prompts and objective settings."""
+    """What a refinement takes from its vector: model, block, prompts, objective settings, and the
+    vectors it was trained orthogonal to (the earlier ones of an orthogonal MELBO run)."""
     with service.db.session() as session:
         vector = store.get_vector(session, vector_id)
         run = vector.run
         target = run.target if run.target is not None else run.spec.get("target")
+        orthogonal = run.kind in ("melbo", "random") and bool(run.spec.get("orthogonal"))
+        earlier = [v.id for v in run.vectors if v.index < vector.index] if orthogonal else []
         return {
+            "orthogonal_to": earlier,
             "model": run.model_name,
             "block": vector.block,
             "prompts": [str(p) for p in run.prompts],
@@ -175,7 +179,15 @@ def start_rpath(service: Service, vector_id: int, body: schemas.RPathCreate, *, 
         **({"steps": body.steps} if body.steps is not None else {}),
     }
     checked = service.validate("rpath", spec, reserve=service.settings.gallery_tokens)
-    return _queue(service, "rpath", checked, priority=body.priority, owner=owner, parent_vector_id=vector_id)
+    return _queue(
+        service,
+        "rpath",
+        checked,
+        priority=body.priority,
+        owner=owner,
+        parent_vector_id=vector_id,
+        inputs={"orthogonal_to": parent["orthogonal_to"]},
+    )
 
 
 def start_generalize(
@@ -210,7 +222,13 @@ def start_generalize(
     }
     checked = service.validate("generalize", spec, reserve=service.settings.gallery_tokens)
     return _queue(
-        service, "generalize", checked, priority=body.priority, owner=owner, parent_vector_id=vector_id
+        service,
+        "generalize",
+        checked,
+        priority=body.priority,
+        owner=owner,
+        parent_vector_id=vector_id,
+        inputs={"orthogonal_to": parent["orthogonal_to"]},
     )
 
 

@@ -142,10 +142,9 @@ class Service:
                 max_new_tokens=tokens,
                 done=store.gallery_done(session, run, run.prompts, tokens),
             )
-        vectors = [
-            (v.id, v.block, v.values)
-            for v in (store.get_vector(session, i) for i in run.inputs.get("vector_ids", []))
-        ]
+        # A generate job's vectors, or the ones a refinement stays orthogonal to.
+        read = run.inputs.get("vector_ids") or run.inputs.get("orthogonal_to") or []
+        vectors = [(v.id, v.block, v.values) for v in (store.get_vector(session, i) for i in read)]
         spec = run.spec
         if run.kind == "score":  # the completions as they are now: the twin's gallery included
             scored = store.get_run(session, int(run.inputs["for_run"]))

@@ -119,6 +119,11 @@ def facts(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
         return _scale_sweep(run, job)
     if run.kind in ("rpath", "generalize", "search"):
         out.append(Fact("refines", f"vector #{run.parent_vector_id}", "its vectors are children of it"))
+    if run.inputs.get("orthogonal_to"):
+        earlier = ", ".join(f"#{i}" for i in run.inputs["orthogonal_to"])
+        out.append(
+            Fact("orthogonal to", earlier, "the earlier vectors of its orthogonal run, as it was trained")
+        )
     if run.kind == "search":  # no objective, so no target block: the block it steers and what it kept
         out.append(Fact("block", str(run.spec["block"])))
         out.append(Fact("vectors", str(stats.count), "the best found, best first"))

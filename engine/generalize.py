@@ -26,7 +26,7 @@ from engine.models import LoadedModel
 from engine.refine import CHANGED, DECODE_BATCH, tagged
 from engine.refine_specs import GeneralizeSpec
 from engine.request import GenerationRequest, GenerationResult
-from engine.rpath import check_vector
+from engine.rpath import check_vector, warm_trainer
 from engine.scores import FLUENCY_BATCH, ScoreInput, Scores, score_steps
 
 # Units for a compute loop: (phase, units done, units in the phase), phase "training" (an optimizer
@@ -138,13 +138,15 @@ def generalize_steps(
     vector: Tensor,
     spec: GeneralizeSpec,
     *,
+    orthogonal_to: Tensor | None = None,
     batch_size: int = DECODE_BATCH,
 ) -> GeneralizeSteps:
-    """Training, completions and scoring one unit per `next()`; returns the comparison."""
+    """Training, completions and scoring one unit per `next()`; returns the comparison.
+    `orthogonal_to` [F, d]: vectors it stays orthogonal to while it trains (see engine/rpath.py)."""
     vector = check_vector(lm, vector)
     radius = spec.radius if spec.radius is not None else float(vector.norm())
     start = vector * (radius / vector.norm())
-    trainer = MelboTrainer(lm, spec.melbo(radius, lm.info.width), starts=start[None])
+    trainer = warm_trainer(lm, spec.melbo(radius, lm.info.width), start, orthogonal_to)
     source, target = trainer.problem.source, trainer.problem.target
     while not trainer.finished:
         trainer.step()
@@ -194,11 +196,12 @@ def generalize(
     vector: Tensor,
     spec: GeneralizeSpec,
     *,
+    orthogonal_to: Tensor | None = None,
     batch_size: int = DECODE_BATCH,
     on_unit: Callable[[str, int, int], None] | None = None,
 ) -> Generalized:
     """The whole of it at once; `on_unit(phase, done, total)` after each unit."""
-    steps = generalize_steps(lm, embedder, vector, spec, batch_size=batch_size)
+    steps = generalize_steps(lm, embedder, vector, spec, orthogonal_to=orthogonal_to, batch_size=batch_size)
     while True:
         try:
             unit = next(steps)

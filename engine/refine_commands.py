@@ -19,15 +19,17 @@ from engine.commands import _block_of, _load, _prompts, add_prompt_args
 from engine.errors import EngineError
 
 
-def _vector(args: argparse.Namespace, width: int) -> tuple[Any, int]:
-    """The chosen vector of the file, and the block it steers."""
+def _vector(args: argparse.Namespace, width: int) -> tuple[Any, int, Any]:
+    """The chosen vector of the file, the block it steers, and (with --keep-orthogonal) the file's
+    vectors before it, which it stays orthogonal to."""
     from engine.vectors import load_any
 
     file = load_any(args.vectors, expected_width=width)
     if not 0 <= args.index < len(file.vectors):
         raise EngineError(f"--index {args.index}: the file holds vectors 0..{len(file.vectors) - 1}")
     block = args.block if args.block is not None else _block_of(file)
-    return file.vectors[args.index], block
+    earlier = file.vectors[: args.index] if getattr(args, "keep_orthogonal", False) and args.index else None
+    return file.vectors[args.index], block, earlier
 
 
 def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def cmd_rpath(args: argparse.Namespace) -> None:
     from engine.rpath import rpath
 
     lm = _load(args)
-    vector, block = _vector(args, lm.info.width)
+    vector, block, earlier = _vector(args, lm.info.width)
     spec = RPathSpec.from_dict(
         {
             "prompts": _prompts(args),
@@ -67,7 +69,7 @@ def cmd_rpath(args: argparse.Namespace) -> None:
         }
     )
     tick, close = _bar(0, "step")
-    found = rpath(lm, vector, spec, on_unit=tick)
+    found = rpath(lm, vector, spec, orthogonal_to=earlier, on_unit=tick)
     close()
     _save(args, found.vectors, block, "rpath", found.to_dict())
 
@@ -78,11 +80,11 @@ def cmd_generalize(args: argparse.Namespace) -> None:
     from engine.refine_specs import GeneralizeSpec
 
     lm = _load(args)
-    vector, block = _vector(args, lm.info.width)
+    vector, block, earlier = _vector(args, lm.info.width)
     given = {"prompts": _prompts(args), "source": block, "held_out": args.held_out or []}
     spec = GeneralizeSpec.from_dict({**given, **_options(args, ("target", "steps", "max_new_tokens"))})
     tick, close = _bar(0, "unit")
-    found = generalize(lm, Embedder(), vector, spec, on_unit=tick)
+    found = generalize(lm, Embedder(), vector, spec, orthogonal_to=earlier, on_unit=tick)
     close()
     _save(args, found.vector[None], block, "generalize", found.to_dict())
 
@@ -96,7 +98,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     if (args.regex is None) == (args.judge is None):
         raise EngineError("give one of --regex or --judge")
     lm = _load(args)
-    vector, block = _vector(args, lm.info.width)
+    vector, block, _ = _vector(args, lm.info.width)
     detector = (
         {"detector": "regex", "pattern": args.regex}
         if args.regex
@@ -123,6 +125,7 @@ def add_parsers(sub: Any, add_model_args: Callable[[argparse.ArgumentParser], No
         p.add_argument("--out", type=Path, required=True, help="safetensors file for the new vectors")
         return p
 
+    keep = "stay orthogonal to the file's vectors before --index (as an orthogonal MELBO run trained it)"
     rp = parser("rpath", "train a vector again at several multiples of its norm: how its direction turns")
     rp.add_argument("--multiples", type=float, nargs="+", help="× R (default 0.5 0.75 1 1.5 2)")
     rp.add_argument(
@@ -130,12 +133,14 @@ def add_parsers(sub: Any, add_model_args: Callable[[argparse.ArgumentParser], No
     )
     rp.add_argument("--target", type=int)
     rp.add_argument("--steps", type=int)
+    rp.add_argument("--keep-orthogonal", action="store_true", help=keep)
 
     ge = parser("generalize", "train a vector further on the prompts, compare it on held-out ones")
     ge.add_argument("--held-out", action="append", help="a prompt it is compared on (repeat for several)")
     ge.add_argument("--target", type=int)
     ge.add_argument("--steps", type=int)
     ge.add_argument("--max-new-tokens", type=int)
+    ge.add_argument("--keep-orthogonal", action="store_true", help=keep)
 
     se = parser("search", "search around a vector for completions a detector scores higher")
     se.add_argument("--regex", help="a regular expression (case-insensitive)")

@@ -10,7 +10,7 @@ largest (the vector's own direction stands in for the smallest when the path has
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from engine.errors import EngineError
 from engine.melbo import MelboTrainer
 from engine.models import LoadedModel
 from engine.refine_specs import RPathSpec
+from engine.specs import MelboSpec
 
 TOP_COORDINATES = 8  # coordinates reported as growing or shrinking fastest
 
@@ -84,6 +85,20 @@ def check_vector(lm: LoadedModel, vector: Tensor) -> Tensor:
     return vector.detach().float().cpu()
 
 
+def warm_trainer(
+    lm: LoadedModel, spec: MelboSpec, start: Tensor, orthogonal_to: Tensor | None
+) -> MelboTrainer:
+    """A MELBO trainer of one vector (spec's R and prompts) warm-started at `start`, kept orthogonal
+    to `orthogonal_to` [F, d] when given: the trainer counts those as the run's first F vectors."""
+    fixed = torch.zeros(0, start.shape[0]) if orthogonal_to is None else orthogonal_to.detach().float().cpu()
+    if fixed.dim() != 2 or fixed.shape[1] != start.shape[0]:
+        raise EngineError(f"the vectors to stay orthogonal to must have shape [F, {start.shape[0]}]")
+    n = fixed.shape[0] + 1
+    starts = torch.cat([torch.zeros(n - 1, start.shape[0]), start[None]])  # [n, d]: only the last is read
+    spec = replace(spec, n_vectors=n, orthogonal=n > 1)
+    return MelboTrainer(lm, spec, orthogonal_to=fixed, starts=starts)
+
+
 def coordinates(units: Tensor, k: int = TOP_COORDINATES) -> list[Coordinate]:
     """The k coordinates of unit directions [K, d] (in path order) that change most, first to last."""
     change = units[-1] - units[0]
@@ -99,8 +114,12 @@ def coordinates(units: Tensor, k: int = TOP_COORDINATES) -> list[Coordinate]:
     ]
 
 
-def rpath_steps(lm: LoadedModel, vector: Tensor, spec: RPathSpec) -> RPathSteps:
-    """The path one optimizer step per `next()` (a compute loop's unit); returns it."""
+def rpath_steps(
+    lm: LoadedModel, vector: Tensor, spec: RPathSpec, *, orthogonal_to: Tensor | None = None
+) -> RPathSteps:
+    """The path one optimizer step per `next()` (a compute loop's unit); returns it. `orthogonal_to`
+    [F, d]: vectors every point stays orthogonal to (the vector's earlier siblings in an orthogonal
+    MELBO run, the constraint it was trained under)."""
     vector = check_vector(lm, vector)
     spec.span(lm.info)
     base = spec.radius if spec.radius is not None else float(vector.norm())
@@ -111,7 +130,7 @@ def rpath_steps(lm: LoadedModel, vector: Tensor, spec: RPathSpec) -> RPathSteps:
     source = target = 0
     for i, m in enumerate(multiples):
         radius = m * base
-        trainer = MelboTrainer(lm, spec.melbo(radius, lm.info.width), starts=vector[None])
+        trainer = warm_trainer(lm, spec.melbo(radius, lm.info.width), vector, orthogonal_to)
         source, target = trainer.problem.source, trainer.problem.target
         start, _ = trainer.problem.final((vector * (radius / vector.norm()))[None])
         while not trainer.finished:
@@ -153,10 +172,11 @@ def rpath(
     vector: Tensor,
     spec: RPathSpec,
     *,
+    orthogonal_to: Tensor | None = None,
     on_unit: Callable[[int, int, int], None] | None = None,
 ) -> RPath:
     """The whole path at once; `on_unit(done, total, step)` after each optimizer step."""
-    steps = rpath_steps(lm, vector, spec)
+    steps = rpath_steps(lm, vector, spec, orthogonal_to=orthogonal_to)
     while True:
         try:
             unit = next(steps)

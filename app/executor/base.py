@@ -21,7 +21,8 @@ class Order:
     spec: dict[str, Any]  # the engine spec, validated
     done: list[bytes] = field(default_factory=list)  # stored vectors of this run, in index order
     theta0: bytes | None = None  # a chain's starting vector
-    vectors: list[tuple[int, int, bytes]] = field(default_factory=list)  # generate: (id, block, values)
+    # (id, block, values): a generate job's vectors; those a refinement stays orthogonal to
+    vectors: list[tuple[int, int, bytes]] = field(default_factory=list)
     gallery: dict[str, Any] = field(default_factory=dict)  # prompts, max_new_tokens, batch, done pairs
 
 

@@ -97,11 +97,12 @@ def retrained(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder], *, sh
     vector = from_bytes(job.order.theta0)
     batch = int(job.order.gallery.get("batch", 16))
     units: Generator[tuple[Any, ...], None, Any]
+    earlier = torch.stack([from_bytes(v) for _, _, v in job.order.vectors]) if job.order.vectors else None
     if kind == "rpath":
-        units = rpath_steps(lm, vector, RPathSpec.from_dict(job.order.spec))
+        units = rpath_steps(lm, vector, RPathSpec.from_dict(job.order.spec), orthogonal_to=earlier)
     elif kind == "generalize":
         spec = GeneralizeSpec.from_dict(job.order.spec)
-        units = generalize_steps(lm, embedder(), vector, spec, batch_size=batch)
+        units = generalize_steps(lm, embedder(), vector, spec, orthogonal_to=earlier, batch_size=batch)
     else:
         units = search_steps(lm, vector, SearchSpec.from_dict(job.order.spec), batch_size=batch)
     job.progress(0.0, f"{WHAT[kind]}: starting", force=True)

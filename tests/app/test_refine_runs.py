@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from app.models import Generation, Job, Run
 from tests.app.conftest import wait_job
-from tests.app.helpers import row_counts
+from tests.app.helpers import row_counts, vectors_of
 
 PROMPTS = ["Tell me a story.", "What is two plus two?"]
 PROBES = ["Name a colour.", "Write a poem about the sea."]
@@ -108,6 +108,24 @@ def test_the_r_path_page(
     assert page.find(id="gallery-section") is not None
     shown = soup(client.get(f"/vectors/{vector['id']}"))
     assert shown.select_one(f"#refinements a[href='/runs/{run['id']}']") is not None
+
+
+def test_a_later_vector_of_an_orthogonal_run_stays_orthogonal_to_the_earlier_ones(client: TestClient) -> None:
+    r = client.post("/api/runs", json={"prompts": PROMPTS, "n_vectors": 2, "steps": 5, "radius": 4.0})
+    assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+    first, second = vectors_of(client, r.json()["run_id"])
+    body = {"multiples": [0.5, 2], "steps": 4}
+    run, _ = finished(client, client.post(f"/api/vectors/{second['id']}/rpath", json=body), "rpath")
+    assert run["inputs"] == {"orthogonal_to": [first["id"]]}
+    for row in vectors_of(client, run["id"]):
+        dot = sum(a * b for a, b in zip(row["values"], first["values"], strict=True))
+        assert abs(dot) < 1e-3 * row["norm"] * first["norm"]
+    page = soup(client.get(f"/runs/{run['id']}"))
+    assert (
+        page.select_one("[data-fact='orthogonal to']").get_text(" ", strip=True).startswith(f"#{first['id']}")
+    )
+    run, _ = finished(client, client.post(f"/api/vectors/{first['id']}/rpath", json=body), "rpath")
+    assert run["inputs"] == {"orthogonal_to": []}  # the first vector had nothing before it
 
 
 def test_generalize(client: TestClient, vector: dict[str, Any]) -> None:

@@ -96,3 +96,9 @@ def test_bad_input_is_refused(tiny: LoadedModel, embedder: Embedder, parent: tor
         spec(prompts=[])
     with pytest.raises(EngineError):
         generalize(tiny, embedder, torch.ones(7), spec())
+
+
+def test_it_can_stay_orthogonal_to_siblings(tiny: LoadedModel, embedder: Embedder) -> None:
+    run = train_melbo(tiny, MelboSpec(prompts=TRAINED_ON, n_vectors=2, radius=4.0, steps=10))
+    kept = generalize(tiny, embedder, run.vectors[1], spec(steps=10), orthogonal_to=run.vectors[:1])
+    assert abs(float(kept.vector @ run.vectors[0])) < 1e-3

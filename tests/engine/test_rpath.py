@@ -100,3 +100,18 @@ def test_bad_input_is_refused(tiny: LoadedModel, parent: torch.Tensor) -> None:
     for multiples in ([], [0.0], [-1.0], [1.0, 1.0], [math.inf], [float(i + 1) for i in range(17)]):
         with pytest.raises(EngineError):
             RPathSpec.from_dict({"prompts": list(PROMPTS), "source": 1, "multiples": multiples})
+
+
+def test_it_keeps_the_constraint_the_vector_was_trained_under(tiny: LoadedModel) -> None:
+    """The second vector of an orthogonal run, retrained beside the first, stays orthogonal to it."""
+    run = train_melbo(tiny, MelboSpec(prompts=PROMPTS, n_vectors=2, radius=R, steps=10))
+    first, second = run.vectors
+    kept = rpath(
+        tiny, second, RPathSpec(prompts=PROMPTS, source=1, multiples=(0.5, 2.0)), orthogonal_to=first[None]
+    )
+    assert (kept.vectors @ first).abs().max() / R < 1e-4 * kept.vectors.norm(dim=1).max()
+    assert kept.vectors.norm(dim=1).tolist() == pytest.approx([2.0, 8.0], rel=1e-4)
+    free = rpath(tiny, second, RPathSpec(prompts=PROMPTS, source=1, multiples=(0.5, 2.0)))
+    assert float((free.vectors @ first).abs().max()) > float((kept.vectors @ first).abs().max())
+    with pytest.raises(EngineError, match="orthogonal to"):
+        rpath(tiny, second, RPathSpec(prompts=PROMPTS, source=1), orthogonal_to=first[None, :32])
