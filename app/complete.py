@@ -20,7 +20,7 @@ def missing(
 
     - no event of this attempt failed to be stored;
     - every vector the attempt reported is stored, and a MELBO or DCT run has as many as it asked for
-      (a chain may stop early by itself, so its length is what it reported);
+      (a chain may stop early by itself, so its length is what it reported), a refinement at least one;
     - every vector of a run with a gallery has its sample on every prompt, beside the unsteered one;
     - a scoring, judging or scale-sweep run stored its answer.
     """
@@ -37,6 +37,8 @@ def missing(
         wanted = int(run.spec.get("n_vectors", 0))
         if len(stored) < wanted:
             return f"{len(stored)} of {wanted} vectors are stored"
+    if run.kind in REFINED_KINDS and not stored:  # each finds at least one vector (search: its start)
+        return "its vectors are not stored"
     if run.kind in GALLERY_KINDS and run.prompts:
         done = store.gallery_done(session, run, run.prompts, gallery_tokens)
         # Every vector and the unsteered model, on each distinct prompt.

@@ -21,11 +21,11 @@ def recorder(db: Database, max_attempts: int = 3) -> Recorder:
     return Recorder(db, Broker(), max_attempts=max_attempts, gallery_tokens=4, wake=lambda: None)
 
 
-def running_job(db: Database, n_vectors: int = 2) -> tuple[int, int]:
+def running_job(db: Database, n_vectors: int = 2, kind: str = "melbo") -> tuple[int, int]:
     with db.session() as session:
         model = store.upsert_model(session, MODEL)
         spec = {"prompts": ["hi"], "n_vectors": n_vectors, "model": "tiny"}
-        job = store.create_run(session, kind="melbo", spec=spec, model=model)
+        job = store.create_run(session, kind=kind, spec=spec, model=model)
         claimed = jobs.claim_next(session, owner="server")
         assert claimed is not None and claimed.id == job.id
         return job.id, job.attempts
@@ -109,6 +109,20 @@ def test_a_run_short_of_vectors_or_samples_runs_again(db: Database) -> None:
     )
     state, message, _ = status(db, job_id)
     assert state == "queued" and message == "2 of 3 gallery samples are stored; running again to redo it"
+
+
+def test_a_refinement_that_stored_no_vector_runs_again(db: Database) -> None:
+    job_id, attempt = running_job(db, kind="rpath")
+    feed(
+        recorder(db),
+        job_id,
+        attempt,
+        {"type": "started", "model": MODEL},
+        {"type": "generations", "rows": [sample(None)]},  # its gallery's unsteered half, no vectors
+        {"type": "finished", "status": "succeeded"},
+    )
+    state, message, _ = status(db, job_id)
+    assert state == "queued" and message == "its vectors are not stored; running again to redo it"
 
 
 def test_an_event_that_cannot_be_stored_is_redone_never_dropped(db: Database) -> None:
