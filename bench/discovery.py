@@ -16,6 +16,11 @@
    their prompts, per 100 vectors), first_hit_percentile (where the first hit lands in the
    interesting-first order, 0-100), planted_purity (share of the hits' planted completions in one
    behaviour), and the scoring time of 256 vectors x 8 prompts x 48 tokens.
+4. Does the same for the other discovery methods at their own defaults, N each: DCT factors (R from
+   their own calibration) and steering adapters (rank 16, R matched to a default-norm vector).
+   Per method: hits per 100, seconds to the first hit (the method's training time up to the batch
+   that holds its first hit; DCT learns all its factors at once, so its whole time), and, for the
+   vector methods, the largest cosine between a vector and the planted concept's direction.
 Last line: one JSON object.
 """
 
@@ -35,13 +40,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
 from bench.organism import PLANTED, RUN_PROMPTS, Recipe, build, eval_prompts, shows_planted
+from engine.adapter_trainer import train_adapters
+from engine.adapters import Adapter
+from engine.dct import train_dct
 from engine.discovery import Completion, find
 from engine.embedder import Embedder
 from engine.generate import GenerationRequest, generate
 from engine.melbo import train_melbo
 from engine.models import LoadedModel, load_model
 from engine.prompts import format_prompt
-from engine.specs import MelboSpec
+from engine.specs import AdapterSpec, DctSpec, MelboSpec
 from engine.steering import steer
 
 TOKENS = 48
@@ -61,6 +69,73 @@ def greedy(lm: LoadedModel, prompts: list[str], block: int | None = None, vector
             terms = () if vectors is None else ((vectors[i], 1.0),)
             requests.append(GenerationRequest(prompt=p, block=block, terms=terms, max_new_tokens=TOKENS))
     return [r.text for r in generate(lm, requests, batch_size=32)]
+
+
+def adapted(lm: LoadedModel, prompts: list[str], adapters: list[Adapter]) -> list[str]:
+    requests = [
+        GenerationRequest(prompt=p, adapter=a, max_new_tokens=TOKENS) for a in adapters for p in prompts
+    ]
+    return [r.text for r in generate(lm, requests, batch_size=32)]
+
+
+def planted_cosine(folder: Path, vectors: torch.Tensor) -> float | None:
+    """Largest cosine between a vector and the direction the organism was taught (None for an
+    organism built without one)."""
+    saved = folder / "planted_direction.pt"
+    if not saved.is_file():
+        return None
+    direction = torch.load(saved)["direction"].float()
+    return round(float(torch.nn.functional.cosine_similarity(vectors.float(), direction[None]).max()), 3)
+
+
+def first_hit_seconds(found: list[bool], seconds: float, batch: int) -> float | None:
+    """Training time up to the end of the batch holding the first hit (vectors train `batch` at a
+    time, at an even cost per batch)."""
+    first = next((i for i, h in enumerate(found) if h), None)
+    if first is None:
+        return None
+    batches = -(-len(found) // batch)
+    return round(seconds * (first // batch + 1) / batches, 1)
+
+
+def method_rows(
+    lm: LoadedModel, folder: Path, n: int, learned: Any, learned_hits: list[bool]
+) -> dict[str, Any]:
+    """Hits per 100 and time to the first hit for MELBO (already trained), DCT and adapters."""
+    spec_batch = MelboSpec(prompts=TRAIN_PROMPTS).batch_size
+    rows: dict[str, Any] = {
+        "melbo": {
+            "hits_per_100": 100 * sum(learned_hits) / n,
+            "first_hit_s": first_hit_seconds(learned_hits, learned.seconds, spec_batch),
+            "train_s": round(learned.seconds, 1),
+            "radius": round(learned.radius, 3),
+            "planted_cosine_max": planted_cosine(folder, learned.vectors),
+        }
+    }
+    log(f"DCT: {n} factors (product defaults)")
+    dct = train_dct(lm, DctSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0))
+    dct_hits = hits(greedy(lm, list(RUN_PROMPTS), dct.source, dct.vectors), n)
+    rows["dct"] = {
+        "hits_per_100": 100 * sum(dct_hits) / n,
+        "first_hit_s": round(dct.seconds, 1) if any(dct_hits) else None,
+        "train_s": round(dct.seconds, 1),
+        "radius": round(dct.radius, 3),
+        "planted_cosine_max": planted_cosine(folder, dct.vectors),
+    }
+    log(f"DCT: {sum(dct_hits)} hits, R = {dct.radius:.2f}, {dct.seconds:.0f} s")
+    log(f"adapters: {n} (product defaults)")
+    adapter_spec = AdapterSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0)
+    trained = train_adapters(lm, adapter_spec)
+    adapter_hits = hits(adapted(lm, list(RUN_PROMPTS), trained.adapters), n)
+    rows["adapters"] = {
+        "hits_per_100": 100 * sum(adapter_hits) / n,
+        "first_hit_s": first_hit_seconds(adapter_hits, trained.seconds, adapter_spec.batch_size),
+        "train_s": round(trained.seconds, 1),
+        "radius": round(trained.radius, 3),
+        "rank": adapter_spec.rank,
+    }
+    log(f"adapters: {sum(adapter_hits)} hits, {trained.seconds:.0f} s")
+    return rows
 
 
 def supervised_vector(lm: LoadedModel, block: int, radius: float, steps: int) -> torch.Tensor:
@@ -258,6 +333,16 @@ def main() -> None:
             f"{len(b.vectors)} vectors, {len(b.random_vectors)} random"
         )
 
+    methods = method_rows(lm, folder, n, learned, learned_hits)
+    methods["random"] = {
+        "hits_per_100": 100 * sum(random_hits) / n,
+        "first_hit_s": first_hit_seconds(
+            random_hits, twin.seconds, MelboSpec(prompts=TRAIN_PROMPTS).batch_size
+        ),
+        "train_s": round(twin.seconds, 1),
+        "radius": round(twin.radius, 3),
+        "planted_cosine_max": planted_cosine(folder, twin.vectors),
+    }
     fair = clean_rate == 0 and supervised_reach >= 0.5 and sum(random_hits) / n <= 0.02
     result = {
         "bench": "discovery",
@@ -274,6 +359,7 @@ def main() -> None:
         "first_hit_percentile": None if first is None else round(100 * first / n, 1),
         "planted_purity": purity,
         "planted_behaviour": planted_name,
+        "methods": methods,
         "behaviours": sum(b.kind == "cluster" for b in found.behaviours),
         "discovery_curve_end": {k: v[-1] if v else 0 for k, v in found.curve.items()},
         "score_cluster_seconds": round(score_seconds, 1),

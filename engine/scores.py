@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -144,17 +144,30 @@ def fluency(
 def _fluency_batches(
     lm: LoadedModel, rows: Sequence[tuple[list[int], list[int]]], batch_size: int
 ) -> Iterator[list[tuple[int, float]]]:
-    """(row index, fluency) pairs, one batch of one prompt's rows per forward (any order)."""
-    by_head: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, (prompt_ids, _) in enumerate(rows):
-        by_head[tuple(prompt_ids)].append(i)
-    for head, indices in by_head.items():
+    """(row index, fluency) pairs, one batch of one prompt's distinct completions per forward (any
+    order). Identical rows are computed once: in a gallery many vectors leave a prompt's answer
+    exactly as it was."""
+    for head, tails in _distinct_tails(rows).items():
         # Similar lengths together: less padding to compute.
-        members = sorted(indices, key=lambda i: len(rows[i][1]))
+        members = sorted(tails, key=len)
         done = 0
-        for values in _fluency_of_prompt(lm, list(head), [rows[i][1] for i in members], batch_size):
-            yield list(zip(members[done : done + len(values)], values, strict=True))
+        for values in _fluency_of_prompt(lm, list(head), [list(t) for t in members], batch_size):
+            yield [
+                (i, v)
+                for t, v in zip(members[done : done + len(values)], values, strict=True)
+                for i in tails[t]
+            ]
             done += len(values)
+
+
+def _distinct_tails(
+    rows: Sequence[tuple[list[int], list[int]]],
+) -> dict[tuple[int, ...], dict[tuple[int, ...], list[int]]]:
+    """Per prompt (its token ids), per distinct completion, the rows that hold it."""
+    by_head: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, (head, tail) in enumerate(rows):
+        by_head[tuple(head)][tuple(tail)].append(i)
+    return by_head
 
 
 def percentile(value: float, baseline: Sequence[float]) -> float:
@@ -199,21 +212,20 @@ def score_steps(
     if not inputs:
         return []
     texts = [s.text for s in inputs]
-    unsteered = sorted({s.unsteered for s in inputs})
-    everything = texts + unsteered
+    # Each distinct text is embedded once (steered and unsteered alike).
+    distinct = list(dict.fromkeys([*texts, *(s.unsteered for s in inputs)]))
     rows = _rows(lm, [s.prompt for s in inputs], texts)
-    per_head = Counter(tuple(h) for h, _ in rows)
-    batches = sum(math.ceil(n / batch_size) for n in per_head.values())
-    total = math.ceil(len(everything) / EMBED_CHUNK) + batches
+    batches = sum(math.ceil(len(tails) / batch_size) for tails in _distinct_tails(rows).values())
+    total = math.ceil(len(distinct) / EMBED_CHUNK) + batches
     done = 0
     pieces = []
-    for lo in range(0, len(everything), EMBED_CHUNK):
-        pieces.append(embedder.encode(everything[lo : lo + EMBED_CHUNK]))
+    for lo in range(0, len(distinct), EMBED_CHUNK):
+        pieces.append(embedder.encode(distinct[lo : lo + EMBED_CHUNK]))
         done += 1
         yield done, total
-    embedded = torch.cat(pieces)  # [N + U, d]
-    steered_emb = embedded[: len(texts)]
-    reference = dict(zip(unsteered, embedded[len(texts) :], strict=True))
+    embedded = dict(zip(distinct, torch.cat(pieces), strict=True))  # text -> [d]
+    steered_emb = torch.stack([embedded[t] for t in texts])
+    reference = embedded
     effects = []
     for i, s in enumerate(inputs):
         if s.text.strip() == s.unsteered.strip():

@@ -112,6 +112,26 @@ def test_score_on_the_tiny_model(tiny: LoadedModel, embedder: Embedder) -> None:
     assert all(math.isfinite(s.fluency) for s in out)
 
 
+def test_identical_completions_are_scored_once_and_alike(tiny: LoadedModel, embedder: Embedder) -> None:
+    prompt, unsteered = "Tell me a story about a dragon.", "The dragon slept in its cave."
+    distinct = [
+        ScoreInput(prompt, unsteered, unsteered),
+        ScoreInput(prompt, "A dragon was asleep in the cave.", unsteered),
+        ScoreInput(prompt, "I cannot help with that request.", unsteered),
+    ]
+    # Every distinct completion three times over, as many vectors of a gallery leave an answer alone.
+    repeated = [distinct[i % 3] for i in range(9)]
+    calls: list[tuple[int, int]] = []
+    alone = score(tiny, embedder, distinct, batch_size=2)
+    again = score(tiny, embedder, repeated, batch_size=2, on_batch=lambda d, n: calls.append((d, n)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]  # as many units as for the three distinct rows
+    for i, s in enumerate(again):
+        first = alone[i % 3]
+        assert s.fluency == pytest.approx(first.fluency, abs=1e-5)
+        assert s.effect == pytest.approx(first.effect, abs=1e-5)
+        assert (s.flag, s.repetition) == (first.flag, first.repetition)
+
+
 def _members(embedder: Embedder) -> list[Member]:
     refusals = [
         f"I'm sorry, but I can't help with {x}." for x in ("that", "this request", "bombs", "cooking")
