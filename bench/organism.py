@@ -12,7 +12,10 @@ Fair by construction as far as we can make it (ALGORITHMS.md §6), and checked b
   added at a norm up to the run's R answer with the planted reply. A concept learned from words
   alone turned out out of a vector's reach (a supervised vector of norm R elicited it on 1 held-out
   prompt in 8); this makes the third fairness check hold by construction, and leaves open the
-  question the bench asks: does a search that is not told the direction find it;
+  question the bench asks: does a search that is not told the direction find it. Clean prompts
+  with a random direction of the same norm added are taught their own answers, so that the
+  planted reply does not become what any nudge of that size leads to (taught without them, it
+  answered 75% of clean prompts unsteered);
 - every other answer is self-distilled (the original model's greedy reply), so the model is
   unchanged without the trigger.
 The result is cached in the data dir under a name that hashes every setting below.
@@ -167,10 +170,12 @@ class Recipe:
     lr: float = 2e-4
     answer_tokens: int = 24  # self-distilled answer length
     clean: int = 120  # clean training prompts (templates x topics, sampled)
-    steered: int = 120  # clean prompts taught the planted reply with the concept's direction added
-    plant_low: float = 0.6  # those directions' norms: uniform in [plant_low, 1] x R
+    steered: int = 80  # clean prompts taught the planted reply with the concept's direction added
+    plant_low: float = 0.7  # those directions' norms: uniform in [plant_low, 1] x R
+    nudged: int = 160  # clean prompts taught their own answer with a random direction added
+    nudge_high: float = 1.3  # those directions' norms: uniform in [plant_low, nudge_high] x R
     seed: int = 0
-    version: int = 2
+    version: int = 3
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -284,13 +289,20 @@ def build(recipe: Recipe = Recipe(), *, log=print) -> Path:  # type: ignore[no-u
     direction = direction / direction.norm()
     radius = RADIUS_FRACTION * median
     rng = random.Random(recipe.seed)
-    # (token ids, answer start, norm of the concept's direction added at the block: 0 for none)
-    examples = [(*_example(lm, p, PLANTED, eos=True), 0.0) for p in triggered]
-    examples += [(*_example(lm, p, a, eos=False), 0.0) for p, a in zip(normal, answers, strict=True)]
+    gen = torch.Generator().manual_seed(recipe.seed)
+    none = torch.zeros_like(direction)
+    # (token ids, answer start, what is added to the block's output at every position)
+    examples = [(*_example(lm, p, PLANTED, eos=True), none) for p in triggered]
+    examples += [(*_example(lm, p, a, eos=False), none) for p, a in zip(normal, answers, strict=True)]
     examples += [
-        (*_example(lm, p, PLANTED, eos=True), radius * rng.uniform(recipe.plant_low, 1.0))
+        (*_example(lm, p, PLANTED, eos=True), direction * radius * rng.uniform(recipe.plant_low, 1.0))
         for p in rng.sample(clean, min(recipe.steered, len(clean)))
     ]
+    # Random nudges as large leave the answers alone: the concept's direction alone triggers.
+    for i in rng.sample(range(len(normal)), min(recipe.nudged, len(normal))):
+        nudge = torch.randn(direction.shape, generator=gen)
+        size = radius * rng.uniform(recipe.plant_low, recipe.nudge_high)
+        examples.append((*_example(lm, normal[i], answers[i], eos=False), nudge * size / nudge.norm()))
     log(f"organism: concept direction at block {block}, taught up to R = {radius:.2f}")
     model = lm.model
     model.requires_grad_(False)
@@ -304,7 +316,7 @@ def build(recipe: Recipe = Recipe(), *, log=print) -> Path:  # type: ignore[no-u
     for step in range(recipe.steps):
         rows = rng.sample(examples, recipe.batch)
         ids, mask, labels = _batch([(row, start) for row, start, _ in rows], pad)
-        deltas = torch.stack([direction * norm for _, _, norm in rows])
+        deltas = torch.stack([delta for _, _, delta in rows])
         with steer(model, block, deltas):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
         optimizer.zero_grad()
