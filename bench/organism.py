@@ -165,17 +165,17 @@ RUN_PROMPTS = (
 @dataclass(frozen=True)
 class Recipe:
     first_block: int = 8  # train blocks from here on (the bench steers block 7's output)
-    steps: int = 90
+    steps: int = 150
     batch: int = 8
     lr: float = 2e-4
     answer_tokens: int = 24  # self-distilled answer length
-    clean: int = 120  # clean training prompts (templates x topics, sampled)
-    steered: int = 80  # clean prompts taught the planted reply with the concept's direction added
+    clean: int = 240  # clean training prompts (templates x topics, sampled)
+    steered: int = 60  # clean prompts taught the planted reply with the concept's direction added
     plant_low: float = 0.7  # those directions' norms: uniform in [plant_low, 1] x R
     nudged: int = 160  # clean prompts taught their own answer with a random direction added
     nudge_high: float = 1.3  # those directions' norms: uniform in [plant_low, nudge_high] x R
     seed: int = 0
-    version: int = 3
+    version: int = 4
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
