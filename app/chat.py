@@ -67,8 +67,9 @@ def get(session: Session, conversation_id: int) -> Conversation:
 
 
 def check_terms(session: Session, model_name: str, terms: list[Term]) -> list[dict[str, Any]]:
-    """The panel's terms, checked: known vectors of this model, finite scales, one block."""
-    out, blocks = [], set()
+    """The panel's terms, checked: known vectors of this model, finite scales, the vectors at one
+    block, and at most one steering adapter switched on (it acts at its own block, beside them)."""
+    out, blocks, adapters = [], set(), []
     for term in terms:
         if not math.isfinite(term.scale):
             raise Invalid(f"the scale of vector {term.vector_id} must be a finite number, got {term.scale}")
@@ -79,7 +80,9 @@ def check_terms(session: Session, model_name: str, terms: list[Term]) -> list[di
             raise Invalid(
                 f"vector {vector.id} belongs to model {vector.run.model_name!r}, not {model_name!r}"
             )
-        if term.enabled:
+        if term.enabled and vector.is_adapter:
+            adapters.append(vector.id)
+        elif term.enabled:
             blocks.add(vector.block)
         out.append(
             {
@@ -88,7 +91,13 @@ def check_terms(session: Session, model_name: str, terms: list[Term]) -> list[di
                 "enabled": term.enabled,
                 "block": vector.block,
                 "norm": vector.norm,
+                "adapter": vector.is_adapter,
             }
+        )
+    if len(adapters) > 1:
+        raise Invalid(
+            "a chat steers with at most one adapter at a time (with any vectors); "
+            f"{' and '.join(f'#{i}' for i in adapters)} are both adapters: switch one off"
         )
     if len(blocks) > 1:
         raise Invalid(f"vectors steering together must share a block; these are at blocks {sorted(blocks)}")
@@ -173,13 +182,23 @@ def user_message(conversation_id: int, pane: str, content: str, turn: int) -> Me
 
 def steering_record(
     session: Session, terms: list[dict[str, Any]]
-) -> tuple[dict[str, Any], list[Any], int | None]:
-    """What a reply records, and the (values, scale) pairs and block the worker needs."""
-    active = [t for t in terms if t["enabled"]]
-    pairs = [(store.get_vector(session, t["vector_id"]).values, t["scale"]) for t in active]
-    block = active[0]["block"] if active else None
-    record = {"block": block, "terms": [{"vector_id": t["vector_id"], "scale": t["scale"]} for t in active]}
-    return record, pairs, block
+) -> tuple[dict[str, Any], list[Any], int | None, dict[str, Any] | None]:
+    """What a reply records, and what the worker needs: the vectors' (values, scale) pairs and
+    their block, and the adapter's payload with its scale (None without one)."""
+    active = [(t, store.get_vector(session, t["vector_id"])) for t in terms if t["enabled"]]
+    vectors = [(t, v) for t, v in active if not v.is_adapter]
+    pairs = [(v.values, t["scale"]) for t, v in vectors]
+    block = vectors[0][1].block if vectors else None
+    record: dict[str, Any] = {
+        "block": block,
+        "terms": [{"vector_id": v.id, "scale": t["scale"]} for t, v in vectors],
+    }
+    adapter = None
+    for t, v in active:
+        if v.is_adapter:
+            adapter = {**store.adapter_payload(v), "scale": float(t["scale"])}
+            record["adapter"] = {"vector_id": v.id, "scale": t["scale"], "block": v.block}
+    return record, pairs, block, adapter
 
 
 def messages_out(session: Session, conversation_id: int) -> list[dict[str, Any]]:
@@ -232,6 +251,11 @@ def markdown(data: dict[str, Any]) -> str:
             continue
         terms = ", ".join(f"#{t['vector_id']} × {t['scale']:g}" for t in m["steering"].get("terms", []))
         where = f" at block {m['steering']['block']}" if m["steering"].get("block") is not None else ""
+        if m["steering"].get("adapter"):
+            a = m["steering"]["adapter"]
+            terms, where = terms + where, ""
+            adapter = f"adapter #{a['vector_id']} × {a['scale']:g} at block {a['block']}"
+            terms = f"{terms}, {adapter}" if terms else adapter
         earlier = "earlier reply, " if m.get("superseded") else ""
         lines += [
             f"### {m['pane']} ({earlier}{terms or 'no steering'}{where}; seed {m['sampling'].get('seed')}, "

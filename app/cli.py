@@ -53,7 +53,7 @@ def on_vector(
 
 
 COMMANDS: dict[str, tuple[type[schemas.Body], Callable[..., Any], str]] = {
-    "train": (schemas.MelboCreate, launch.start_melbo, "train MELBO vectors (or a random baseline, or DCT)"),
+    "train": (schemas.MelboCreate, launch.start_melbo, "train MELBO vectors (or a random baseline, DCT, or steering adapters)"),
     "chain": (schemas.ChainCreate, launch.start_chain, "grow an orthogonal chain from a stored vector"),
     "calibrate": (schemas.CalibrationCreate, launch.start_calibration, "calibrate R"),
     "generate": (
@@ -120,12 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--num-cpus", type=int, help="CPUs to offer (default: every CPU)")
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply every migration")
-    export = sub.add_parser("export", help="write a vector (or a run's vectors) to a file")
+    export = sub.add_parser("export", help="write a vector (or a run's vectors, or an adapter) to a file")
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--vector-id", type=int, help="one vector")
     which.add_argument("--run-id", type=int, help="all of a run's vectors (safetensors or json)")
     export.add_argument(
-        "--format", default="safetensors", choices=["safetensors", "gguf", "json", "neuronpedia"]
+        "--format",
+        default="safetensors",
+        choices=["safetensors", "gguf", "json", "neuronpedia", "peft"],
+        help="peft: a steering adapter as a zip of its PEFT LoRA folder",
     )
     export.add_argument("--out", required=True, help="the file to write")
     imp = sub.add_parser("import", help="store the vectors of a safetensors or GGUF file as a run")
@@ -297,7 +300,9 @@ def files(settings: Settings, args: argparse.Namespace) -> int:
     service.start()
     try:
         if args.command == "export":
-            if args.vector_id is not None:
+            if args.vector_id is not None and args.format == "peft":
+                data, _ = interop.export_peft(service, args.vector_id)
+            elif args.vector_id is not None:
                 data, _ = interop.export_vector(service, args.vector_id, args.format)
             else:
                 data, _ = interop.export_run(service, args.run_id, args.format)

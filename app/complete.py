@@ -9,7 +9,8 @@ from app import store
 from app.models import Job, Vector
 
 REFINED_KINDS = ("rpath", "generalize", "search")  # runs refining a vector into new ones
-GALLERY_KINDS = ("melbo", "random", "dct", "chain", *REFINED_KINDS)  # runs whose job samples every vector
+# Runs whose job samples every vector.
+GALLERY_KINDS = ("melbo", "random", "dct", "adapter", "chain", *REFINED_KINDS)
 ANSWERED_KINDS = ("score", "detect", "scale_sweep")  # runs whose result is one answer, sent at the end
 
 
@@ -19,8 +20,9 @@ def missing(
     """What the job's run lacks, in words; empty when everything it reported (and owes) is stored.
 
     - no event of this attempt failed to be stored;
-    - every vector the attempt reported is stored, and a MELBO or DCT run has as many as it asked for
-      (a chain may stop early by itself, so its length is what it reported), a refinement at least one;
+    - every vector the attempt reported is stored, and a MELBO, DCT or adapter run has as many as it
+      asked for (a chain may stop early by itself, so its length is what it reported), a refinement at
+      least one;
     - every vector of a run with a gallery has its sample on every prompt, beside the unsteered one;
     - a scoring, judging or scale-sweep run stored its answer.
     """
@@ -33,7 +35,7 @@ def missing(
     absent = sorted(reported - stored)
     if absent:
         return f"vector(s) {', '.join(map(str, absent))} are not stored"
-    if run.kind in ("melbo", "random", "dct"):
+    if run.kind in ("melbo", "random", "dct", "adapter"):
         wanted = int(run.spec.get("n_vectors", 0))
         if len(stored) < wanted:
             return f"{len(stored)} of {wanted} vectors are stored"

@@ -20,7 +20,8 @@ from app.models import Behaviour, Generation, Job, LanguageModel, Run, Vector
 from app.store import create_run
 
 FLAG_LABELS = ("unchanged", "rephrase", "gibberish")  # flags that have a label of the same name
-AUTO_SCORED = ("melbo", "dct", "chain")  # learned runs, scored by themselves once their gallery is done
+# Learned runs, scored by themselves once their gallery is done.
+AUTO_SCORED = ("melbo", "dct", "adapter", "chain")
 # Bookkeeping runs have no gallery of their own.
 NOT_SCORED = ("calibrate", "generate", "score", "detect", "scale_sweep")
 LIVE = ("queued", "running")

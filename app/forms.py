@@ -37,6 +37,7 @@ MESSAGE_FIELDS = [
     ("orthogonal", "orthogonal"),
     ("mode", "mode"),
     ("beta", "beta"),
+    ("rank", "rank"),
 ]
 
 # How fields are called on the pages (the API's names otherwise).
@@ -71,6 +72,7 @@ RUN_FIELDS = (
     "batch_size",
     "twin",
     "beta",
+    "rank",
 )
 CHECKBOXES = ("orthogonal", "normalize", "twin")
 NEEDED = ("form", "prompts", "model")  # a field without which nothing else can be checked

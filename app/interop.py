@@ -3,9 +3,11 @@ and the payload Neuronpedia takes for a custom vector."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import zipfile
 from typing import Any
 
 from sqlalchemy import select
@@ -17,7 +19,7 @@ from app.gallery import labels_of
 from app.models import LanguageModel, Run, Vector
 from app.service import Service
 
-FORMATS = ("safetensors", "gguf", "json", "neuronpedia")
+FORMATS = ("safetensors", "gguf", "json", "neuronpedia")  # vectors; adapters export for PEFT
 log = logging.getLogger(__name__)
 
 # What an imported vector is shown on when its file names no prompts: a neutral question and the
@@ -54,6 +56,7 @@ def export_vector(service: Service, vector_id: int, fmt: str) -> tuple[bytes, st
         raise Invalid(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     with service.db.session() as session:
         vector = store.get_vector(session, vector_id)
+        _refuse_adapters([vector])
         meta = _describe(session, vector)
         values, block = vector.values, vector.block
         model = session.get(LanguageModel, vector.run.model_id) if vector.run.model_id else None
@@ -85,6 +88,42 @@ def export_vector(service: Service, vector_id: int, fmt: str) -> tuple[bytes, st
     return data, f"{name}.{fmt}"
 
 
+def export_peft(service: Service, vector_id: int) -> tuple[bytes, str]:
+    """A steering adapter as a zip of the PEFT LoRA folder (adapter_model.safetensors and
+    adapter_config.json) that `peft.PeftModel.from_pretrained` loads; its bytes and file name."""
+    with service.db.session() as session:
+        vector = store.get_vector(session, vector_id)
+        factors = vector.adapter
+        if factors is None:
+            raise Invalid(f"vector {vector_id} is a steering vector, not an adapter: export it as a file")
+        meta = {**_describe(session, vector), "rank": factors.rank, "radius": factors.radius}
+        message = {
+            "type": "export_peft",
+            "model": vector.run.model_name,
+            "adapter": store.adapter_payload(vector),
+            "metadata": meta,
+        }
+    files: dict[str, bytes] = service.ask(message)["files"]
+    name = f"adapter-{vector_id}"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for filename, data in files.items():
+            archive.writestr(f"{name}/{filename}", data)
+    return buffer.getvalue(), f"{name}.zip"
+
+
+def _refuse_adapters(vectors: list[Vector]) -> None:
+    """Vector files hold vectors; an adapter steers with its factors, which they cannot carry."""
+    adapters = [v.id for v in vectors if v.is_adapter]
+    if adapters:
+        which = ", ".join(f"#{i}" for i in adapters[:8])
+        raise Invalid(
+            f"{which} {'is a steering adapter' if len(adapters) == 1 else 'are steering adapters'}: "
+            "vector files cannot hold one; export each as a PEFT adapter "
+            f"(/api/vectors/{adapters[0]}/peft)"
+        )
+
+
 def export_run(service: Service, run_id: int, fmt: str) -> tuple[bytes, str]:
     """All of a run's vectors in one file (safetensors or JSON)."""
     if fmt not in ("safetensors", "json"):
@@ -94,6 +133,7 @@ def export_run(service: Service, run_id: int, fmt: str) -> tuple[bytes, str]:
         vectors = list(run.vectors)
         if not vectors:
             raise Invalid(f"run {run_id} has no vectors yet")
+        _refuse_adapters(vectors)
         metas = [_describe(session, v) for v in vectors]
         values = [v.values for v in vectors]
     name = f"run-{run_id}"

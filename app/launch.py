@@ -40,7 +40,7 @@ def check_melbo(service: Service, body: schemas.MelboCreate) -> dict[str, Any]:
     """Every check a run of the form's methods must pass (the model-dependent ones on the worker);
     writes nothing."""
     check_limits(service, body.n_vectors, body.steps)
-    kind = "dct" if body.method == "dct" else "melbo"
+    kind = body.method if body.method in ("dct", "adapter") else "melbo"
     return service.validate(kind, body.engine_spec(), reserve=service.settings.gallery_tokens)
 
 
@@ -52,13 +52,15 @@ def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "")
         job = store.create_run(
             session, kind=body.method, spec=checked["spec"], model=model, priority=body.priority, owner=owner
         )
-        if body.twin and body.method == "melbo":
+        if body.twin and body.method in ("melbo", "adapter"):
             # The same settings with no training steps: the same prompts give the same default R (a
-            # fixed share of their residual norm), so its vectors are the baseline for beyond-random.
+            # fixed share of their residual norm), so its vectors (random adapters of the same rank,
+            # for an adapter run) are the baseline for beyond-random.
+            random = {"method": "random"} if body.method == "melbo" else {"steps": 0}
             store.create_run(
                 session,
-                kind="random",
-                spec={**checked["spec"], "method": "random"},
+                kind="random" if body.method == "melbo" else "adapter",
+                spec={**checked["spec"], **random},
                 model=model,
                 priority=body.priority - 1,  # what the user asks for next goes first; the baseline waits
                 owner=owner,
@@ -72,6 +74,8 @@ def start_chain(service: Service, body: schemas.ChainCreate, *, owner: str = "")
     check_limits(service, body.n_vectors, body.steps)
     with service.db.session() as session:
         theta0 = store.get_vector(session, body.vector_id)
+        if theta0.is_adapter:
+            raise Invalid(f"vector {theta0.id} is a steering adapter; a chain starts from a steering vector")
         run = theta0.run
         model, prompts, block = run.model_name, body.prompts or list(run.prompts), theta0.block
     spec = {**body.spec(exclude={"vector_id"}), "prompts": prompts, "model": model, "source": block}
@@ -120,6 +124,8 @@ def start_scale_sweep(
     """A scale sweep of a stored vector (on its run's prompts unless others are given)."""
     with service.db.session() as session:
         vector = store.get_vector(session, vector_id)
+        if vector.is_adapter:
+            raise Invalid(f"vector {vector.id} is a steering adapter; the scale sweep takes steering vectors")
         model, block = vector.run.model_name, vector.block
         prompts = body.prompts if body.prompts is not None else [str(p) for p in vector.run.prompts]
     tokens = body.max_new_tokens if body.max_new_tokens is not None else service.settings.gallery_tokens

@@ -48,7 +48,7 @@ class Run(Base):
 
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20))  # melbo | random | chain | generate | calibrate
+    kind: Mapped[str] = mapped_column(String(20))  # melbo | random | dct | adapter | chain | generate | ...
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
     model_name: Mapped[str] = mapped_column(String(500))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the engine spec, exactly as validated
@@ -75,6 +75,15 @@ class Run(Base):
 
 
 class Vector(Base):
+    """A steering vector, or a steering adapter browsed as one.
+
+    An adapter (a rank-r LoRA on its block's MLP output projection, engine/adapters.py) is a Vector
+    row too, with its factors in the `adapters` table beside it: galleries, compare, labels, notes,
+    generations, scores and behaviours all point at vectors, so they work on adapters unchanged.
+    Its `values` are its mean change of the block's output over its run's target positions, what
+    cosines, maps and nearest-neighbour lists compare; steering always uses the factors.
+    """
+
     __tablename__ = "vectors"
     __table_args__ = (Index("ix_vectors_run_index", "run_id", "index", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -100,6 +109,25 @@ class Vector(Base):
     )
 
     run: Mapped[Run] = relationship(back_populates="vectors", foreign_keys=[run_id])
+    adapter: Mapped[AdapterFactors | None] = relationship(
+        back_populates="vector", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.adapter is not None
+
+
+class AdapterFactors(Base):
+    """The factors of a vector that is a steering adapter: W' = W + scale · R · B · Aᵀ."""
+
+    __tablename__ = "adapters"
+    vector_id: Mapped[int] = mapped_column(ForeignKey("vectors.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer)  # r: columns of A and B
+    radius: Mapped[float] = mapped_column(Float)  # R
+    factors: Mapped[bytes] = mapped_column(LargeBinary)  # A [d_ff, r] then B [d, r], float32 (engine pack)
+
+    vector: Mapped[Vector] = relationship(back_populates="adapter")
 
 
 class Generation(Base):

@@ -60,7 +60,7 @@ class ChatHub:
     ) -> tuple[list[dict[str, Any]], list[str], dict[str, Any], dict[str, Any]]:
         settings = {**DEFAULT_SETTINGS, **conversation.settings}
         sampling = {k: settings[k] for k in ("seed", "temperature", "top_p", "max_new_tokens")}
-        record, pairs, block = steering_record(session, conversation.steering)
+        record, pairs, block, adapter = steering_record(session, conversation.steering)
         panes = list(PANES if settings["show_unsteered"] else PANES[:1])
         rows = []
         for pane in panes:
@@ -71,12 +71,13 @@ class ChatHub:
                     "content": new if new is not None else self._user_text(session, conversation.id, turn),
                 }
             )
-            steered = pane == "steered" and bool(pairs)
+            steered = pane == "steered"
             rows.append(
                 {
                     "messages": messages,
                     "terms": pairs if steered else [],
-                    "block": block if steered else None,
+                    "block": block if steered and pairs else None,
+                    "adapter": adapter if steered else None,
                     **sampling,
                 }
             )

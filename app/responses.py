@@ -37,8 +37,8 @@ class ModelOut(Out):
 class JobOut(Out):
     id: int
     kind: str = Field(
-        description="melbo | random | chain | calibrate | generate | import | compose | score | detect | "
-        "scale_sweep | rpath | generalize | search"
+        description="melbo | random | dct | adapter | chain | calibrate | generate | import | compose | "
+        "score | detect | scale_sweep | rpath | generalize | search"
     )
     run_id: int
     status: JobStatus
@@ -76,6 +76,11 @@ class RunOut(Out):
     finished_at: UtcTime | None
 
 
+class AdapterOut(Out):
+    rank: int = Field(description="r: columns of the factors A and B.")
+    radius: float = Field(description="R in W + R·B·Aᵀ on the block's MLP output projection.")
+
+
 class VectorOut(Out):
     id: int
     run_id: int
@@ -90,7 +95,14 @@ class VectorOut(Out):
     interest: float | None = Field(description="Beyond random × fluent, 0 to 1 (None until scored).")
     rank: int | None = Field(description="Place in the run's interesting-first order (0 first).")
     behaviour_id: int | None = Field(description="The behaviour most of its completions fall in.")
-    values: list[float] | None = Field(None, description="The float32 values (only with ?values=true).")
+    values: list[float] | None = Field(
+        None,
+        description="The float32 values (only with ?values=true); an adapter's are its mean change of the "
+        "block's output on its run's prompts.",
+    )
+    adapter: AdapterOut | None = Field(
+        description="Set when it is a steering adapter (it steers with its factors, not its values)."
+    )
 
 
 class GenerationOut(Out):

@@ -43,7 +43,8 @@ def plan(service: Service, body: schemas.GenerationCreate) -> Plan:
             if body.model and body.model != model:
                 raise Invalid(f"vector {vector.id} belongs to model {model!r}, not {body.model!r}")
             row = {"vector_id": vector.id, "scale": body.scale, "block": vector.block, "prompt": body.prompt}
-            rows.append({**row, **sampling, "vector": vector.values})
+            adapter = store.adapter_payload(vector) if vector.adapter is not None else None
+            rows.append({**row, **sampling, "vector": vector.values, "adapter": adapter})
         else:
             model = body.model or service.settings.default_model
         rows.append(
@@ -54,6 +55,7 @@ def plan(service: Service, body: schemas.GenerationCreate) -> Plan:
                 "prompt": body.prompt,
                 **sampling,
                 "vector": None,
+                "adapter": None,
             }
         )
         found: dict[str, dict[str, Any]] = {}
@@ -84,7 +86,7 @@ def _store(service: Service, plan: Plan, missing: list[dict[str, Any]], value: d
             zip(missing, value["rows"], strict=True), key=lambda rr: rr[0]["vector_id"] is not None
         )
         for row, result in pairs:
-            fields = {k: v for k, v in row.items() if k not in ("key", "vector")}
+            fields = {k: v for k, v in row.items() if k not in ("key", "vector", "adapter")}
             stored = store.add_generation(session, model, {**fields, **result})
             plan.found[row["key"]] = responses.generation_out(stored)
 

@@ -27,6 +27,7 @@ class Body(BaseModel):
 # The fields only MELBO's objective and optimizer read; another method refuses a value other than
 # their default instead of ignoring it.
 MELBO_ONLY = ("radius_fraction", "p", "q", "lr", "loss", "normalize", "orthogonal", "mode")
+ADAPTER_REFUSES = ("radius_fraction", "orthogonal", "mode")  # an adapter has no norm or ortho option
 
 
 class MelboCreate(Body):
@@ -34,10 +35,11 @@ class MelboCreate(Body):
     model: ModelName | None = Field(
         None, description="Model name, hub id or folder; default: the server's default."
     )
-    method: Literal["melbo", "random", "dct"] = Field(
+    method: Literal["melbo", "random", "dct", "adapter"] = Field(
         "melbo",
         description="melbo trains; random keeps random vectors of the same norm (the baseline); dct "
-        "(Deep Causal Transcoding) learns all vectors together in a few iterations and ranks them by α.",
+        "(Deep Causal Transcoding) learns all vectors together in a few iterations and ranks them by α; "
+        "adapter trains steering adapters (rank-r LoRAs on the source block's MLP output projection).",
     )
     source: Whole | None = Field(
         None, description="Block whose output is steered; default from depth (7 on deep models)."
@@ -46,7 +48,8 @@ class MelboCreate(Body):
     radius: float | None = Field(
         None,
         description="R, the norm of every vector; default 0.08 × the residual norm at the source "
-        "(dct: calibrated, where the response to random vectors stops being linear).",
+        "(dct: calibrated, where the response to random vectors stops being linear; adapter: the R in "
+        "W + R·B·Aᵀ, by default the one that moves the residual as far as a default-norm vector).",
     )
     radius_fraction: float | None = Field(
         None,
@@ -54,7 +57,9 @@ class MelboCreate(Body):
     )
     p: float = Field(2.0, description="Exponent on per-position change norms (MELBO only).")
     q: float | None = Field(None, description="Outer root of the objective; default p (MELBO only).")
-    n_vectors: Whole = Field(8, description="Number of vectors (dct: factors, at most the model's width).")
+    n_vectors: Whole = Field(
+        8, description="Number of vectors (dct: factors, at most the model's width; adapter: adapters)."
+    )
     steps: Whole | None = Field(
         None,
         description="Optimizer steps per vector; default 300 (fast mode may stop early); dct: iterations, "
@@ -85,10 +90,15 @@ class MelboCreate(Body):
         None,
         description="Share of each DCT update taken; default 1, the published infinite step (dct only).",
     )
+    rank: Whole | None = Field(
+        None,
+        description="Rank r of each steering adapter: columns of its factors A and B; default 16 "
+        "(adapter only).",
+    )
     twin: bool = Field(
         False,
-        description="Also train a random twin: random vectors at the same R and prompts, the baseline "
-        "that scores compare against (MELBO only).",
+        description="Also train a random twin: random vectors (adapter runs: random adapters of the same "
+        "rank) at the same R and prompts, the baseline that scores compare against (not for dct).",
     )
     priority: Whole = Field(0, description="Higher runs first.")
 
@@ -98,19 +108,24 @@ class MelboCreate(Body):
     def engine_spec(self) -> dict[str, Any]:
         """The spec of the engine method this body asks for; a field of another method set to
         anything but its default is refused, never ignored."""
-        spec = self.spec(exclude={"method"} if self.method == "dct" else None)
-        if self.method != "dct":
-            if self.beta is not None:
-                raise Invalid("beta applies to dct only")
-            return spec
-        if self.twin:
+        if self.beta is not None and self.method != "dct":
+            raise Invalid("beta applies to dct only")
+        if self.rank is not None and self.method != "adapter":
+            raise Invalid("rank applies to adapter runs only")
+        if self.method in ("melbo", "random"):
+            return self.spec()
+        spec = self.spec(exclude={"method"})
+        if self.twin and self.method == "dct":
             raise Invalid(
                 "twin applies to MELBO only: a dct run calibrates its own R, so no twin can share it"
             )
         fields = type(self).model_fields
-        for name in MELBO_ONLY:
+        # An adapter reads MELBO's objective (p, q, loss, normalize) and lr; not its vector options.
+        others = ADAPTER_REFUSES if self.method == "adapter" else MELBO_ONLY
+        for name in others:
             if getattr(self, name) != fields[name].default:
-                raise Invalid(f"{name} applies to MELBO only; a dct run does not read it")
+                what = "an adapter run" if self.method == "adapter" else "a dct run"
+                raise Invalid(f"{name} applies to MELBO only; {what} does not read it")
             spec.pop(name, None)
         return spec
 

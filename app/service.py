@@ -144,7 +144,8 @@ class Service:
             )
         # A generate job's vectors, or the ones a refinement stays orthogonal to.
         read = run.inputs.get("vector_ids") or run.inputs.get("orthogonal_to") or []
-        vectors = [(v.id, v.block, v.values) for v in (store.get_vector(session, i) for i in read)]
+        asked = [store.get_vector(session, i) for i in read]
+        vectors = [(v.id, v.block, v.values) for v in asked]
         spec = run.spec
         if run.kind == "score":  # the completions as they are now: the twin's gallery included
             scored = store.get_run(session, int(run.inputs["for_run"]))
@@ -160,6 +161,7 @@ class Service:
             theta0=theta0,
             vectors=vectors,
             gallery=gallery,
+            adapters=[store.adapter_payload(v) for v in (*run.vectors, *asked) if v.adapter is not None],
         )
 
     def notify(self) -> None:

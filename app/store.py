@@ -11,8 +11,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import jobs
-from app.errors import NotFound
-from app.models import Generation, Job, JobEvent, LanguageModel, Run, Vector
+from app.errors import Invalid, NotFound
+from app.models import AdapterFactors, Generation, Job, JobEvent, LanguageModel, Run, Vector
 
 SAMPLING = ("seed", "temperature", "top_p", "max_new_tokens")
 
@@ -98,10 +98,31 @@ def add_vectors(session: Session, run: Run, rows: Sequence[dict[str, Any]]) -> l
             kl=row.get("kl"),
             metrics=row.get("metrics", {}),
         )
+        if row.get("adapter") is not None:
+            a = row["adapter"]
+            vector.adapter = AdapterFactors(
+                rank=int(a["rank"]), radius=float(a["radius"]), factors=a["factors"]
+            )
         session.add(vector)
         added.append(vector)
     session.flush()
     return added
+
+
+def adapter_payload(vector: Vector) -> dict[str, Any]:
+    """What a worker steers with when the vector is an adapter (app/executor/codec.py's payload)."""
+    a = vector.adapter
+    if a is None:
+        raise Invalid(f"vector {vector.id} is not a steering adapter")
+    return {
+        "id": vector.id,
+        "index": vector.index,
+        "block": vector.block,
+        "rank": a.rank,
+        "radius": a.radius,
+        "width": vector.width,
+        "factors": a.factors,
+    }
 
 
 def generation_key(

@@ -19,6 +19,7 @@ BODIES: dict[str, type[BaseModel]] = {
     "melbo": schemas.MelboCreate,
     "random": schemas.MelboCreate,
     "dct": schemas.MelboCreate,
+    "adapter": schemas.MelboCreate,
     "chain": schemas.ChainCreate,
     "calibrate": schemas.CalibrationCreate,
     "generate": schemas.SamplesCreate,
@@ -149,7 +150,7 @@ def facts(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
         out.append(Fact("blocks", f"{run.source} → {run.target}", note))
     else:
         out.append(Fact("blocks", _pending(job)))
-    if run.kind in ("melbo", "random", "dct"):
+    if run.kind in ("melbo", "random", "dct", "adapter"):
         if run.radius is not None:
             residual = result.get("residual_norm")
             calibrated = result.get("calibration") or {}

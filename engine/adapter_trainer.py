@@ -49,6 +49,9 @@ class AdapterResult:
     residual_norm: float
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    # Each adapter's change of the source block's output averaged over the target positions and
+    # prompts: [d] each. Not what steers (that depends on the token), but a vector to compare it by.
+    vectors: list[Tensor] = field(default_factory=list)
 
 
 def initial_factors(seed: int, index: int, d_ff: int, width: int, rank: int) -> tuple[Tensor, Tensor]:
@@ -88,6 +91,7 @@ class AdapterTrainer:
         mask = target_mask(self.batch, spec.positions)
         if not bool(mask.any(dim=1).all()):
             raise EngineError(f"positions {spec.positions!r} select no token in some prompt")
+        self.mask = mask  # [P, T]
         self.objective = Objective(
             mask, spec.p, spec.q if spec.q is not None else spec.p, spec.loss, spec.normalize
         )
@@ -104,6 +108,7 @@ class AdapterTrainer:
         self.first = first
         self.total = max(0, spec.n_vectors - first)
         self.adapters: list[Adapter] = []
+        self.changes: list[Tensor] = []  # each adapter's mean change (AdapterResult.vectors)
         self.records: list[VectorRecord] = []
         self.taken = 0
         self.early_stops = 0
@@ -130,6 +135,11 @@ class AdapterTrainer:
         a = self.activations.to(down.dtype)
         return self.radius * torch.einsum("kptr,kdr->kptd", torch.einsum("ptf,kfr->kptr", a, down), up)
 
+    def mean_changes(self, down: Tensor, up: Tensor) -> Tensor:
+        """`deltas` averaged over the target positions of every prompt: [K, d]."""
+        mask = self.mask.to(self.activations.device)
+        return self.deltas(down, up)[:, mask].mean(dim=1)
+
     def step(self) -> list[VectorRecord]:
         if self.finished:
             return []
@@ -153,16 +163,17 @@ class AdapterTrainer:
         return self._finish(b)
 
     def take(self) -> AdapterResult:
-        adapters, records = self.adapters[self.taken :], self.records[self.taken :]
-        self.taken = len(self.adapters)
-        return self._result(adapters, records)
+        start, self.taken = self.taken, len(self.adapters)
+        return self._result(self.adapters[start:], self.records[start:], self.changes[start:])
 
     def result(self) -> AdapterResult:
-        return self._result(self.adapters, self.records)
+        return self._result(self.adapters, self.records, self.changes)
 
     # internals
 
-    def _result(self, adapters: list[Adapter], records: list[VectorRecord]) -> AdapterResult:
+    def _result(
+        self, adapters: list[Adapter], records: list[VectorRecord], changes: list[Tensor]
+    ) -> AdapterResult:
         return AdapterResult(
             adapters=list(adapters),
             records=list(records),
@@ -172,6 +183,7 @@ class AdapterTrainer:
             residual_norm=self.residual_norm,
             seconds=time.perf_counter() - self.began,
             settings=self.spec.to_dict(),
+            vectors=list(changes),
         )
 
     def _start(self) -> _Batch:
@@ -224,6 +236,7 @@ class AdapterTrainer:
             z = self.segment.run(self.deltas(down, up))
             objectives = self.objective(z, self.segment.z0).cpu()
             shares = self.objective.top_position_share(z, self.segment.z0).cpu()
+            changes = self.mean_changes(down, up).cpu()
         final = torch.cat([down.reshape(b.k, -1), up.reshape(b.k, -1)], dim=1).cpu()
         cosines = F.cosine_similarity(final, b.start, dim=1)
         records = []
@@ -238,6 +251,7 @@ class AdapterTrainer:
                 top_position_share=float(shares[j]),
             )
             self.adapters.append(adapter)
+            self.changes.append(changes[j])
             self.records.append(record)
             records.append(record)
         return records

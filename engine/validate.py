@@ -82,7 +82,13 @@ def check_spec(lm: LoadedModel, kind: str, data: dict[str, Any], *, reserve: int
     else:
         source, _ = spec.span(lm.info)
         if isinstance(spec, AdapterSpec):
-            mlp_out(lm.model, source)
+            projection = mlp_out(lm.model, source)
+            most = min(projection.in_features, projection.out_features)
+            if spec.rank > most:
+                raise EngineError(
+                    f"rank must be at most {most} (the narrower side of block {source}'s MLP output "
+                    f"projection), got {spec.rank}"
+                )
     check_prompts(lm, spec.prompts, reserve)
     trained = MelboSpec | DctSpec | AdapterSpec | CalibrateSpec | RPathSpec | GeneralizeSpec
     if isinstance(spec, trained) and spec.positions == "user":

@@ -17,13 +17,16 @@ class Order:
 
     job_id: int
     attempt: int
-    kind: str  # melbo | random | chain | calibrate | generate
+    kind: str  # melbo | random | dct | adapter | chain | calibrate | generate | ...
     spec: dict[str, Any]  # the engine spec, validated
     done: list[bytes] = field(default_factory=list)  # stored vectors of this run, in index order
     theta0: bytes | None = None  # a chain's starting vector
     # (id, block, values): a generate job's vectors; those a refinement stays orthogonal to
     vectors: list[tuple[int, int, bytes]] = field(default_factory=list)
     gallery: dict[str, Any] = field(default_factory=dict)  # prompts, max_new_tokens, batch, done pairs
+    # The steering adapters among `done` and `vectors` (app/executor/codec.py's payload, with the
+    # vector's "id" and "index"): they steer with their factors, not their values.
+    adapters: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Executor(Protocol):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from app.executor.base import Event
-from app.executor.codec import from_bytes
+from app.executor.codec import adapter_from, from_bytes
 from engine import Decoder, GenerationRequest, GenerationResult, LoadedModel
 from engine.generate import prompt_tokens
 
@@ -18,12 +18,14 @@ MAX_ROWS = 64  # rows decoded together per model (a chat has two: steered and un
 
 
 def chat_rows(message: dict[str, Any]) -> list[GenerationRequest]:
-    """A chat request's rows: one whole conversation per pane, each with its steering and sampling."""
+    """A chat request's rows: one whole conversation per pane, each with its steering (vectors and at
+    most one adapter, whose payload carries its scale) and sampling."""
     return [
         GenerationRequest(
             messages=row["messages"],
             block=row.get("block"),
             terms=[(from_bytes(values), float(scale)) for values, scale in row.get("terms", [])],
+            adapter=adapter_from(row["adapter"]) if row.get("adapter") is not None else None,
             seed=int(row.get("seed", 0)),
             temperature=float(row.get("temperature", 0.0)),
             top_p=float(row.get("top_p", 1.0)),
@@ -34,12 +36,15 @@ def chat_rows(message: dict[str, Any]) -> list[GenerationRequest]:
 
 
 def generate_rows(message: dict[str, Any]) -> list[GenerationRequest]:
-    """A generation request's rows: a prompt with at most one vector at a scale."""
+    """A generation request's rows: a prompt with at most one vector (or adapter) at a scale."""
     return [
         GenerationRequest(
             prompt=row["prompt"],
             block=row.get("block"),
-            terms=[(from_bytes(row["vector"]), float(row["scale"]))] if row.get("vector") is not None else [],
+            terms=[(from_bytes(row["vector"]), float(row["scale"]))]
+            if row.get("vector") is not None and row.get("adapter") is None
+            else [],
+            adapter=adapter_from(row["adapter"], float(row["scale"])) if row.get("adapter") else None,
             seed=int(row.get("seed", 0)),
             temperature=float(row.get("temperature", 0.0)),
             top_p=float(row.get("top_p", 1.0)),

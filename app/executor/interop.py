@@ -12,8 +12,11 @@ from typing import Any
 
 import torch
 
-from app.executor.codec import from_bytes, to_bytes
+from app.executor.codec import adapter_from, from_bytes, to_bytes
+from engine.adapters import export_peft
 from engine.errors import EngineError
+from engine.models import LoadedModel
+from engine.request import check_adapter
 from engine.vectors import export_gguf, load_any, save_vectors
 
 
@@ -45,3 +48,14 @@ def parse(message: dict[str, Any]) -> dict[str, Any]:
         "blocks": list(found.blocks) if found.blocks is not None else None,
         "model_hint": found.model_hint,
     }
+
+
+def peft(lm: LoadedModel, message: dict[str, Any]) -> dict[str, Any]:
+    """A stored adapter as the files of a PEFT LoRA adapter folder: {"files": {name: bytes}}. The
+    model gives the projection's module path (PEFT's target) and the base model's folder or id."""
+    adapter = adapter_from(message["adapter"])
+    check_adapter(lm, adapter)
+    base = str(getattr(lm.model.config, "_name_or_path", "") or lm.info.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_peft(Path(tmp), lm.model, adapter, base_model=base, meta=message.get("metadata"))
+        return {"files": {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}}

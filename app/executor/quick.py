@@ -1,7 +1,7 @@
 """Quick requests: answered in one unit of the compute loop, before anything that can wait.
 
 Checking a spec against its model, rendering prompts, checking a chat's rows, the downstream
-cosines of the compare page, and reading or writing vector files.
+cosines of the compare page, and reading or writing vector and adapter files.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from engine.segment import Segment
 from engine.specs import default_source, default_target
 from engine.validate import check_spec
 
-KINDS = ("validate", "render", "check_chat", "downstream", "export_vectors", "parse_vectors")
+KINDS = ("validate", "render", "check_chat", "downstream", "export_vectors", "parse_vectors", "export_peft")
 
 
 def answer(lm: LoadedModel, message: dict[str, Any]) -> Any:
@@ -37,6 +37,8 @@ def answer(lm: LoadedModel, message: dict[str, Any]) -> Any:
         return {"model": lm.info.to_dict(), "tokens": [prompt_tokens(lm, r) for r in chat_rows(message)]}
     if kind == "export_vectors":
         return interop.export(message)
+    if kind == "export_peft":
+        return interop.peft(lm, message)
     if kind == "parse_vectors":
         return {**interop.parse({**message, "width": lm.info.width}), "model": lm.info.to_dict()}
     if kind == "downstream":

@@ -7,8 +7,9 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from app.executor.codec import from_bytes
+from app.executor.codec import adapter_from, from_bytes
 from engine import Decoder, GenerationRequest, LoadedModel
+from engine.adapters import Adapter
 from engine.specs import SampleSpec
 
 if TYPE_CHECKING:
@@ -16,17 +17,31 @@ if TYPE_CHECKING:
 
 
 def _request(
-    prompt: str, sampling: dict[str, Any], block: int | None = None, terms: Any = ()
+    prompt: str,
+    sampling: dict[str, Any],
+    block: int | None = None,
+    terms: Any = (),
+    adapter: Adapter | None = None,
 ) -> GenerationRequest:
     return GenerationRequest(
         prompt=prompt,
         block=block,
         terms=terms,
+        adapter=adapter,
         seed=int(sampling["seed"]),
         temperature=float(sampling["temperature"]),
         top_p=float(sampling["top_p"]),
         max_new_tokens=int(sampling["max_new_tokens"]),
     )
+
+
+def _steered(
+    prompt: str, sampling: dict[str, Any], block: int, values: bytes, scale: float, adapter: Adapter | None
+) -> GenerationRequest:
+    """A row steered by a stored vector at a scale: by its factors when it is an adapter."""
+    if adapter is not None:
+        return _request(prompt, sampling, adapter=adapter.scaled(scale))
+    return _request(prompt, sampling, block, [(from_bytes(values), scale)])
 
 
 def _decode_rows(
@@ -110,7 +125,7 @@ def gallery(lm: LoadedModel, job: Job, *, start: float) -> Units:
         for p, prompt in enumerate(wanted["prompts"]):
             if (index, p) not in done:
                 tag = {"vector_index": index, "prompt": prompt, "scale": 1.0, "block": block, **settings}
-                rows.append((tag, _request(prompt, settings, block, [(from_bytes(values), 1.0)])))
+                rows.append((tag, _steered(prompt, settings, block, values, 1.0, job.adapters.get(index))))
     if not rows:
         return False
     return (yield from _decode_rows(lm, job, rows, int(wanted.get("batch", 16)), start))
@@ -125,16 +140,16 @@ def samples(lm: LoadedModel, job: Job) -> Units:
         "top_p": spec.top_p,
         "max_new_tokens": spec.max_new_tokens,
     }
+    adapters = {int(p["id"]): adapter_from(p) for p in job.order.adapters}
     rows: list[tuple[dict[str, Any], GenerationRequest]] = []
     for prompt in spec.prompts:
         if spec.unsteered:
             tag = {"vector_id": None, "prompt": prompt, "scale": 0.0, "block": None, **settings}
             rows.append((tag, _request(prompt, settings)))
         for vector_id, block, values in job.order.vectors:
-            vector = from_bytes(values)
             for scale in spec.scales:
                 tag = {"vector_id": vector_id, "prompt": prompt, "scale": scale, "block": block, **settings}
-                rows.append((tag, _request(prompt, settings, block, [(vector, scale)])))
+                rows.append((tag, _steered(prompt, settings, block, values, scale, adapters.get(vector_id))))
     if not rows:
         return False
     return (yield from _decode_rows(lm, job, rows, int(job.order.gallery.get("batch", 16)), 0.0))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from app.executor.base import Event, Order
-from app.executor.codec import from_bytes, to_bytes
+from app.executor.codec import adapter_from, adapter_to, from_bytes, to_bytes
 from app.executor.refine import RETRAINED, retrained, scale_sweep
 from app.executor.samples import gallery, samples
 from app.executor.scoring import judge, score
@@ -27,6 +27,8 @@ from engine import (
     MelboSpec,
     encode_prompts,
 )
+from engine.adapter_trainer import AdapterTrainer, adapter_kl
+from engine.adapters import Adapter
 from engine.calibrate import Calibrator
 from engine.chains import ChainTrainer
 from engine.dct import DctTrainer
@@ -34,7 +36,7 @@ from engine.embedder import Embedder
 from engine.melbo import MelboTrainer
 from engine.metrics import next_token_kl
 from engine.progress import Progress
-from engine.specs import DctSpec
+from engine.specs import AdapterSpec, DctSpec
 
 Units = Generator[None, None, bool]  # yields between units; returns True if the job was cancelled
 PROGRESS_EVERY_S = 0.25  # progress events per job at most this often
@@ -51,6 +53,7 @@ class Job:
         self.points: list[tuple[int, int, float]] = []  # objective curve points since the last event
         self.last = 0.0
         self.vectors: list[tuple[int, int, bytes]] = []  # (index, block, values): the gallery's vectors
+        self.adapters: dict[int, Adapter] = {}  # index -> adapter, for the gallery's vectors that are one
         self.clock = Clock()
 
     def event(self, kind: str, **data: Any) -> None:
@@ -101,6 +104,8 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         return (yield from _melbo(lm, job)) or (yield from gallery(lm, job, start=TRAIN_SHARE))
     if kind == "dct":
         return (yield from _dct(lm, job)) or (yield from gallery(lm, job, start=TRAIN_SHARE))
+    if kind == "adapter":
+        return (yield from _adapters(lm, job)) or (yield from gallery(lm, job, start=TRAIN_SHARE))
     if kind == "chain":
         return (yield from _chain(lm, job)) or (yield from gallery(lm, job, start=TRAIN_SHARE))
     if kind == "calibrate":
@@ -233,6 +238,58 @@ def _dct(lm: LoadedModel, job: Job) -> Units:
                 force=bool(records),
                 note=where or DCT_PHASES.get(t.phase, ""),
             )
+        yield
+    return False
+
+
+def _adapters(lm: LoadedModel, job: Job) -> Units:
+    """Steering adapters, a batch per chunk like fast MELBO; each is sent with its factors, its mean
+    change (the vector it is browsed as) and its next-token KL."""
+    spec = AdapterSpec.from_dict(job.order.spec)
+    first = len(job.order.done)
+    trainer = AdapterTrainer(lm, spec, first=first)
+    source = trainer.source
+    job.vectors = [(i, source, b) for i, b in enumerate(job.order.done)]
+    job.adapters = {int(p["index"]): adapter_from(p) for p in job.order.adapters}
+    batch = encode_prompts(lm.tokenizer, spec.prompts)
+    while not trainer.finished:
+        if job.cancelled:
+            return True
+        finished = trainer.step()
+        job.clock.tick()
+        if finished:
+            trained = trainer.take()
+            kls = adapter_kl(lm, batch, trained.adapters)
+            rows = []
+            for adapter, change, rec, kl in zip(
+                trained.adapters, trained.vectors, trained.records, kls, strict=True
+            ):
+                values = to_bytes(change)
+                rows.append(
+                    {
+                        "index": rec.index,
+                        "block": source,
+                        "values": values,
+                        "norm": float(change.norm()),
+                        "objective": rec.objective,
+                        "kl": float(kl),
+                        "metrics": {
+                            k: v for k, v in rec.to_dict().items() if k not in ("index", "objective")
+                        },
+                        "adapter": adapter_to(adapter),
+                    }
+                )
+                job.vectors.append((rec.index, source, values))
+                job.adapters[rec.index] = adapter
+            job.event(
+                "vectors",
+                source=source,
+                target=trained.target,
+                radius=trained.radius,
+                residual_norm=trained.residual_norm,
+                rows=rows,
+            )
+        _report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=bool(finished))
         yield
     return False
 

@@ -29,6 +29,18 @@ async def export_vector(vector_id: Whole, service: ServiceDep, format: str = "sa
     return _download(data, name, format)
 
 
+@router.get(
+    "/vectors/{vector_id}/peft",
+    summary="A steering adapter as a PEFT LoRA adapter (a zip of adapter_model.safetensors and "
+    "adapter_config.json)",
+)
+async def export_peft(vector_id: Whole, service: ServiceDep) -> Response:
+    data, name = await asyncio.to_thread(interop.export_peft, service, vector_id)
+    return Response(
+        data, media_type="application/zip", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
+
+
 @router.get("/runs/{run_id}/export", summary="All of a run's vectors in one safetensors or JSON file")
 async def export_run(run_id: Whole, service: ServiceDep, format: str = "safetensors") -> Response:
     data, name = await asyncio.to_thread(interop.export_run, service, run_id, format)

@@ -28,6 +28,7 @@ KINDS = (
     ("melbo", "MELBO runs"),
     ("random", "Random baselines"),
     ("dct", "DCT runs"),
+    ("adapter", "Adapter runs"),
     ("chain", "Chains"),
     ("compose", "Compositions"),
     ("import", "Imported vectors"),
@@ -89,7 +90,7 @@ def home(request: Request, session: SessionDep, service: ServiceDep) -> HTMLResp
         "other": [(kind, counts[kind], title) for kind, title in OTHER_TITLES.items() if counts.get(kind)],
         "jobs": active_jobs(session),
         "first_run": forms.run_defaults(model=service.settings.default_model, prompts=FIRST_PROMPT),
-        "trained": any(counts.get(kind) for kind in ("melbo", "random", "dct", "chain")),
+        "trained": any(counts.get(kind) for kind in ("melbo", "random", "dct", "adapter", "chain")),
     }
     return render(request, "home/index.html", context)
 

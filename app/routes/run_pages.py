@@ -37,7 +37,8 @@ from app.models import Job, JobEvent, LanguageModel, Run, Vector
 
 router = APIRouter(include_in_schema=False)
 COMPOSE_CHOICES = (2, 4, 8, 16, 32)
-TRAINED = ("melbo", "random", "dct", "chain")  # kinds whose vectors come from training (curves, map)
+# Kinds whose vectors come from training (curves, map).
+TRAINED = ("melbo", "random", "dct", "adapter", "chain")
 
 
 def render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:

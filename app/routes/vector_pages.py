@@ -77,6 +77,7 @@ def show_vector(vector_id: Whole, request: Request, session: SessionDep, service
     chains = session.scalars(select(Run).where(Run.kind == "chain", Run.parent_vector_id == vector.id)).all()
     context = {
         "vector": vector,
+        "adapter": vector.adapter,  # its factors' rank and R when it is a steering adapter
         "run": run,
         "prompts": prompts,
         "scales": SCALES,
