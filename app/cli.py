@@ -53,7 +53,11 @@ def on_vector(
 
 
 COMMANDS: dict[str, tuple[type[schemas.Body], Callable[..., Any], str]] = {
-    "train": (schemas.MelboCreate, launch.start_melbo, "train MELBO vectors (or a random baseline, DCT, or steering adapters)"),
+    "train": (
+        schemas.MelboCreate,
+        launch.start_melbo,
+        "train MELBO vectors (or a random baseline, DCT, or steering adapters)",
+    ),
     "chain": (schemas.ChainCreate, launch.start_chain, "grow an orthogonal chain from a stored vector"),
     "calibrate": (schemas.CalibrationCreate, launch.start_calibration, "calibrate R"),
     "generate": (
