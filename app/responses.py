@@ -186,7 +186,10 @@ class MessageOut(BaseModel):
     role: Literal["user", "assistant"]
     content: str
     turn: int = Field(description="A user message and its replies share it.")
-    steering: dict[str, Any] = Field(description="The block and the (vector, scale) terms it was steered by.")
+    steering: dict[str, Any] = Field(
+        description="The block and the (vector, scale) terms it was steered by, and the adapter "
+        "{vector_id, scale, block} if one steered it too."
+    )
     sampling: dict[str, Any]
     n_tokens: int
     finish_reason: str = Field(description='"" while it streams.')
@@ -199,7 +202,8 @@ class ConversationOut(BaseModel):
     title: str
     model: str
     steering: list[dict[str, Any]] = Field(
-        description="The panel: [{vector_id, scale, enabled, block, norm}]."
+        description="The panel: [{vector_id, scale, enabled, block, norm, adapter}] (at most one "
+        "adapter switched on)."
     )
     settings: dict[str, Any]
     created_at: str

@@ -18,8 +18,9 @@ from engine import refine_specs, specs
 
 # (API body, engine spec, fields only the API has, fields the app fills in before validating)
 PAIRS = [
-    # twin: a second run; beta: DCT's (the same body asks for dct runs, checked by DctSpec)
-    (schemas.MelboCreate, specs.MelboSpec, {"priority", "twin", "beta"}, set()),
+    # twin: a second run; beta: DCT's, rank: adapters' (the same body asks for dct and adapter runs,
+    # checked by DctSpec and AdapterSpec)
+    (schemas.MelboCreate, specs.MelboSpec, {"priority", "twin", "beta", "rank"}, set()),
     (schemas.ChainCreate, specs.ChainSpec, {"priority", "vector_id"}, {"prompts", "source", "model"}),
     (schemas.CalibrationCreate, specs.CalibrateSpec, {"priority"}, set()),
     (schemas.SamplesCreate, specs.SampleSpec, {"priority", "vector_ids"}, {"model"}),
