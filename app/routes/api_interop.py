@@ -33,6 +33,8 @@ async def export_vector(vector_id: Whole, service: ServiceDep, format: str = "sa
     "/vectors/{vector_id}/peft",
     summary="A steering adapter as a PEFT LoRA adapter (a zip of adapter_model.safetensors and "
     "adapter_config.json)",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}, "description": "The PEFT adapter folder, zipped."}},
 )
 async def export_peft(vector_id: Whole, service: ServiceDep) -> Response:
     data, name = await asyncio.to_thread(interop.export_peft, service, vector_id)

@@ -165,6 +165,7 @@ NOT_JSON = {
     "/api/conversations/{conversation_id}/export",
     "/api/export/{table}.{fmt}",
     "/api/vectors/{vector_id}/export",
+    "/api/vectors/{vector_id}/peft",  # a zip
     "/api/runs/{run_id}/export",
 }
 
