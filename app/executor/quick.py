@@ -11,11 +11,12 @@ from typing import Any
 import torch
 
 from app.executor import interop
-from app.executor.codec import from_bytes
+from app.executor.codec import adapter_from, from_bytes
 from app.executor.generations import chat_rows
-from engine import LoadedModel, encode_prompts
+from engine import EngineError, LoadedModel, encode_prompts
+from engine.adapters import mlp_out
 from engine.generate import prompt_tokens
-from engine.metrics import downstream_cosine_matrix
+from engine.metrics import cosine_matrix, downstream_cosine_matrix
 from engine.prompts import format_prompt, target_mask
 from engine.segment import Segment
 from engine.specs import default_source, default_target
@@ -61,12 +62,31 @@ def _render(lm: LoadedModel, prompts: list[str]) -> dict[str, Any]:
 
 
 def _downstream(lm: LoadedModel, message: dict[str, Any]) -> dict[str, Any]:
-    """Cosines between the vectors' effects at the target block on one prompt (user-turn positions)."""
+    """Cosines between the vectors' effects at the target block on one prompt (user-turn positions).
+    An adapter's effect is that of its own change at each position: its factors on the prompt."""
     block = int(message["block"])
     target = message.get("target") or default_target(lm.info.n_blocks, block)
-    vectors = torch.stack([from_bytes(v) for v in message["vectors"]])
     batch = encode_prompts(lm.tokenizer, [message["prompt"]])
     device = next(lm.model.parameters()).device
-    seg = Segment(lm.model, batch.to(device), block, target)
-    matrix = downstream_cosine_matrix(seg, vectors.to(device), target_mask(batch, "user").to(device))
-    return {"matrix": matrix.tolist()}
+    mask = target_mask(batch, "user").to(device)
+    adapters = {int(p["position"]): adapter_from(p) for p in message.get("adapters", [])}
+    if not adapters:
+        vectors = torch.stack([from_bytes(v) for v in message["vectors"]])
+        seg = Segment(lm.model, batch.to(device), block, target)
+        return {"matrix": downstream_cosine_matrix(seg, vectors.to(device), mask).tolist()}
+    if any(a.block != block for a in adapters.values()):
+        raise EngineError("the downstream heatmap compares vectors and adapters at one block")
+    seg = Segment(lm.model, batch.to(device), block, target, input_of=mlp_out(lm.model, block))
+    assert seg.kept_input is not None
+    effects = []
+    for i, values in enumerate(message["vectors"]):
+        a = adapters.get(i)
+        if a is None:
+            delta = from_bytes(values)[None]  # [1, d]: the same at every position
+        else:  # [1, P, T, d]: R · B · (Aᵀ x) at each position x of the projection's input
+            x = seg.kept_input.float()
+            delta = a.coefficient * torch.einsum("ptf,fr,dr->ptd", x, a.down.to(x), a.up.to(x))[None]
+        with torch.no_grad():
+            z = seg.run(delta.to(device))
+        effects.append((z[mask] - seg.z0[mask]).float().flatten().cpu())
+    return {"matrix": cosine_matrix(torch.stack(effects)).tolist()}

@@ -106,6 +106,9 @@ async def downstream(request: Request, service: ServiceDep, ids: str, prompt: Te
             "block": vectors[0].block,
             "target": run.target,
             "vectors": [v.values for v in vectors],
+            "adapters": [
+                {**store.adapter_payload(v), "position": i} for i, v in enumerate(vectors) if v.is_adapter
+            ],
         }
         labels = [f"#{v.id}" for v in vectors]
     try:

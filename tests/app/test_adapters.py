@@ -233,3 +233,23 @@ def test_rank_belongs_to_adapter_runs_and_the_form_says_which_field_is_wrong(cli
     assert r.status_code == 303, r.text
     run = client.get(f"/api/runs/{int(r.headers['location'].rsplit('/', 1)[1])}").json()
     assert run["kind"] == "adapter" and run["spec"]["rank"] == 2
+
+
+def test_compare_puts_adapters_beside_vectors(client: TestClient, adapter_run: dict[str, Any]) -> None:
+    a, b = (v["id"] for v in vectors_of(client, adapter_run["run"])[:2])
+    vector = vectors_of(client, start(client, n_vectors=1, steps=2))[0]
+    ids = f"{a},{b},{vector['id']}"
+    page = BeautifulSoup(client.get("/compare", params={"ids": ids}).text, "html.parser")
+    assert len(page.select(".compare-cell")) == 4  # unsteered + two adapters + a vector
+    cell = client.post(
+        "/compare/cell", data={"vector_id": str(a), "prompt": PROMPTS[0], "max_new_tokens": "6", "scale": "4"}
+    )
+    assert cell.status_code == 200 and "error" not in BeautifulSoup(cell.text, "html.parser").get_text()
+    stored = client.get("/api/generations", params={"vector_id": a}).json()
+    assert any(g["scale"] == 4.0 and g["max_new_tokens"] == 6 for g in stored)
+    heat = BeautifulSoup(
+        client.get("/compare/downstream", params={"ids": ids, "prompt": "hi"}).text, "html.parser"
+    )
+    cells = [[float(td.get_text()) for td in row.select("td")] for row in heat.select("tr")[1:]]
+    assert [cells[i][i] for i in range(3)] == [1.0, 1.0, 1.0]
+    assert all(abs(cells[i][j]) < 0.999 for i in range(3) for j in range(3) if i != j)
