@@ -157,11 +157,18 @@ def facts(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
             note = "as asked" if run.spec.get("radius") is not None else "default"
             if calibrated:
                 note = f"calibrated: nonlinearity ratio {calibrated['ratio']:.2f}"
-            if residual:
+            if run.kind == "adapter":
+                # R scales W + R·B·Aᵀ, not a norm in the residual stream: no share of it to show.
+                if note == "default":
+                    note = "default: moves the residual stream about as far as a default-norm vector"
+            elif residual:
                 note = f"{run.radius / residual:.3f} × residual norm {_g(residual)} ({note})"
             out.append(Fact("R", _g(run.radius), note))
         else:
             out.append(Fact("R", _pending(job)))
+    if run.kind == "adapter":
+        rank = run.spec.get("rank")  # the validated spec carries the engine's default
+        out.append(Fact("rank", "–" if rank is None else str(rank), "columns of each adapter's A and B"))
     if run.kind == "chain":
         norms = stats.norms
         if norms:
