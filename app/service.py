@@ -146,6 +146,7 @@ class Service:
         read = run.inputs.get("vector_ids") or run.inputs.get("orthogonal_to") or []
         asked = [store.get_vector(session, i) for i in read]
         vectors = [(v.id, v.block, v.values) for v in asked]
+        own = run.vectors if run.kind == "adapter" else []  # a resumed adapter run's stored adapters
         spec = run.spec
         if run.kind == "score":  # the completions as they are now: the twin's gallery included
             scored = store.get_run(session, int(run.inputs["for_run"]))
@@ -161,7 +162,7 @@ class Service:
             theta0=theta0,
             vectors=vectors,
             gallery=gallery,
-            adapters=[store.adapter_payload(v) for v in (*run.vectors, *asked) if v.adapter is not None],
+            adapters=[store.adapter_payload(v) for v in (*own, *asked) if v.adapter is not None],
         )
 
     def notify(self) -> None:

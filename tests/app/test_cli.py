@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -122,4 +123,25 @@ def test_refining_a_vector_from_the_shell(tmp_path: Path, tiny_dir: Path) -> Non
     assert out.returncode == 2 and "no vector 9999" in out.stderr
     out = steerscope(tmp_path, tiny_dir, "rpath", "--multiples", "1")
     assert out.returncode == 2 and "vector_id" in out.stderr
+    assert count(tmp_path, Run) == runs
+
+
+def test_adapters_from_the_shell_train_and_export_for_peft(tmp_path: Path, tiny_dir: Path) -> None:
+    args = ("train", "--method", "adapter", "--prompts", "Tell me a story.", "--n-vectors", "1")
+    out = steerscope(tmp_path, tiny_dir, *args, "--rank", "2", "--steps", "3")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["run"]["kind"] == "adapter" and result["vectors"][0]["adapter"]["rank"] == 2
+    zipped = tmp_path / "adapter.zip"
+    vector = str(result["vectors"][0]["id"])
+    out = steerscope(
+        tmp_path, tiny_dir, "export", "--vector-id", vector, "--format", "peft", "--out", str(zipped)
+    )
+    assert out.returncode == 0, out.stderr
+    with zipfile.ZipFile(zipped) as archive:
+        config = json.loads(archive.read(f"adapter-{vector}/adapter_config.json"))
+    assert config["r"] == config["lora_alpha"] == 2 and config["peft_type"] == "LORA"
+    runs = count(tmp_path, Run)
+    out = steerscope(tmp_path, tiny_dir, *args, "--rank", "0")
+    assert out.returncode == 2 and "rank must be between 1 and 1024" in out.stderr
     assert count(tmp_path, Run) == runs
