@@ -16,7 +16,7 @@ from app import geometry, jobs, launch, metadata, responses, schemas, store
 from app.errors import AppError, Conflict, Invalid
 from app.fields import MAX_NAME, model_name, without_controls
 from app.gallery import labels_of
-from app.models import LanguageModel, Run, Vector
+from app.models import AdapterFactors, LanguageModel, Run, Vector
 from app.service import Service
 
 FORMATS = ("safetensors", "gguf", "json", "neuronpedia")  # vectors; adapters export for PEFT
@@ -56,7 +56,7 @@ def export_vector(service: Service, vector_id: int, fmt: str) -> tuple[bytes, st
         raise Invalid(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     with service.db.session() as session:
         vector = store.get_vector(session, vector_id)
-        _refuse_adapters([vector])
+        _refuse_adapters(session, [vector.id])
         meta = _describe(session, vector)
         values, block = vector.values, vector.block
         model = session.get(LanguageModel, vector.run.model_id) if vector.run.model_id else None
@@ -112,11 +112,13 @@ def export_peft(service: Service, vector_id: int) -> tuple[bytes, str]:
     return buffer.getvalue(), f"{name}.zip"
 
 
-def _refuse_adapters(vectors: list[Vector]) -> None:
+def _refuse_adapters(session: Any, vector_ids: list[int]) -> None:
     """Vector files hold vectors; an adapter steers with its factors, which they cannot carry."""
-    adapters = [v.id for v in vectors if v.is_adapter]
+    adapters = sorted(
+        session.scalars(select(AdapterFactors.vector_id).where(AdapterFactors.vector_id.in_(vector_ids)))
+    )
     if adapters:
-        which = ", ".join(f"#{i}" for i in adapters[:8])
+        which = ", ".join(f"#{i}" for i in adapters[:8]) + (", ..." if len(adapters) > 8 else "")
         raise Invalid(
             f"{which} {'is a steering adapter' if len(adapters) == 1 else 'are steering adapters'}: "
             "vector files cannot hold one; export each as a PEFT adapter "
@@ -133,7 +135,7 @@ def export_run(service: Service, run_id: int, fmt: str) -> tuple[bytes, str]:
         vectors = list(run.vectors)
         if not vectors:
             raise Invalid(f"run {run_id} has no vectors yet")
-        _refuse_adapters(vectors)
+        _refuse_adapters(session, [v.id for v in vectors])
         metas = [_describe(session, v) for v in vectors]
         values = [v.values for v in vectors]
     name = f"run-{run_id}"

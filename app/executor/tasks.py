@@ -156,11 +156,36 @@ def _report_training(job: Job, p: Progress, *, stored: int, wanted: int, force: 
 
 
 def _send_vectors(
-    lm: LoadedModel, job: Job, batch: Any, source: int, trained: Any, **extra: Any
+    lm: LoadedModel,
+    job: Job,
+    batch: Any,
+    source: int,
+    trained: Any,
+    *,
+    adapters: Sequence[Adapter] | None = None,
+    **extra: Any,
 ) -> list[tuple[int, int, bytes]]:
-    """Send a trained chunk (MELBO or DCT: vectors with per-vector records) with each vector's
-    next-token KL; its (index, block, values) for the gallery."""
-    kls = next_token_kl(lm.model, batch, source, trained.vectors)
+    """Send a trained chunk (MELBO, DCT or adapters: vectors with per-vector records) with each one's
+    next-token KL; its (index, block, values) for the gallery. With `adapters`, the vectors are their
+    mean changes, and each row carries the adapter's factors, which are what steers (and its KL)."""
+    if adapters is None:
+        kls = next_token_kl(lm.model, batch, source, trained.vectors)
+    else:
+        kls = adapter_kl(lm, batch, list(adapters))
+    rows = [
+        {
+            "index": rec.index,
+            "block": source,
+            "values": to_bytes(vec),
+            "norm": float(vec.norm()),
+            "objective": rec.objective,
+            "kl": float(kl),
+            "metrics": {k: v for k, v in rec.to_dict().items() if k not in ("index", "objective")},
+        }
+        for vec, rec, kl in zip(trained.vectors, trained.records, kls, strict=True)
+    ]
+    for row, adapter in zip(rows, adapters or (), strict=False):
+        row["adapter"] = adapter_to(adapter)
     job.event(
         "vectors",
         source=source,
@@ -168,20 +193,9 @@ def _send_vectors(
         radius=trained.radius,
         residual_norm=trained.residual_norm,
         **extra,
-        rows=[
-            {
-                "index": rec.index,
-                "block": source,
-                "values": to_bytes(vec),
-                "norm": float(vec.norm()),
-                "objective": rec.objective,
-                "kl": float(kl),
-                "metrics": {k: v for k, v in rec.to_dict().items() if k not in ("index", "objective")},
-            }
-            for vec, rec, kl in zip(trained.vectors, trained.records, kls, strict=True)
-        ],
+        rows=rows,
     )
-    return [(r.index, source, to_bytes(v)) for r, v in zip(trained.records, trained.vectors, strict=True)]
+    return [(row["index"], source, row["values"]) for row in rows]
 
 
 def _melbo(lm: LoadedModel, job: Job) -> Units:
@@ -222,7 +236,9 @@ def _dct(lm: LoadedModel, job: Job) -> Units:
         job.clock.tick()
         if records:
             result = trainer.result()
-            extra = {"result": {"calibration": result.calibration}} if result.calibration else {}
+            extra: dict[str, Any] = {}
+            if result.calibration:
+                extra["result"] = {"calibration": result.calibration}
             job.vectors = _send_vectors(lm, job, batch, source, result, **extra)
         t = trainer.transcoder
         if t is None:
@@ -244,7 +260,7 @@ def _dct(lm: LoadedModel, job: Job) -> Units:
 
 def _adapters(lm: LoadedModel, job: Job) -> Units:
     """Steering adapters, a batch per chunk like fast MELBO; each is sent with its factors, its mean
-    change (the vector it is browsed as) and its next-token KL."""
+    change (the vector it is browsed as) and its next-token KL; the gallery steers with the factors."""
     spec = AdapterSpec.from_dict(job.order.spec)
     first = len(job.order.done)
     trainer = AdapterTrainer(lm, spec, first=first)
@@ -259,36 +275,8 @@ def _adapters(lm: LoadedModel, job: Job) -> Units:
         job.clock.tick()
         if finished:
             trained = trainer.take()
-            kls = adapter_kl(lm, batch, trained.adapters)
-            rows = []
-            for adapter, change, rec, kl in zip(
-                trained.adapters, trained.vectors, trained.records, kls, strict=True
-            ):
-                values = to_bytes(change)
-                rows.append(
-                    {
-                        "index": rec.index,
-                        "block": source,
-                        "values": values,
-                        "norm": float(change.norm()),
-                        "objective": rec.objective,
-                        "kl": float(kl),
-                        "metrics": {
-                            k: v for k, v in rec.to_dict().items() if k not in ("index", "objective")
-                        },
-                        "adapter": adapter_to(adapter),
-                    }
-                )
-                job.vectors.append((rec.index, source, values))
-                job.adapters[rec.index] = adapter
-            job.event(
-                "vectors",
-                source=source,
-                target=trained.target,
-                radius=trained.radius,
-                residual_norm=trained.residual_norm,
-                rows=rows,
-            )
+            job.vectors += _send_vectors(lm, job, batch, source, trained, adapters=trained.adapters)
+            job.adapters.update(zip((r.index for r in trained.records), trained.adapters, strict=True))
         _report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=bool(finished))
         yield
     return False
