@@ -156,6 +156,8 @@ def _refined(service: Service, vector_id: int) -> dict[str, Any]:
     vectors it was trained orthogonal to (the earlier ones of an orthogonal MELBO run)."""
     with service.db.session() as session:
         vector = store.get_vector(session, vector_id)
+        if vector.is_adapter:
+            raise Invalid(f"vector {vector.id} is a steering adapter; refining takes steering vectors")
         run = vector.run
         target = run.target if run.target is not None else run.spec.get("target")
         orthogonal = run.kind in ("melbo", "random") and bool(run.spec.get("orthogonal"))

@@ -93,7 +93,8 @@ def test_the_adapter_page_shows_rank_r_block_and_the_export(
     assert float(page.select_one("#adapter-radius").text) == pytest.approx(run["radius"], rel=1e-3)
     assert page.select_one("#adapter-block").text.startswith(str(run["source"]))
     assert page.select_one("#export-peft")["href"] == f"/api/vectors/{adapter['id']}/peft"
-    assert page.select_one("#start-chain") is None  # chains start from steering vectors
+    for refused in ("#start-chain", "#start-scale-sweep", "#start-rpath"):  # they take steering vectors
+        assert page.select_one(refused) is None
 
 
 def test_the_peft_export_loads_in_peft_and_writes_our_text(
@@ -145,6 +146,9 @@ def test_vector_files_and_chains_refuse_adapters_and_peft_refuses_vectors(
     assert r.status_code == 422 and "steering adapters" in r.text
     r = client.post("/api/chains", json={"vector_id": adapter["id"]})
     assert r.status_code == 422 and "is a steering adapter" in r.text
+    for refinement in ("rpath", "scale-sweep"):
+        r = client.post(f"/api/vectors/{adapter['id']}/{refinement}", json={})
+        assert r.status_code == 422 and "is a steering adapter" in r.text, (refinement, r.text)
     melbo = start(client, n_vectors=1, steps=2)
     vector = vectors_of(client, melbo)[0]
     r = client.get(f"/api/vectors/{vector['id']}/peft")
