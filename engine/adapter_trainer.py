@@ -60,10 +60,13 @@ def initial_factors(seed: int, index: int, d_ff: int, width: int, rank: int) -> 
     return random_factors(gen, d_ff, rank), random_factors(gen, width, rank)
 
 
-def default_radius(residual_norm: float, activation_norm: float) -> float:
-    """R at which one adapter column aligned with a typical activation moves the residual stream as
-    far as a default-norm vector (RADIUS_FRACTION of the residual norm)."""
-    return RADIUS_FRACTION * residual_norm / max(activation_norm, 1e-12)
+def default_radius(residual_norm: float, activation_norm: float, rank: int) -> float:
+    """R at which the r columns of an adapter, each aligned with a typical activation, together move
+    the residual stream about as far as a default-norm vector (RADIUS_FRACTION of the residual
+    norm). Orthogonal columns' changes add in quadrature, hence √r: with one column's worth of R
+    each, rank-8 adapters trained on the embedded model moved it 1.5-2.6x as far as a default
+    MELBO vector and wrote gibberish, and stayed fluent from a quarter to half of that R."""
+    return RADIUS_FRACTION * residual_norm / (max(activation_norm, 1e-12) * math.sqrt(rank))
 
 
 def _tangent(grad: Tensor, value: Tensor) -> Tensor:
@@ -102,7 +105,9 @@ class AdapterTrainer:
         self.residual_norm = median_norm(self.segment.h_source, mask)
         activation_norm = median_norm(self.activations, mask)
         self.radius = (
-            spec.radius if spec.radius is not None else default_radius(self.residual_norm, activation_norm)
+            spec.radius
+            if spec.radius is not None
+            else default_radius(self.residual_norm, activation_norm, spec.rank)
         )
         self.budget = spec.steps if spec.steps is not None else FAST_STEPS
         self.first = first

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.adapter_trainer import AdapterTrainer, adapter_kl, train_adapters
+from engine.adapter_trainer import AdapterTrainer, adapter_kl, default_radius, train_adapters
 from engine.adapters import Adapter, adapt, export_peft, mlp_out, pack, unpack
 from engine.errors import EngineError
 from engine.generate import generate
+from engine.melbo import RADIUS_FRACTION
 from engine.models import LoadedModel, load_model
 from engine.prompts import encode_prompts, format_prompt
 from engine.request import GenerationRequest
@@ -129,3 +130,9 @@ def test_pack_round_trip_and_refusals(tiny: LoadedModel, trained: list[Adapter],
     gemma = load_model(str(build_model_dir(tmp_path / "gemma2", "gemma2")), device="cpu")
     with pytest.raises(EngineError, match="normalizes its MLP output"):
         mlp_out(gemma.model, 1)
+
+
+def test_default_radius_shrinks_with_the_square_root_of_the_rank() -> None:
+    one = default_radius(100.0, 20.0, 1)
+    assert one == pytest.approx(RADIUS_FRACTION * 100.0 / 20.0)
+    assert default_radius(100.0, 20.0, 16) == pytest.approx(one / 4)
