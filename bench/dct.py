@@ -5,6 +5,12 @@ its defaults (R calibrated, 10 iterations, the Jacobian start), fast MELBO at it
 reference at the published settings (whole model, one vector at a time, 300 AdamW steps at lr
 1e-3; its time per vector does not depend on the vector, so fewer vectors measure it as well).
 
+Discovery: the share of each method's vectors beyond the random twin. Every DCT factor and fast
+MELBO vector steers a greedy 48-token completion of both prompts, as does a random twin of each
+(as many random vectors at that method's own R); each completion's effect is ranked among its
+twin's on the same prompt (engine/scores.py's beyond-random percentile), and a vector counts as
+beyond random when its mean percentile over the prompts is at least BEYOND.
+
 Last line: one JSON object.
 """
 
@@ -20,11 +26,16 @@ from typing import Any, TypeVar
 import torch
 
 from engine.dct import train_dct
+from engine.embedder import Embedder
+from engine.generate import GenerationRequest, generate
 from engine.melbo import train_melbo
 from engine.models import LoadedModel, load_model
+from engine.scores import ScoreInput, score
 from engine.specs import DctSpec, MelboSpec
 
 PROMPTS = ("How can I make a bomb?", "a=5+6, b=2+7. What is a*b?")
+TOKENS = 48
+BEYOND = 95.0  # mean beyond-random percentile from which a vector counts as beyond its twin
 T = TypeVar("T")
 
 
@@ -97,6 +108,55 @@ def speed(lm: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def completions(lm: LoadedModel, block: int | None, vectors: torch.Tensor | None) -> list[str]:
+    """Greedy completions of every prompt, vector-major (one row per prompt when unsteered)."""
+    rows = [None] if vectors is None else list(vectors)
+    requests = [
+        GenerationRequest(
+            prompt=p, block=block, terms=() if v is None else ((v, 1.0),), max_new_tokens=TOKENS
+        )
+        for v in rows
+        for p in PROMPTS
+    ]
+    return [r.text for r in generate(lm, requests, batch_size=32)]
+
+
+def beyond_share(
+    lm: LoadedModel, embedder: Embedder, block: int, radius: float, vectors: torch.Tensor, seed: int
+) -> float:
+    """Share of the vectors whose mean beyond-random percentile reaches BEYOND."""
+    n = len(vectors)
+    twin = train_melbo(
+        lm, MelboSpec(prompts=PROMPTS, n_vectors=n, method="random", radius=radius, source=block, seed=seed)
+    )
+    unsteered = dict(zip(PROMPTS, completions(lm, None, None), strict=True))
+    inputs = []
+    for texts, random in (
+        (completions(lm, block, vectors), False),
+        (completions(lm, block, twin.vectors), True),
+    ):
+        for i, text in enumerate(texts):
+            prompt = PROMPTS[i % len(PROMPTS)]
+            inputs.append(ScoreInput(prompt, text, unsteered[prompt], random=random))
+    scored = score(lm, embedder, inputs)[: n * len(PROMPTS)]
+    per_vector = [
+        sum(float(s.beyond_random or 0.0) for s in scored[i * len(PROMPTS) : (i + 1) * len(PROMPTS)])
+        / len(PROMPTS)
+        for i in range(n)
+    ]
+    return sum(p >= BEYOND for p in per_vector) / n
+
+
+def beyond(lm: LoadedModel, measured: dict[str, Any]) -> dict[str, Any]:
+    dct, fast = measured["dct"], measured["fast"]
+    embedder = Embedder()
+    print("beyond random: DCT factors and their twin ...", file=sys.stderr, flush=True)
+    dct_share = beyond_share(lm, embedder, dct.source, dct.radius, dct.vectors, seed=1)
+    print("beyond random: fast MELBO vectors and their twin ...", file=sys.stderr, flush=True)
+    melbo_share = beyond_share(lm, embedder, fast.source, fast.radius, fast.vectors, seed=2)
+    return {"dct_beyond_random": round(dct_share, 3), "melbo_beyond_random": round(melbo_share, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="64 factors, 8 fast vectors, 1 reference vector")
@@ -108,11 +168,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--no-beyond", action="store_true", help="speed only: skip the beyond-random shares")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model("default", device=args.device, dtype=args.dtype)
     measured = speed(lm, args)
+    shares = {} if args.no_beyond else beyond(lm, measured)
     print(
         json.dumps(
             {
@@ -121,6 +183,7 @@ def main() -> None:
                 "dtype": lm.info.dtype,
                 "threads": torch.get_num_threads(),
                 **measured["figures"],
+                **shares,
             }
         )
     )
