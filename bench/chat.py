@@ -57,7 +57,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
     deadline = time.monotonic() + 120
     while True:
         try:
-            httpx.get(f"{url}/api/jobs").raise_for_status()
+            httpx.get(f"{url}/api/jobs", timeout=30).raise_for_status()
             return server, url
         except httpx.TransportError:
             if time.monotonic() > deadline or server.poll() is not None:

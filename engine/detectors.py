@@ -18,7 +18,7 @@ import torch
 from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts
-from engine.scores import run_steps
+from engine.units import run_steps
 
 JUDGE_TEMPLATE = (
     "Read the text between the lines and answer the question with yes or no.\n"

@@ -13,7 +13,8 @@ from engine.embedder import Embedder
 from engine.flags import Thresholds
 from engine.models import LoadedModel
 from engine.ranking import interesting_first, vector_interest
-from engine.scores import ScoreInput, Scores, interest, run_steps, score_steps
+from engine.scores import ScoreInput, Scores, interest, score_steps
+from engine.units import run_steps
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from engine.refine_specs import GeneralizeSpec
 from engine.request import GenerationRequest, GenerationResult
 from engine.rpath import check_vector, warm_trainer
 from engine.scores import FLUENCY_BATCH, ScoreInput, Scores, score_steps
+from engine.units import run_steps
 
 # Units for a compute loop: (phase, units done, units in the phase), phase "training" (an optimizer
 # step), "completions" (a decode step) or "scoring" (engine/scores.py).
@@ -202,10 +203,4 @@ def generalize(
 ) -> Generalized:
     """The whole of it at once; `on_unit(phase, done, total)` after each unit."""
     steps = generalize_steps(lm, embedder, vector, spec, orthogonal_to=orthogonal_to, batch_size=batch_size)
-    while True:
-        try:
-            unit = next(steps)
-        except StopIteration as end:
-            return end.value
-        if on_unit is not None:
-            on_unit(*unit)
+    return run_steps(steps, on_unit)

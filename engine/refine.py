@@ -31,6 +31,7 @@ from engine.prompts import encode_prompts
 from engine.request import GenerationRequest, GenerationResult
 from engine.scores import FLUENCY_BATCH, ScoreInput, Scores, score_steps
 from engine.specs import ScaleSweepSpec
+from engine.units import run_steps
 
 T = TypeVar("T")
 KL_ROWS = 64  # prompt rows per KL forward (a chunk of scales × every prompt)
@@ -248,10 +249,4 @@ def scale_sweep(
 ) -> ScaleSweep:
     """The whole sweep at once; `on_unit(phase, done, total)` is called after each unit."""
     steps = scale_sweep_steps(lm, embedder, vector, spec, thresholds=thresholds, batch_size=batch_size)
-    while True:
-        try:
-            phase, done, total = next(steps)
-        except StopIteration as end:
-            return end.value
-        if on_unit is not None:
-            on_unit(phase, done, total)
+    return run_steps(steps, on_unit)

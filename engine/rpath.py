@@ -22,6 +22,7 @@ from engine.melbo import MelboTrainer
 from engine.models import LoadedModel
 from engine.refine_specs import RPathSpec
 from engine.specs import MelboSpec
+from engine.units import run_steps
 
 TOP_COORDINATES = 8  # coordinates reported as growing or shrinking fastest
 
@@ -177,10 +178,4 @@ def rpath(
 ) -> RPath:
     """The whole path at once; `on_unit(done, total, step)` after each optimizer step."""
     steps = rpath_steps(lm, vector, spec, orthogonal_to=orthogonal_to)
-    while True:
-        try:
-            unit = next(steps)
-        except StopIteration as end:
-            return end.value
-        if on_unit is not None:
-            on_unit(*unit)
+    return run_steps(steps, on_unit)

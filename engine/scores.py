@@ -27,6 +27,7 @@ from engine.errors import EngineError
 from engine.flags import Thresholds, flag
 from engine.models import LoadedModel
 from engine.prompts import format_prompt
+from engine.units import run_steps
 
 T = TypeVar("T")
 NGRAM = 3  # repetition counts repeated token 3-grams
@@ -256,19 +257,6 @@ def score_steps(
             )
         )
     return out
-
-
-def run_steps(
-    steps: Generator[tuple[int, int], None, T], on_unit: Callable[[int, int], None] | None = None
-) -> T:
-    """Drive a generator of units to its end, reporting each unit; its return value."""
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as end:
-            return end.value
-        if on_unit is not None:
-            on_unit(done, total)
 
 
 def score(

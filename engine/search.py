@@ -26,6 +26,7 @@ from engine.refine import DECODE_BATCH
 from engine.refine_specs import SearchSpec
 from engine.request import GenerationRequest
 from engine.rpath import check_vector
+from engine.units import run_steps
 
 # Units for a compute loop: (phase, generation, candidates tried so far), phase "completions" (a
 # decode step) or "judging" (a batch of yes/no questions).
@@ -180,10 +181,4 @@ def search(
 ) -> SearchResult:
     """The whole search at once; `on_unit(phase, generation, tried)` after each unit."""
     steps = search_steps(lm, vector, spec, batch_size=batch_size)
-    while True:
-        try:
-            unit = next(steps)
-        except StopIteration as end:
-            return end.value
-        if on_unit is not None:
-            on_unit(*unit)
+    return run_steps(steps, on_unit)
