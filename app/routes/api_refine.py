@@ -7,7 +7,8 @@ from fastapi import APIRouter
 from app import launch, refine, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
-from app.responses import Created, JobOut, ScaleSweepOut
+from app.refine_responses import ScaleSweepOut
+from app.responses import Created, JobOut
 
 router = APIRouter(prefix="/api", tags=["refine"])
 

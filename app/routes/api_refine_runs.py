@@ -9,7 +9,8 @@ from app import launch, refine_runs, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
 from app.models import Job
-from app.responses import Created, GeneralizeOut, JobOut, RPathOut, RunOut, SearchOut
+from app.refine_responses import GeneralizeOut, RPathOut, SearchOut
+from app.responses import Created, JobOut, RunOut
 
 router = APIRouter(prefix="/api", tags=["refine"])
 
