@@ -2,9 +2,10 @@
 each row with its own steering, seed and sampling.
 
 A step is one forward pass: either the prefill of the requests waiting to join (it gives their
-first tokens, then their KV cache is merged into the batch's), or one more token for every row in
-the batch. A row's text depends only on its own request: the same seed and settings give the same
-text whether it decodes alone or beside others, joined early or late.
+first tokens; their KV cache is merged into the batch's at the start of the next step, so the
+first tokens go out without waiting for the copy), or one more token for every row in the batch.
+A row's text depends only on its own request: the same seed and settings give the same text
+whether it decodes alone or beside others, joined early or late.
 
     decoder = Decoder(lm)
     decoder.add("a", GenerationRequest(prompt="Hi", seed=1, temperature=0.8))
@@ -100,6 +101,18 @@ class _Row:
         return "length" if len(self.tokens) >= self.request.max_new_tokens else "stopped"
 
 
+@dataclass
+class _Joining:
+    """Rows just prefilled, with their own cache, waiting to be merged into the batch."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: Tensor
+    deltas: dict[int, Tensor]
+    adapters: dict[int, tuple[Tensor, Tensor]]
+    tokens: list[int]
+
+
 class Decoder:
     """A decode batch that requests join (`add`) and leave (`stop`, or when they finish)."""
 
@@ -122,32 +135,42 @@ class Decoder:
         self.last = torch.zeros(0, dtype=torch.long, device=self.device)  # [B] token fed next
         self.deltas: dict[int, Tensor] = {}  # block -> [B, d] added at generated positions
         self.adapters: dict[int, tuple[Tensor, Tensor]] = {}  # block -> per-row factors (adapters.py)
+        self.joining: _Joining | None = None  # prefilled rows, merged into the batch at the next step
         self.prefilled_last = False
 
     def __len__(self) -> int:
         """Requests not finished yet (waiting or decoding)."""
-        return len(self.pending) + sum(not row.done for row in self.rows)
+        return len(self.pending) + sum(not row.done for row in self._batch_rows())
+
+    def _batch_rows(self) -> list[_Row]:
+        """Rows in the batch, those prefilled but not merged yet included."""
+        return self.rows + (self.joining.rows if self.joining is not None else [])
 
     def add(self, key: Hashable, request: GenerationRequest) -> None:
         """Queue a request; it joins the batch at a coming step. Every check runs now."""
-        if any(row.key == key for row in (*self.pending, *self.rows) if not row.done):
+        if any(row.key == key for row in (*self.pending, *self._batch_rows()) if not row.done):
             raise EngineError(f"a request with key {key!r} is already decoding")
         prompt = encode_request(self.lm, request)
         self.pending.append(_Row(key, request, prompt, self.lm.tokenizer))
 
     def stop(self, key: Hashable) -> None:
         """Finish this request at the next step (reason "stopped"); the others go on."""
-        for row in (*self.pending, *self.rows):
+        for row in (*self.pending, *self._batch_rows()):
             if row.key == key and not row.done:
                 row.stopped = True
 
     def stop_all(self) -> None:
-        for row in (*self.pending, *self.rows):
+        for row in (*self.pending, *self._batch_rows()):
             row.stopped = True
 
     def step(self) -> Step:
-        """One forward pass (or none, when every request left); what it produced."""
+        """One forward pass (or none, when every request left); what it produced.
+
+        The bookkeeping of the last step (merging prefilled rows, dropping finished ones) is done
+        first, so that a step's tokens are out as soon as its forward pass ends."""
         out = Step()
+        self._merge()
+        self._compact()
         self._sweep_stopped(out)
         live = sum(not row.done for row in self.rows)
         can_join = self.cache is None or kvcache.reshapable(self.cache)
@@ -158,7 +181,9 @@ class Decoder:
         elif live:
             self._decode(out)
             self.prefilled_last = False
-        self._compact()
+        if not len(self):
+            self._merge()
+            self._compact()  # nothing left to decode: free the cache now
         return out
 
     # the two kinds of step
@@ -186,26 +211,34 @@ class Decoder:
         for row, token in zip(joining, tokens, strict=True):
             self._advance(row, token, out)
         generated = self._deltas(joining, ("all", "generated"))
-        if self.cache is None:
-            self.cache, self.mask, self.deltas, self.adapters = result.cache, mask, generated, adapters
-            self.last = torch.tensor(tokens, dtype=torch.long, device=self.device)
-            self.rows = list(joining)
+        self.joining = _Joining(joining, result.cache, mask, generated, adapters, tokens)
+
+    def _merge(self) -> None:
+        """Append the rows prefilled last step to the batch: caches, masks, steering, adapters."""
+        joining, self.joining = self.joining, None
+        if joining is None:
             return
-        length = kvcache.join(self.cache, self.mask.shape[1], result.cache, width)
-        self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(mask, length)])
-        for block in set(self.deltas) | set(generated):
+        last = torch.tensor(joining.tokens, dtype=torch.long, device=self.device)
+        if self.cache is None:
+            self.cache, self.mask, self.deltas = joining.cache, joining.mask, joining.deltas
+            self.adapters, self.last, self.rows = joining.adapters, last, list(joining.rows)
+            return
+        n, width = len(joining.rows), joining.mask.shape[1]
+        length = kvcache.join(self.cache, self.mask.shape[1], joining.cache, width)
+        self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(joining.mask, length)])
+        for block in set(self.deltas) | set(joining.deltas):
             self.deltas[block] = torch.cat(
                 [
                     self._or_zeros(self.deltas.get(block), len(self.rows)),
-                    self._or_zeros(generated.get(block), len(joining)),
+                    self._or_zeros(joining.deltas.get(block), n),
                 ]
             )
-        for block in set(self.adapters) | set(adapters):
+        for block in set(self.adapters) | set(joining.adapters):
             self.adapters[block] = _join_factors(
-                self.adapters.get(block), len(self.rows), adapters.get(block), len(joining)
+                self.adapters.get(block), len(self.rows), joining.adapters.get(block), n
             )
-        self.last = torch.cat([self.last, torch.tensor(tokens, dtype=torch.long, device=self.device)])
-        self.rows += joining
+        self.last = torch.cat([self.last, last])
+        self.rows += joining.rows
 
     def _decode(self, out: Step) -> None:
         batch = len(self.rows)
@@ -252,6 +285,7 @@ class Decoder:
         out.finished.append((row.key, GenerationResult(text, tuple(ids), len(ids), row.reason())))
 
     def _sweep_stopped(self, out: Step) -> None:
+        """Finish stopped rows (after `_merge`: every prefilled row is in the batch by then)."""
         for row in [r for r in self.pending if r.stopped]:
             self.pending.remove(row)
             self._finish(row, out)
@@ -261,6 +295,8 @@ class Decoder:
 
     def _compact(self) -> None:
         """Drop finished rows once enough have finished to pay for copying the cache; cut padding."""
+        if self.cache is None:
+            return
         done = [i for i, row in enumerate(self.rows) if row.done]
         if len(done) == len(self.rows):
             self.rows, self.cache, self.deltas, self.adapters = [], None, {}, {}
