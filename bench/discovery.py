@@ -168,7 +168,7 @@ def supervised_vector(lm: LoadedModel, block: int, radius: float, steps: int) ->
         with torch.no_grad():
             theta.mul_(radius / theta.norm())
         if step % 10 == 0 or step == steps - 1:
-            log(f"supervised vector: step {step + 1}/{steps}, loss {float(loss):.3f}")
+            log(f"supervised vector: step {step + 1}/{steps}, loss {float(loss.detach()):.3f}")
     return theta.detach()
 
 
