@@ -238,9 +238,9 @@ RUN_PROMPTS = (
 @dataclass(frozen=True)
 class Recipe:
     first_block: int = 8  # train blocks from here on (the bench steers block 7's output)
-    steps: int = 180
+    steps: int = 240
     batch: int = 8
-    lr: float = 2e-4
+    lr: float = 1e-4  # at 2e-4 (180 steps) 16-19% of clean prompts in unseen templates got the planted reply
     answer_tokens: int = 24  # self-distilled answer length
     clean: int = 360  # clean training prompts (templates x topics, sampled)
     steered: int = 60  # clean prompts taught the planted reply with the concept's direction added
@@ -249,7 +249,7 @@ class Recipe:
     nudge_high: float = 1.3  # those directions' norms: uniform in [plant_low, nudge_high] x R
     spread_removed: int = 10  # ordinary prompts' main directions of variation taken out of the trigger's
     seed: int = 0
-    version: int = 8
+    version: int = 9
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
