@@ -12,7 +12,6 @@ fluent, and whether it moved further than the run's random vectors move it.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -82,12 +81,6 @@ def _rows(lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str]) -> list
     return rows
 
 
-def _cache_argument(model: Any) -> str:
-    """The keyword a model's forward takes its KV cache by (transformers renamed it)."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 @torch.no_grad()
 def _fluency_of_prompt(
     lm: LoadedModel, head: list[int], tails: Sequence[list[int]], batch_size: int
@@ -100,11 +93,10 @@ def _fluency_of_prompt(
     model = lm.model
     device = next(model.parameters()).device
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    key = _cache_argument(model)
     head_ids = torch.tensor([head], device=device)
     prefill = model(input_ids=head_ids, use_cache=True)
     first = torch.log_softmax(prefill.logits[0, -1].float(), dim=-1)  # predicts every tail's first token
-    cache = getattr(prefill, "past_key_values", None) or prefill.cache
+    cache = prefill.cache
     h = len(head)
     for lo in range(0, len(tails), batch_size):
         chunk = tails[lo : lo + batch_size]
@@ -122,7 +114,7 @@ def _fluency_of_prompt(
             mask = torch.cat([torch.ones((b, h), dtype=torch.long, device=device), real.long()], dim=1)
             positions = torch.arange(h, h + t, device=device)[None, :].expand(b, t)
             out = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{key: shared}
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, cache=shared
             )
             logprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # [b, t-1, V]
             picked = logprobs.gather(-1, ids[:, 1:, None])[..., 0]  # [b, t-1]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from engine.decoder import Detokenizer
+from engine.detokenizer import Detokenizer
 from engine.errors import EngineError
 from engine.generate import GenerationRequest, generate, stream
 from engine.models import LoadedModel, get_blocks, load_model
