@@ -198,6 +198,21 @@ def _send_vectors(
     return [(row["index"], source, row["values"]) for row in rows]
 
 
+def _train(job: Job, trainer: Any, finish: Callable[[Any], None], report: Callable[[bool], None]) -> Units:
+    """Step a trainer to its end, one step per unit. What a step completes goes to `finish` (sent,
+    and so stored, before the next step starts); `report` hears after every step whether one did."""
+    while not trainer.finished:
+        if job.cancelled:
+            return True
+        completed = trainer.step()
+        job.clock.tick()
+        if completed:
+            finish(completed)
+        report(bool(completed))
+        yield
+    return False
+
+
 def _melbo(lm: LoadedModel, job: Job) -> Units:
     spec = MelboSpec.from_dict(job.order.spec)
     stored = _stack(job.order.done, lm.info.width)
@@ -206,16 +221,14 @@ def _melbo(lm: LoadedModel, job: Job) -> Units:
     job.vectors = [(i, source, b) for i, b in enumerate(job.order.done)]
     batch = encode_prompts(lm.tokenizer, spec.prompts)
     first = len(job.order.done)
-    while not trainer.finished:
-        if job.cancelled:
-            return True
-        finished = trainer.step()
-        job.clock.tick()
-        if finished:
-            job.vectors += _send_vectors(lm, job, batch, source, trainer.take())
-        _report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=bool(finished))
-        yield
-    return False
+
+    def finish(_: object) -> None:
+        job.vectors += _send_vectors(lm, job, batch, source, trainer.take())
+
+    def report(force: bool) -> None:
+        _report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=force)
+
+    return (yield from _train(job, trainer, finish, report))
 
 
 def _dct(lm: LoadedModel, job: Job) -> Units:
@@ -229,33 +242,25 @@ def _dct(lm: LoadedModel, job: Job) -> Units:
     trainer = DctTrainer(lm, spec)
     batch = encode_prompts(lm.tokenizer, spec.prompts)
     source = trainer.source
-    while not trainer.finished:
-        if job.cancelled:
-            return True
-        records = trainer.step()
-        job.clock.tick()
-        if records:
-            result = trainer.result()
-            extra: dict[str, Any] = {}
-            if result.calibration:
-                extra["result"] = {"calibration": result.calibration}
-            job.vectors = _send_vectors(lm, job, batch, source, result, **extra)
+
+    def finish(_: object) -> None:
+        result = trainer.result()
+        extra: dict[str, Any] = {}
+        if result.calibration:
+            extra["result"] = {"calibration": result.calibration}
+        job.vectors = _send_vectors(lm, job, batch, source, result, **extra)
+
+    def report(force: bool) -> None:
         t = trainer.transcoder
         if t is None:
             probes = trainer.calibrator.probes if trainer.calibrator is not None else 0
             job.progress(0.0, f"calibrating R: probe {probes}", phase="calibration")
-        else:
-            where = f"iteration {t.iteration + 1}/{t.iterations}" if t.phase == "iterations" else ""
-            _report_training(
-                job,
-                trainer.progress(),
-                stored=0,
-                wanted=spec.n_vectors,
-                force=bool(records),
-                note=where or DCT_PHASES.get(t.phase, ""),
-            )
-        yield
-    return False
+            return
+        where = f"iteration {t.iteration + 1}/{t.iterations}" if t.phase == "iterations" else ""
+        note = where or DCT_PHASES.get(t.phase, "")
+        _report_training(job, trainer.progress(), stored=0, wanted=spec.n_vectors, force=force, note=note)
+
+    return (yield from _train(job, trainer, finish, report))
 
 
 def _adapters(lm: LoadedModel, job: Job) -> Units:
@@ -268,18 +273,16 @@ def _adapters(lm: LoadedModel, job: Job) -> Units:
     job.vectors = [(i, source, b) for i, b in enumerate(job.order.done)]
     job.adapters = {int(p["index"]): adapter_from(p) for p in job.order.adapters}
     batch = encode_prompts(lm.tokenizer, spec.prompts)
-    while not trainer.finished:
-        if job.cancelled:
-            return True
-        finished = trainer.step()
-        job.clock.tick()
-        if finished:
-            trained = trainer.take()
-            job.vectors += _send_vectors(lm, job, batch, source, trained, adapters=trained.adapters)
-            job.adapters.update(zip((r.index for r in trained.records), trained.adapters, strict=True))
-        _report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=bool(finished))
-        yield
-    return False
+
+    def finish(_: object) -> None:
+        trained = trainer.take()
+        job.vectors += _send_vectors(lm, job, batch, source, trained, adapters=trained.adapters)
+        job.adapters.update(zip((r.index for r in trained.records), trained.adapters, strict=True))
+
+    def report(force: bool) -> None:
+        _report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=force)
+
+    return (yield from _train(job, trainer, finish, report))
 
 
 def _chain(lm: LoadedModel, job: Job) -> Units:
@@ -288,42 +291,38 @@ def _chain(lm: LoadedModel, job: Job) -> Units:
     previous = _stack(job.order.done, lm.info.width)
     trainer = ChainTrainer(lm, spec, from_bytes(job.order.theta0), previous=previous, on_progress=job.point)
     job.vectors = [(i, trainer.source, b) for i, b in enumerate(job.order.done)]
-    while not trainer.finished:
-        if job.cancelled:
-            return True
-        new = trainer.step()
-        job.clock.tick()
-        if new:
-            chain = trainer.vectors
-            summary = {
-                k: v for k, v in trainer.result().to_dict().items() if k not in ("records", "settings")
-            }
-            job.event(
-                "vectors",
-                source=trainer.source,
-                target=trainer.target,
-                result=summary,
-                rows=[
-                    {
-                        "index": r.index,
-                        "block": trainer.source,
-                        "values": to_bytes(chain[r.index]),
-                        "norm": r.norm,
-                        "objective": r.loss,
-                        "kl": r.kl,
-                        "metrics": {"loss": r.loss, "steps": r.steps},
-                    }
-                    for r in new
-                ],
-            )
-            job.vectors += [(r.index, trainer.source, to_bytes(chain[r.index])) for r in new]
-        stopped = "" if trainer.reason == "completed" else f"stopped: {trainer.reason.replace('_', ' ')}"
-        report = trainer.progress()
-        _report_training(
-            job, report, stored=len(job.order.done), wanted=spec.n_vectors, force=bool(new), note=stopped
+
+    def finish(new: list[Any]) -> None:
+        chain = trainer.vectors
+        summary = {k: v for k, v in trainer.result().to_dict().items() if k not in ("records", "settings")}
+        job.event(
+            "vectors",
+            source=trainer.source,
+            target=trainer.target,
+            result=summary,
+            rows=[
+                {
+                    "index": r.index,
+                    "block": trainer.source,
+                    "values": to_bytes(chain[r.index]),
+                    "norm": r.norm,
+                    "objective": r.loss,
+                    "kl": r.kl,
+                    "metrics": {"loss": r.loss, "steps": r.steps},
+                }
+                for r in new
+            ],
         )
-        yield
-    return False
+        job.vectors += [(r.index, trainer.source, to_bytes(chain[r.index])) for r in new]
+
+    def report(force: bool) -> None:
+        stopped = "" if trainer.reason == "completed" else f"stopped: {trainer.reason.replace('_', ' ')}"
+        stored = len(job.order.done)
+        _report_training(
+            job, trainer.progress(), stored=stored, wanted=spec.n_vectors, force=force, note=stopped
+        )
+
+    return (yield from _train(job, trainer, finish, report))
 
 
 def _calibrate(lm: LoadedModel, job: Job) -> Units:
