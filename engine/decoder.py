@@ -7,6 +7,11 @@ first tokens go out without waiting for the copy), or one more token for every r
 A row's text depends only on its own request: the same seed and settings give the same text
 whether it decodes alone or beside others, joined early or late.
 
+A decode step may be preempted: `step(preempt=...)` asks before every block whether other work is
+waiting, and if so gives the step up (its cache writes undone) so that, say, a new reply's prefill
+need not wait for a whole step of a large batch. The step after a preempted one always runs to
+its end, so waiting work can delay the batch by at most one step at a time, never stall it.
+
     decoder = Decoder(lm)
     decoder.add("a", GenerationRequest(prompt="Hi", seed=1, temperature=0.8))
     while decoder:
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +35,7 @@ from engine.adapters import adapting, stack_rows
 from engine.detokenizer import Detokenizer
 from engine.errors import EngineError
 from engine.models import LoadedModel
+from engine.preempt import Preempted, preemptible
 from engine.prompts import positions_from_mask
 from engine.request import FinishReason, GenerationRequest, GenerationResult, encode_request
 from engine.steering import Adder, adding, combine
@@ -41,6 +47,7 @@ TRIM_COLUMNS = 16  # cut shared left padding once at least this many columns (an
 class Step:
     pieces: list[tuple[Hashable, str]] = field(default_factory=list)  # text each row produced
     finished: list[tuple[Hashable, GenerationResult]] = field(default_factory=list)
+    preempted: bool = False  # a decode step given up for waiting work: nothing decoded
 
 
 class _Row:
@@ -108,6 +115,7 @@ class Decoder:
         self.adapters: dict[int, tuple[Tensor, Tensor]] = {}  # block -> per-row factors (adapters.py)
         self.joining: _Joining | None = None  # prefilled rows, merged into the batch at the next step
         self.prefilled_last = False
+        self.preempted_last = False
 
     def __len__(self) -> int:
         """Requests not finished yet (waiting or decoding)."""
@@ -134,11 +142,13 @@ class Decoder:
         for row in (*self.pending, *self._batch_rows()):
             row.stopped = True
 
-    def step(self) -> Step:
+    def step(self, preempt: Callable[[], bool] | None = None) -> Step:
         """One forward pass (or none, when every request left); what it produced.
 
         The bookkeeping of the last step (merging prefilled rows, dropping finished ones) is done
-        first, so that a step's tokens are out as soon as its forward pass ends."""
+        first, so that a step's tokens are out as soon as its forward pass ends. A decode step gives
+        up (`Step.preempted`) if `preempt()` turns true before one of its blocks, unless the step
+        before was preempted too."""
         out = Step()
         self._merge()
         self._compact()
@@ -150,8 +160,9 @@ class Decoder:
             self._prefill(self.pending[: self.max_rows - live], out)
             self.prefilled_last = True
         elif live:
-            self._decode(out)
+            self._decode(out, None if self.preempted_last else preempt)
             self.prefilled_last = False
+            self.preempted_last = out.preempted
         if not len(self):
             self._merge()
             self._compact()  # nothing left to decode: free the cache now
@@ -211,22 +222,29 @@ class Decoder:
         self.last = torch.cat([self.last, last])
         self.rows += joining.rows
 
-    def _decode(self, out: Step) -> None:
+    def _decode(self, out: Step, preempt: Callable[[], bool] | None) -> None:
         batch = len(self.rows)
         mask = torch.cat([self.mask, self.mask.new_ones(batch, 1)], dim=1)
         positions = torch.tensor([[row.position] for row in self.rows], device=self.device)
-        with (
-            torch.no_grad(),
-            self._steering(self.deltas, prompt=False),
-            adapting(self.lm.model, self.adapters),
-        ):
-            result = self.lm.model(
-                input_ids=self.last[:, None],
-                attention_mask=mask,
-                position_ids=positions,
-                cache=self.cache,
-                use_cache=True,
-            )
+        saved = kvcache.snapshot(self.cache)
+        try:
+            with (
+                torch.no_grad(),
+                self._steering(self.deltas, prompt=False),
+                adapting(self.lm.model, self.adapters),
+                preemptible(self.lm.model, preempt),
+            ):
+                result = self.lm.model(
+                    input_ids=self.last[:, None],
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=self.cache,
+                    use_cache=True,
+                )
+        except Preempted:
+            kvcache.restore(self.cache, saved)
+            out.preempted = True
+            return
         self.cache, self.mask = result.cache, mask
         tokens = self._pick(result.logits[:, -1], self.rows)
         for row, token in zip(self.rows, tokens, strict=True):

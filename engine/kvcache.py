@@ -72,6 +72,20 @@ def trim(cache: Any, length: int, columns: int) -> int:
     return new
 
 
+def snapshot(cache: Any) -> list[tuple[Tensor, Tensor, int | None]]:
+    """What each layer holds now. Layers replace their tensors as they grow and never write into
+    them, so keeping the references is enough for `restore` to undo a forward pass's writes."""
+    return [(layer.keys, layer.values, getattr(layer, "cumulative_length", None)) for layer in cache.layers]
+
+
+def restore(cache: Any, saved: list[tuple[Tensor, Tensor, int | None]]) -> None:
+    """Put back what `snapshot` saw (a forward pass given up halfway wrote to some layers only)."""
+    for layer, (keys, values, length) in zip(cache.layers, saved, strict=True):
+        layer.keys, layer.values = keys, values
+        if length is not None:
+            layer.cumulative_length = length
+
+
 def select(cache: Any, rows: Tensor) -> None:
     """Keep only these batch rows, in this order."""
     cache.batch_select_indices(rows)

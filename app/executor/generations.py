@@ -110,14 +110,18 @@ class Generations:
             for i in range(request.rows):
                 decoder.stop((rid, i))
 
-    def step(self) -> None:
-        """One decode step of one model's batch; pieces and finished requests go out as events."""
+    def step(self, preempt: Callable[[], bool] | None = None) -> None:
+        """One decode step of one model's batch; pieces and finished requests go out as events.
+        The step gives way if `preempt()` turns true during it (the decoder says when it may)."""
         busy = sorted(name for name, decoder in self.decoders.items() if decoder)
         if not busy:
             return
         self.turn = (self.turn + 1) % len(busy)
         name = busy[self.turn]
-        step = self.decoders[name].step()
+        step = self.decoders[name].step(preempt)
+        if step.preempted:
+            self.turn -= 1  # the same model goes again at the next step
+            return
         items = []
         for key, piece in step.pieces:
             rid, row = _split(key)

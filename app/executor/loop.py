@@ -8,7 +8,9 @@ Work reaches it as messages and is carried out in small units, one at a time:
 
 The scheduler runs quick requests first, then interactive decode steps, except that the job gets
 at least `train_share` of the loop's recent time while both have work, so training is never
-starved by a busy chat. Commands (cancel, stop, shutdown) take effect between two units.
+starved by a busy chat. Commands (cancel, stop, shutdown) take effect between two units. A decode
+step of the interactive batch gives way between two blocks when a message arrives (every other
+decode step at most), so a new reply's prefill does not wait out a whole step of a large batch.
 
 A chat is checked (`check_chat`) just before it is sent; once a check passed, the loop waits up to
 CHAT_FOLLOWS_S for that chat before it starts another unit, so the reply does not also wait out a
@@ -195,11 +197,14 @@ class ComputeLoop:
 
     def _generation_step(self) -> None:
         try:
-            self.generations.step()
+            self.generations.step(preempt=self._message_waiting)
         except Exception as exc:  # a broken batch fails its requests, not the loop
             for rid in list(self.generations.requests):
                 self._fail(rid, exc)
             self.generations = Generations(self.send)
+
+    def _message_waiting(self) -> bool:
+        return not self.inbox.empty()
 
     def _job_unit(self) -> None:
         if self.running is None:

@@ -188,6 +188,34 @@ def test_interactive_work_goes_first_but_the_job_keeps_its_share(loop: ComputeLo
     assert loop.run_once() == "interactive"  # quick requests never wait for the job
 
 
+def test_a_decode_step_gives_way_to_a_message_then_the_next_runs(
+    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+) -> None:
+    model = str(tiny_dir)
+    rows = [{"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 8}]
+    loop.put({"type": "chat", "id": "c", "model": model, "rows": rows})
+    loop._take(block=False)
+    loop.run_once()  # admission
+    loop.run_once()  # prefill: the first token
+    decoder = loop.generations.decoders[model]
+
+    def generated() -> int:
+        return sum(len(row.tokens) for row in decoder._batch_rows())
+
+    assert generated() == 1
+    loop.put({"type": "render", "id": "r", "model": model, "prompts": ["Hi"]})  # arrives mid-step
+    assert loop.run_once() == "interactive"
+    assert generated() == 1  # the step gave way
+    loop._take(block=False)
+    loop.run_once()
+    assert "r" in replies(events)  # answered before the batch's next token
+    loop.put({"type": "render", "id": "r2", "model": model, "prompts": ["Hi"]})
+    loop.run_once()  # the step after a preempted one runs to its end
+    assert generated() == 2
+    drain(loop)
+    assert replies(events)["c"]["ok"] and replies(events)["c"]["value"]["rows"][0]["n_tokens"] == 8
+
+
 def test_a_passed_chat_check_holds_the_loop_for_its_chat(loop: ComputeLoop, tiny_dir: Path) -> None:
     model = str(tiny_dir)
     rows = [{"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 4}]

@@ -53,11 +53,26 @@ def requests(width: int) -> list[GenerationRequest]:
 
 
 def hooks(lm: LoadedModel) -> list[list[int]]:
-    return [sorted(b._forward_hooks) for b in get_blocks(lm.model)]
+    return [sorted(b._forward_hooks) + sorted(b._forward_pre_hooks) for b in get_blocks(lm.model)]
+
+
+class Every:
+    """A preempt signal that turns true at every n-th block asked, so passes stop at varied blocks."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.asked, self.fired = n, 0, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        fire = self.asked % self.n == 0
+        self.fired += fire
+        return fire
 
 
 def run(
-    decoder: Decoder, arrivals: dict[int, list[tuple[Hashable, GenerationRequest]]]
+    decoder: Decoder,
+    arrivals: dict[int, list[tuple[Hashable, GenerationRequest]]],
+    preempt: Every | None = None,
 ) -> tuple[dict[Hashable, GenerationResult], dict[Hashable, str]]:
     """Step until everything finished; `arrivals[k]` join just before step k."""
     results: dict[Hashable, GenerationResult] = {}
@@ -66,7 +81,7 @@ def run(
     while decoder or any(when >= k for when in arrivals):
         for key, request in arrivals.get(k, []):
             decoder.add(key, request)
-        step = decoder.step()
+        step = decoder.step(preempt)
         for key, piece in step.pieces:
             pieces[key] += piece
         results.update(step.finished)
@@ -87,6 +102,32 @@ def test_rows_joining_at_any_step_give_their_solo_text(tiny: LoadedModel) -> Non
     assert [pieces[i] for i in range(5)] == [r.text for r in alone]  # streamed pieces add up
     assert hooks(tiny) == before
     assert results[0].text != results[1].text  # the steered row differs
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_preempted_steps_change_no_text(tiny: LoadedModel, n: int) -> None:
+    rows = requests(tiny.info.width)
+    alone = [generate(tiny, [r])[0] for r in rows]
+    before = hooks(tiny)
+    preempt = Every(n)
+    arrivals = {0: [(0, rows[0]), (1, rows[1])], 3: [(2, rows[2])], 6: [(3, rows[3]), (4, rows[4])]}
+    results, pieces = run(Decoder(tiny), arrivals, preempt)
+    assert preempt.fired > 5  # steps were given up, some after blocks had written their cache
+    assert [results[i] for i in range(5)] == alone
+    assert [pieces[i] for i in range(5)] == [r.text for r in alone]
+    assert hooks(tiny) == before
+
+
+def test_a_step_after_a_preempted_one_runs_to_its_end(tiny: LoadedModel) -> None:
+    request = GenerationRequest(prompt="Hi", max_new_tokens=6, ignore_eos=True)
+    decoder = Decoder(tiny)
+    decoder.add("a", request)
+    kinds = []
+    while decoder:
+        step = decoder.step(lambda: True)  # work is always waiting
+        kinds.append("preempted" if step.preempted else len(step.pieces) + len(step.finished))
+    assert kinds.count("preempted") == 5  # every decode step is given up once, then runs
+    assert all(a == "preempted" for a in kinds[1::2])
 
 
 def test_every_step_leaves_the_hooks_as_it_found_them(tiny: LoadedModel) -> None:
@@ -184,3 +225,5 @@ def test_late_joiners_match_on_every_architecture(arch: str, tmp_path: Path) -> 
     results, _ = run(Decoder(lm), {0: [("first", first)], 4: [("late", late)]})
     assert results["first"] == generate(lm, [first])[0]
     assert results["late"] == generate(lm, [late])[0]
+    preempted, _ = run(Decoder(lm), {0: [("first", first)], 4: [("late", late)]}, Every(3))
+    assert preempted == results  # a step given up halfway left no trace in the cache
