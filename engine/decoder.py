@@ -193,7 +193,9 @@ class Decoder:
         for row, token in zip(joining, tokens, strict=True):
             self._advance(row, token, out)
         generated = self._deltas(joining, ("all", "generated"))
-        self.joining = _Joining(joining, result.cache, mask, generated, adapters, tokens)
+        from engine.kvroom import with_room  # loads transformers, which the forward pass just used
+
+        self.joining = _Joining(joining, with_room(result.cache), mask, generated, adapters, tokens)
 
     def _merge(self) -> None:
         """Append the rows prefilled last step to the batch: caches, masks, steering, adapters."""

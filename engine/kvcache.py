@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 # By name: importing transformers here would load it (and its web-side dependencies) with the engine.
-_KNOWN = ("DynamicLayer", "DynamicSlidingWindowLayer")
+_KNOWN = ("DynamicLayer", "DynamicSlidingWindowLayer", "RoomyLayer")
 
 
 def reshapable(cache: Any) -> bool:

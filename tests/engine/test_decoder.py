@@ -130,6 +130,19 @@ def test_a_step_after_a_preempted_one_runs_to_its_end(tiny: LoadedModel) -> None
     assert all(a == "preempted" for a in kinds[1::2])
 
 
+def test_decode_steps_write_into_the_cache_without_copying_it(tiny: LoadedModel) -> None:
+    decoder = Decoder(tiny)
+    decoder.add("a", GenerationRequest(prompt="Hi", max_new_tokens=12, ignore_eos=True))
+    for _ in range(3):  # the prefill, then the first decode step gives the layers their room
+        decoder.step()
+    layer = decoder.cache.layers[0]
+    where, length = layer.keys.data_ptr(), layer.keys.shape[2]
+    for i in range(1, 6):
+        decoder.step()
+        assert layer.keys.shape[2] == length + i
+        assert layer.keys.data_ptr() == where  # the new column went into the room behind the keys
+
+
 def test_every_step_leaves_the_hooks_as_it_found_them(tiny: LoadedModel) -> None:
     rows = requests(tiny.info.width)
     decoder = Decoder(tiny)
