@@ -98,6 +98,10 @@ def test_a_page_opened_mid_run_updates_itself(
     expect(page.locator("[data-fact=R]")).to_contain_text("not known yet")
     page.evaluate("() => { window.sameDocument = true; }")
     page.screenshot(path=shots / "13-run-live.png", full_page=True)
+    progress = page.locator("#job-progress")
+    expect(progress).to_contain_text(re.compile(r"in training, step \d+/1000 · about \d+ (s|min) left"))
+    assert progress.inner_text().count(" left") == 1  # one ETA, the worker's from its measured step time
+    expect(progress).not_to_contain_text("eta s")  # no raw figure names beside the message
 
     finished(api, job)
     run = api.get(f"/api/runs/{run_id}").json()
