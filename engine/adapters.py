@@ -155,6 +155,26 @@ def stack_rows(adapters: Sequence[Adapter | None], block: int) -> tuple[Tensor, 
     return down, up
 
 
+def join_rows(
+    old: tuple[Tensor, Tensor] | None, n_old: int, new: tuple[Tensor, Tensor] | None, n_new: int
+) -> tuple[Tensor, Tensor]:
+    """The rows of two batches' factors at one block (`stack_rows`'s shape), one after the other;
+    the lower rank is padded with zero columns, and a batch with none gets zero rows."""
+    some = old if old is not None else new
+    assert some is not None
+    d_ff, width = some[0].shape[1], some[1].shape[1]
+    rank = max(f[0].shape[2] for f in (old, new) if f is not None)
+
+    def padded(f: tuple[Tensor, Tensor] | None, n: int) -> tuple[Tensor, Tensor]:
+        if f is None:
+            return some[0].new_zeros(n, d_ff, rank), some[1].new_zeros(n, width, rank)
+        pad = rank - f[0].shape[2]
+        return torch.nn.functional.pad(f[0], (0, pad)), torch.nn.functional.pad(f[1], (0, pad))
+
+    a, b = padded(old, n_old), padded(new, n_new)
+    return torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
+
+
 @contextmanager
 def adapting(model: nn.Module, rows: dict[int, tuple[Tensor, Tensor]]) -> Iterator[dict[int, Added]]:
     """Hooks adding each block's per-row factors to its MLP output projection; always removed."""

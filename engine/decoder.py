@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from engine import kvcache
-from engine.adapters import adapting, stack_rows
+from engine.adapters import adapting, join_rows, stack_rows
 from engine.detokenizer import Detokenizer
 from engine.errors import EngineError
 from engine.models import LoadedModel
@@ -218,7 +218,7 @@ class Decoder:
                 ]
             )
         for block in set(self.adapters) | set(joining.adapters):
-            self.adapters[block] = _join_factors(
+            self.adapters[block] = join_rows(
                 self.adapters.get(block), len(self.rows), joining.adapters.get(block), n
             )
         self.last = torch.cat([self.last, last])
@@ -374,25 +374,6 @@ class Decoder:
         for i, token in zip(sampled, order.gather(-1, rank)[:, 0].tolist(), strict=True):
             tokens[i] = token
         return [int(t) for t in tokens]
-
-
-def _join_factors(
-    old: tuple[Tensor, Tensor] | None, n_old: int, new: tuple[Tensor, Tensor] | None, n_new: int
-) -> tuple[Tensor, Tensor]:
-    """Rows of two batches' adapter factors at one block, ranks padded with zero columns."""
-    some = old if old is not None else new
-    assert some is not None
-    d_ff, width = some[0].shape[1], some[1].shape[1]
-    rank = max(f[0].shape[2] for f in (old, new) if f is not None)
-
-    def padded(f: tuple[Tensor, Tensor] | None, n: int) -> tuple[Tensor, Tensor]:
-        if f is None:
-            return some[0].new_zeros(n, d_ff, rank), some[1].new_zeros(n, width, rank)
-        pad = rank - f[0].shape[2]
-        return torch.nn.functional.pad(f[0], (0, pad)), torch.nn.functional.pad(f[1], (0, pad))
-
-    a, b = padded(old, n_old), padded(new, n_new)
-    return torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
 
 
 def _left_pad(mask: Tensor, width: int) -> Tensor:

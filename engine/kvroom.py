@@ -16,9 +16,9 @@ from typing import Any
 from torch import Tensor
 from transformers.cache_utils import DynamicLayer
 
-# Spare columns: a quarter of the length again (at least 32). Each copy then pays for a quarter of
-# the columns to come, and the cache holds at most a quarter more than it uses (on a GPU near its
-# memory limit that quarter matters more than the copies).
+# Spare columns: a quarter of the length again, or 32 if that is more. Each copy then pays for a
+# quarter of the columns to come, and a long cache holds at most a quarter more than it uses (on a
+# GPU near its memory limit that matters more than the copies).
 MIN_ROOM = 32
 
 
