@@ -1,8 +1,5 @@
 """MELBO-ortho (ALGORITHMS.md §2): chains of steering vectors orthogonal to θ₀ and to each other
-that reproduce θ₀'s downstream effect.
-
-    z(θ) = mean over a prompt's real positions of hidden_states[target], θ added at the source
-    loss(θ) = Σ_prompts ‖z(θ) − z(θ₀)‖₂
+that reproduce θ₀'s downstream effect (the loss they minimize is in `engine/chain_loss.py`).
 
 `reference` is the published procedure: the whole model every step, one vector at a time,
 Adam(lr 1e-2) from a copy of θ₀, 1000 steps, θ projected off {θ₀, θ₁..θ_{k-1}} after each step.
@@ -23,15 +20,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from engine.chain_loss import ChainLoss
 from engine.errors import EngineError
-from engine.metrics import next_token_kl
 from engine.models import LoadedModel
 from engine.orthogonal import Basis, max_abs_cos, orthogonalize
 from engine.progress import Progress
-from engine.prompts import PromptBatch, encode_prompts
-from engine.segment import Segment
+from engine.prompts import encode_prompts
 from engine.specs import ChainSpec
-from engine.steering import steer
 
 ProgressFn = Callable[[int, int, float], None]  # (vector index in the chain, step, loss)
 StopFn = Callable[[], bool]  # polled before every step; True cancels
@@ -88,47 +83,6 @@ class ChainResult:
         """Everything but the vectors, JSON-able."""
         out = {k: v for k, v in self.__dict__.items() if k not in ("vectors", "records")}
         return {**out, "records": [asdict(r) for r in self.records], "cancelled": self.cancelled}
-
-
-class ChainLoss:
-    """The chain loss on a fixed prompt batch, through the whole model or the cached segment."""
-
-    def __init__(self, lm: LoadedModel, batch: PromptBatch, source: int, target: int, fast: bool) -> None:
-        self.model, self.batch, self.source, self.target = lm.model, batch, source, target
-        real = batch.attention_mask.float()  # [P, T]
-        self.weights = (real / real.sum(dim=1, keepdim=True))[:, :, None]  # [P, T, 1] mean over real
-        self.segment = Segment(lm.model, batch, source, target) if fast else None
-        self.goal = torch.zeros(batch.size, lm.info.width, device=real.device)  # [P, d] z(θ₀): aim()
-
-    def z(self, deltas: Tensor) -> Tensor:
-        """z for each row of deltas [K, d]: [K, P, d] float32."""
-        if self.segment is not None:
-            hidden = self.segment.run(deltas).float()  # [K*P, T, d]
-        else:
-            parts = []
-            for delta in deltas:  # the reference runs the whole model once per vector
-                with steer(self.model, self.source, delta):
-                    out = self.model(**self.batch.model_inputs(), output_hidden_states=True, use_cache=False)
-                parts.append(out.hidden_states[self.target].float())
-            hidden = torch.cat(parts)
-        k = deltas.shape[0]
-        return (hidden * self.weights.repeat(k, 1, 1)).sum(dim=1).view(k, self.batch.size, -1)
-
-    def aim(self, theta0: Tensor) -> float:
-        """Fix the goal z(θ₀); returns the loss of θ = 0."""
-        with torch.no_grad():
-            self.goal = self.z(theta0[None])[0]
-            return float(self(torch.zeros_like(theta0)[None])[0])
-
-    def __call__(self, deltas: Tensor) -> Tensor:
-        """Loss of each row of deltas [K, d]: [K]."""
-        return (self.z(deltas) - self.goal[None]).norm(dim=-1).sum(dim=-1)
-
-    def measure(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
-        """Final loss and next-token KL of finished vectors [K, d]: ([K], [K]) on the CPU."""
-        with torch.no_grad():
-            values = self(vectors.to(self.goal.device)).cpu()
-        return values, next_token_kl(self.model, self.batch, self.source, vectors)
 
 
 def initial_vector(seed: int, index: int, width: int) -> Tensor:

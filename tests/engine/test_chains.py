@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from engine.chains import ChainConfig, ChainLoss, train_chain
+from engine.chain_loss import ChainLoss
+from engine.chains import ChainConfig, train_chain
 from engine.errors import EngineError
 from engine.models import LoadedModel, get_blocks
 from engine.orthogonal import max_abs_cos
