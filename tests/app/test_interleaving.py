@@ -91,8 +91,10 @@ def test_a_chat_reply_is_the_same_whatever_the_worker_is_doing(api: httpx.Client
     assert job(api, chain)["status"] == "running"
     assert cancel_and_wait(api, chain)["status"] == "cancelled"
 
-    # While gallery samples generate: many random vectors, long samples.
-    gallery_run = {"prompts": ["Tell me a story.", "Hi"], "n_vectors": 120, "method": "random", "radius": 8.0}
+    # While gallery samples generate: many random vectors (enough that the gallery outlasts a chat
+    # reply even on a quiet machine, where decoding with a growing cache is fast), long samples.
+    prompts = ["Tell me a story.", "Hi", "Describe the sea.", "Name a colour."]
+    gallery_run = {"prompts": prompts, "n_vectors": 256, "method": "random", "radius": 8.0}
     samples = api.post("/api/runs", json=gallery_run).json()["job"]["id"]
     wait_for(lambda: job(api, samples)["message"].startswith("samples"), 60, "the gallery to start")
     assert chat_reply(api, vectors[0]) == idle
