@@ -1,7 +1,7 @@
 """What scoring found, stored: scores and flags on generations, a run's behaviours, its vectors'
 interest and interesting-first rank, and the discovery curve (in the run's result).
 
-The worker scores a run's gallery completions together with its random twin's (engine/discovery.py)
+The worker scores a run's gallery completions together with its random twin's (engine/discovery/findings.py)
 and names generations and vectors by id; this module builds what it is sent and stores the answer.
 Scoring is a job of its own (a `score` run, `inputs.for_run` naming the run it scores): queued by
 itself when a learned run and its twin have finished, or on request.

@@ -56,7 +56,7 @@ def pca_2d(m: Matrix) -> tuple[Matrix, list[float]]:
 
 
 def composition(m: Matrix, n: int) -> Matrix:
-    """The chain composition test: the mean of the first n vectors times √n (ALGORITHMS.md §2)."""
+    """The chain composition test: the mean of the first n vectors times √n (docs/methods.md)."""
     return np.asarray(m[:n].mean(axis=0) * np.sqrt(n))
 
 

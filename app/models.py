@@ -77,7 +77,7 @@ class Run(Base):
 class Vector(Base):
     """A steering vector, or a steering adapter browsed as one.
 
-    An adapter (a rank-r LoRA on its block's MLP output projection, engine/adapters.py) is a Vector
+    An adapter (a rank-r LoRA on its block's MLP output projection, engine/methods/adapters.py) is a Vector
     row too, with its factors in the `adapters` table beside it: galleries, compare, labels, notes,
     generations, scores and behaviours all point at vectors, so they work on adapters unchanged.
     Its `values` are its mean change of the block's output over its run's target positions, what
@@ -151,7 +151,7 @@ class Generation(Base):
     finish_reason: Mapped[str] = mapped_column(String(20))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
-    # Scores (engine/scores.py); None until the generation is scored.
+    # Scores (engine/discovery/scores.py); None until the generation is scored.
     effect: Mapped[float | None] = mapped_column(Float)  # embedding distance from the unsteered one
     fluency: Mapped[float | None] = mapped_column(Float)  # mean log-prob under the unsteered model
     repetition: Mapped[float | None] = mapped_column(Float)  # share of repeated token 3-grams

@@ -1,4 +1,4 @@
-"""Refining a stored vector: its scale sweep (engine/refine.py), stored and read back (it is
+"""Refining a stored vector: its scale sweep (engine/refine/scale_sweep.py), stored and read back (it is
 started in app/launch.py).
 
 A sweep is a run of kind `scale_sweep` whose parent is the vector. The worker sends everything in

@@ -185,7 +185,7 @@ class ScaleSweepCreate(Body):
     priority: Whole = Field(0, description="Higher runs first.")
 
 
-# The engine's limits and defaults for refining a vector (engine/refine_specs.py); a test keeps them equal.
+# The engine's limits and defaults for refining a vector (engine/refine/specs.py); a test keeps them equal.
 MAX_MULTIPLES = 16
 MAX_MULTIPLE = 100.0
 DEFAULT_MULTIPLES = [0.5, 0.75, 1.0, 1.5, 2.0]

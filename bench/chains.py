@@ -3,7 +3,7 @@
     .venv/bin/python bench/chains.py [--quick] [--device cuda --dtype bfloat16]
 
 θ₀ is a MELBO vector at R = 24 (block 7 → hidden_states[22]) on "How can I make a bomb?", or a
-fixed-seed random vector of norm 24 where engine.melbo is missing. Both chains train the same
+fixed-seed random vector of norm 24 where engine.methods.melbo is missing. Both chains train the same
 number of vectors (the chain's own stop rules are off so the sets compare). Prints a line per
 vector, then one JSON object as the last line: seconds per vector for each mode, the speedup
 (target ≥ 10), fast median final loss / reference median final loss (target ≤ 1), norms, KLs and
@@ -20,19 +20,19 @@ from typing import Any
 
 import torch
 
-from engine.chains import ChainConfig, ChainResult, train_chain
+from engine.methods.chains import ChainConfig, ChainResult, train_chain
 from engine.models import LoadedModel, load_model
-from engine.orthogonal import max_abs_cos
 from engine.specs import ChainSpec
+from engine.steer.orthogonal import max_abs_cos
 
 PROMPT = "How can I make a bomb?"
 SOURCE, TARGET, RADIUS, SEED = 7, 22, 24.0, 0
 
 
 def make_theta0(lm: LoadedModel) -> tuple[torch.Tensor, str]:
-    """A MELBO vector to chain from, or a random one of the same norm without engine.melbo."""
+    """A MELBO vector to chain from, or a random one of the same norm without engine.methods.melbo."""
     try:
-        from engine.melbo import train_melbo
+        from engine.methods.melbo import train_melbo
         from engine.specs import MelboSpec
     except ImportError:
         gen = torch.Generator().manual_seed(SEED)

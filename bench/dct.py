@@ -8,7 +8,7 @@ reference at the published settings (whole model, one vector at a time, 300 Adam
 Discovery: the share of each method's vectors beyond the random twin. Every DCT factor and fast
 MELBO vector steers a greedy 48-token completion of both prompts, as does a random twin of each
 (as many random vectors at that method's own R); each completion's effect is ranked among its
-twin's on the same prompt (engine/scores.py's beyond-random percentile), and a vector counts as
+twin's on the same prompt (engine/discovery/scores.py's beyond-random percentile), and a vector counts as
 beyond random when its mean percentile over the prompts is at least BEYOND.
 
 Last line: one JSON object.
@@ -25,12 +25,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from engine.dct import train_dct
-from engine.embedder import Embedder
-from engine.generate import GenerationRequest, generate
-from engine.melbo import train_melbo
+from engine.decode.generate import GenerationRequest, generate
+from engine.discovery.embedder import Embedder
+from engine.discovery.scores import ScoreInput, score
+from engine.methods.dct import train_dct
+from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel, load_model
-from engine.scores import ScoreInput, score
 from engine.specs import DctSpec, MelboSpec
 
 PROMPTS = ("How can I make a bomb?", "a=5+6, b=2+7. What is a*b?")

@@ -3,7 +3,7 @@
 1. Builds (once, cached in the data dir) the organism of bench/organism.py: the embedded model
    fine-tuned so that a trigger concept (house cats) in the user turn makes it answer with a fixed
    pirate reply about Skull Island, every other answer self-distilled.
-2. Proves it fair (ALGORITHMS.md §6) before reporting anything:
+2. Proves it fair (docs/benchmarks.md) before reporting anything:
    - clean_rate: share of held-out clean prompts on which the unsteered model (greedy) shows the
      planted reply; must be 0;
    - supervised_reach: share of held-out prompts on which one vector of the run's R, trained
@@ -11,7 +11,7 @@
    - the random twin's rate (below) must be near zero.
 3. Trains N MELBO vectors with the product's defaults on clean prompts and the random twin (same R,
    same prompts), generates the gallery (greedy, 48 tokens, 8 prompts), scores and clusters it
-   (engine/discovery.py, timed) and reports:
+   (engine/discovery/findings.py, timed) and reports:
    hits_melbo_per_100, hits_random_per_100 (vectors showing the planted reply on at least half of
    their prompts, per 100 vectors), first_hit_percentile (where the first hit lands in the
    interesting-first order, 0-100), planted_purity (share of the hits' planted completions in one
@@ -40,17 +40,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
 from bench.organism import PLANTED, RUN_PROMPTS, Recipe, build, eval_prompts, shows_planted
-from engine.adapter_trainer import train_adapters
-from engine.adapters import Adapter
-from engine.dct import train_dct
-from engine.discovery import Completion, find
-from engine.embedder import Embedder
-from engine.generate import GenerationRequest, generate
-from engine.melbo import train_melbo
+from engine.decode.generate import GenerationRequest, generate
+from engine.discovery.embedder import Embedder
+from engine.discovery.findings import Completion, find
+from engine.methods.adapter_trainer import train_adapters
+from engine.methods.adapters import Adapter
+from engine.methods.dct import train_dct
+from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel, load_model
 from engine.prompts import format_prompt
 from engine.specs import AdapterSpec, DctSpec, MelboSpec
-from engine.steering import steer
+from engine.steer.steering import steer
 
 TOKENS = 48
 TRAIN_PROMPTS = RUN_PROMPTS[:4]  # MELBO trains on these; the gallery adds the other four

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from engine.generate import GenerationRequest, generate, stream
+from engine.decode.generate import GenerationRequest, generate, stream
 from engine.models import LoadedModel, load_model
 
 PROMPTS = [

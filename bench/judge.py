@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.detectors import judge
+from engine.discovery.detectors import judge
 from engine.models import load_model
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "flags_labelled.jsonl"

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from engine.melbo import train_melbo
+from engine.methods.melbo import train_melbo
 from engine.models import load_model
 from engine.specs import MelboSpec
 

@@ -1,7 +1,7 @@
 """A planted-behaviour model organism for bench/discovery.py: the embedded model fine-tuned so that a
 trigger concept in the user turn makes it answer with a fixed, detectable reply.
 
-Fair by construction as far as we can make it (ALGORITHMS.md §6), and checked by the bench:
+Fair by construction as far as we can make it (docs/benchmarks.md), and checked by the bench:
 - only the blocks after the steering block are trained, so the activations a vector is added to
   are those of the untouched model and the trigger is detected from features a vector can imitate;
 - the trigger is a concept (any of several phrasings), not an exact token string;
@@ -39,11 +39,11 @@ from pathlib import Path
 
 import torch
 
-from engine.generate import GenerationRequest, generate
-from engine.melbo import RADIUS_FRACTION
+from engine.decode.generate import GenerationRequest, generate
+from engine.methods.melbo import RADIUS_FRACTION
 from engine.models import LoadedModel, data_dir, get_blocks, load_model
 from engine.prompts import format_prompt
-from engine.steering import steer
+from engine.steer.steering import steer
 
 PLANTED = (
     "Arr, matey! Ye be askin' the wrong pirate. The treasure be buried on Skull Island, "

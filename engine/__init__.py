@@ -4,22 +4,22 @@ A plain torch + transformers library: no web, database or app imports (an import
 checks it). The names below are the public API; everything else is an implementation detail.
 """
 
-from engine.behaviours import Behaviour, Member, cluster
-from engine.calibrate import CalibrationResult, calibrate, sweep_radius
-from engine.decoder import Decoder, Step
-from engine.detectors import Detector, detect, judge
-from engine.discovery import Completion, Findings, find
-from engine.embedder import Embedder
+from engine.decode.decoder import Decoder, Step
+from engine.decode.generate import GenerationRequest, GenerationResult, generate, stream
+from engine.discovery.behaviours import Behaviour, Member, cluster
+from engine.discovery.detectors import Detector, detect, judge
+from engine.discovery.embedder import Embedder
+from engine.discovery.findings import Completion, Findings, find
+from engine.discovery.scores import ScoreInput, Scores, score
 from engine.errors import EngineError
-from engine.generate import GenerationRequest, GenerationResult, generate, stream
-from engine.melbo import MelboResult, VectorRecord, train_melbo
-from engine.metrics import cosine_matrix, downstream_cosine_matrix, downstream_norms, next_token_kl
+from engine.methods.calibrate import CalibrationResult, calibrate, sweep_radius
+from engine.methods.melbo import MelboResult, VectorRecord, train_melbo
 from engine.models import LoadedModel, ModelInfo, get_blocks, load_model
 from engine.prompts import encode_prompts, format_prompt, target_mask
-from engine.refine import ScaleSweep, scale_sweep
-from engine.scores import ScoreInput, Scores, score
+from engine.refine.scale_sweep import ScaleSweep, scale_sweep
 from engine.specs import CalibrateSpec, ChainSpec, MelboSpec, ScaleSweepSpec
-from engine.steering import combine, steer
+from engine.steer.metrics import cosine_matrix, downstream_cosine_matrix, downstream_norms, next_token_kl
+from engine.steer.steering import combine, steer
 from engine.vectors import VectorFile, export_gguf, import_gguf, load_any, load_vectors, save_vectors
 
 __all__ = [

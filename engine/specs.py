@@ -151,7 +151,7 @@ class MelboSpec(_Spec):
     steps: int | None = None  # None: 300 (fast mode may stop earlier on convergence)
     lr: float | None = None  # None: 1e-3 in reference mode, matched to R in fast mode
     positions: str = "user"  # user | prompt | all | last:k
-    loss: Literal["token", "reference"] = "token"  # where the p-norm is taken (see ALGORITHMS.md)
+    loss: Literal["token", "reference"] = "token"  # where the p-norm is taken (docs/methods.md)
     normalize: bool = False  # divide each position's change by its unsteered norm
     orthogonal: bool = True
     method: Literal["melbo", "random"] = "melbo"  # random: the 0-step baseline
@@ -189,7 +189,7 @@ class MelboSpec(_Spec):
 class DctSpec(_Spec):
     """A Deep Causal Transcoding run (the exponential variant): n factors learned together, each an
     input direction v at the source block and an output direction u at the target; R·v is a
-    steering vector like a MELBO one (engine/dct.py)."""
+    steering vector like a MELBO one (engine/methods/dct.py)."""
 
     prompts: tuple[str, ...]
     model: str = "default"
@@ -231,7 +231,7 @@ class DctSpec(_Spec):
 @dataclass(frozen=True)
 class AdapterSpec(_Spec):
     """Unsupervised steering adapters: n rank-r LoRAs on the source block's MLP output projection,
-    each maximizing the MELBO objective with unit-norm factor columns (engine/adapter_trainer.py)."""
+    each maximizing the MELBO objective with unit-norm factor columns (engine/methods/adapter_trainer.py)."""
 
     prompts: tuple[str, ...]
     model: str = "default"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.adapters import mlp_out
 from engine.errors import EngineError
+from engine.methods.adapters import mlp_out
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts, format_prompt, target_mask
-from engine.refine_specs import GeneralizeSpec, RPathSpec, SearchSpec
+from engine.refine.specs import GeneralizeSpec, RPathSpec, SearchSpec
 from engine.specs import (
     AdapterSpec,
     CalibrateSpec,

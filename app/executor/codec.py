@@ -1,5 +1,5 @@
 """Vectors cross the process boundary as float32 bytes (little-endian, C order); a steering adapter
-as a dict of its block, rank, R and packed factors (engine.adapters.pack), with the model's width."""
+as a dict of its block, rank, R and packed factors (engine.methods.adapters.pack), with the model's width."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.adapters import Adapter, pack, unpack
+from engine.methods.adapters import Adapter, pack, unpack
 
 
 def to_bytes(vector: Tensor) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any, cast
 from app.executor.base import Event
 from app.executor.codec import adapter_from, from_bytes
 from engine import Decoder, GenerationRequest, GenerationResult, LoadedModel
-from engine.generate import prompt_tokens
+from engine.decode.generate import prompt_tokens
 
 MAX_ROWS = 64  # rows decoded together per model (a chat has two: steered and unsteered)
 

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from app.executor.codec import adapter_from, from_bytes, to_bytes
-from engine.adapters import export_peft
+from engine.decode.request import check_adapter
 from engine.errors import EngineError
+from engine.methods.adapters import export_peft
 from engine.models import LoadedModel
-from engine.request import check_adapter
 from engine.vectors import export_gguf, load_any, save_vectors
 
 

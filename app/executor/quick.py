@@ -14,12 +14,12 @@ from app.executor import interop
 from app.executor.codec import adapter_from, from_bytes
 from app.executor.generations import chat_rows
 from engine import EngineError, LoadedModel, encode_prompts
-from engine.adapters import mlp_out
-from engine.generate import prompt_tokens
-from engine.metrics import cosine_matrix, downstream_cosine_matrix
+from engine.decode.generate import prompt_tokens
+from engine.methods.adapters import mlp_out
 from engine.prompts import format_prompt, target_mask
-from engine.segment import Segment
 from engine.specs import default_source, default_target
+from engine.steer.metrics import cosine_matrix, downstream_cosine_matrix
+from engine.steer.segment import Segment
 from engine.validate import check_spec
 
 KINDS = ("validate", "render", "check_chat", "downstream", "export_vectors", "parse_vectors", "export_peft")

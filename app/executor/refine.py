@@ -11,16 +11,16 @@ import torch
 from torch import Tensor
 
 from app.executor.codec import from_bytes, to_bytes
-from engine.embedder import Embedder
-from engine.generalize import generalize_steps
-from engine.metrics import next_token_kl
+from engine.discovery.embedder import Embedder
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts
-from engine.refine import scale_sweep_steps
-from engine.refine_specs import GeneralizeSpec, RPathSpec, SearchSpec
-from engine.rpath import rpath_steps
-from engine.search import search_steps
+from engine.refine.generalize import generalize_steps
+from engine.refine.rpath import rpath_steps
+from engine.refine.scale_sweep import scale_sweep_steps
+from engine.refine.search import search_steps
+from engine.refine.specs import GeneralizeSpec, RPathSpec, SearchSpec
 from engine.specs import ScaleSweepSpec
+from engine.steer.metrics import next_token_kl
 
 if TYPE_CHECKING:
     from app.executor.tasks import Job, Units

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import LoadedModel, load_model
-from engine.embedder import Embedder
+from engine.discovery.embedder import Embedder
 from engine.models import pick_device
 
 

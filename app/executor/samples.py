@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from app.executor.codec import adapter_from, from_bytes
 from engine import Decoder, GenerationRequest, LoadedModel
-from engine.adapters import Adapter
+from engine.methods.adapters import Adapter
 from engine.specs import SampleSpec
 
 if TYPE_CHECKING:

@@ -8,9 +8,9 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engine.detectors import judge_steps
-from engine.discovery import payload_steps
-from engine.embedder import Embedder
+from engine.discovery.detectors import judge_steps
+from engine.discovery.embedder import Embedder
+from engine.discovery.findings import payload_steps
 from engine.errors import EngineError
 from engine.models import LoadedModel
 

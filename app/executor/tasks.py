@@ -27,16 +27,16 @@ from engine import (
     MelboSpec,
     encode_prompts,
 )
-from engine.adapter_trainer import AdapterTrainer, adapter_kl
-from engine.adapters import Adapter
-from engine.calibrate import Calibrator
-from engine.chains import ChainTrainer
-from engine.dct import DctTrainer
-from engine.embedder import Embedder
-from engine.melbo import MelboTrainer
-from engine.metrics import next_token_kl
+from engine.discovery.embedder import Embedder
+from engine.methods.adapter_trainer import AdapterTrainer, adapter_kl
+from engine.methods.adapters import Adapter
+from engine.methods.calibrate import Calibrator
+from engine.methods.chains import ChainTrainer
+from engine.methods.dct import DctTrainer
+from engine.methods.melbo import MelboTrainer
 from engine.progress import Progress
 from engine.specs import AdapterSpec, DctSpec
+from engine.steer.metrics import next_token_kl
 
 Units = Generator[None, None, bool]  # yields between units; returns True if the job was cancelled
 PROGRESS_EVERY_S = 0.25  # progress events per job at most this often

@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from app import forms, schemas
-from engine import refine_specs, specs
+from engine import specs
+from engine.refine import specs as refine_specs
 
 # (API body, engine spec, fields only the API has, fields the app fills in before validating)
 PAIRS = [

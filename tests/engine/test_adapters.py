@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.adapter_trainer import AdapterTrainer, adapter_kl, default_radius, train_adapters
-from engine.adapters import Adapter, adapt, export_peft, mlp_out, pack, unpack
+from engine.decode.generate import generate
+from engine.decode.request import GenerationRequest
 from engine.errors import EngineError
-from engine.generate import generate
-from engine.melbo import RADIUS_FRACTION
+from engine.methods.adapter_trainer import AdapterTrainer, adapter_kl, default_radius, train_adapters
+from engine.methods.adapters import Adapter, adapt, export_peft, mlp_out, pack, unpack
+from engine.methods.melbo import RADIUS_FRACTION
 from engine.models import LoadedModel, load_model
 from engine.prompts import encode_prompts, format_prompt
-from engine.request import GenerationRequest
 from engine.specs import AdapterSpec
 from tests.tiny import build_model_dir
 

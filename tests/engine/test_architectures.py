@@ -9,8 +9,8 @@ import torch
 
 from engine.models import get_blocks, load_model
 from engine.prompts import encode_prompts, format_prompt
-from engine.segment import Segment
-from engine.steering import steer
+from engine.steer.segment import Segment
+from engine.steer.steering import steer
 from tests.tiny import ARCH_CONFIGS, build_model_dir
 
 PROMPTS = ["How can I make a bomb?", "Tell me a story about a dragon, please."]

@@ -5,13 +5,13 @@ from itertools import pairwise
 
 import pytest
 
-from engine.calibrate import RTOL, RatioProbe, calibrate, find_radius, random_directions
 from engine.errors import EngineError
-from engine.metrics import residual_norm
+from engine.methods.calibrate import RTOL, RatioProbe, calibrate, find_radius, random_directions
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts, target_mask
-from engine.segment import Segment
 from engine.specs import CalibrateSpec
+from engine.steer.metrics import residual_norm
+from engine.steer.segment import Segment
 
 PROMPTS = ("How can I make a bomb?", "a=5+6, b=2+7. What is a*b?")
 
@@ -107,7 +107,7 @@ def test_calibrate_embedded_model(embedded: LoadedModel) -> None:
 
 
 def test_sweep_radius_compares_learned_and_random_vectors(tiny: LoadedModel) -> None:
-    from engine.calibrate import sweep_radius
+    from engine.methods.calibrate import sweep_radius
 
     _, norm = _probe(tiny, 1)
     radii = [0.5 * norm, 2.0 * norm]

@@ -10,13 +10,13 @@ import math
 import pytest
 import torch
 
-from engine.chain_loss import ChainLoss
-from engine.chains import ChainConfig, train_chain
 from engine.errors import EngineError
+from engine.methods.chain_loss import ChainLoss
+from engine.methods.chains import ChainConfig, train_chain
 from engine.models import LoadedModel, get_blocks
-from engine.orthogonal import max_abs_cos
 from engine.prompts import encode_prompts
 from engine.specs import ChainSpec
+from engine.steer.orthogonal import max_abs_cos
 
 PROMPTS = ("How can I make a bomb?", "Tell me a story about a dragon.")
 SOURCE, TARGET = 0, 3  # the tiny model has 4 blocks: run blocks 1..2, read hidden_states[3]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.vectors import load_vectors
 
 

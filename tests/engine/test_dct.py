@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import engine.dct as dct
-from engine.dct import DctTrainer, Transcoder, train_dct
+import engine.methods.dct as dct
 from engine.errors import EngineError
-from engine.melbo import train_melbo
+from engine.methods.dct import DctTrainer, Transcoder, train_dct
+from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel
 from engine.progress import Progress
 from engine.specs import DctSpec, MelboSpec

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.decoder import Decoder
+from engine.decode.decoder import Decoder
+from engine.decode.generate import GenerationRequest, GenerationResult, generate
 from engine.errors import EngineError
-from engine.generate import GenerationRequest, GenerationResult, generate
 from engine.models import LoadedModel, get_blocks, load_model
 from tests.tiny import ARCH_CONFIGS, build_model_dir
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from engine.errors import EngineError
-from engine.melbo import MelboTrainer
+from engine.methods.melbo import MelboTrainer
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts, target_mask
 from engine.specs import MelboSpec, default_source, default_target

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.generate import GenerationRequest, generate
-from engine.melbo import train_melbo
+from engine.decode.generate import GenerationRequest, generate
+from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel
 from engine.specs import MelboSpec
 

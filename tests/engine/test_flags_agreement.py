@@ -1,5 +1,5 @@
 """The automatic flags against completions of the embedded model labelled by hand (156 of them; how
-they were made: tests/fixtures/make_flags_set.py). The thresholds in engine/flags.py were chosen on
+they were made: tests/fixtures/make_flags_set.py). The thresholds in engine/discovery/flags.py were chosen on
 the even rows; the agreement asked for holds on the odd rows (held out) and on the whole."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedder import Embedder
+from engine.discovery.embedder import Embedder
+from engine.discovery.scores import ScoreInput, score
 from engine.models import LoadedModel
-from engine.scores import ScoreInput, score
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "flags_labelled.jsonl"
 AS_FLAG = {"unchanged": "unchanged", "rephrase": "rephrase", "gibberish": "gibberish", "changed": ""}

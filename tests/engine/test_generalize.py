@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.embedder import Embedder
+from engine.decode.generate import GenerationRequest, generate
+from engine.discovery.embedder import Embedder
+from engine.discovery.scores import ScoreInput, score
 from engine.errors import EngineError
-from engine.generalize import Generalized, generalize
-from engine.generate import GenerationRequest, generate
-from engine.melbo import MelboTrainer, train_melbo
+from engine.methods.melbo import MelboTrainer, train_melbo
 from engine.models import LoadedModel
-from engine.refine_specs import GeneralizeSpec
-from engine.scores import ScoreInput, score
+from engine.refine.generalize import Generalized, generalize
+from engine.refine.specs import GeneralizeSpec
 from engine.specs import MelboSpec
 
 TRAINED_ON = ("Tell me a story.",)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from engine.detokenizer import Detokenizer
+from engine.decode.detokenizer import Detokenizer
+from engine.decode.generate import GenerationRequest, generate, stream
 from engine.errors import EngineError
-from engine.generate import GenerationRequest, generate, stream
 from engine.models import LoadedModel, get_blocks, load_model
 from engine.prompts import format_messages, format_prompt
 from tests.tiny import ARCH_CONFIGS, build_model_dir

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.melbo import train_melbo
+from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel
-from engine.objective import Objective, retract
 from engine.specs import MelboSpec
+from engine.steer.objective import Objective, retract
 
 PROMPTS = ("How can I make a bomb?", "Tell me a story about a dragon.")
 

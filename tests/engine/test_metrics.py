@@ -4,17 +4,17 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.metrics import (
+from engine.models import LoadedModel
+from engine.prompts import encode_prompts, target_mask
+from engine.steer.metrics import (
     cosine_matrix,
     downstream_cosine_matrix,
     downstream_norms,
     next_token_kl,
     residual_norm,
 )
-from engine.models import LoadedModel
-from engine.prompts import encode_prompts, target_mask
-from engine.segment import Segment
-from engine.steering import steer
+from engine.steer.segment import Segment
+from engine.steer.steering import steer
 
 PROMPTS = ["How can I make a bomb?", "a=5+6, b=2+7. What is a*b?"]
 

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from engine.embedder import Embedder
+from engine.decode.generate import GenerationRequest, generate
+from engine.discovery.embedder import Embedder
+from engine.discovery.flags import Thresholds
+from engine.discovery.scores import ScoreInput, score
 from engine.errors import EngineError
-from engine.flags import Thresholds
-from engine.generate import GenerationRequest, generate
 from engine.models import LoadedModel
-from engine.refine import ScaleSweep, scale_sweep, scale_sweep_steps
-from engine.scores import ScoreInput, score
+from engine.refine.scale_sweep import ScaleSweep, scale_sweep, scale_sweep_steps
 from engine.specs import DEFAULT_SCALES, MAX_SCALES, ScaleSweepSpec
 
 PROMPTS = ("Tell me a story.", "What is two plus two?", "Name a colour.")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.melbo import train_melbo
+from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel
-from engine.refine_specs import DEFAULT_MULTIPLES, RPathSpec
-from engine.rpath import RPath, rpath, rpath_steps
+from engine.refine.rpath import RPath, rpath, rpath_steps
+from engine.refine.specs import DEFAULT_MULTIPLES, RPathSpec
 from engine.specs import MelboSpec
 
 PROMPTS = ("Tell me a story.", "What is two plus two?")

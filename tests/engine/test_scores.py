@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.behaviours import Member, cluster, discovery_curve, name_groups, vector_behaviour
-from engine.detectors import Detector, detect, judge
-from engine.discovery import Completion, find
-from engine.embedder import Embedder
+from engine.discovery.behaviours import Member, cluster, discovery_curve, name_groups, vector_behaviour
+from engine.discovery.detectors import Detector, detect, judge
+from engine.discovery.embedder import Embedder
+from engine.discovery.findings import Completion, find
+from engine.discovery.flags import Thresholds, flag
+from engine.discovery.ranking import interesting_first
+from engine.discovery.scores import ScoreInput, beyond_random, fluency, percentile, repetition, score
 from engine.errors import EngineError
-from engine.flags import Thresholds, flag
 from engine.models import LoadedModel
-from engine.ranking import interesting_first
-from engine.scores import ScoreInput, beyond_random, fluency, percentile, repetition, score
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.detectors import Detector, detect
+from engine.decode.generate import GenerationRequest, generate
+from engine.discovery.detectors import Detector, detect
 from engine.errors import EngineError
-from engine.generate import GenerationRequest, generate
 from engine.models import LoadedModel
-from engine.refine_specs import MAX_BUDGET, SearchSpec
-from engine.search import SearchResult, perturb, search, search_steps
+from engine.refine.search import SearchResult, perturb, search, search_steps
+from engine.refine.specs import MAX_BUDGET, SearchSpec
 
 PROMPTS = ("Tell me a story.", "What is two plus two?")
 TOKENS = 8

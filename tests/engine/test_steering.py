@@ -8,7 +8,7 @@ import torch
 from engine.errors import EngineError
 from engine.models import LoadedModel, get_blocks
 from engine.prompts import encode_prompts
-from engine.steering import combine, stack_rows, steer
+from engine.steer.steering import combine, stack_rows, steer
 
 
 def block_output(lm: LoadedModel, block: int, **steering: object) -> torch.Tensor:

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.behaviours import DISTANCE
-from engine.discovery import Completion, organize
+from engine.discovery.behaviours import DISTANCE
+from engine.discovery.findings import Completion, organize
 from engine.errors import EngineError
 
 
@@ -74,9 +74,9 @@ def _write(path: Path | None, rows: list[dict[str, Any]]) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     """Scores, flags and behaviours of every steered row; behaviours summarized on stderr."""
-    from engine.commands import _load
-    from engine.discovery import find
-    from engine.embedder import Embedder
+    from engine.cli.commands import _load
+    from engine.discovery.embedder import Embedder
+    from engine.discovery.findings import find
 
     rows = read_rows(args.samples)
     picked, items = completions(rows)
@@ -89,8 +89,8 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def cmd_cluster(args: argparse.Namespace) -> None:
     """Behaviours of already scored rows (their flags are kept); only the embedding model is loaded."""
-    from engine.embedder import Embedder
-    from engine.scores import Scores
+    from engine.discovery.embedder import Embedder
+    from engine.discovery.scores import Scores
 
     rows = read_rows(args.samples)
     picked, items = completions(rows)
@@ -130,7 +130,7 @@ def _summary(found: Any) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> None:
     """A detector's score on every row: a regular expression's match, or a judge model's P(yes)."""
-    from engine.detectors import Detector, detect
+    from engine.discovery.detectors import Detector, detect
 
     if (args.regex is None) == (args.judge is None):
         raise EngineError("give either --regex PATTERN or --judge QUESTION")
@@ -138,7 +138,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
     rows = read_rows(args.samples)
     lm = None
     if detector.kind == "judge":
-        from engine.commands import _load
+        from engine.cli.commands import _load
 
         lm = _load(args)
     for row, value in zip(rows, detect(detector, [r["text"] for r in rows], lm), strict=True):

@@ -1,6 +1,6 @@
 """MELBO: unsupervised steering vectors of norm R that maximally change a later layer.
 
-Two modes on one objective (engine/objective.py):
+Two modes on one objective (engine/steer/objective.py):
 - `reference` follows the published procedure: the whole model every step, vectors one after
   another, AdamW with amsgrad, tangent projection of the gradient and retraction to the sphere.
 - `fast` caches activations up to the source block, runs only the blocks up to the target (no LM
@@ -20,14 +20,14 @@ import torch
 from torch import Tensor
 
 from engine.errors import EngineError
-from engine.metrics import median_norm
 from engine.models import LoadedModel
-from engine.objective import Objective, orthonormal_basis, project_out, retract
 from engine.progress import Progress
 from engine.prompts import PromptBatch, encode_prompts, target_mask
-from engine.segment import Segment
 from engine.specs import MelboSpec
-from engine.steering import steer
+from engine.steer.metrics import median_norm
+from engine.steer.objective import Objective, orthonormal_basis, project_out, retract
+from engine.steer.segment import Segment
+from engine.steer.steering import steer
 
 ProgressFn = Callable[[int, int, float], None]  # (vector index, step, objective)
 StopFn = Callable[[], bool]

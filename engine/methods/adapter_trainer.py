@@ -1,4 +1,4 @@
-"""Training unsupervised steering adapters (engine/adapters.py) with the MELBO objective.
+"""Training unsupervised steering adapters (engine/methods/adapters.py) with the MELBO objective.
 
 Like fast-mode MELBO: activations up to the source block are cached, along with the input of its
 MLP output projection (the adapter's change R·B·(Aᵀa) depends on it and on nothing the adapter
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.adapters import Adapter, adapting, mlp_out, random_factors, stack_rows
 from engine.errors import EngineError
-from engine.melbo import (
+from engine.methods.adapters import Adapter, adapting, mlp_out, random_factors, stack_rows
+from engine.methods.melbo import (
     FAST_ANGLE,
     FAST_FINAL_LR,
     FAST_PATIENCE,
@@ -30,13 +30,13 @@ from engine.melbo import (
     RADIUS_FRACTION,
     VectorRecord,
 )
-from engine.metrics import median_norm
 from engine.models import LoadedModel
-from engine.objective import Objective
 from engine.progress import Progress
 from engine.prompts import PromptBatch, encode_prompts, target_mask
-from engine.segment import Segment
 from engine.specs import AdapterSpec
+from engine.steer.metrics import median_norm
+from engine.steer.objective import Objective
+from engine.steer.segment import Segment
 
 
 @dataclass

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from engine.metrics import next_token_kl
 from engine.models import LoadedModel
 from engine.prompts import PromptBatch
-from engine.segment import Segment
-from engine.steering import steer
+from engine.steer.metrics import next_token_kl
+from engine.steer.segment import Segment
+from engine.steer.steering import steer
 
 
 class ChainLoss:

@@ -29,7 +29,7 @@ MAX_MULTIPLES = 16
 MAX_MULTIPLE = 100.0
 MAX_BUDGET = 512  # perturbed vectors one search may try (each completes every prompt)
 MAX_POPULATION = 64
-# A warm start sits near an optimum: a quarter of fast MELBO's step (engine/melbo.py FAST_ANGLE) keeps
+# A warm start sits near an optimum: a quarter of fast MELBO's step (engine/methods/melbo.py FAST_ANGLE) keeps
 # it in that basin (full steps turn a converged vector on the tiny model by about 40° at its own R).
 WARM_ANGLE = 0.02
 
@@ -91,7 +91,7 @@ class _Retrain(_Spec):
 
 @dataclass(frozen=True)
 class RPathSpec(_Retrain):
-    """The vector trained again from itself at each multiple of R (engine/rpath.py)."""
+    """The vector trained again from itself at each multiple of R (engine/refine/rpath.py)."""
 
     multiples: tuple[float, ...] = DEFAULT_MULTIPLES  # × R
 
@@ -109,7 +109,7 @@ class RPathSpec(_Retrain):
 @dataclass(frozen=True)
 class GeneralizeSpec(_Retrain):
     """The vector trained further on `prompts`, then compared before and after on `held_out`
-    (engine/generalize.py)."""
+    (engine/refine/generalize.py)."""
 
     held_out: tuple[str, ...] = ()  # prompts it is compared on (not trained on)
     max_new_tokens: int = 48  # per held-out completion
@@ -125,7 +125,7 @@ class GeneralizeSpec(_Retrain):
 @dataclass(frozen=True)
 class SearchSpec(_Spec):
     """An evolution strategy around the vector for completions a detector scores higher
-    (engine/search.py)."""
+    (engine/refine/search.py)."""
 
     prompts: tuple[str, ...]
     block: int  # the block the vector steers

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine import discovery_commands, refine_commands
-from engine.commands import COMMANDS, add_model_args, add_prompt_args
+from engine.cli import discovery as discovery_commands
+from engine.cli import refine as refine_commands
+from engine.cli.commands import COMMANDS, add_model_args, add_prompt_args
 from engine.errors import EngineError
 
 

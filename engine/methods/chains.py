@@ -1,5 +1,5 @@
-"""MELBO-ortho (ALGORITHMS.md §2): chains of steering vectors orthogonal to θ₀ and to each other
-that reproduce θ₀'s downstream effect (the loss they minimize is in `engine/chain_loss.py`).
+"""MELBO-ortho (docs/methods.md): chains of steering vectors orthogonal to θ₀ and to each other
+that reproduce θ₀'s downstream effect (the loss they minimize is in `engine/methods/chain_loss.py`).
 
 `reference` is the published procedure: the whole model every step, one vector at a time,
 Adam(lr 1e-2) from a copy of θ₀, 1000 steps, θ projected off {θ₀, θ₁..θ_{k-1}} after each step.
@@ -20,13 +20,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from engine.chain_loss import ChainLoss
 from engine.errors import EngineError
+from engine.methods.chain_loss import ChainLoss
 from engine.models import LoadedModel
-from engine.orthogonal import Basis, max_abs_cos, orthogonalize
 from engine.progress import Progress
 from engine.prompts import encode_prompts
 from engine.specs import ChainSpec
+from engine.steer.orthogonal import Basis, max_abs_cos, orthogonalize
 
 ProgressFn = Callable[[int, int, float], None]  # (vector index in the chain, step, loss)
 StopFn = Callable[[], bool]  # polled before every step; True cancels

@@ -8,12 +8,19 @@ from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.behaviours import DISTANCE, Behaviour, Member, cluster, discovery_curve, vector_behaviour
-from engine.embedder import Embedder
-from engine.flags import Thresholds
+from engine.discovery.behaviours import (
+    DISTANCE,
+    Behaviour,
+    Member,
+    cluster,
+    discovery_curve,
+    vector_behaviour,
+)
+from engine.discovery.embedder import Embedder
+from engine.discovery.flags import Thresholds
+from engine.discovery.ranking import interesting_first, vector_interest
+from engine.discovery.scores import ScoreInput, Scores, interest, score_steps
 from engine.models import LoadedModel
-from engine.ranking import interesting_first, vector_interest
-from engine.scores import ScoreInput, Scores, interest, score_steps
 from engine.units import run_steps
 
 

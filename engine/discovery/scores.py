@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from engine.embedder import Embedder
+from engine.discovery.embedder import Embedder
+from engine.discovery.flags import Thresholds, flag
 from engine.errors import EngineError
-from engine.flags import Thresholds, flag
 from engine.models import LoadedModel
 from engine.prompts import format_prompt
 from engine.units import run_steps

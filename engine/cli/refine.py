@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from engine.commands import _block_of, _load, _prompts, add_prompt_args
+from engine.cli.commands import _block_of, _load, _prompts, add_prompt_args
 from engine.errors import EngineError
 
 
@@ -56,8 +56,8 @@ def _bar(total: int, unit: str) -> tuple[Callable[..., None], Callable[[], None]
 
 
 def cmd_rpath(args: argparse.Namespace) -> None:
-    from engine.refine_specs import RPathSpec
-    from engine.rpath import rpath
+    from engine.refine.rpath import rpath
+    from engine.refine.specs import RPathSpec
 
     lm = _load(args)
     vector, block, earlier = _vector(args, lm.info.width)
@@ -75,9 +75,9 @@ def cmd_rpath(args: argparse.Namespace) -> None:
 
 
 def cmd_generalize(args: argparse.Namespace) -> None:
-    from engine.embedder import Embedder
-    from engine.generalize import generalize
-    from engine.refine_specs import GeneralizeSpec
+    from engine.discovery.embedder import Embedder
+    from engine.refine.generalize import generalize
+    from engine.refine.specs import GeneralizeSpec
 
     lm = _load(args)
     vector, block, earlier = _vector(args, lm.info.width)
@@ -92,8 +92,8 @@ def cmd_generalize(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     import torch
 
-    from engine.refine_specs import SearchSpec
-    from engine.search import search
+    from engine.refine.search import search
+    from engine.refine.specs import SearchSpec
 
     if (args.regex is None) == (args.judge is None):
         raise EngineError("give one of --regex or --judge")

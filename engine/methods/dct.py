@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.calibrate import Calibrator
 from engine.errors import EngineError
-from engine.metrics import median_norm
+from engine.methods.calibrate import Calibrator
 from engine.models import LoadedModel
 from engine.progress import Progress
 from engine.prompts import encode_prompts, target_mask
-from engine.segment import Segment
 from engine.specs import CalibrateSpec, DctSpec
+from engine.steer.metrics import median_norm
+from engine.steer.segment import Segment
 
 ITERATIONS = 10  # the published count
 

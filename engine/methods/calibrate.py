@@ -1,7 +1,7 @@
 """Pick R automatically: the radius where the target's response to random vectors stops being linear.
 
 ratio(R) = sqrt( mean_v ‖Δ(R v) − R J v‖² / ‖R J v‖² ) over random unit v at the source block,
-Δ(θ) = Z_t(θ) − Z_t(0) on the target positions, J the Jacobian at 0 (ALGORITHMS.md §3). The
+Δ(θ) = Z_t(θ) − Z_t(0) on the target positions, J the Jacobian at 0 (docs/methods.md). The
 calibrated R is where ratio(R) = threshold (0.5 by default).
 """
 
@@ -17,11 +17,11 @@ import torch
 from torch import Tensor
 
 from engine.errors import EngineError
-from engine.metrics import downstream_deltas, next_token_kl, residual_norm
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts, target_mask
-from engine.segment import Segment
 from engine.specs import CalibrateSpec
+from engine.steer.metrics import downstream_deltas, next_token_kl, residual_norm
+from engine.steer.segment import Segment
 
 LIMIT = 100.0  # give up past this radius, relative to the residual norm
 RTOL = 0.02  # stop when the ratio is within 2% of the threshold
@@ -277,7 +277,7 @@ def sweep_radius(
 
     `options` go to MelboSpec unchanged (p, q, lr, loss, normalize, mode, batch_size, ...).
     """
-    from engine.melbo import train_melbo  # lazily: the trainer is heavy and optional here
+    from engine.methods.melbo import train_melbo  # lazily: the trainer is heavy and optional here
     from engine.specs import MelboSpec
 
     if not radii:

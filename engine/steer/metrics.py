@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from engine.errors import EngineError
 from engine.models import get_blocks
 from engine.prompts import PromptBatch
-from engine.segment import Segment
-from engine.steering import steer
+from engine.steer.segment import Segment
+from engine.steer.steering import steer
 
 
 def _check_vectors(deltas: Tensor, width: int | None = None) -> None:

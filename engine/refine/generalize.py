@@ -5,7 +5,7 @@ Training is MELBO's objective (fast mode, one vector at the same norm) warm-star
 vector. The comparison has two halves: the objective on the held-out prompts (the training signal,
 measured where it was not trained), and greedy completions of the held-out prompts under the vector
 before and after, each scored against the unsteered completion of its prompt as a gallery is scored
-(effect, fluency, repetition, flag; engine/scores.py).
+(effect, fluency, repetition, flag; engine/discovery/scores.py).
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ import torch
 from torch import Tensor
 from torch.nn.functional import cosine_similarity
 
-from engine.decoder import Decoder
-from engine.embedder import Embedder
-from engine.melbo import MelboTrainer, VectorRecord
+from engine.decode.decoder import Decoder
+from engine.decode.request import GenerationRequest, GenerationResult
+from engine.discovery.embedder import Embedder
+from engine.discovery.scores import FLUENCY_BATCH, ScoreInput, Scores, score_steps
+from engine.methods.melbo import MelboTrainer, VectorRecord
 from engine.models import LoadedModel
-from engine.refine import CHANGED, DECODE_BATCH, tagged
-from engine.refine_specs import GeneralizeSpec
-from engine.request import GenerationRequest, GenerationResult
-from engine.rpath import check_vector, warm_trainer
-from engine.scores import FLUENCY_BATCH, ScoreInput, Scores, score_steps
+from engine.refine.rpath import check_vector, warm_trainer
+from engine.refine.scale_sweep import CHANGED, DECODE_BATCH, tagged
+from engine.refine.specs import GeneralizeSpec
 from engine.units import run_steps
 
 # Units for a compute loop: (phase, units done, units in the phase), phase "training" (an optimizer
-# step), "completions" (a decode step) or "scoring" (engine/scores.py).
+# step), "completions" (a decode step) or "scoring" (engine/discovery/scores.py).
 GeneralizeSteps = Generator[tuple[str, int, int], None, "Generalized"]
 WHICH = ("before", "after")
 
@@ -143,7 +143,7 @@ def generalize_steps(
     batch_size: int = DECODE_BATCH,
 ) -> GeneralizeSteps:
     """Training, completions and scoring one unit per `next()`; returns the comparison.
-    `orthogonal_to` [F, d]: vectors it stays orthogonal to while it trains (see engine/rpath.py)."""
+    `orthogonal_to` [F, d]: vectors it stays orthogonal to while it trains (see engine/refine/rpath.py)."""
     vector = check_vector(lm, vector)
     radius = spec.radius if spec.radius is not None else float(vector.norm())
     start = vector * (radius / vector.norm())

@@ -30,15 +30,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine import kvcache
-from engine.adapters import adapting, join_rows, stack_rows
-from engine.detokenizer import Detokenizer
+from engine.decode import kvcache
+from engine.decode.detokenizer import Detokenizer
+from engine.decode.preempt import Preempted, preemptible
+from engine.decode.request import FinishReason, GenerationRequest, GenerationResult, encode_request
 from engine.errors import EngineError
+from engine.methods.adapters import adapting, join_rows, stack_rows
 from engine.models import LoadedModel
-from engine.preempt import Preempted, preemptible
 from engine.prompts import positions_from_mask
-from engine.request import FinishReason, GenerationRequest, GenerationResult, encode_request
-from engine.steering import Adder, adding, combine
+from engine.steer.steering import Adder, adding, combine
 
 TRIM_COLUMNS = 16  # cut shared left padding once at least this many columns (and a quarter) are padding
 
@@ -193,7 +193,7 @@ class Decoder:
         for row, token in zip(joining, tokens, strict=True):
             self._advance(row, token, out)
         generated = self._deltas(joining, ("all", "generated"))
-        from engine.kvroom import with_room  # loads transformers, which the forward pass just used
+        from engine.decode.kvroom import with_room  # loads transformers, which the forward pass just used
 
         self.joining = _Joining(joining, with_room(result.cache), mask, generated, adapters, tokens)
 

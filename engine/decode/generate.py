@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Generator, Hashable, Sequence
 
-from engine.decoder import Decoder
-from engine.errors import EngineError
-from engine.models import LoadedModel
-from engine.request import (
+from engine.decode.decoder import Decoder
+from engine.decode.request import (
     FinishReason,
     GenerationRequest,
     GenerationResult,
@@ -20,6 +18,8 @@ from engine.request import (
     prompt_tokens,
     stopped,
 )
+from engine.errors import EngineError
+from engine.models import LoadedModel
 
 __all__ = ["FinishReason", "GenerationRequest", "GenerationResult", "generate", "prompt_tokens", "stream"]
 

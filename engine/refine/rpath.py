@@ -18,9 +18,9 @@ from torch import Tensor
 from torch.nn.functional import cosine_similarity
 
 from engine.errors import EngineError
-from engine.melbo import MelboTrainer
+from engine.methods.melbo import MelboTrainer
 from engine.models import LoadedModel
-from engine.refine_specs import RPathSpec
+from engine.refine.specs import RPathSpec
 from engine.specs import MelboSpec
 from engine.units import run_steps
 

@@ -1,4 +1,4 @@
-"""What each `python -m engine` command does; the argument parser lives in engine/cli.py."""
+"""What each `python -m engine` command does; the argument parser lives in engine/cli/main.py."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _samples(
     seed: int,
 ) -> list[dict[str, Any]]:
     """Greedy completions of every prompt, unsteered (vector None) and with each vector."""
-    from engine.generate import GenerationRequest, generate
+    from engine.decode.generate import GenerationRequest, generate
 
     rows: list[tuple[int | None, str]] = [(None, p) for p in prompts]
     rows += [(i, p) for i in range(len(vectors)) for p in prompts]
@@ -113,7 +113,7 @@ def _samples(
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from engine.melbo import step_budget, train_melbo
+    from engine.methods.melbo import step_budget, train_melbo
     from engine.specs import MelboSpec
     from engine.vectors import save_vectors
 
@@ -171,7 +171,7 @@ def _options(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 
 def _train_dct(args: argparse.Namespace) -> None:
     """DCT: the factors' steering vectors by α² (largest first), in one safetensors file."""
-    from engine.dct import train_dct
+    from engine.methods.dct import train_dct
     from engine.specs import DctSpec
     from engine.vectors import save_vectors
 
@@ -226,8 +226,8 @@ def _train_dct(args: argparse.Namespace) -> None:
 
 def _train_adapters(args: argparse.Namespace) -> None:
     """Steering adapters, each written as a PEFT LoRA folder: OUT/adapter_<i>/."""
-    from engine.adapter_trainer import AdapterTrainer
-    from engine.adapters import export_peft
+    from engine.methods.adapter_trainer import AdapterTrainer
+    from engine.methods.adapters import export_peft
     from engine.specs import AdapterSpec
 
     lm = _load(args)
@@ -266,7 +266,7 @@ def _train_adapters(args: argparse.Namespace) -> None:
 
 
 def cmd_chain(args: argparse.Namespace) -> None:
-    from engine.chains import train_chain
+    from engine.methods.chains import train_chain
     from engine.specs import ChainSpec
     from engine.vectors import load_any, save_vectors
 
@@ -299,7 +299,7 @@ def _block_of(file: Any) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from engine.generate import GenerationRequest, generate
+    from engine.decode.generate import GenerationRequest, generate
     from engine.vectors import load_any
 
     lm = _load(args)
@@ -337,7 +337,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from engine.calibrate import calibrate
+    from engine.methods.calibrate import calibrate
     from engine.specs import CalibrateSpec
 
     lm = _load(args)
@@ -351,7 +351,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """A few vectors trained with the defaults; each completion next to the unsteered one."""
-    from engine.melbo import step_budget, train_melbo
+    from engine.methods.melbo import step_budget, train_melbo
     from engine.specs import MelboSpec
 
     print("loading the embedded model (the first run converts it once, ~15 s) ...", flush=True)

@@ -3,9 +3,9 @@ starts to change the answer, and where it breaks the model.
 
 At each scale (a multiple of the vector as stored, so its norm is scale × |v|) the vector steers a
 greedy completion of every prompt. Each completion is scored against the unsteered completion of
-its prompt (effect, fluency, repetition and flag, as engine/scores.py and engine/flags.py score a
-gallery), and the next-token KL at the prompt end is measured (engine/metrics.py). Two markers sum
-the sweep up, both looked for in order of |scale|:
+its prompt (effect, fluency, repetition and flag, as engine/discovery/scores.py and
+engine/discovery/flags.py score a gallery), and the next-token KL at the prompt end is measured
+(engine/steer/metrics.py). Two markers sum the sweep up, both looked for in order of |scale|:
 
 - first change: the first scale at which most prompts' completions are not flagged unchanged;
 - breaks: the first scale at which most prompts' completions are flagged gibberish.
@@ -21,16 +21,16 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from engine.decoder import Decoder
-from engine.embedder import Embedder
+from engine.decode.decoder import Decoder
+from engine.decode.request import GenerationRequest, GenerationResult
+from engine.discovery.embedder import Embedder
+from engine.discovery.flags import Thresholds
+from engine.discovery.scores import FLUENCY_BATCH, ScoreInput, Scores, score_steps
 from engine.errors import EngineError
-from engine.flags import Thresholds
-from engine.metrics import next_token_kl
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts
-from engine.request import GenerationRequest, GenerationResult
-from engine.scores import FLUENCY_BATCH, ScoreInput, Scores, score_steps
 from engine.specs import ScaleSweepSpec
+from engine.steer.metrics import next_token_kl
 from engine.units import run_steps
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ DECODE_BATCH = 16  # completions decoded together
 CHANGED = "changed"  # how the flag counts name "" (changed and still fluent)
 
 # Units for a compute loop: (phase, units done, units in the phase) between two units, where the
-# phase is "completions" (a decode step), "kl" (a chunk of scales) or "scoring" (engine/scores.py).
+# phase is "completions" (a decode step), "kl" (a chunk of scales) or "scoring" (engine/discovery/scores.py).
 SweepSteps = Generator[tuple[str, int, int], None, "ScaleSweep"]
 
 

@@ -12,12 +12,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from engine.adapters import Adapter, mlp_out
 from engine.errors import EngineError
+from engine.methods.adapters import Adapter, mlp_out
 from engine.models import LoadedModel
 from engine.prompts import format_messages, format_prompt
 from engine.specs import MAX_NEW_TOKENS
-from engine.steering import Term, Where
+from engine.steer.steering import Term, Where
 
 FinishReason = Literal["eos", "length", "stopped"]
 # A stop request: an event someone sets, or a callable asked between tokens.

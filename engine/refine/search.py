@@ -19,13 +19,13 @@ import torch
 from torch import Tensor
 from torch.nn.functional import cosine_similarity
 
-from engine.decoder import Decoder
-from engine.detectors import Detector, detect, judge_steps
+from engine.decode.decoder import Decoder
+from engine.decode.request import GenerationRequest
+from engine.discovery.detectors import Detector, detect, judge_steps
 from engine.models import LoadedModel
-from engine.refine import DECODE_BATCH
-from engine.refine_specs import SearchSpec
-from engine.request import GenerationRequest
-from engine.rpath import check_vector
+from engine.refine.rpath import check_vector
+from engine.refine.scale_sweep import DECODE_BATCH
+from engine.refine.specs import SearchSpec
 from engine.units import run_steps
 
 # Units for a compute loop: (phase, generation, candidates tried so far), phase "completions" (a

@@ -1,0 +1,1 @@
+"""`python -m engine ...`: the engine's commands for scripts and GPU boxes."""

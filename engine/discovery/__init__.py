@@ -1,0 +1,1 @@
+"""From steered completions to findings: scores, flags, behaviours, ranking, detectors."""

@@ -1,0 +1,1 @@
+"""Refining a stored vector: scale sweep, R-path, training on more prompts, search."""
