@@ -25,10 +25,11 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, Field, ValidationError, create_model
 from sqlalchemy import select
 
-from app import jobs, launch, responses, schemas
+from app import jobs, responses, schemas
 from app.errors import AppError
 from app.fields import Whole, describe
 from app.models import Job, Run
+from app.runs import launch
 from app.service import Service
 from app.settings import Settings
 
@@ -298,7 +299,7 @@ def files(settings: Settings, args: argparse.Namespace) -> int:
     """`export` and `import`: the engine reads and writes the files on a worker of this process."""
     from pathlib import Path
 
-    from app import interop
+    from app.vectors import interop
 
     service = Service(settings, owner=f"cli:{uuid.uuid4().hex[:12]}", claim_any=False)
     service.start()

@@ -16,34 +16,32 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import guard
+from app.chat import api as chat_api
+from app.chat import pages as chat_pages
+from app.chat.hub import ChatHub
+from app.discovery import pages as discovery_pages
 from app.errors import AppError, NotFound, Unavailable
 from app.fields import describe, plain
-from app.replies import ChatHub
-from app.routes import (
-    api_chat,
-    api_data,
-    api_export,
-    api_interop,
-    api_jobs,
-    api_refine,
-    api_refine_runs,
-    api_runs,
-    api_sweeps,
-    behaviour_pages,
-    chat_pages,
-    compare_pages,
-    label_pages,
-    new_run_pages,
-    pages,
-    refine_pages,
-    refine_run_pages,
-    run_pages,
-    sweep_pages,
-    vector_pages,
-)
+from app.generations import api as generations_api
+from app.home import pages as home_pages
+from app.jobs import api as jobs_api
+from app.labels import pages as labels_pages
+from app.refine import api as refine_api
+from app.refine import pages as refine_pages
+from app.refine import runs_api as refine_runs_api
+from app.refine import runs_pages as refine_runs_pages
+from app.runs import api as runs_api
+from app.runs import new as runs_new
+from app.runs import pages as runs_pages
 from app.service import Service
 from app.settings import ROOT, Settings
+from app.sweeps import api as sweeps_api
+from app.sweeps import pages as sweeps_pages
+from app.tables import api as tables_api
 from app.templating import make_templates
+from app.vectors import api as vectors_api
+from app.vectors import compare as vectors_compare
+from app.vectors import pages as vectors_pages
 
 log = logging.getLogger(__name__)
 
@@ -77,31 +75,31 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.templates = make_templates()
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.state.chat = ChatHub(service)
-    pages_ = (
-        pages,
-        new_run_pages,
-        run_pages,
-        vector_pages,
+    pages = (
+        home_pages,
+        runs_new,
+        runs_pages,
+        vectors_pages,
         refine_pages,
-        refine_run_pages,
-        compare_pages,
+        refine_runs_pages,
+        vectors_compare,
         chat_pages,
-        label_pages,
-        sweep_pages,
-        behaviour_pages,
+        labels_pages,
+        sweeps_pages,
+        discovery_pages,
     )
     apis = (
-        api_runs,
-        api_refine,
-        api_refine_runs,
-        api_sweeps,
-        api_jobs,
-        api_data,
-        api_chat,
-        api_export,
-        api_interop,
+        runs_api,
+        refine_api,
+        refine_runs_api,
+        sweeps_api,
+        jobs_api,
+        generations_api,
+        chat_api,
+        tables_api,
+        vectors_api,
     )
-    for module in (*pages_, *apis):
+    for module in (*pages, *apis):
         app.include_router(module.router)
 
     @app.exception_handler(AppError)

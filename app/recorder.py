@@ -4,7 +4,7 @@ One writer thread applies the events in the order they came, each in its own tra
 the database refuses for now (locked by another process, busy, a disk hiccup) is retried until it
 lands, so a busy database delays results but never loses them; a later event waits its turn. An
 event that cannot be applied at all (a bug) marks its job's attempt as incomplete, and a job is
-recorded `succeeded` only when everything it reported is stored (app/complete.py): otherwise it is
+recorded `succeeded` only when everything it reported is stored (app/runs/complete.py): otherwise it is
 queued again and redoes what is missing.
 
 Every job event is stored as a JobEvent row first, so a stream that reconnects with
@@ -25,11 +25,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import complete, detectors, findings, jobs, refine, store
+from app import jobs, store
 from app.broker import Broker
 from app.db import Database
+from app.discovery import detectors, findings
 from app.executor import Event
 from app.models import Detector, Job, LanguageModel, Run, Vector, now
+from app.refine import scale_sweep
+from app.runs import complete
 
 log = logging.getLogger(__name__)
 FIRST_RETRY_S, LAST_RETRY_S = 0.05, 2.0  # back-off between tries of a write the database refused
@@ -251,7 +254,7 @@ class Recorder:
 
     def _scale_sweep(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
         found = event["found"]
-        stored = refine.record(session, job.run, found)
+        stored = scale_sweep.record(session, job.run, found)
         self.answered.add((job.id, job.attempts))
         return {"completions": stored, "first_change": found["first_change"], "breaks": found["breaks"]}
 

@@ -16,13 +16,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import complete, detectors, findings, jobs, store
+from app import jobs, store
 from app.broker import Broker
 from app.db import Database
+from app.discovery import detectors, findings
 from app.errors import Invalid, Unavailable, WorkerFailed
 from app.executor import Executor, LocalExecutor, Order
 from app.models import Job, Run
 from app.recorder import Recorder
+from app.runs import complete
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app.guard import csrf_value
@@ -80,3 +82,11 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["heat"] = heat
     templates.env.globals["csrf_for"] = csrf_for
     return templates
+
+
+def render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    """A page (or partial) rendered with the app's templates."""
+    response: HTMLResponse = request.app.state.templates.TemplateResponse(
+        request, template, context, status_code=status_code
+    )
+    return response

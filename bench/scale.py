@@ -21,9 +21,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a checkout
 
-from app import schemas, sweeps  # noqa: E402
+from app import schemas  # noqa: E402
 from app.service import Service  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from app.sweeps import grids  # noqa: E402
 
 
 def run_sweep(actors: int, body: schemas.SweepCreate, args: argparse.Namespace) -> dict[str, Any]:
@@ -50,10 +51,10 @@ def run_sweep(actors: int, body: schemas.SweepCreate, args: argparse.Namespace) 
                 raise RuntimeError("the actors did not start")
             time.sleep(0.2)
         began = time.perf_counter()
-        sweep = sweeps.start(service, body)
+        sweep = grids.start(service, body)
         while True:
             with service.db.session() as session:
-                grid = sweeps.grid(session, sweeps.get(session, sweep.id))
+                grid = grids.grid(session, grids.get(session, sweep.id))
             if grid["finished"]:
                 break
             time.sleep(1.0)

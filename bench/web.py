@@ -24,7 +24,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from sqlalchemy import event, insert, text
 
-from app.labels import all_labels
+from app.labels.labelling import all_labels
 from app.main import create_app
 from app.models import Generation, Job, Labeling, LanguageModel, Run, Vector
 from app.service import Service

@@ -52,7 +52,7 @@ def row_counts(client: TestClient) -> dict[str, int]:
 def score_run(service: Any, run_id: int, timeout: float = 600.0) -> dict[str, Any]:
     """Wait until the worker has scored a run (queued by itself once the run, and its twin if it has
     one, finished), then read back what it scored: the completions and the run's findings."""
-    from app import findings
+    from app.discovery import findings
     from app.models import Job, Run
     from tests.app.conftest import wait_for
 

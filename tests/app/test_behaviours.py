@@ -1,5 +1,5 @@
 """Scores and behaviours stored and shown: a learned run and its random twin on the tiny model,
-scored by the engine (engine/discovery/findings.py) and stored through app/findings.py."""
+scored by the engine (engine/discovery/findings.py) and stored through app/discovery/findings.py."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ import pytest
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from app import forms, schemas
+from app import schemas
+from app.runs import forms
 from engine import specs
 from engine.refine import specs as refine_specs
 

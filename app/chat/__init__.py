@@ -1,0 +1,1 @@
+"""Steered chat: conversations, the replies streaming now, and their API and pages."""

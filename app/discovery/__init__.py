@@ -1,0 +1,1 @@
+"""What scoring finds (scores, behaviours, ranks) and detectors, with their API and pages."""

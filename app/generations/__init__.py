@@ -1,0 +1,1 @@
+"""Generations on request: one steered completion beside its unsteered partner, streamed."""

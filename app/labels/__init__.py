@@ -1,0 +1,1 @@
+"""Labels and notes on vectors and generations: the labelling queue, facets, API and pages."""

@@ -1,0 +1,70 @@
+"""Starting work: MELBO runs (and random baselines), chains, calibrations, generation jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from app import responses, schemas, store
+from app.deps import ServiceDep, SessionDep
+from app.fields import Whole
+from app.models import Run, Vector
+from app.responses import Created, RunOut, VectorOut
+from app.runs import launch
+
+router = APIRouter(prefix="/api", tags=["runs"])
+
+
+def _created(job: Any) -> Created:
+    return Created(job=responses.JobOut.model_validate(job), run_id=job.run_id)
+
+
+@router.post("/runs", status_code=201, summary="Train MELBO vectors (or a random baseline)")
+def create_run(body: schemas.MelboCreate, service: ServiceDep) -> Created:
+    return _created(launch.start_melbo(service, body))
+
+
+@router.post("/chains", status_code=201, summary="Grow an orthogonal chain from a stored vector")
+def create_chain(body: schemas.ChainCreate, service: ServiceDep) -> Created:
+    return _created(launch.start_chain(service, body))
+
+
+@router.post("/calibrations", status_code=201, summary="Calibrate R for a model, prompts and blocks")
+def create_calibration(body: schemas.CalibrationCreate, service: ServiceDep) -> Created:
+    return _created(launch.start_calibration(service, body))
+
+
+@router.post(
+    "/sample-jobs", status_code=201, summary="Generate completions of stored vectors at given scales"
+)
+def create_samples(body: schemas.SamplesCreate, service: ServiceDep) -> Created:
+    return _created(launch.start_samples(service, body))
+
+
+@router.get("/runs", summary="Runs, newest first")
+def list_runs(
+    session: SessionDep, limit: Annotated[Whole, Query(ge=1, le=500)] = 50, offset: Whole = 0
+) -> list[RunOut]:
+    runs = session.scalars(select(Run).order_by(Run.id.desc()).limit(limit).offset(offset)).all()
+    return [RunOut.model_validate(r) for r in runs]
+
+
+@router.get("/runs/{run_id}")
+def read_run(run_id: Whole, session: SessionDep) -> RunOut:
+    return RunOut.model_validate(store.get_run(session, run_id))
+
+
+@router.get(
+    "/runs/{run_id}/vectors", summary="A run's vectors in index order", response_model_exclude_unset=True
+)
+def run_vectors(run_id: Whole, session: SessionDep, values: bool = False) -> list[VectorOut]:
+    read_run(run_id, session)
+    vectors = session.scalars(select(Vector).where(Vector.run_id == run_id).order_by(Vector.index)).all()
+    return [responses.vector(v, values=values) for v in vectors]
+
+
+@router.get("/vectors/{vector_id}", response_model_exclude_unset=True)
+def read_vector(vector_id: Whole, session: SessionDep, values: bool = False) -> VectorOut:
+    return responses.vector(store.get_vector(session, vector_id), values=values)

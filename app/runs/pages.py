@@ -1,0 +1,299 @@
+"""Pages for runs: what a run resolved, its progress while it is live, its gallery (whose view lives
+in the URL), its plots, and a chain's composition test.
+
+A page opened while its job runs carries the SSE connection that keeps it current and fetches
+itself again when the job ends; a finished run's page carries no stream at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from sqlalchemy import select
+
+from app import jobs, schemas, store
+from app.deps import ServiceDep, SessionDep
+from app.discovery import detectors, findings
+from app.errors import Invalid
+from app.fields import MaybeWhole, Text, Whole, whole
+from app.labels import labelling
+from app.models import Job, JobEvent, LanguageModel, Run, Vector
+from app.refine import refinements, scale_sweep
+from app.runs import gallery, launch, summary
+from app.templating import render
+from app.vectors import geometry, interop
+
+router = APIRouter(include_in_schema=False)
+COMPOSE_CHOICES = (2, 4, 8, 16, 32)
+# Kinds whose vectors come from training (curves, map).
+TRAINED = ("melbo", "random", "dct", "adapter", "chain")
+
+
+def job_of(session: Any, run: Run) -> Job | None:
+    return session.scalars(select(Job).where(Job.run_id == run.id).order_by(Job.id.desc())).first()
+
+
+def is_live(job: Job | None) -> bool:
+    return job is not None and job.status not in jobs.FINISHED
+
+
+def last_progress(session: Any, job: Job | None) -> dict[str, Any]:
+    """The newest progress event's fields (whatever the worker reports), the curve points left out."""
+    if job is None:
+        return {}
+    event = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.type == "progress")
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    ).first()
+    return {k: v for k, v in (event.data if event else {}).items() if k != "points"}
+
+
+def working_job(session: Any, run: Run) -> Job | None:
+    """The job a run's page follows: the run's own while it is live, else a live one generating the
+    run's samples (an import's gallery, a composition's), else the run's own, finished."""
+    own = job_of(session, run)
+    if is_live(own):
+        return own
+    helper = session.scalars(
+        select(Job)
+        .join(Run, Job.run_id == Run.id)
+        .where(
+            Run.kind.in_(("generate", "score", "detect")),
+            Run.inputs["for_run"].as_integer() == run.id,
+            Job.status.in_(("queued", "running")),
+        )
+        .order_by(Job.id)
+        .limit(1)
+    ).first()
+    return helper or own
+
+
+def status_context(session: Any, run: Run) -> dict[str, Any]:
+    """What the live parts of a run page show: progress, resolved values, settings."""
+    job = working_job(session, run)
+    stats = summary.vector_stats(session, run)
+    return {
+        "run": run,
+        "job": job,
+        "live": is_live(job),
+        "stats": stats,
+        "report": last_progress(session, job),
+        "facts": summary.facts(run, job, stats),
+        "settings": summary.settings(run),
+    }
+
+
+# the gallery's view, from the URL
+
+
+def _number(value: str) -> float | None:
+    """A filter field: blank (or not a number) means no filter."""
+    try:
+        return float(value) if value.strip() else None
+    except ValueError:
+        return None
+
+
+def gallery_query(
+    sort: str = "interesting",
+    desc: bool = False,
+    page: Whole = 1,
+    min_kl: str = "",
+    min_objective: str = "",
+    label: MaybeWhole = None,
+    q: Text = "",
+    pick: Annotated[list[Whole] | None, Query()] = None,
+    behaviour: MaybeWhole = None,
+    group: bool = False,
+    detector: MaybeWhole = None,
+    min_detector: str = "",
+) -> gallery.Query:
+    """The gallery's view from the URL; blank or malformed number filters mean no filter."""
+    return gallery.Query(
+        sort=sort if sort in gallery.SORTS else "interesting",
+        desc=desc,
+        page=page,
+        min_kl=_number(min_kl),
+        min_objective=_number(min_objective),
+        label=label,
+        q=q,
+        pick=list(dict.fromkeys(pick or [])),
+        behaviour=behaviour,
+        group=group,
+        detector=detector,
+        min_detector=_number(min_detector),
+    )
+
+
+GalleryQuery = Annotated[gallery.Query, Depends(gallery_query)]
+
+
+def gallery_context(session: Any, run: Run, query: gallery.Query) -> dict[str, Any]:
+    page = gallery.gallery(session, run, query)
+    on_page = {c.vector.id for c in page.cards}
+    return {
+        "run": run,
+        "page": page,
+        "sorts": list(gallery.SORTS),
+        "facets": labelling.facets(session, run.id),
+        "picked_elsewhere": [i for i in query.pick if i not in on_page],
+        "behaviours": findings.behaviours_of(session, run.id),
+        "detectors": detectors.all_detectors(session),
+        "colour": gallery.behaviour_colour,
+    }
+
+
+# a run
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def show_run(run_id: Whole, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
+    run = store.get_run(session, run_id)
+    context = {
+        **status_context(session, run),
+        **gallery_context(session, run, query),
+        "compose_choices": COMPOSE_CHOICES,
+        "trained": run.kind in TRAINED,
+        "twin": findings.twin_of(session, run),
+        "twin_parent": session.get(Run, run.twin_of) if run.twin_of else None,
+        "n_behaviours": len([b for b in findings.behaviours_of(session, run.id) if b.kind == "cluster"]),
+        "scorable": run.kind not in findings.NOT_SCORED,
+    }
+    if run.kind == scale_sweep.KIND:
+        context["sweep_grid"] = scale_sweep.grid(session, run)
+    if run.kind in refinements.SUMMARIES:
+        context["refined"] = refinements.summary(session, run)
+        context["refined_name"] = refinements.NAMES[run.kind]
+    if run.kind == "chain":
+        context["parent"] = session.get(Vector, run.parent_vector_id) if run.parent_vector_id else None
+        context["compositions"] = session.scalars(
+            select(Run)
+            .where(Run.kind == "compose", Run.inputs["chain_run"].as_integer() == run.id)
+            .order_by(Run.id)
+        ).all()
+    return render(request, "runs/show.html", context)
+
+
+@router.get("/runs/{run_id}/live")
+async def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
+    """SSE for a run page opened while its job is live: the progress and summary partials whenever
+    the job reports, then `finished` (the page then fetches itself again and drops the stream)."""
+    templates = request.app.state.templates
+    with service.db.session() as session:
+        job = working_job(session, store.get_run(session, run_id))
+
+    def snapshot() -> tuple[str, str, bool]:
+        with service.db.session() as session:
+            context = {**status_context(session, store.get_run(session, run_id)), "request": request}
+            progress = templates.get_template("runs/_progress.html").render(context)
+            facts = templates.get_template("runs/_summary.html").render(context)
+            return progress, facts, not context["live"]
+
+    def data(html: str) -> str:
+        return "\n".join(f"data: {line}" for line in html.splitlines())
+
+    async def events() -> AsyncIterator[str]:
+        if job is None:
+            yield "event: finished\ndata: done\n\n"
+            return
+        with service.broker.subscribe(f"job:{job.id}") as sub:
+            while True:
+                progress, facts, finished = await asyncio.to_thread(snapshot)
+                yield f"event: progress\n{data(progress)}\n\n"
+                yield f"event: summary\n{data(facts)}\n\n"
+                if finished:
+                    yield "event: finished\ndata: done\n\n"
+                    return
+                if await request.is_disconnected() or sub.closed:
+                    return
+                await sub.next(15.0)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/runs/{run_id}/gallery", response_class=HTMLResponse)
+def run_gallery(run_id: Whole, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
+    """The gallery partial; asked for by the page, it also puts its view in the address bar."""
+    run = store.get_run(session, run_id)
+    response = render(request, "runs/_gallery.html", gallery_context(session, run, query))
+    if request.headers.get("HX-Request"):
+        url = f"/runs/{run.id}?{query.url()}".rstrip("?")
+        response.headers["HX-Push-Url"] = url
+    return response
+
+
+@router.get("/runs/{run_id}/map.json")
+def run_map(run_id: Whole, session: SessionDep) -> dict[str, Any]:
+    return gallery.vector_map(session, store.get_run(session, run_id))
+
+
+@router.get("/runs/{run_id}/curves.json")
+def run_curves(run_id: Whole, session: SessionDep) -> list[dict[str, Any]]:
+    """Each stored vector's objective at every step (what the live curves showed while it trained)."""
+    return [
+        {"index": v.index, "id": v.id, "curve": v.metrics.get("curve", [])}
+        for v in store.get_run(session, run_id).vectors
+    ]
+
+
+@router.get("/runs/{run_id}/chain.json")
+def chain_series(run_id: Whole, session: SessionDep) -> dict[str, Any]:
+    vectors = store.get_run(session, run_id).vectors
+    return {
+        "index": [v.index for v in vectors],
+        "id": [v.id for v in vectors],
+        "norm": [v.norm for v in vectors],
+        "loss": [v.objective for v in vectors],
+        "kl": [v.kl for v in vectors],
+    }
+
+
+@router.post("/runs/{run_id}/samples", response_class=HTMLResponse)
+async def sample(run_id: Whole, service: ServiceDep) -> Response:
+    """Generate the gallery samples of a run that has none (an import): the page then follows them."""
+    await asyncio.to_thread(interop.sample_run, service, run_id)
+    return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
+
+
+@router.post("/runs/{run_id}/compose", response_class=HTMLResponse)
+async def compose(run_id: Whole, request: Request, service: ServiceDep) -> Response:
+    """The composition test: mean of the chain's first n vectors × √n, stored as a vector and sampled."""
+    form = await request.form()
+    raw = str(form.get("n", ""))
+    with service.db.session() as session:
+        chain = store.get_run(session, run_id)
+        vectors = list(chain.vectors)
+        n = whole(raw, "n")
+        if not 1 <= n <= len(vectors):
+            raise Invalid(f"n must be between 1 and the chain's length {len(vectors)}, got {n}")
+        composed = geometry.composition(geometry.stack([v.values for v in vectors]), n)
+        model = session.get(LanguageModel, chain.model_id)
+        assert model is not None
+        prompts = [str(p) for p in chain.prompts]
+        spec = {"prompts": prompts, "model": chain.model_name, "n": n}
+        job = store.create_run(
+            session, kind="compose", spec=spec, model=model, inputs={"chain_run": chain.id}
+        )
+        jobs.transition(job, "running")
+        values = geometry.to_bytes(composed)
+        row = {
+            "index": 0,
+            "block": vectors[0].block,
+            "values": values,
+            "norm": float((composed**2).sum() ** 0.5),
+            "metrics": {"composition_of": n, "chain_run": chain.id},
+        }
+        vector = store.add_vectors(session, job.run, [row])[0]
+        jobs.transition(job, "succeeded", message=f"mean of the first {n} vectors × √{n}")
+        vector_id, composed_run = vector.id, job.run_id
+    body = schemas.SamplesCreate(
+        vector_ids=[vector_id], prompts=prompts, max_new_tokens=service.settings.gallery_tokens
+    )
+    await asyncio.to_thread(lambda: launch.start_samples(service, body, for_run=composed_run))
+    return Response(status_code=204, headers={"HX-Redirect": f"/vectors/{vector_id}"})

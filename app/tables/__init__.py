@@ -1,0 +1,1 @@
+"""Tables as CSV or JSONL, streamed a batch of rows at a time."""

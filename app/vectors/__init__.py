@@ -1,0 +1,1 @@
+"""Vectors: their page, comparing them, their geometry, files in and out."""
