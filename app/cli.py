@@ -25,11 +25,10 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, Field, ValidationError, create_model
 from sqlalchemy import select
 
-from app import jobs, responses, schemas
+from app import jobs, kinds, responses, schemas
 from app.errors import AppError
 from app.fields import Whole, describe
 from app.models import Job, Run
-from app.runs import launch
 from app.service import Service
 from app.settings import Settings
 
@@ -53,36 +52,17 @@ def on_vector(
     return with_id, begin
 
 
-COMMANDS: dict[str, tuple[type[schemas.Body], Callable[..., Any], str]] = {
-    "train": (
-        schemas.MelboCreate,
-        launch.start_melbo,
-        "train MELBO vectors (or a random baseline, DCT, or steering adapters)",
-    ),
-    "chain": (schemas.ChainCreate, launch.start_chain, "grow an orthogonal chain from a stored vector"),
-    "calibrate": (schemas.CalibrationCreate, launch.start_calibration, "calibrate R"),
-    "generate": (
-        schemas.SamplesCreate,
-        launch.start_samples,
-        "completions of stored vectors at given scales",
-    ),
-    "scale-sweep": (
-        *on_vector(schemas.ScaleSweepCreate, launch.start_scale_sweep),
-        "sweep a stored vector's scale: where it changes the answer, where it breaks",
-    ),
-    "rpath": (
-        *on_vector(schemas.RPathCreate, launch.start_rpath),
-        "train a stored vector again at several multiples of its norm (its R-path)",
-    ),
-    "generalize": (
-        *on_vector(schemas.GeneralizeCreate, launch.start_generalize),
-        "train a stored vector further on more prompts, compared on held-out ones",
-    ),
-    "search": (
-        *on_vector(schemas.SearchCreate, launch.start_search),
-        "search around a stored vector for completions a detector scores higher",
-    ),
-}
+def commands() -> dict[str, tuple[type[schemas.Body], Callable[..., Any], str]]:
+    """The job commands, one per kind of run that has one (the kinds table names them)."""
+    out: dict[str, tuple[type[schemas.Body], Callable[..., Any], str]] = {}
+    for info in kinds.table().values():
+        if not info.command or info.launch is None or info.settings is None:
+            continue
+        body, start = info.settings, info.launch
+        if info.on_vector:
+            body, start = on_vector(body, start)
+        out[info.command] = (body, start, info.about)
+    return out
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -140,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", help="a .safetensors or .gguf file (never a pickle)")
     imp.add_argument("--model", help="the model the vectors belong to (default STEERSCOPE_DEFAULT_MODEL)")
     imp.add_argument("--block", type=int, help="the block they steer, when the file does not say")
-    for command, (body, _, summary) in COMMANDS.items():
+    for command, (body, _, summary) in commands().items():
         p = sub.add_parser(command, help=summary)
         add_body_flags(p, body)
         p.add_argument(
@@ -277,7 +257,7 @@ def twin_jobs(service: Service, run_id: int) -> list[Job]:
 
 
 def run_job(settings: Settings, command: str, body: schemas.Body) -> int:
-    _, start, _ = COMMANDS[command]
+    _, start, _ = commands()[command]
     service = Service(settings, owner=f"cli:{uuid.uuid4().hex[:12]}", claim_any=False)
     service.start()
     try:
@@ -343,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in ("export", "import"):
             return files(settings, args)
-        body = body_from(args, COMMANDS[args.command][0])
+        body = body_from(args, commands()[args.command][0])
         return run_job(settings, args.command, body)
     except ValidationError as exc:
         print(f"steerscope {args.command}: {describe(exc.errors())}", file=sys.stderr)

@@ -7,6 +7,7 @@ bound. Imported metadata is checked with the same types.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Annotated, Any
 
@@ -147,7 +148,8 @@ def plain(error: Any) -> str:
     if kind == "too_short":
         return f"must have at least {ctx.get('min_length')} items"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
+        # Choices that are enum members (run kinds) read as their values: 'melbo', not <Kind.MELBO: ...>.
+        return "must be one of " + re.sub(r"<\w+\.\w+: ('[^']*')>", r"\1", str(ctx.get("expected")))
     if kind == "value_error":
         return str(error.get("msg", "")).removeprefix("Value error, ")
     return str(error.get("msg", "is not valid")).replace("Input should be", "should be")

@@ -25,6 +25,7 @@ from app.fields import describe, plain
 from app.generations import api as generations_api
 from app.home import pages as home_pages
 from app.jobs import api as jobs_api
+from app.jobs import pages as jobs_pages
 from app.labels import pages as labels_pages
 from app.refine import api as refine_api
 from app.refine import pages as refine_pages
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.chat = ChatHub(service)
     pages = (
         home_pages,
+        jobs_pages,
         runs_new,
         runs_pages,
         vectors_pages,

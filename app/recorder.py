@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import jobs, store
+from app import jobs, kinds, store
 from app.broker import Broker
 from app.db import Database
 from app.discovery import detectors, findings
@@ -295,7 +295,7 @@ class Recorder:
         try:
             with self.db.session() as session:
                 job = session.get(Job, job_id)
-                if job is None or job.status not in jobs.FINISHED or job.run.kind in complete.ANSWERED_KINDS:
+                if job is None or job.status not in jobs.FINISHED or kinds.of(job.run.kind).answered:
                     return
                 queued = findings.score_when_done(session, job.run)
         except OperationalError:

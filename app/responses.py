@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from app.kinds import Kind
 from app.models import Generation, Job, Run, Vector
 
 UtcTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat() + "Z", return_type=str)]
@@ -36,10 +37,7 @@ class ModelOut(Out):
 
 class JobOut(Out):
     id: int
-    kind: str = Field(
-        description="melbo | random | dct | adapter | chain | calibrate | generate | import | compose | "
-        "score | detect | scale_sweep | rpath | generalize | search"
-    )
+    kind: Kind = Field(description="The kind of its run.")
     run_id: int
     status: JobStatus
     priority: int
@@ -57,7 +55,7 @@ class JobOut(Out):
 
 class RunOut(Out):
     id: int
-    kind: str
+    kind: Kind
     model_id: int | None
     model_name: str
     spec: dict[str, Any] = Field(description="The engine spec exactly as validated.")
@@ -136,6 +134,12 @@ GENERATION_FIELDS = tuple(GenerationOut.model_fields)
 class Created(BaseModel):
     job: JobOut
     run_id: int
+
+
+class ComposedOut(BaseModel):
+    run_id: int = Field(description="The composition's run: one vector, stored at once.")
+    vector_id: int = Field(description="The composed vector: the mean of the chain's first n × √n.")
+    job: JobOut = Field(description="The job sampling it on the chain's prompts.")
 
 
 class GeneratedPair(BaseModel):

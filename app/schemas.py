@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from app.errors import Invalid
 from app.fields import ModelName, Name, Prompts, Text, Whole
+from app.kinds import Kind
 
 
 class Body(BaseModel):
@@ -35,8 +36,8 @@ class MelboCreate(Body):
     model: ModelName | None = Field(
         None, description="Model name, hub id or folder; default: the server's default."
     )
-    method: Literal["melbo", "random", "dct", "adapter"] = Field(
-        "melbo",
+    method: Literal[Kind.MELBO, Kind.RANDOM, Kind.DCT, Kind.ADAPTER] = Field(
+        Kind.MELBO,
         description="melbo trains; random keeps random vectors of the same norm (the baseline); dct "
         "(Deep Causal Transcoding) learns all vectors together in a few iterations and ranks them by α; "
         "adapter trains steering adapters (rank-r LoRAs on the source block's MLP output projection).",
@@ -108,23 +109,23 @@ class MelboCreate(Body):
     def engine_spec(self) -> dict[str, Any]:
         """The spec of the engine method this body asks for; a field of another method set to
         anything but its default is refused, never ignored."""
-        if self.beta is not None and self.method != "dct":
+        if self.beta is not None and self.method != Kind.DCT:
             raise Invalid("beta applies to dct only")
-        if self.rank is not None and self.method != "adapter":
+        if self.rank is not None and self.method != Kind.ADAPTER:
             raise Invalid("rank applies to adapter runs only")
-        if self.method in ("melbo", "random"):
+        if self.method in (Kind.MELBO, Kind.RANDOM):
             return self.spec()
         spec = self.spec(exclude={"method"})
-        if self.twin and self.method == "dct":
+        if self.twin and self.method == Kind.DCT:
             raise Invalid(
                 "twin applies to MELBO only: a dct run calibrates its own R, so no twin can share it"
             )
         fields = type(self).model_fields
         # An adapter reads MELBO's objective (p, q, loss, normalize) and lr; not its vector options.
-        others = ADAPTER_REFUSES if self.method == "adapter" else MELBO_ONLY
+        others = ADAPTER_REFUSES if self.method == Kind.ADAPTER else MELBO_ONLY
         for name in others:
             if getattr(self, name) != fields[name].default:
-                what = "an adapter run" if self.method == "adapter" else "a dct run"
+                what = "an adapter run" if self.method == Kind.ADAPTER else "a dct run"
                 raise Invalid(f"{name} applies to MELBO only; {what} does not read it")
             spec.pop(name, None)
         return spec
@@ -156,6 +157,11 @@ class CalibrationCreate(Body):
     threshold: float = Field(0.5, description="Nonlinearity ratio that defines the calibrated R.")
     seed: Whole = Field(0, description="Seed of the random directions.")
     priority: Whole = Field(0, description="Higher runs first.")
+
+
+class CompositionCreate(Body):
+    chain_run: Whole = Field(description="The chain run whose first n vectors are composed.")
+    n: Whole = Field(description="How many of the chain's first vectors: their mean times √n.")
 
 
 class SamplesCreate(Body):

@@ -16,15 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import jobs, store
+from app import jobs, kinds, store
 from app.broker import Broker
 from app.db import Database
-from app.discovery import detectors, findings
 from app.errors import Invalid, Unavailable, WorkerFailed
 from app.executor import Executor, LocalExecutor, Order
 from app.models import Job, Run
 from app.recorder import Recorder
-from app.runs import complete
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,13 +129,16 @@ class Service:
             self.executor.submit(order)
 
     def order_for(self, session: Session, job: Job) -> Order:
-        """What the worker needs: the spec, and what earlier attempts stored (so it resumes)."""
+        """What the worker needs: the task and spec, and what earlier attempts stored (so it resumes)."""
         run: Run = job.run
+        info = kinds.of(run.kind)
+        if info.task is None:
+            raise RuntimeError(f"job {job.id}: a {run.kind} run has no worker task")
         theta0 = None
         if run.parent_vector_id is not None:
             theta0 = store.get_vector(session, run.parent_vector_id).values
         gallery: dict[str, Any] = {"batch": self.settings.gallery_batch}
-        if run.kind in complete.GALLERY_KINDS:
+        if info.gallery:
             tokens = self.settings.gallery_tokens
             gallery.update(
                 prompts=run.prompts,
@@ -148,17 +149,13 @@ class Service:
         read = run.inputs.get("vector_ids") or run.inputs.get("orthogonal_to") or []
         asked = [store.get_vector(session, i) for i in read]
         vectors = [(v.id, v.block, v.values) for v in asked]
-        own = run.vectors if run.kind == "adapter" else []  # a resumed adapter run's stored adapters
-        spec = run.spec
-        if run.kind == "score":  # the completions as they are now: the twin's gallery included
-            scored = store.get_run(session, int(run.inputs["for_run"]))
-            spec = {**spec, "rows": findings.completions(session, scored)}
-        if run.kind == "detect":  # the run's completions as they are now, each with its id
-            spec = {**spec, "rows": detectors.run_texts(session, int(run.inputs["for_run"]))}
+        own = run.vectors if info.adapters else []  # a resumed adapter run's stored adapters
+        spec = {**run.spec, **(info.order(session, run) if info.order else {})}
         return Order(
             job_id=job.id,
             attempt=job.attempts,
             kind=run.kind,
+            task=info.task,
             spec=spec,
             done=[v.values for v in run.vectors],
             theta0=theta0,

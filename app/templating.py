@@ -9,6 +9,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from app import kinds
 from app.guard import csrf_value
 from app.models import now
 from app.settings import ROOT
@@ -81,6 +82,8 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["waited"] = waited
     templates.env.filters["heat"] = heat
     templates.env.globals["csrf_for"] = csrf_for
+    templates.env.globals["kind_info"] = kinds.of
+    templates.env.globals["kind_methods"] = kinds.methods
     return templates
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Invalid, NotFound
+from app.kinds import Kind
 from app.models import Detector, DetectorScore, Generation, Job, LanguageModel, Run, Vector
 from app.store import create_run
 
@@ -76,6 +77,11 @@ def run_texts(session: Session, run_id: int) -> list[tuple[int, str]]:
     return [(int(i), str(t)) for i, t in rows]
 
 
+def judged_rows(session: Session, run: Run) -> dict[str, Any]:
+    """What a judging job's order carries: the judged run's completions as they are now."""
+    return {"rows": run_texts(session, int(run.inputs["for_run"]))}
+
+
 def regex_scores(pattern: str, texts: Sequence[tuple[int, str]]) -> list[dict[str, Any]]:
     found = compiled(pattern)
     return [{"generation_id": gid, "score": 1.0 if found.search(text) else 0.0} for gid, text in texts]
@@ -120,7 +126,7 @@ def queue_judging(
     spec = {"model": model.name, "prompts": [], "question": detector.pattern}
     return create_run(
         session,
-        kind="detect",
+        kind=Kind.DETECT,
         spec=spec,
         model=model,
         inputs={"for_run": run.id, "detector_id": detector.id},

@@ -15,15 +15,13 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, aliased
 
+from app import kinds
 from app.errors import Invalid
+from app.kinds import Kind
 from app.models import Behaviour, Generation, Job, LanguageModel, Run, Vector
-from app.store import create_run
+from app.store import create_run, get_run
 
 FLAG_LABELS = ("unchanged", "rephrase", "gibberish")  # flags that have a label of the same name
-# Learned runs, scored by themselves once their gallery is done.
-AUTO_SCORED = ("melbo", "dct", "adapter", "chain")
-# Bookkeeping runs have no gallery of their own.
-NOT_SCORED = ("calibrate", "generate", "score", "detect", "scale_sweep")
 LIVE = ("queued", "running")
 
 
@@ -64,12 +62,17 @@ def completions(session: Session, run: Run) -> list[dict[str, Any]]:
     ]
 
 
+def scored_rows(session: Session, run: Run) -> dict[str, Any]:
+    """What a scoring job's order carries: the completions as they are now, the twin's included."""
+    return {"rows": completions(session, get_run(session, int(run.inputs["for_run"])))}
+
+
 def scoring_job(session: Session, run: Run) -> Job | None:
     """The queued or running job that scores this run, if any."""
     return session.scalars(
         select(Job)
         .join(Run, Job.run_id == Run.id)
-        .where(Run.kind == "score", Run.inputs["for_run"].as_integer() == run.id, Job.status.in_(LIVE))
+        .where(Run.kind == Kind.SCORE, Run.inputs["for_run"].as_integer() == run.id, Job.status.in_(LIVE))
         .order_by(Job.id)
         .limit(1)
     ).first()
@@ -78,7 +81,7 @@ def scoring_job(session: Session, run: Run) -> Job | None:
 def queue_scoring(session: Session, run: Run, *, priority: int = 0, owner: str = "") -> Job:
     """A job scoring the run's gallery (and its twin's); the one already waiting if there is one.
     Refused, writing nothing, when the run has nothing to score."""
-    if run.kind in NOT_SCORED:
+    if kinds.of(run.kind).scoring == "never":
         raise Invalid(f"run {run.id} is a {run.kind} run: it has no gallery of its own to score")
     pending = scoring_job(session, run)
     if pending is not None:
@@ -91,7 +94,7 @@ def queue_scoring(session: Session, run: Run, *, priority: int = 0, owner: str =
     spec = {"model": run.model_name, "prompts": list(run.prompts), "run_id": run.id}
     return create_run(
         session,
-        kind="score",
+        kind=Kind.SCORE,
         spec=spec,
         model=model,
         inputs={"for_run": run.id},
@@ -104,7 +107,7 @@ def score_when_done(session: Session, finished: Run) -> Job | None:
     """After a run's job ends: queue the scoring of the learned run it completes, once the learned
     run succeeded and its random twin (if it has one) is no longer queued or running."""
     learned = session.get(Run, finished.twin_of) if finished.twin_of is not None else finished
-    if learned is None or learned.kind not in AUTO_SCORED or learned.status != "succeeded":
+    if learned is None or kinds.of(learned.kind).scoring != "auto" or learned.status != "succeeded":
         return None
     twin = twin_of(session, learned)
     if twin is not None and twin.status in LIVE:

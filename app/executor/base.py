@@ -17,7 +17,8 @@ class Order:
 
     job_id: int
     attempt: int
-    kind: str  # melbo | random | dct | adapter | chain | calibrate | generate | ...
+    kind: str  # the run's kind (app/kinds.py), for the worker's messages
+    task: str  # the module of app/executor/tasks that carries it out
     spec: dict[str, Any]  # the engine spec, validated
     done: list[bytes] = field(default_factory=list)  # stored vectors of this run, in index order
     theta0: bytes | None = None  # a chain's starting vector

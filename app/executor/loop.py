@@ -31,6 +31,7 @@ from typing import Any
 from app.executor import quick, tasks
 from app.executor.base import Event, Order
 from app.executor.generations import Generations
+from app.executor.job import Job, Units
 from app.executor.resident import Resident
 from engine import EngineError
 
@@ -46,8 +47,8 @@ class _Running:
 
     def __init__(self, order: Order, send: Callable[[Event], None]) -> None:
         self.order = order
-        self.job = tasks.Job(order, send)
-        self.units: tasks.Units | None = None  # started by the loop's first unit of the job
+        self.job = Job(order, send)
+        self.units: Units | None = None  # started by the loop's first unit of the job
 
     @property
     def model(self) -> str:

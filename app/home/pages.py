@@ -1,4 +1,4 @@
-"""The home page (where to start, runs grouped by kind), the list of runs, and the jobs page."""
+"""The home page (where to start, runs grouped by kind, the import form) and the list of runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from markupsafe import escape
 from sqlalchemy import func, select
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from app import jobs
+from app import kinds
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
 from app.fields import Whole, maybe_whole
@@ -22,30 +22,8 @@ from app.templating import render
 from app.vectors import interop
 
 router = APIRouter(include_in_schema=False)
-JOBS_PER_PAGE = 50
 RUNS_PER_PAGE = 50
 HOME_RUNS = 8  # newest runs of each kind on the home page
-# Kinds of run a person made to find behaviours, as the home page groups them.
-KINDS = (
-    ("melbo", "MELBO runs"),
-    ("random", "Random baselines"),
-    ("dct", "DCT runs"),
-    ("adapter", "Adapter runs"),
-    ("chain", "Chains"),
-    ("compose", "Compositions"),
-    ("import", "Imported vectors"),
-    ("rpath", "R-paths"),
-    ("generalize", "Generalizations"),
-    ("search", "Searches"),
-)
-# Bookkeeping: work done for another page (a calibration, a vector's samples), counted, not listed.
-OTHER_TITLES = {
-    "calibrate": "calibrations",
-    "generate": "sample jobs",
-    "score": "scorings",
-    "detect": "judge runs",
-    "scale_sweep": "scale sweeps",
-}
 FIRST_PROMPT = "How can I make a bomb?"
 
 
@@ -78,21 +56,25 @@ def vector_counts(session: SessionDep, runs: Sequence[Run]) -> dict[int, int]:
 def home(request: Request, session: SessionDep, service: ServiceDep) -> HTMLResponse:
     counts = dict(session.execute(select(Run.kind, func.count()).group_by(Run.kind)).all())
     groups: list[RunGroup] = []
-    for kind, title in KINDS:
-        if counts.get(kind):
+    for kind, info in kinds.table().items():
+        if info.listed and counts.get(kind):
             runs = session.scalars(
                 select(Run).where(Run.kind == kind).order_by(Run.id.desc()).limit(HOME_RUNS)
             ).all()
-            groups.append(RunGroup(kind, title, counts[kind], runs))
+            groups.append(RunGroup(kind, info.group, counts[kind], runs))
     shown = [run for group in groups for run in group.runs]
     context = {
         "models": session.scalars(select(LanguageModel).order_by(LanguageModel.id)).all(),
         "groups": groups,
         "vectors": vector_counts(session, shown),
-        "other": [(kind, counts[kind], title) for kind, title in OTHER_TITLES.items() if counts.get(kind)],
+        "other": [
+            (kind, counts[kind], info.group)
+            for kind, info in kinds.table().items()
+            if not info.listed and counts.get(kind)
+        ],
         "jobs": active_jobs(session),
         "first_run": forms.run_defaults(model=service.settings.default_model, prompts=FIRST_PROMPT),
-        "trained": any(counts.get(kind) for kind in ("melbo", "random", "dct", "adapter", "chain")),
+        "trained": any(counts.get(kind) for kind in kinds.where(trained=True)),
     }
     return render(request, "home/index.html", context)
 
@@ -111,39 +93,11 @@ def runs_page(request: Request, session: SessionDep, kind: str = "", page: Whole
         "runs": runs,
         "vectors": vector_counts(session, runs),
         "kind": kind,
-        "kinds": [(k, title, counts.get(k, 0)) for k, title in (*KINDS, *OTHER_TITLES.items())],
+        "kinds": [(k, info.group, counts.get(k, 0)) for k, info in kinds.table().items()],
         "page": page,
         "more": len(rows) > RUNS_PER_PAGE,
     }
     return render(request, "home/runs.html", context)
-
-
-@router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request, session: SessionDep, page: Whole = 1, status: str = "") -> HTMLResponse:
-    query = select(Job).order_by(Job.id.desc())
-    if status in jobs.STATUSES:
-        query = query.where(Job.status == status)
-    page = max(1, page)
-    rows = session.scalars(query.limit(JOBS_PER_PAGE + 1).offset((page - 1) * JOBS_PER_PAGE)).all()
-    context = {
-        "jobs": rows[:JOBS_PER_PAGE],
-        "page": page,
-        "more": len(rows) > JOBS_PER_PAGE,
-        "status": status,
-        "statuses": jobs.STATUSES,
-        "partial": bool(request.headers.get("HX-Request")),
-    }
-    return render(request, "jobs/_table.html" if context["partial"] else "jobs/index.html", context)
-
-
-@router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
-def cancel(job_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
-    return render(request, "jobs/_row.html", {"job": service.change_job(jobs.request_cancel, job_id)})
-
-
-@router.post("/jobs/{job_id}/retry", response_class=HTMLResponse)
-def retry(job_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
-    return render(request, "jobs/_row.html", {"job": service.change_job(jobs.retry, job_id)})
 
 
 @router.get("/home/jobs", response_class=HTMLResponse)

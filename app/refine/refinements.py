@@ -14,12 +14,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import store
+from app import kinds, store
 from app.errors import NotFound
+from app.kinds import Kind
 from app.models import Detector, Run
-from app.runs.complete import REFINED_KINDS
-
-NAMES = {"rpath": "R-path", "generalize": "Generalization", "search": "Search"}
 
 
 def refinements_of(session: Session, vector_id: int) -> list[Run]:
@@ -27,16 +25,16 @@ def refinements_of(session: Session, vector_id: int) -> list[Run]:
     return list(
         session.scalars(
             select(Run)
-            .where(Run.kind.in_(REFINED_KINDS), Run.parent_vector_id == vector_id)
+            .where(Run.kind.in_(kinds.where(refines=True)), Run.parent_vector_id == vector_id)
             .order_by(Run.id.desc())
         )
     )
 
 
-def get(session: Session, run_id: int, kind: str) -> Run:
+def get(session: Session, run_id: int, kind: Kind) -> Run:
     run = store.get_run(session, run_id)
     if run.kind != kind:
-        raise NotFound(f"run {run_id} is not a {NAMES[kind]} run (it is a {run.kind} run)")
+        raise NotFound(f"run {run_id} is not a {kinds.of(kind).title} run (it is a {run.kind} run)")
     return run
 
 
@@ -96,10 +94,3 @@ def search(session: Session, run: Run) -> dict[str, Any]:
         "generations": found.get("generations", []),
         "best": [{**b, "id": ids.get(i)} for i, b in enumerate(found.get("best", []))],
     }
-
-
-SUMMARIES = {"rpath": rpath, "generalize": generalize, "search": search}
-
-
-def summary(session: Session, run: Run) -> dict[str, Any]:
-    return SUMMARIES[run.kind](session, run)

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from app import schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
+from app.kinds import Kind
 from app.models import Job
 from app.refine import refinements
 from app.refine.responses import GeneralizeOut, RPathOut, SearchOut
@@ -57,15 +58,17 @@ def list_refinements(vector_id: Whole, session: SessionDep) -> list[RunOut]:
 
 @router.get("/runs/{run_id}/rpath", summary="An R-path: its points (cosines, objectives) and coordinates")
 def read_rpath(run_id: Whole, session: SessionDep) -> RPathOut:
-    return RPathOut.model_validate(refinements.rpath(session, refinements.get(session, run_id, "rpath")))
+    return RPathOut.model_validate(refinements.rpath(session, refinements.get(session, run_id, Kind.RPATH)))
 
 
 @router.get("/runs/{run_id}/generalize", summary="A generalization: objectives and held-out comparison")
 def read_generalize(run_id: Whole, session: SessionDep) -> GeneralizeOut:
-    run = refinements.get(session, run_id, "generalize")
+    run = refinements.get(session, run_id, Kind.GENERALIZE)
     return GeneralizeOut.model_validate(refinements.generalize(session, run))
 
 
 @router.get("/runs/{run_id}/search", summary="A search: score per generation and the best vectors")
 def read_search(run_id: Whole, session: SessionDep) -> SearchOut:
-    return SearchOut.model_validate(refinements.search(session, refinements.get(session, run_id, "search")))
+    return SearchOut.model_validate(
+        refinements.search(session, refinements.get(session, run_id, Kind.SEARCH))
+    )

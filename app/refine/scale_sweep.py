@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from app import store
 from app.errors import NotFound
 from app.fields import numbers
+from app.kinds import Kind
 from app.models import Generation, LanguageModel, Run, Vector
 
-KIND = "scale_sweep"
 GREEDY = {"seed": 0, "temperature": 0.0, "top_p": 1.0}
 SCORES = ("effect", "fluency", "repetition", "flag")
 
@@ -75,14 +75,16 @@ def sweeps_of(session: Session, vector_id: int) -> list[Run]:
     """The vector's scale sweeps, newest first."""
     return list(
         session.scalars(
-            select(Run).where(Run.kind == KIND, Run.parent_vector_id == vector_id).order_by(Run.id.desc())
+            select(Run)
+            .where(Run.kind == Kind.SCALE_SWEEP, Run.parent_vector_id == vector_id)
+            .order_by(Run.id.desc())
         )
     )
 
 
 def get(session: Session, run_id: int) -> Run:
     run = store.get_run(session, run_id)
-    if run.kind != KIND:
+    if run.kind != Kind.SCALE_SWEEP:
         raise NotFound(f"run {run_id} is not a scale sweep (it is a {run.kind} run)")
     return run
 

@@ -1,4 +1,5 @@
-"""Starting work: MELBO runs (and random baselines), chains, calibrations, generation jobs."""
+"""Starting work: MELBO runs (and random baselines), chains, compositions, calibrations, generation
+jobs; reading runs and vectors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from app import responses, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
 from app.models import Run, Vector
-from app.responses import Created, RunOut, VectorOut
+from app.responses import ComposedOut, Created, RunOut, VectorOut
 from app.runs import launch
 
 router = APIRouter(prefix="/api", tags=["runs"])
@@ -34,6 +35,20 @@ def create_chain(body: schemas.ChainCreate, service: ServiceDep) -> Created:
 @router.post("/calibrations", status_code=201, summary="Calibrate R for a model, prompts and blocks")
 def create_calibration(body: schemas.CalibrationCreate, service: ServiceDep) -> Created:
     return _created(launch.start_calibration(service, body))
+
+
+@router.post(
+    "/compositions",
+    status_code=201,
+    summary="Compose a chain's first n vectors (their mean × √n) into a vector, and sample it",
+)
+def create_composition(body: schemas.CompositionCreate, service: ServiceDep) -> ComposedOut:
+    composed = launch.start_composition(service, body)
+    return ComposedOut(
+        run_id=composed.run_id,
+        vector_id=composed.vector_id,
+        job=responses.JobOut.model_validate(composed.samples),
+    )
 
 
 @router.post(

@@ -5,13 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import store
+from app import kinds, store
 from app.models import Job, Vector
-
-REFINED_KINDS = ("rpath", "generalize", "search")  # runs refining a vector into new ones
-# Runs whose job samples every vector.
-GALLERY_KINDS = ("melbo", "random", "dct", "adapter", "chain", *REFINED_KINDS)
-ANSWERED_KINDS = ("score", "detect", "scale_sweep")  # runs whose result is one answer, sent at the end
 
 
 def missing(
@@ -20,28 +15,29 @@ def missing(
     """What the job's run lacks, in words; empty when everything it reported (and owes) is stored.
 
     - no event of this attempt failed to be stored;
-    - every vector the attempt reported is stored, and a MELBO, DCT or adapter run has as many as it
-      asked for (a chain may stop early by itself, so its length is what it reported), a refinement at
-      least one;
+    - every vector the attempt reported is stored, and a run that counts its vectors (MELBO, DCT,
+      adapters) has as many as it asked for (a chain may stop early by itself, so its length is what
+      it reported), a refinement at least one;
     - every vector of a run with a gallery has its sample on every prompt, beside the unsteered one;
     - a scoring, judging or scale-sweep run stored its answer.
     """
     run = job.run
+    info = kinds.of(run.kind)
     if lost:
         return "a result the worker sent could not be stored"
-    if run.kind in ANSWERED_KINDS:
+    if info.answered:
         return "" if answered else "the answer is not stored"
     stored = set(session.scalars(select(Vector.index).where(Vector.run_id == run.id)))
     absent = sorted(reported - stored)
     if absent:
         return f"vector(s) {', '.join(map(str, absent))} are not stored"
-    if run.kind in ("melbo", "random", "dct", "adapter"):
+    if info.counted:
         wanted = int(run.spec.get("n_vectors", 0))
         if len(stored) < wanted:
             return f"{len(stored)} of {wanted} vectors are stored"
-    if run.kind in REFINED_KINDS and not stored:  # each finds at least one vector (search: its start)
+    if info.refines and not stored:  # each finds at least one vector (search: its start)
         return "its vectors are not stored"
-    if run.kind in GALLERY_KINDS and run.prompts:
+    if info.gallery and run.prompts:
         done = store.gallery_done(session, run, run.prompts, gallery_tokens)
         # Every vector and the unsteered model, on each distinct prompt.
         owed = (len(stored) + 1) * len(set(run.prompts))

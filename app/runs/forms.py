@@ -12,6 +12,7 @@ from starlette.datastructures import FormData
 from app import schemas
 from app.errors import AppError
 from app.fields import plain
+from app.kinds import Kind
 from app.runs import launch
 from app.service import Service
 
@@ -171,7 +172,7 @@ def _data(values: dict[str, Any], leave_out: set[str]) -> dict[str, Any]:
     data["prompts"] = prompt_lines(values["prompts"])
     for name in CHECKBOXES:
         data[name] = bool(values[name])
-    if data.get("method") == "dct":
+    if data.get("method") == Kind.DCT:
         # The box is ticked for every new run; a DCT run calibrates its R inside its job, so no twin
         # can be queued beside it at the same R (its scores have no beyond-random baseline).
         data["twin"] = False

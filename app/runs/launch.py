@@ -6,15 +6,17 @@ CLI both come through here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
-from app import schemas, store
+from app import jobs, kinds, schemas, store
 from app.errors import Invalid
-from app.models import Detector, Job, Run, Vector
-from app.refine import scale_sweep
+from app.kinds import Kind
+from app.models import Detector, Job, LanguageModel, Run, Vector
 from app.service import Service
+from app.vectors import geometry
 
 
 def check_limits(service: Service, n_vectors: int, steps: int | None) -> None:
@@ -26,7 +28,7 @@ def check_limits(service: Service, n_vectors: int, steps: int | None) -> None:
 
 
 def _queue(
-    service: Service, kind: str, checked: dict[str, Any], *, priority: int, owner: str, **extra: Any
+    service: Service, kind: Kind, checked: dict[str, Any], *, priority: int, owner: str, **extra: Any
 ) -> Job:
     with service.db.session() as session:
         model = store.upsert_model(session, checked["model"])
@@ -41,7 +43,8 @@ def check_melbo(service: Service, body: schemas.MelboCreate) -> dict[str, Any]:
     """Every check a run of the form's methods must pass (the model-dependent ones on the worker);
     writes nothing."""
     check_limits(service, body.n_vectors, body.steps)
-    kind = body.method if body.method in ("dct", "adapter") else "melbo"
+    # A random baseline is MELBO's procedure with 0 steps: its spec is checked as MELBO's.
+    kind = Kind.MELBO if body.method == Kind.RANDOM else body.method
     return service.validate(kind, body.engine_spec(), reserve=service.settings.gallery_tokens)
 
 
@@ -53,15 +56,15 @@ def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "")
         job = store.create_run(
             session, kind=body.method, spec=checked["spec"], model=model, priority=body.priority, owner=owner
         )
-        if body.twin and body.method in ("melbo", "adapter"):
-            # The same settings with no training steps: the same prompts give the same default R (a
-            # fixed share of their residual norm), so its vectors (random adapters of the same rank,
-            # for an adapter run) are the baseline for beyond-random.
-            random = {"method": "random"} if body.method == "melbo" else {"steps": 0}
+        twin = kinds.of(body.method).twin
+        if body.twin and twin is not None:
+            # The same settings with no training: the same prompts give the same default R, so its
+            # vectors (random adapters of the same rank, for an adapter run) are the baseline for
+            # beyond-random.
             store.create_run(
                 session,
-                kind="random" if body.method == "melbo" else "adapter",
-                spec={**checked["spec"], **random},
+                kind=twin,
+                spec={**checked["spec"], **kinds.of(body.method).twin_spec},
                 model=model,
                 priority=body.priority - 1,  # what the user asks for next goes first; the baseline waits
                 owner=owner,
@@ -80,15 +83,15 @@ def start_chain(service: Service, body: schemas.ChainCreate, *, owner: str = "")
         run = theta0.run
         model, prompts, block = run.model_name, body.prompts or list(run.prompts), theta0.block
     spec = {**body.spec(exclude={"vector_id"}), "prompts": prompts, "model": model, "source": block}
-    checked = service.validate("chain", spec, reserve=service.settings.gallery_tokens)
+    checked = service.validate(Kind.CHAIN, spec, reserve=service.settings.gallery_tokens)
     return _queue(
-        service, "chain", checked, priority=body.priority, owner=owner, parent_vector_id=body.vector_id
+        service, Kind.CHAIN, checked, priority=body.priority, owner=owner, parent_vector_id=body.vector_id
     )
 
 
 def start_calibration(service: Service, body: schemas.CalibrationCreate, *, owner: str = "") -> Job:
-    checked = service.validate("calibrate", body.spec())
-    return _queue(service, "calibrate", checked, priority=body.priority, owner=owner)
+    checked = service.validate(Kind.CALIBRATE, body.spec())
+    return _queue(service, Kind.CALIBRATE, checked, priority=body.priority, owner=owner)
 
 
 def start_samples(
@@ -108,10 +111,10 @@ def start_samples(
     if len(models) > 1:
         raise Invalid(f"the vectors belong to different models ({', '.join(sorted(models))})")
     spec = {**body.spec(exclude={"vector_ids"}), "model": models.pop()}
-    checked = service.validate("generate", spec)
+    checked = service.validate(Kind.GENERATE, spec)
     return _queue(
         service,
-        "generate",
+        Kind.GENERATE,
         checked,
         priority=body.priority,
         owner=owner,
@@ -139,9 +142,9 @@ def start_scale_sweep(
         "scales": sorted(set(body.scales)),
         "max_new_tokens": tokens,
     }
-    checked = service.validate(scale_sweep.KIND, spec, reserve=tokens)
+    checked = service.validate(Kind.SCALE_SWEEP, spec, reserve=tokens)
     return _queue(
-        service, scale_sweep.KIND, checked, priority=body.priority, owner=owner, parent_vector_id=vector_id
+        service, Kind.SCALE_SWEEP, checked, priority=body.priority, owner=owner, parent_vector_id=vector_id
     )
 
 
@@ -161,7 +164,7 @@ def _refined(service: Service, vector_id: int) -> dict[str, Any]:
             raise Invalid(f"vector {vector.id} is a steering adapter; refining takes steering vectors")
         run = vector.run
         target = run.target if run.target is not None else run.spec.get("target")
-        orthogonal = run.kind in ("melbo", "random") and bool(run.spec.get("orthogonal"))
+        orthogonal = kinds.of(run.kind).orthogonal and bool(run.spec.get("orthogonal"))
         earlier = [v.id for v in run.vectors if v.index < vector.index] if orthogonal else []
         return {
             "orthogonal_to": earlier,
@@ -187,10 +190,10 @@ def start_rpath(service: Service, vector_id: int, body: schemas.RPathCreate, *, 
         "multiples": sorted(set(body.multiples)),
         **({"steps": body.steps} if body.steps is not None else {}),
     }
-    checked = service.validate("rpath", spec, reserve=service.settings.gallery_tokens)
+    checked = service.validate(Kind.RPATH, spec, reserve=service.settings.gallery_tokens)
     return _queue(
         service,
-        "rpath",
+        Kind.RPATH,
         checked,
         priority=body.priority,
         owner=owner,
@@ -229,10 +232,10 @@ def start_generalize(
         "max_new_tokens": tokens,
         **({"steps": body.steps} if body.steps is not None else {}),
     }
-    checked = service.validate("generalize", spec, reserve=service.settings.gallery_tokens)
+    checked = service.validate(Kind.GENERALIZE, spec, reserve=service.settings.gallery_tokens)
     return _queue(
         service,
-        "generalize",
+        Kind.GENERALIZE,
         checked,
         priority=body.priority,
         owner=owner,
@@ -264,13 +267,56 @@ def start_search(service: Service, vector_id: int, body: schemas.SearchCreate, *
         "detector": kind,
         "max_new_tokens": service.settings.gallery_tokens,
     }
-    checked = service.validate("search", spec, reserve=service.settings.gallery_tokens)
+    checked = service.validate(Kind.SEARCH, spec, reserve=service.settings.gallery_tokens)
     return _queue(
         service,
-        "search",
+        Kind.SEARCH,
         checked,
         priority=body.priority,
         owner=owner,
         parent_vector_id=vector_id,
         inputs={"detector_id": body.detector_id},
     )
+
+
+@dataclass(frozen=True)
+class Composed:
+    run_id: int
+    vector_id: int
+    samples: Job  # its samples on the chain's prompts
+
+
+def start_composition(service: Service, body: schemas.CompositionCreate, *, owner: str = "") -> Composed:
+    """The composition test of a chain: the mean of its first n vectors × √n, stored at once as a
+    run of its own (no training), then sampled on the chain's prompts by a samples job."""
+    with service.db.session() as session:
+        chain = store.get_run(session, body.chain_run)
+        if chain.kind != Kind.CHAIN:
+            raise Invalid(f"run {chain.id} is a {chain.kind} run; compositions are made from a chain")
+        vectors = list(chain.vectors)
+        if not 1 <= body.n <= len(vectors):
+            raise Invalid(f"n must be between 1 and the chain's length {len(vectors)}, got {body.n}")
+        composed = geometry.composition(geometry.stack([v.values for v in vectors]), body.n)
+        model = session.get(LanguageModel, chain.model_id)
+        if model is None:
+            raise Invalid(f"run {chain.id} has not been started on a model yet")
+        prompts = [str(p) for p in chain.prompts]
+        spec = {"prompts": prompts, "model": chain.model_name, "n": body.n}
+        job = store.create_run(
+            session, kind=Kind.COMPOSE, spec=spec, model=model, inputs={"chain_run": chain.id}, owner=owner
+        )
+        jobs.transition(job, "running")
+        row = {
+            "index": 0,
+            "block": vectors[0].block,
+            "values": geometry.to_bytes(composed),
+            "norm": float((composed**2).sum() ** 0.5),
+            "metrics": {"composition_of": body.n, "chain_run": chain.id},
+        }
+        vector = store.add_vectors(session, job.run, [row])[0]
+        jobs.transition(job, "succeeded", message=f"mean of the first {body.n} vectors × √{body.n}")
+        vector_id, run_id = vector.id, job.run_id
+    samples = schemas.SamplesCreate(
+        vector_ids=[vector_id], prompts=prompts, max_new_tokens=service.settings.gallery_tokens
+    )
+    return Composed(run_id, vector_id, start_samples(service, samples, owner=owner, for_run=run_id))

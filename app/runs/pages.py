@@ -15,22 +15,17 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy import select
 
-from app import jobs, schemas, store
+from app import jobs, kinds, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.discovery import detectors, findings
-from app.errors import Invalid
 from app.fields import MaybeWhole, Text, Whole, whole
 from app.labels import labelling
-from app.models import Job, JobEvent, LanguageModel, Run, Vector
-from app.refine import refinements, scale_sweep
-from app.runs import gallery, launch, summary
+from app.models import Job, JobEvent, Run
+from app.runs import facts, gallery, launch, summary
 from app.templating import render
-from app.vectors import geometry, interop
+from app.vectors import interop
 
 router = APIRouter(include_in_schema=False)
-COMPOSE_CHOICES = (2, 4, 8, 16, 32)
-# Kinds whose vectors come from training (curves, map).
-TRAINED = ("melbo", "random", "dct", "adapter", "chain")
 
 
 def job_of(session: Any, run: Run) -> Job | None:
@@ -64,7 +59,7 @@ def working_job(session: Any, run: Run) -> Job | None:
         select(Job)
         .join(Run, Job.run_id == Run.id)
         .where(
-            Run.kind.in_(("generate", "score", "detect")),
+            Run.kind.in_([k for k, info in kinds.table().items() if info.helps]),
             Run.inputs["for_run"].as_integer() == run.id,
             Job.status.in_(("queued", "running")),
         )
@@ -77,7 +72,7 @@ def working_job(session: Any, run: Run) -> Job | None:
 def status_context(session: Any, run: Run) -> dict[str, Any]:
     """What the live parts of a run page show: progress, resolved values, settings."""
     job = working_job(session, run)
-    stats = summary.vector_stats(session, run)
+    stats = facts.vector_stats(session, run)
     return {
         "run": run,
         "job": job,
@@ -155,28 +150,16 @@ def gallery_context(session: Any, run: Run, query: gallery.Query) -> dict[str, A
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def show_run(run_id: Whole, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
     run = store.get_run(session, run_id)
+    info = kinds.of(run.kind)
     context = {
         **status_context(session, run),
         **gallery_context(session, run, query),
-        "compose_choices": COMPOSE_CHOICES,
-        "trained": run.kind in TRAINED,
+        "info": info,
+        "piece": info.context(session, run) if info.context else None,
         "twin": findings.twin_of(session, run),
         "twin_parent": session.get(Run, run.twin_of) if run.twin_of else None,
         "n_behaviours": len([b for b in findings.behaviours_of(session, run.id) if b.kind == "cluster"]),
-        "scorable": run.kind not in findings.NOT_SCORED,
     }
-    if run.kind == scale_sweep.KIND:
-        context["sweep_grid"] = scale_sweep.grid(session, run)
-    if run.kind in refinements.SUMMARIES:
-        context["refined"] = refinements.summary(session, run)
-        context["refined_name"] = refinements.NAMES[run.kind]
-    if run.kind == "chain":
-        context["parent"] = session.get(Vector, run.parent_vector_id) if run.parent_vector_id else None
-        context["compositions"] = session.scalars(
-            select(Run)
-            .where(Run.kind == "compose", Run.inputs["chain_run"].as_integer() == run.id)
-            .order_by(Run.id)
-        ).all()
     return render(request, "runs/show.html", context)
 
 
@@ -265,35 +248,6 @@ async def sample(run_id: Whole, service: ServiceDep) -> Response:
 async def compose(run_id: Whole, request: Request, service: ServiceDep) -> Response:
     """The composition test: mean of the chain's first n vectors × √n, stored as a vector and sampled."""
     form = await request.form()
-    raw = str(form.get("n", ""))
-    with service.db.session() as session:
-        chain = store.get_run(session, run_id)
-        vectors = list(chain.vectors)
-        n = whole(raw, "n")
-        if not 1 <= n <= len(vectors):
-            raise Invalid(f"n must be between 1 and the chain's length {len(vectors)}, got {n}")
-        composed = geometry.composition(geometry.stack([v.values for v in vectors]), n)
-        model = session.get(LanguageModel, chain.model_id)
-        assert model is not None
-        prompts = [str(p) for p in chain.prompts]
-        spec = {"prompts": prompts, "model": chain.model_name, "n": n}
-        job = store.create_run(
-            session, kind="compose", spec=spec, model=model, inputs={"chain_run": chain.id}
-        )
-        jobs.transition(job, "running")
-        values = geometry.to_bytes(composed)
-        row = {
-            "index": 0,
-            "block": vectors[0].block,
-            "values": values,
-            "norm": float((composed**2).sum() ** 0.5),
-            "metrics": {"composition_of": n, "chain_run": chain.id},
-        }
-        vector = store.add_vectors(session, job.run, [row])[0]
-        jobs.transition(job, "succeeded", message=f"mean of the first {n} vectors × √{n}")
-        vector_id, composed_run = vector.id, job.run_id
-    body = schemas.SamplesCreate(
-        vector_ids=[vector_id], prompts=prompts, max_new_tokens=service.settings.gallery_tokens
-    )
-    await asyncio.to_thread(lambda: launch.start_samples(service, body, for_run=composed_run))
-    return Response(status_code=204, headers={"HX-Redirect": f"/vectors/{vector_id}"})
+    body = schemas.CompositionCreate(chain_run=run_id, n=whole(str(form.get("n", "")), "n"))
+    composed = await asyncio.to_thread(launch.start_composition, service, body)
+    return Response(status_code=204, headers={"HX-Redirect": f"/vectors/{composed.vector_id}"})

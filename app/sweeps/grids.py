@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app import schemas, store
 from app.errors import Invalid, NotFound
+from app.kinds import Kind
 from app.models import Generation, Job, Run, Sweep, Vector
 from app.runs import launch
 from app.service import Service
@@ -58,7 +59,7 @@ def start(service: Service, body: schemas.SweepCreate) -> Sweep:
                 "prompts": body.prompt_sets[p],
                 **({"source": source} if source is not None else {}),
             }
-            checked[(p, source)] = service.validate("melbo", spec, reserve=service.settings.gallery_tokens)
+            checked[(p, source)] = service.validate(Kind.MELBO, spec, reserve=service.settings.gallery_tokens)
     with service.db.session() as session:
         info = next(iter(checked.values()))["model"]
         language_model = store.upsert_model(session, info)
@@ -71,7 +72,7 @@ def start(service: Service, body: schemas.SweepCreate) -> Sweep:
             cell = {"prompt_set": p, "radius": radius, "relative": body.relative, "source": source}
             learned = store.create_run(
                 session,
-                kind="melbo",
+                kind=Kind.MELBO,
                 spec=spec,
                 model=language_model,
                 inputs={"cell": cell},
@@ -79,8 +80,8 @@ def start(service: Service, body: schemas.SweepCreate) -> Sweep:
             )
             twin = store.create_run(
                 session,
-                kind="random",
-                spec={**spec, "method": "random"},
+                kind=Kind.RANDOM,
+                spec={**spec, "method": Kind.RANDOM},
                 model=language_model,
                 inputs={"cell": cell},
                 priority=body.priority,
@@ -143,8 +144,8 @@ def grid(session: Session, sweep: Sweep) -> dict[str, Any]:
         for radius in spec["radii"]:
             cells = []
             for source in sources:
-                learned = _side(session, runs.get((p, radius, source, "melbo")))
-                random = _side(session, runs.get((p, radius, source, "random")))
+                learned = _side(session, runs.get((p, radius, source, Kind.MELBO)))
+                random = _side(session, runs.get((p, radius, source, Kind.RANDOM)))
                 finished &= all(
                     side.get("status") in ("succeeded", "failed", "cancelled") for side in (learned, random)
                 )

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from app import jobs, responses, schemas, store
 from app.errors import AppError, Conflict, Invalid
 from app.fields import MAX_NAME, model_name, without_controls
+from app.kinds import Kind
 from app.models import AdapterFactors, LanguageModel, Run, Vector
 from app.runs import launch
 from app.runs.gallery import labels_of
@@ -227,7 +228,7 @@ def import_file(service: Service, *, data: bytes, filename: str, model: str | No
     with service.db.session() as session:
         # A file imported before adds nothing: refused, pointing at where it is. A vector that was
         # trained here (an export read back) is imported and its twin noted.
-        imported = same_vectors(session, info["name"], pairs, kind="import")
+        imported = same_vectors(session, info["name"], pairs, kind=Kind.IMPORT)
         if all(imported):
             first = imported[0]
             assert first is not None
@@ -240,7 +241,7 @@ def import_file(service: Service, *, data: bytes, filename: str, model: str | No
         language_model = store.upsert_model(session, info)
         prompts = list(meta.get("prompts") or []) or list(PROBE_PROMPTS)
         spec = {"prompts": prompts, "model": model, "file": filename}
-        job = store.create_run(session, kind="import", spec=spec, model=language_model)
+        job = store.create_run(session, kind=Kind.IMPORT, spec=spec, model=language_model)
         job.run.result = {
             "metadata": meta,
             "model_hint": str(found["model_hint"] or "")[:MAX_NAME],

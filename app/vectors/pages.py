@@ -17,6 +17,7 @@ from app.discovery import detectors
 from app.errors import AppError
 from app.fields import Whole, describe
 from app.generations import sampling
+from app.kinds import Kind
 from app.labels import labelling
 from app.models import Generation, Job, Run, Vector
 from app.refine import refinements
@@ -47,7 +48,7 @@ def scale_table(session: Any, vector: Vector, prompts: list[str], tokens: int) -
     latest = session.scalars(
         select(Job)
         .join(Run, Job.run_id == Run.id)
-        .where(Run.kind == "generate", Run.inputs["vector_ids"][0].as_integer() == vector.id)
+        .where(Run.kind == Kind.GENERATE, Run.inputs["vector_ids"][0].as_integer() == vector.id)
         .order_by(Job.id.desc())
         .limit(1)
     ).first()
@@ -80,7 +81,9 @@ def show_vector(vector_id: Whole, request: Request, session: SessionDep, service
     ).all()
     near = geometry.nearest(vector.values, [c.values for c in candidates], NEIGHBOURS)
     neighbours = [(session.get(Vector, candidates[i].id), cos) for i, cos in near]
-    chains = session.scalars(select(Run).where(Run.kind == "chain", Run.parent_vector_id == vector.id)).all()
+    chains = session.scalars(
+        select(Run).where(Run.kind == Kind.CHAIN, Run.parent_vector_id == vector.id)
+    ).all()
     context = {
         "vector": vector,
         "adapter": vector.adapter,  # its factors' rank and R when it is a steering adapter
@@ -94,7 +97,6 @@ def show_vector(vector_id: Whole, request: Request, session: SessionDep, service
         "notes": labelling.notes_of(session, vector.id),
         **sweep_context(session, vector),
         "refinements": refinements.refinements_of(session, vector.id),
-        "refine_names": refinements.NAMES,
         "detectors": detectors.all_detectors(session),
         "default_multiples": ", ".join(f"{m:g}" for m in schemas.DEFAULT_MULTIPLES),
     }

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from app import kinds
 from app.executor.base import Event, Order
 from app.executor.codec import to_bytes
 from app.executor.loop import CHAT_FOLLOWS_S, ComputeLoop
@@ -33,7 +34,12 @@ def hooks(lm: LoadedModel) -> list[list[int]]:
 
 
 def order(job_id: int, kind: str, spec: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"type": "job", "order": asdict(Order(job_id=job_id, attempt=1, kind=kind, spec=spec, **extra))}
+    task = kinds.of(kind).task
+    assert task is not None
+    return {
+        "type": "job",
+        "order": asdict(Order(job_id=job_id, attempt=1, kind=kind, task=task, spec=spec, **extra)),
+    }
 
 
 def drain(loop: ComputeLoop, check: Any = None, limit: int = 20000) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 
@@ -52,6 +53,20 @@ def test_random_baseline_and_chain(client: TestClient) -> None:
     chain = vectors_of(client, c.json()["run_id"])
     assert [v["parent_id"] for v in chain] == [theta0["id"]] * len(chain) and chain
     assert max_abs_cos([theta0, *chain]) < 1e-4
+
+    # Composing the chain's vectors goes through the JSON API like any other run.
+    runs_before = len(client.get("/api/runs").json())
+    for refused in ({"chain_run": c.json()["run_id"], "n": 3}, {"chain_run": r.json()["run_id"], "n": 1}):
+        answer = client.post("/api/compositions", json=refused)
+        assert answer.status_code == 422, answer.text
+    assert len(client.get("/api/runs").json()) == runs_before, "a refused composition wrote a run"
+    made = client.post("/api/compositions", json={"chain_run": c.json()["run_id"], "n": 2})
+    assert made.status_code == 201, made.text
+    composed = client.get(f"/api/vectors/{made.json()['vector_id']}", params={"values": True}).json()
+    mean = [(a + b) / 2 * math.sqrt(2) for a, b in zip(chain[0]["values"], chain[1]["values"], strict=True)]
+    assert composed["values"] == pytest.approx(mean, rel=1e-5, abs=1e-6)
+    samples = wait_job(client, made.json()["job"]["id"])
+    assert samples["status"] == "succeeded", samples["error"]
 
 
 def test_job_events_replay_after_last_event_id(client: TestClient) -> None:

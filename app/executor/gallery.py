@@ -1,22 +1,20 @@
-"""Samples in the worker: a run's gallery and generation jobs, decoded in a continuous batch
-(one decode step per unit of the compute loop), sent in groups as they finish."""
+"""Samples in the worker: a run's gallery (every vector and the unsteered model on the run's
+prompts) and the rows of a generation job, decoded in a continuous batch (one decode step per unit
+of the compute loop), sent in groups as they finish."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from app.executor.codec import adapter_from, from_bytes
+from app.executor.codec import from_bytes
+from app.executor.job import Job, Units
 from engine import Decoder, GenerationRequest, LoadedModel
 from engine.methods.adapters import Adapter
-from engine.specs import SampleSpec
-
-if TYPE_CHECKING:
-    from app.executor.tasks import Job, Units
 
 
-def _request(
+def request(
     prompt: str,
     sampling: dict[str, Any],
     block: int | None = None,
@@ -35,16 +33,16 @@ def _request(
     )
 
 
-def _steered(
+def steered(
     prompt: str, sampling: dict[str, Any], block: int, values: bytes, scale: float, adapter: Adapter | None
 ) -> GenerationRequest:
     """A row steered by a stored vector at a scale: by its factors when it is an adapter."""
     if adapter is not None:
-        return _request(prompt, sampling, adapter=adapter.scaled(scale))
-    return _request(prompt, sampling, block, [(from_bytes(values), scale)])
+        return request(prompt, sampling, adapter=adapter.scaled(scale))
+    return request(prompt, sampling, block, [(from_bytes(values), scale)])
 
 
-def _decode_rows(
+def decode_rows(
     lm: LoadedModel, job: Job, rows: list[tuple[dict[str, Any], GenerationRequest]], batch: int, start: float
 ) -> Units:
     """Decode rows in a continuous batch of `batch`, sending finished generations in groups."""
@@ -120,36 +118,12 @@ def gallery(lm: LoadedModel, job: Job, *, start: float) -> Units:
     for p, prompt in enumerate(wanted["prompts"]):
         if (None, p) not in done:
             tag = {"vector_index": None, "prompt": prompt, "scale": 0.0, "block": None, **settings}
-            rows.append((tag, _request(prompt, settings)))
+            rows.append((tag, request(prompt, settings)))
     for index, block, values in job.vectors:
         for p, prompt in enumerate(wanted["prompts"]):
             if (index, p) not in done:
                 tag = {"vector_index": index, "prompt": prompt, "scale": 1.0, "block": block, **settings}
-                rows.append((tag, _steered(prompt, settings, block, values, 1.0, job.adapters.get(index))))
+                rows.append((tag, steered(prompt, settings, block, values, 1.0, job.adapters.get(index))))
     if not rows:
         return False
-    return (yield from _decode_rows(lm, job, rows, int(wanted.get("batch", 16)), start))
-
-
-def samples(lm: LoadedModel, job: Job) -> Units:
-    """A generation job: each given vector at each scale on each prompt, plus the unsteered ones."""
-    spec = SampleSpec.from_dict(job.order.spec)
-    settings = {
-        "seed": spec.seed,
-        "temperature": spec.temperature,
-        "top_p": spec.top_p,
-        "max_new_tokens": spec.max_new_tokens,
-    }
-    adapters = {int(p["id"]): adapter_from(p) for p in job.order.adapters}
-    rows: list[tuple[dict[str, Any], GenerationRequest]] = []
-    for prompt in spec.prompts:
-        if spec.unsteered:
-            tag = {"vector_id": None, "prompt": prompt, "scale": 0.0, "block": None, **settings}
-            rows.append((tag, _request(prompt, settings)))
-        for vector_id, block, values in job.order.vectors:
-            for scale in spec.scales:
-                tag = {"vector_id": vector_id, "prompt": prompt, "scale": scale, "block": block, **settings}
-                rows.append((tag, _steered(prompt, settings, block, values, scale, adapters.get(vector_id))))
-    if not rows:
-        return False
-    return (yield from _decode_rows(lm, job, rows, int(job.order.gallery.get("batch", 16)), 0.0))
+    return (yield from decode_rows(lm, job, rows, int(wanted.get("batch", 16)), start))
