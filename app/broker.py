@@ -12,7 +12,9 @@ import queue
 import threading
 from typing import Any
 
-Message = dict[str, Any]
+# A stored job event or a chat's pieces (dicts, as the SSE streams send them), or a worker's
+# reply or token to a request (app/executor/protocol.py), published as it came.
+Message = Any
 
 
 CLOSING: Message = {"type": "closing"}  # wakes a subscriber when the broker closes

@@ -29,7 +29,25 @@ from app import jobs, kinds, store
 from app.broker import Broker
 from app.db import Database
 from app.discovery import detectors, findings
-from app.executor import Event
+from app.executor.protocol import (
+    ChatTokens,
+    Detections,
+    Findings,
+    Finished,
+    FromWorker,
+    Generations,
+    JobEvent,
+    Progress,
+    Ready,
+    Reply,
+    Resident,
+    Result,
+    Started,
+    SweepFound,
+    Token,
+    Vectors,
+    WorkerDied,
+)
 from app.models import Detector, Job, LanguageModel, Run, Vector, now
 from app.refine import scale_sweep
 from app.runs import complete
@@ -37,7 +55,7 @@ from app.runs import complete
 log = logging.getLogger(__name__)
 FIRST_RETRY_S, LAST_RETRY_S = 0.05, 2.0  # back-off between tries of a write the database refused
 Attempt = tuple[int, int]  # (job id, attempt)
-PROGRESS_FIGURES = (
+PROGRESS_FIGURES = (  # the engine's figures a progress event may carry, stored beside its message
     "phase",
     "vectors_done",
     "vectors_total",
@@ -49,6 +67,7 @@ PROGRESS_FIGURES = (
     "samples_total",
     "eta_s",
 )
+Published = list[tuple[int, dict[str, Any]]]  # (stored event id, what subscribers get)
 
 
 class Recorder:
@@ -66,7 +85,7 @@ class Recorder:
         self.max_attempts, self.gallery_tokens = max_attempts, gallery_tokens
         self.auto_score = auto_score  # queue a learned run's scoring once it and its twin are done
         # Chat replies are followed by the chat hub (it stores them); it answers False for other ids.
-        self.chat_events: Callable[[Event], bool] | None = None
+        self.chat_events: Callable[[Reply | Token | ChatTokens], bool] | None = None
         self.pending: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self.thread: threading.Thread | None = None
         self.give_up_at: float | None = None  # set when stopping: retries end then
@@ -122,87 +141,107 @@ class Recorder:
 
     # events, as the executor hands them over (on its event thread)
 
-    def __call__(self, event: Event) -> None:
-        kind = event.get("type")
-        if kind in ("reply", "token", "chat_tokens"):
-            if self.chat_events is None or not self.chat_events(event):
-                self.broker.publish(f"request:{event['id']}", event)
-            return
-        if kind == "ready":
-            log.info("worker %s ready", event.get("pid"))
-            self.wake()
-            return
-        self.later(lambda: self._record(event))
+    def __call__(self, event: FromWorker) -> None:
+        match event:
+            case Reply() | Token() | ChatTokens():
+                ours = self.chat_events is not None and self.chat_events(event)
+                if not ours and not isinstance(event, ChatTokens):
+                    self.broker.publish(f"request:{event.id}", event)
+            case Ready():
+                log.info("worker %s ready", event.pid)
+                self.wake()
+            case Resident():
+                pass
+            case WorkerDied():
+                self.later(lambda: self._worker_died(event))
+                self.later(self.wake)  # once its job is queued again (or ended), dispatch
+            case JobEvent():
+                self.later(lambda: self._record(event))
 
-    def _record(self, event: Event) -> None:
-        kind = event.get("type")
-        if kind == "worker_died":
-            self._worker_died(event)
-            self.wake()
-            return
-        attempt: Attempt = (int(event["job"]), int(event.get("attempt") or 0))
+    def _record(self, event: JobEvent) -> None:
+        attempt: Attempt = (event.job, event.attempt)
         try:
-            published = self._apply(kind, attempt, event)
+            published = self._apply(attempt, event)
         except OperationalError:
             raise  # the database was busy: the writer tries again
         except Exception:
-            log.exception("could not store the %s event of job %s; the job will redo it", kind, attempt[0])
+            log.exception(
+                "could not store the %s event of job %s; the job will redo it", event.name, event.job
+            )
             self.incomplete.add(attempt)
             published = []
         for event_id, data in published:
-            self.broker.publish(f"job:{attempt[0]}", {"id": event_id, **data})
-        self.broker.publish("jobs", {"job": attempt[0], "type": kind})
-        if kind == "finished":
+            self.broker.publish(f"job:{event.job}", {"id": event_id, **data})
+        self.broker.publish("jobs", {"job": event.job, "type": event.name})
+        if isinstance(event, Finished):
             self.reported.pop(attempt, None)
             self.incomplete.discard(attempt)
             self.answered.discard(attempt)
             if self.auto_score:
-                self.later(lambda: self._score_when_done(attempt[0]))
+                self.later(lambda: self._score_when_done(event.job))
             self.wake()
 
-    def _apply(self, kind: Any, attempt: Attempt, event: Event) -> list[tuple[int, dict[str, Any]]]:
+    def _apply(self, attempt: Attempt, event: JobEvent) -> Published:
         """Store one event of a running job in one transaction; what to publish."""
         with self.db.session() as session:
             job = session.get(Job, attempt[0])
             if job is None or job.attempts != attempt[1] or job.status != "running":
-                log.warning("dropping %s event of job %s attempt %s", kind, *attempt)
+                log.warning("dropping %s event of job %s attempt %s", event.name, *attempt)
                 return []
             job.heartbeat_at = now()
-            data = getattr(self, f"_{kind}")(session, job, event)
-            if data is None:
-                return []
-            row = store.add_event(session, job.id, str(data.pop("type", kind)), data)
+            data = self._store(session, job, event)
+            name = str(data.pop("type", event.name))  # a finished job may be queued again instead
+            row = store.add_event(session, job.id, name, data)
             return [(row.id, {"type": row.type, **data})]
 
-    def _started(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
-        model = store.upsert_model(session, event["model"])
+    def _store(self, session: Session, job: Job, event: JobEvent) -> dict[str, Any]:
+        """Apply the event to the database; what is stored of it (and streamed) as the job's event."""
+        match event:
+            case Started():
+                return self._started(session, job, event)
+            case Progress():
+                return self._progress(job, event)
+            case Vectors():
+                return self._vectors(session, job, event)
+            case Generations():
+                return self._generations(session, job, event)
+            case Result():
+                return self._result(job, event)
+            case Findings():
+                return self._findings(session, job, event)
+            case Detections():
+                return self._detections(session, job, event)
+            case SweepFound():
+                return self._scale_sweep(session, job, event)
+            case Finished():
+                return self._finished(session, job, event)
+        raise TypeError(f"no handler stores a {type(event).__name__} event")
+
+    def _started(self, session: Session, job: Job, event: Started) -> dict[str, Any]:
+        model = store.upsert_model(session, event.model)
         job.run.model_id = model.id
-        job.runner = str(event.get("runner", ""))
+        job.runner = event.runner
         job.message = "running"
         return {"status": "running", "attempt": job.attempts}
 
-    def _progress(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
-        job.progress = float(event["progress"])
+    def _progress(self, job: Job, event: Progress) -> dict[str, Any]:
+        job.progress = float(event.progress)
         if not job.cancel_requested:
-            job.message = str(event["message"])
+            job.message = event.message
         # The engine's own figures (vectors done and in training, step of budget, ETA) ride along.
-        figures = {k: event[k] for k in PROGRESS_FIGURES if k in event}
-        return {
-            "progress": job.progress,
-            "message": job.message,
-            "points": event.get("points", []),
-            **figures,
-        }
+        figures = {k: event.figures[k] for k in PROGRESS_FIGURES if k in event.figures}
+        return {"progress": job.progress, "message": job.message, "points": event.points, **figures}
 
-    def _vectors(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
+    def _vectors(self, session: Session, job: Job, event: Vectors) -> dict[str, Any]:
         run = job.run
-        run.source, run.target = event.get("source", run.source), event.get("target", run.target)
-        if event.get("radius") is not None:
-            run.radius = float(event["radius"])
-        extra = {k: event[k] for k in ("residual_norm",) if k in event}
-        run.result = {**run.result, **extra, **event.get("result", {})}
-        added = store.add_vectors(session, run, event["rows"])
-        self.reported[(job.id, job.attempts)].update(int(row["index"]) for row in event["rows"])
+        run.source = event.source if event.source is not None else run.source
+        run.target = event.target if event.target is not None else run.target
+        if event.radius is not None:
+            run.radius = float(event.radius)
+        extra = {"residual_norm": event.residual_norm} if event.residual_norm is not None else {}
+        run.result = {**run.result, **extra, **event.result}
+        added = store.add_vectors(session, run, event.rows)
+        self.reported[(job.id, job.attempts)].update(int(row["index"]) for row in event.rows)
         return {
             "vectors": [
                 {"id": v.id, "index": v.index, "norm": v.norm, "objective": v.objective, "kl": v.kl}
@@ -210,13 +249,13 @@ class Recorder:
             ]
         }
 
-    def _generations(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
+    def _generations(self, session: Session, job: Job, event: Generations) -> dict[str, Any]:
         run = job.run
         model = session.get(LanguageModel, run.model_id)
         assert model is not None, "a job reports `started` (and its model) before anything else"
         ids = dict(session.execute(select(Vector.index, Vector.id).where(Vector.run_id == run.id)).all())
         stored = []
-        for row in event["rows"]:
+        for row in event.rows:
             row = dict(row)  # a refused write is tried again with the event as it came
             if "vector_index" in row:
                 index = row.pop("vector_index")
@@ -224,17 +263,17 @@ class Recorder:
             stored.append(store.add_generation(session, model, row).id)
         return {"generations": stored}
 
-    def _result(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
-        job.run.result = {**job.run.result, **event.get("result", {})}
-        if event.get("radius") is not None:
-            job.run.radius = float(event["radius"])
+    def _result(self, job: Job, event: Result) -> dict[str, Any]:
+        job.run.result = {**job.run.result, **event.result}
+        if event.radius is not None:
+            job.run.radius = float(event.radius)
         return {"result": job.run.result}
 
-    def _findings(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
+    def _findings(self, session: Session, job: Job, event: Findings) -> dict[str, Any]:
         run = session.get(Run, int(job.run.inputs["for_run"]))
         if run is None:
             raise LookupError(f"run {job.run.inputs['for_run']} is gone: its findings cannot be stored")
-        found = event["found"]
+        found = event.found
         behaviours = findings.store(session, run, found)
         self.answered.add((job.id, job.attempts))
         return {
@@ -243,23 +282,23 @@ class Recorder:
             "behaviours": sum(b.kind == "cluster" for b in behaviours),
         }
 
-    def _detections(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
+    def _detections(self, session: Session, job: Job, event: Detections) -> dict[str, Any]:
         detector = int(job.run.inputs["detector_id"])
         # A detector deleted while its judge ran has nowhere to keep the scores: nothing is owed.
         stored = (
-            detectors.store_scores(session, detector, event["rows"]) if session.get(Detector, detector) else 0
+            detectors.store_scores(session, detector, event.rows) if session.get(Detector, detector) else 0
         )
         self.answered.add((job.id, job.attempts))
         return {"run_id": int(job.run.inputs["for_run"]), "scored": stored}
 
-    def _scale_sweep(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
-        found = event["found"]
+    def _scale_sweep(self, session: Session, job: Job, event: SweepFound) -> dict[str, Any]:
+        found = event.found
         stored = scale_sweep.record(session, job.run, found)
         self.answered.add((job.id, job.attempts))
         return {"completions": stored, "first_change": found["first_change"], "breaks": found["breaks"]}
 
-    def _finished(self, session: Session, job: Job, event: Event) -> dict[str, Any]:
-        status = event["status"]
+    def _finished(self, session: Session, job: Job, event: Finished) -> dict[str, Any]:
+        status = event.status
         if status == "succeeded":
             attempt = (job.id, job.attempts)
             missing = complete.missing(
@@ -276,7 +315,7 @@ class Recorder:
         message = {"succeeded": "done", "cancelled": "cancelled; finished work kept", "failed": "failed"}[
             status
         ]
-        jobs.transition(job, status, message=message, error=event.get("error", ""))
+        jobs.transition(job, status, message=message, error=event.error)  # type: ignore[arg-type]
         return {"status": status, "error": job.error, "message": job.message}
 
     def _redo(self, job: Job, missing: str) -> dict[str, Any]:
@@ -306,11 +345,11 @@ class Recorder:
         if queued is not None:
             self.wake()
 
-    def _worker_died(self, event: Event) -> None:
-        if event.get("job") is None:
+    def _worker_died(self, event: WorkerDied) -> None:
+        if event.job is None:
             return
         with self.db.session() as session:
-            job = session.get(Job, int(event["job"]))
+            job = session.get(Job, event.job)
             if job is None or job.status != "running":
                 return
             if job.cancel_requested:
@@ -330,4 +369,4 @@ class Recorder:
                 status = "queued"
             row = store.add_event(session, job.id, "status", {"status": status, "message": job.message})
             event_id, data = row.id, {"type": "status", **row.data}
-        self.broker.publish(f"job:{event['job']}", {"id": event_id, **data})
+        self.broker.publish(f"job:{event.job}", {"id": event_id, **data})

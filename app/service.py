@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from app.broker import Broker
 from app.db import Database
 from app.errors import Invalid, Unavailable, WorkerFailed
 from app.executor import Executor, LocalExecutor, Order
+from app.executor.protocol import Reply, Request, Stop, Validate
 from app.models import Job, Run
 from app.recorder import Recorder
 from app.settings import Settings
@@ -177,40 +177,32 @@ class Service:
 
     # interactive requests
 
-    def ask(self, message: dict[str, Any], *, timeout: float | None = None) -> Any:
+    def ask(self, message: Request, *, timeout: float | None = None) -> Any:
         """Send an interactive request to a worker and wait for its reply (from any thread but the loop)."""
-        rid = uuid.uuid4().hex
-        with self.broker.subscribe(f"request:{rid}") as sub:
-            self.executor.request({**message, "id": rid})
+        what = type(message).__name__
+        with self.broker.subscribe(f"request:{message.id}") as sub:
+            self.executor.request(message)
             limit = timeout or self.settings.request_timeout_s
             while True:
                 event = sub.next_sync(limit)
                 if event is None:
-                    self.executor.request({"type": "stop", "id": rid})
+                    self.executor.request(Stop(message.id))
                     if sub.closed:
                         raise Unavailable("the server is shutting down; try again once it is back")
                     raise Unavailable(f"the worker did not answer within {limit:.0f} s")
-                if event["type"] == "reply":
-                    if event["ok"]:
-                        return event["value"]
-                    if event.get("internal"):
-                        log.error(
-                            "the worker failed on a %s request:\n%s", message["type"], event.get("trace")
-                        )
-                        raise WorkerFailed(f"the worker failed on a {message['type']} request")
-                    raise Invalid(event["error"])
+                if isinstance(event, Reply):
+                    if event.ok:
+                        return event.value
+                    if event.internal:
+                        log.error("the worker failed on a %s request:\n%s", what, event.trace)
+                        raise WorkerFailed(f"the worker failed on a {what} request")
+                    raise Invalid(event.error)
 
     def validate(self, kind: str, spec: dict[str, Any], *, reserve: int = 0) -> dict[str, Any]:
         """Check a spec against its model on the worker; the normalized spec and the model's info."""
         model = spec.get("model") or self.settings.default_model
         value: dict[str, Any] = self.ask(
-            {
-                "type": "validate",
-                "kind": kind,
-                "spec": {**spec, "model": model},
-                "model": model,
-                "reserve": reserve,
-            }
+            Validate(model=model, kind=kind, spec={**spec, "model": model}, reserve=reserve)
         )
         return value
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app import store
 from app.errors import Invalid, NotFound
+from app.executor.protocol import Render
 from app.fields import ModelName, Text, Title, Whole
 from app.models import Conversation, Message, Vector, now
 from app.service import Service
@@ -107,7 +108,7 @@ def check_terms(session: Session, model_name: str, terms: list[Term]) -> list[di
 def create(service: Service, body: ConversationCreate) -> int:
     if body.vector_id is None and body.model:
         # Like a run: a model the worker cannot load is refused now, not at every message.
-        service.ask({"type": "render", "model": body.model, "prompts": []})
+        service.ask(Render(model=body.model, prompts=[]))
     with service.db.session() as session:
         terms: list[dict[str, Any]] = []
         if body.vector_id is not None:

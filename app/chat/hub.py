@@ -7,7 +7,6 @@ reply nobody watches any more is stopped after a short grace period.
 from __future__ import annotations
 
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from app.chat.conversations import (
     user_message,
 )
 from app.errors import Conflict, Invalid
+from app.executor.protocol import Chat, ChatTokens, CheckChat, Reply, Stop, Token
 from app.models import Conversation, Message, now
 from app.service import Service
 
@@ -110,7 +110,7 @@ class ChatHub:
             rows, panes, record, sampling = self._rows(session, conversation, turn, content)
             model = conversation.model_name
         # The worker checks the rows (context length, widths) before anything is stored.
-        self.service.ask({"type": "check_chat", "model": model, "rows": rows})
+        self.service.ask(CheckChat(model=model, rows=rows))
         with self.service.db.session() as session:
             conversation = get(session, conversation_id)
             for pane in panes:
@@ -131,7 +131,7 @@ class ChatHub:
                 raise Conflict("there is no message to answer yet")
             rows, panes, record, sampling = self._rows(session, conversation, turn, None)
             model = conversation.model_name
-        self.service.ask({"type": "check_chat", "model": model, "rows": rows})
+        self.service.ask(CheckChat(model=model, rows=rows))
         with self.service.db.session() as session:
             conversation = get(session, conversation_id)
             # The earlier replies stay (shown as earlier replies); the new ones answer the turn now.
@@ -189,17 +189,17 @@ class ChatHub:
     def _start(
         self, conversation_id: int, model: str, rows: list[dict[str, Any]], panes: list[str], ids: list[int]
     ) -> None:
-        rid = uuid.uuid4().hex
+        message = Chat(model=model, rows=rows)
         with self.lock:
-            self.live[conversation_id] = Live(conversation_id, rid, ids, panes, [""] * len(panes))
-        self.service.executor.request({"type": "chat", "id": rid, "model": model, "rows": rows})
+            self.live[conversation_id] = Live(conversation_id, message.id, ids, panes, [""] * len(panes))
+        self.service.executor.request(message)
 
     def by_rid(self, rid: str) -> Live | None:
         with self.lock:
             return next((live for live in self.live.values() if live.rid == rid), None)
 
-    def on_tokens(self, items: list[list[Any]]) -> None:
-        """One decoding step of the chat batch: [request id, row, text] items, published as one
+    def on_tokens(self, items: list[tuple[str, int, str]]) -> None:
+        """One decoding step of the chat batch: (request id, row, text) items, published as one
         `tokens` event per conversation ({pane: text})."""
         by_conversation: dict[int, tuple[Live, dict[str, str]]] = {}
         for rid, row, text in items:
@@ -214,33 +214,33 @@ class ChatHub:
         for conversation_id, (_, pieces) in by_conversation.items():
             self.service.broker.publish(f"chat:{conversation_id}", {"type": "tokens", "panes": pieces})
 
-    def on_event(self, event: dict[str, Any]) -> bool:
+    def on_event(self, event: Reply | Token | ChatTokens) -> bool:
         """A worker event of a chat reply (runs on the executor's event thread); False if not ours."""
-        if event["type"] == "chat_tokens":
-            self.on_tokens(event["items"])
+        if isinstance(event, ChatTokens):
+            self.on_tokens(event.items)
             return True
-        live = self.by_rid(str(event.get("id")))
-        if live is None or event["type"] != "reply":
+        live = self.by_rid(event.id)
+        if live is None or not isinstance(event, Reply):
             return False
         # Stored by the recorder's writer, retried while the database is busy, then announced.
         self.service.recorder.later(lambda: self._store_reply(live, event))
         return True
 
-    def _store_reply(self, live: Live, event: dict[str, Any]) -> None:
+    def _store_reply(self, live: Live, event: Reply) -> None:
         with self.service.db.session() as session:
             for i, message_id in enumerate(live.message_ids):
                 message = session.get(Message, message_id)
                 if message is None:
                     continue
-                if event["ok"]:
-                    row = event["value"]["rows"][i]
+                if event.ok:
+                    row = event.value["rows"][i]
                     message.content, message.n_tokens = row["text"], row["n_tokens"]
                     message.finish_reason = row["finish_reason"]
                 else:
                     message.content, message.finish_reason = live.texts[i], "error"
         with self.lock:
             self.live.pop(live.conversation_id, None)
-        done = {"type": "done", "error": "" if event["ok"] else event["error"]}
+        done = {"type": "done", "error": "" if event.ok else event.error}
         self.service.broker.publish(f"chat:{live.conversation_id}", done)
 
     def snapshot(self, conversation_id: int) -> dict[str, Any] | None:
@@ -252,7 +252,7 @@ class ChatHub:
         with self.lock:
             live = self.live.get(conversation_id)
         if live is not None:
-            self.service.executor.request({"type": "stop", "id": live.rid})
+            self.service.executor.request(Stop(live.rid))
         return live is not None
 
     def watch(self, conversation_id: int, delta: int) -> None:

@@ -15,6 +15,7 @@ from app import store
 from app.deps import ServiceDep, SessionDep
 from app.discovery import detectors, findings
 from app.errors import AppError, Invalid, NotFound
+from app.executor.protocol import Render
 from app.fields import Whole, whole
 from app.labels import labelling
 from app.labels.pages import AuthorCookie
@@ -216,7 +217,7 @@ async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -
     if kind == "judge":
         if not texts:
             raise Invalid(f"run {run_id} has no steered completions to judge")
-        info = await asyncio.to_thread(service.ask, {"type": "render", "model": judge_model, "prompts": []})
+        info = await asyncio.to_thread(service.ask, Render(model=judge_model, prompts=[]))
         with service.db.session() as session:
             model = store.upsert_model(session, info["model"])
             job = detectors.queue_judging(

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from app.executor.base import Event
+from app.executor.protocol import FromWorker, Ready, ToWorker
 
 BATCH = 256  # events per streamed item at most
 
@@ -29,17 +29,17 @@ class WorkerActor:
 
         if config.get("threads"):
             torch.set_num_threads(int(config["threads"]))
-        self.outbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self.outbox.put({"type": "ready", "pid": os.getpid(), "node": ray.util.get_node_ip_address()})
+        self.outbox: queue.SimpleQueue[FromWorker] = queue.SimpleQueue()
+        self.outbox.put(Ready(pid=os.getpid(), node=ray.util.get_node_ip_address()))
         self.loop = ComputeLoop(self.outbox.put, config)
         threading.Thread(target=self.loop.run, name="compute", daemon=True).start()
 
     @ray.method(concurrency_group="commands")
-    def put(self, message: dict[str, Any]) -> None:
+    def put(self, message: ToWorker) -> None:
         self.loop.put(message)
 
     @ray.method(concurrency_group="events", num_returns="streaming")
-    def events(self) -> Iterator[list[Event]]:
+    def events(self) -> Iterator[list[FromWorker]]:
         while True:
             batch = [self.outbox.get()]
             while len(batch) < BATCH:

@@ -15,11 +15,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app.executor.base import Event, Order
 from app.executor.inflight import Inflight
+from app.executor.protocol import (
+    Cancel,
+    Finished,
+    FromWorker,
+    Order,
+    Ready,
+    Reply,
+    Request,
+    Resident,
+    RunJob,
+    Shutdown,
+    Started,
+    Stop,
+    WorkerDied,
+)
 
 log = logging.getLogger(__name__)
 GROW_EVERY_S = 5.0  # how often free_slots() looks for capacity that joined the cluster
@@ -51,16 +65,16 @@ class RayExecutor:
         self.deliver_lock = threading.Lock()
         self.actors: dict[str, _Actor] = {}
         self.inflight = Inflight()
-        self.on_event: Callable[[Event], None] = lambda event: None
+        self.on_event: Callable[[FromWorker], None] = lambda event: None
         self.closing = False
         self.owns_ray = False
         self.spawned = 0
         self.checked = 0.0
-        self.waiting: list[dict[str, Any]] = []  # requests sent before any actor was ready
+        self.waiting: list[Request] = []  # requests sent before any actor was ready
 
     # lifecycle
 
-    def start(self, on_event: Callable[[Event], None]) -> None:
+    def start(self, on_event: Callable[[FromWorker], None]) -> None:
         import ray
 
         self.on_event = on_event
@@ -79,7 +93,7 @@ class RayExecutor:
             actors = list(self.actors.values())
         for actor in actors:
             try:
-                actor.handle.put.remote({"type": "shutdown"})
+                actor.handle.put.remote(Shutdown())
                 ray.kill(actor.handle)
             except Exception:  # already gone
                 log.debug("actor %s was already gone", actor.name)
@@ -135,40 +149,39 @@ class RayExecutor:
             lost, actor.job = actor.job, None
         if self.closing:
             return
-        self._deliver({"type": "worker_died", "job": lost, "runner": actor.runner})
+        self._deliver(WorkerDied(job=lost, runner=actor.runner))
         for reply in self.inflight.lost(actor.name):
             self._deliver(reply)
         with self.lock:
             del self.actors[actor.name]
         self._spawn()
 
-    def _receive(self, actor: _Actor, event: Event) -> None:
-        kind = event.get("type")
-        if kind == "resident":
+    def _receive(self, actor: _Actor, event: FromWorker) -> None:
+        if isinstance(event, Resident):
             with self.lock:
-                actor.models = set(event["models"])
+                actor.models = set(event.models)
             return
-        if kind == "ready":
+        if isinstance(event, Ready):
             with self.lock:
-                actor.ready, actor.node, actor.pid = True, str(event.get("node", "")), event.get("pid")
+                actor.ready, actor.node, actor.pid = True, event.node, event.pid
                 waiting, self.waiting = self.waiting, []
             for message in waiting:
                 self.request(message)
-        elif kind == "started":
-            event["runner"] = actor.runner
-        elif kind == "finished":
+        elif isinstance(event, Started):
+            event = replace(event, runner=actor.runner)
+        elif isinstance(event, Finished):
             with self.lock:
-                if actor.job == event.get("job"):
+                if actor.job == event.job:
                     actor.job = None
         self.inflight.seen(event)
         self._deliver(event)
 
-    def _deliver(self, event: Event) -> None:
+    def _deliver(self, event: FromWorker) -> None:
         with self.deliver_lock:  # one event at a time, whichever actor sent it
             try:
                 self.on_event(event)
             except Exception:  # a bad event must not stop the flow of the ones after it
-                log.exception("handling worker event %s failed", event.get("type"))
+                log.exception("handling worker event %s failed", type(event).__name__)
 
     # work
 
@@ -186,24 +199,24 @@ class RayExecutor:
                 raise RuntimeError("no actor is free")
             actor = min(free, key=lambda a: (model not in a.models, a.name))
             actor.job = order.job_id
-        actor.handle.put.remote({"type": "job", "order": asdict(order)})
+        actor.handle.put.remote(RunJob(order))
 
     def cancel(self, job_id: int) -> None:
         with self.lock:
             holders = [a for a in self.actors.values() if a.job == job_id]
         for actor in holders:
-            actor.handle.put.remote({"type": "cancel", "job": job_id})
+            actor.handle.put.remote(Cancel(job_id))
 
-    def request(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "stop":
-            self._stop(str(message["id"]))
+    def request(self, message: Request | Stop) -> None:
+        if isinstance(message, Stop):
+            self._stop(message.id)
             return
         with self.lock:
-            actor = self._pick(str(message.get("model", "default")))
+            actor = self._pick(message.model)
             if actor is None:
                 self.waiting.append(message)  # sent on once the first actor is up
                 return
-            self.inflight.sent(str(message["id"]), actor.name)
+            self.inflight.sent(message.id, actor.name)
         actor.handle.put.remote(message)
 
     def _stop(self, rid: str) -> None:
@@ -211,12 +224,12 @@ class RayExecutor:
         where = self.inflight.where(rid)
         with self.lock:
             actor = self.actors.get(where) if where else None
-            waited = [m for m in self.waiting if str(m["id"]) == rid]
-            self.waiting = [m for m in self.waiting if str(m["id"]) != rid]
+            waited = [m for m in self.waiting if m.id == rid]
+            self.waiting = [m for m in self.waiting if m.id != rid]
         if actor is not None:
-            actor.handle.put.remote({"type": "stop", "id": rid})
+            actor.handle.put.remote(Stop(rid))
         elif waited:
-            self._deliver({"type": "reply", "id": rid, "ok": False, "error": "stopped before it started"})
+            self._deliver(Reply(id=rid, ok=False, error="stopped before it started"))
 
     def _pick(self, model: str) -> _Actor | None:
         """The actor for an interactive request: one holding its model, one without a job first."""

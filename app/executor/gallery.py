@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from app.executor.codec import from_bytes
 from app.executor.job import Job, Units
+from app.executor.protocol import Generations
 from engine import Decoder, GenerationRequest, LoadedModel
 from engine.methods.adapters import Adapter
 
@@ -56,7 +57,7 @@ def decode_rows(
     def send() -> None:
         nonlocal sent, finished
         if finished:
-            job.event("generations", rows=finished)
+            job.emit(Generations(*job.ids, rows=finished))
             sent, finished = sent + len(finished), []
             eta = job.clock.eta(
                 math.ceil((len(rows) - sent) / batch) * max(r.max_new_tokens for _, r in rows)

@@ -9,15 +9,15 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from app.executor.base import Event
 from app.executor.codec import adapter_from, from_bytes
+from app.executor.protocol import Chat, ChatTokens, FromWorker, Generate, Reply, Token
 from engine import Decoder, GenerationRequest, GenerationResult, LoadedModel
 from engine.decode.generate import prompt_tokens
 
 MAX_ROWS = 64  # rows decoded together per model (a chat has two: steered and unsteered)
 
 
-def chat_rows(message: dict[str, Any]) -> list[GenerationRequest]:
+def chat_rows(rows: list[dict[str, Any]]) -> list[GenerationRequest]:
     """A chat request's rows: one whole conversation per pane, each with its steering (vectors and at
     most one adapter, whose payload carries its scale) and sampling."""
     return [
@@ -31,11 +31,11 @@ def chat_rows(message: dict[str, Any]) -> list[GenerationRequest]:
             top_p=float(row.get("top_p", 1.0)),
             max_new_tokens=int(row.get("max_new_tokens", 128)),
         )
-        for row in message["rows"]
+        for row in rows
     ]
 
 
-def generate_rows(message: dict[str, Any]) -> list[GenerationRequest]:
+def generate_rows(rows: list[dict[str, Any]]) -> list[GenerationRequest]:
     """A generation request's rows: a prompt with at most one vector (or adapter) at a scale."""
     return [
         GenerationRequest(
@@ -50,7 +50,7 @@ def generate_rows(message: dict[str, Any]) -> list[GenerationRequest]:
             top_p=float(row.get("top_p", 1.0)),
             max_new_tokens=int(row.get("max_new_tokens", 64)),
         )
-        for row in message["rows"]
+        for row in rows
     ]
 
 
@@ -74,7 +74,7 @@ class _Request:
 class Generations:
     """The interactive decode batches, one per model, and the requests decoding in them."""
 
-    def __init__(self, send: Callable[[Event], None]) -> None:
+    def __init__(self, send: Callable[[FromWorker], None]) -> None:
         self.send = send
         self.decoders: dict[str, Decoder] = {}
         self.requests: dict[str, _Request] = {}
@@ -87,14 +87,15 @@ class Generations:
         """Models with rows decoding (they must stay loaded)."""
         return {name for name, decoder in self.decoders.items() if decoder}
 
-    def admit(self, lm: LoadedModel, model: str, message: dict[str, Any]) -> None:
+    def admit(self, lm: LoadedModel, message: Chat | Generate) -> None:
         """Queue a chat or generation request; every row is checked first, so none or all join."""
-        chat = message["type"] == "chat"
-        rows = chat_rows(message) if chat else generate_rows(message)
+        chat = isinstance(message, Chat)
+        rows = chat_rows(message.rows) if chat else generate_rows(message.rows)
         for row in rows:
             prompt_tokens(lm, row)
-        rid = str(message["id"])
-        request = _Request(rid, chat, bool(message.get("stream")), model, lm.info.to_dict(), rows=len(rows))
+        rid, model = message.id, message.model
+        stream = isinstance(message, Generate) and message.stream
+        request = _Request(rid, chat, stream, model, lm.info.to_dict(), rows=len(rows))
         self.requests[rid] = request
         if not rows:
             self._answer(request)
@@ -127,13 +128,13 @@ class Generations:
             rid, row = _split(key)
             request = self.requests[rid]
             if request.chat:
-                items.append([rid, row, piece])
+                items.append((rid, row, piece))
             elif request.stream and row == 0:
-                self.send({"type": "token", "id": rid, "row": 0, "text": piece})
+                self.send(Token(id=rid, row=0, text=piece))
         if items:
             # One event per step for every conversation: the pipe and the server's event thread
             # carry a message per step, not one per token.
-            self.send({"type": "chat_tokens", "items": items})
+            self.send(ChatTokens(items))
         for key, result in step.finished:
             rid, row = _split(key)
             request = self.requests[rid]
@@ -149,6 +150,4 @@ class Generations:
             {"text": r.text, "n_tokens": r.n_tokens, "finish_reason": r.finish_reason}
             for _, r in sorted(request.results.items())
         ]
-        self.send(
-            {"type": "reply", "id": request.rid, "ok": True, "value": {"model": request.info, "rows": rows}}
-        )
+        self.send(Reply(id=request.rid, ok=True, value={"model": request.info, "rows": rows}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from app.executor.base import Event
+from app.executor.protocol import FromWorker, Reply
 
 LOST = "the worker answering this stopped (it died or its machine was lost); try again"
 
@@ -20,20 +20,20 @@ class Inflight:
         with self.lock:
             self.worker[rid] = worker
 
-    def seen(self, event: Event) -> None:
+    def seen(self, message: FromWorker) -> None:
         """Forget a request once its reply comes back."""
-        if event.get("type") == "reply":
+        if isinstance(message, Reply):
             with self.lock:
-                self.worker.pop(str(event.get("id")), None)
+                self.worker.pop(message.id, None)
 
     def where(self, rid: str) -> str | None:
         with self.lock:
             return self.worker.get(rid)
 
-    def lost(self, worker: str) -> list[Event]:
+    def lost(self, worker: str) -> list[Reply]:
         """Replies for every request the dead `worker` held."""
         with self.lock:
             gone = [rid for rid, w in self.worker.items() if w == worker]
             for rid in gone:
                 del self.worker[rid]
-        return [{"type": "reply", "id": rid, "ok": False, "error": LOST} for rid in gone]
+        return [Reply(id=rid, ok=False, error=LOST) for rid in gone]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from app.executor.base import Event, Order
+from app.executor.protocol import FromWorker, JobEvent, Order, Progress
 
 if TYPE_CHECKING:
     from engine.methods.adapters import Adapter
@@ -44,7 +44,7 @@ class Clock:
 class Job:
     """One order's reporting: events tagged with job and attempt, throttled progress, cancel flag."""
 
-    def __init__(self, order: Order, send: Callable[[Event], None]) -> None:
+    def __init__(self, order: Order, send: Callable[[FromWorker], None]) -> None:
         self.order, self.send = order, send
         self.cancelled = False  # set by the compute loop when a cancel arrives
         self.points: list[tuple[int, int, float]] = []  # objective curve points since the last event
@@ -53,15 +53,26 @@ class Job:
         self.adapters: dict[int, Adapter] = {}  # index -> adapter, for the gallery's vectors that are one
         self.clock = Clock()
 
-    def event(self, kind: str, **data: Any) -> None:
-        self.send({"type": kind, "job": self.order.job_id, "attempt": self.order.attempt, **data})
+    @property
+    def ids(self) -> tuple[int, int]:
+        """(job, attempt): what every event of this job starts with."""
+        return self.order.job_id, self.order.attempt
+
+    def emit(self, event: JobEvent) -> None:
+        self.send(event)
 
     def point(self, vector: int, step: int, value: float) -> None:
         self.points.append((vector, step, value))
 
     def progress(self, fraction: float, message: str, *, force: bool = False, **figures: Any) -> None:
         if force or time.monotonic() - self.last >= PROGRESS_EVERY_S:
-            self.event(
-                "progress", progress=min(fraction, 1.0), message=message, points=self.points, **figures
+            self.emit(
+                Progress(
+                    *self.ids,
+                    progress=min(fraction, 1.0),
+                    message=message,
+                    points=self.points,
+                    figures=figures,
+                )
             )
             self.points, self.last = [], time.monotonic()

@@ -8,14 +8,27 @@ import logging
 import multiprocessing as mp
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from app.executor.base import Event, Order
 from app.executor.entry import run_worker
 from app.executor.inflight import Inflight
+from app.executor.protocol import (
+    Cancel,
+    Finished,
+    FromWorker,
+    Order,
+    Request,
+    Resident,
+    RunJob,
+    Shutdown,
+    Started,
+    Stop,
+    ToWorker,
+    WorkerDied,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +41,7 @@ class LocalExecutor:
         self.process: BaseProcess | None = None
         self.commands: Connection | None = None
         self.job: int | None = None  # the job the worker is running
-        self.on_event: Callable[[Event], None] = lambda event: None
+        self.on_event: Callable[[FromWorker], None] = lambda event: None
         self.closing = False
         self.pump: threading.Thread | None = None
         self.inflight = Inflight()
@@ -37,7 +50,7 @@ class LocalExecutor:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def start(self, on_event: Callable[[Event], None]) -> None:
+    def start(self, on_event: Callable[[FromWorker], None]) -> None:
         self.on_event = on_event
         self._spawn()
 
@@ -65,18 +78,17 @@ class LocalExecutor:
         """Hand on every event; when the worker dies, report it (after its last events) and replace it."""
         while True:
             try:
-                event: Event = events.recv()
+                event: FromWorker = events.recv()
             except (EOFError, OSError):
                 break
-            kind = event.get("type")
-            if kind == "resident":
+            if isinstance(event, Resident):
                 continue  # which models it holds only matters when there are several workers
-            if kind == "finished":
+            if isinstance(event, Finished):
                 with self.lock:
-                    if self.job == event.get("job"):
+                    if self.job == event.job:
                         self.job = None
-            if kind == "started":
-                event["runner"] = f"local worker (pid {process.pid})"
+            if isinstance(event, Started):
+                event = replace(event, runner=f"local worker (pid {process.pid})")
             self.inflight.seen(event)
             self._deliver(event)
         events.close()
@@ -86,25 +98,25 @@ class LocalExecutor:
         with self.lock:
             lost = self.job
         log.warning("worker %s exited (code %s); starting a new one", process.pid, process.exitcode)
-        self._deliver({"type": "worker_died", "job": lost, "exitcode": process.exitcode})
+        self._deliver(WorkerDied(job=lost, exitcode=process.exitcode))
         for reply in self.inflight.lost("local"):
             self._deliver(reply)
         self._spawn()
 
-    def _deliver(self, event: Event) -> None:
+    def _deliver(self, event: FromWorker) -> None:
         try:
             self.on_event(event)
         except Exception:  # a bad event must not stop the flow of the ones after it
-            log.exception("handling worker event %s failed", event.get("type"))
+            log.exception("handling worker event %s failed", type(event).__name__)
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: ToWorker) -> None:
         with self.lock:
             if self.commands is None:
                 raise RuntimeError("the executor is not started")
             try:
                 self.commands.send(message)
             except (BrokenPipeError, OSError):
-                log.warning("worker is gone; %s dropped (a new worker is starting)", message.get("type"))
+                log.warning("worker is gone; %s dropped (a new worker is starting)", type(message).__name__)
 
     def free_slots(self) -> int:
         with self.lock:
@@ -116,14 +128,14 @@ class LocalExecutor:
             if self.job is not None:
                 raise RuntimeError(f"the worker is busy with job {self.job}")
             self.job = order.job_id
-        self._send({"type": "job", "order": asdict(order)})
+        self._send(RunJob(order))
 
     def cancel(self, job_id: int) -> None:
-        self._send({"type": "cancel", "job": job_id})
+        self._send(Cancel(job_id))
 
-    def request(self, message: dict[str, Any]) -> None:
-        if message.get("type") != "stop":
-            self.inflight.sent(str(message["id"]), "local")
+    def request(self, message: Request | Stop) -> None:
+        if isinstance(message, Request):
+            self.inflight.sent(message.id, "local")
         self._send(message)
 
     def close(self) -> None:
@@ -132,7 +144,7 @@ class LocalExecutor:
             process, commands = self.process, self.commands
         if commands is not None:
             with contextlib.suppress(OSError):
-                commands.send({"type": "shutdown"})
+                commands.send(Shutdown())
             commands.close()
         if process is not None:
             process.join(timeout=10)

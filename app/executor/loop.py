@@ -29,15 +29,29 @@ from collections.abc import Callable
 from typing import Any
 
 from app.executor import quick, tasks
-from app.executor.base import Event, Order
 from app.executor.generations import Generations
 from app.executor.job import Job, Units
-from app.executor.resident import Resident
+from app.executor.protocol import (
+    Cancel,
+    Chat,
+    CheckChat,
+    Finished,
+    FromWorker,
+    Generate,
+    Order,
+    Reply,
+    Request,
+    Resident,
+    RunJob,
+    Shutdown,
+    Stop,
+    ToWorker,
+)
+from app.executor.resident import Models
 from engine import EngineError
 
 log = logging.getLogger("steerscope.worker")
 SHARE_WINDOW_S = 5.0  # the scheduler's memory: time spent decays with this time constant
-INTERACTIVE = ("chat", "generate")  # requests that join the interactive decode batch
 INTERNAL = "internal error (the worker's log has the traceback)"
 CHAT_FOLLOWS_S = 0.25  # how long a passed chat check holds the loop for its chat (it comes in ms)
 
@@ -45,7 +59,7 @@ CHAT_FOLLOWS_S = 0.25  # how long a passed chat check holds the loop for its cha
 class _Running:
     """The job being carried out: its reporting and its units."""
 
-    def __init__(self, order: Order, send: Callable[[Event], None]) -> None:
+    def __init__(self, order: Order, send: Callable[[FromWorker], None]) -> None:
         self.order = order
         self.job = Job(order, send)
         self.units: Units | None = None  # started by the loop's first unit of the job
@@ -56,11 +70,11 @@ class _Running:
 
 
 class ComputeLoop:
-    def __init__(self, send: Callable[[Event], None], config: dict[str, Any]) -> None:
+    def __init__(self, send: Callable[[FromWorker], None], config: dict[str, Any]) -> None:
         self.send = send
-        self.models = Resident(config, lambda names: send({"type": "resident", "models": names}))
-        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # filled from any thread
-        self.quick: deque[dict[str, Any]] = deque()
+        self.models = Models(config, lambda names: send(Resident(names)))
+        self.inbox: queue.SimpleQueue[ToWorker] = queue.SimpleQueue()  # filled from any thread
+        self.quick: deque[Request] = deque()
         self.jobs: deque[Order] = deque()
         self.running: _Running | None = None
         self.stopping: set[str] = set()  # generations stopped before they were admitted
@@ -73,7 +87,7 @@ class ComputeLoop:
 
     # messages
 
-    def put(self, message: dict[str, Any]) -> None:
+    def put(self, message: ToWorker) -> None:
         """Hand the loop a message (thread-safe); it is applied between two units."""
         self.inbox.put(message)
 
@@ -90,23 +104,20 @@ class ComputeLoop:
             except queue.Empty:
                 return
 
-    def _apply(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "job":
-            self.jobs.append(Order(**message["order"]))
-        elif kind == "cancel":
-            self._cancel(int(message["job"]))
-        elif kind == "stop":
-            rid = str(message["id"])
-            self.generations.stop(rid)
-            if any(str(m.get("id")) == rid for m in self.quick):
-                self.stopping.add(rid)  # not admitted yet: it ends, empty, at its first step
-        elif kind == "shutdown":
-            self.open = False
-        elif kind in quick.KINDS or kind in INTERACTIVE:
-            self.quick.append(message)
-        else:
-            log.warning("unknown message %r ignored", kind)
+    def _apply(self, message: ToWorker) -> None:
+        match message:
+            case RunJob(order=order):
+                self.jobs.append(order)
+            case Cancel(job=job_id):
+                self._cancel(job_id)
+            case Stop(id=rid):
+                self.generations.stop(rid)
+                if any(m.id == rid for m in self.quick):
+                    self.stopping.add(rid)  # not admitted yet: it ends, empty, at its first step
+            case Shutdown():
+                self.open = False
+            case Request():
+                self.quick.append(message)
 
     def _cancel(self, job_id: int) -> None:
         if self.running is not None and self.running.order.job_id == job_id:
@@ -175,16 +186,16 @@ class ComputeLoop:
 
     # units
 
-    def _quick(self, message: dict[str, Any]) -> None:
-        rid = str(message["id"])
-        if message["type"] == "chat":
+    def _quick(self, message: Request) -> None:
+        rid = message.id
+        if isinstance(message, Chat):
             self.chat_due_by = None  # the awaited chat (or another): admitted now
         stopped = rid in self.stopping
         self.stopping.discard(rid)
         try:
-            lm = self.models.get(str(message.get("model", "default")), self._in_use())
-            if message["type"] in INTERACTIVE:
-                self.generations.admit(lm, str(message.get("model", "default")), message)
+            lm = self.models.get(message.model, self._in_use())
+            if isinstance(message, Chat | Generate):
+                self.generations.admit(lm, message)
                 if stopped:
                     self.generations.stop(rid)
                 return  # answered when its rows finish
@@ -192,9 +203,9 @@ class ComputeLoop:
         except Exception as exc:
             self._fail(rid, exc)
             return
-        if message["type"] == "check_chat":
+        if isinstance(message, CheckChat):
             self.chat_due_by = time.monotonic() + CHAT_FOLLOWS_S
-        self.send({"type": "reply", "id": rid, "ok": True, "value": value})
+        self.send(Reply(id=rid, ok=True, value=value))
 
     def _generation_step(self) -> None:
         try:
@@ -236,29 +247,12 @@ class ComputeLoop:
         return used
 
     def _finished(self, order: Order, status: str, error: str) -> None:
-        self.send(
-            {
-                "type": "finished",
-                "job": order.job_id,
-                "attempt": order.attempt,
-                "status": status,
-                "error": error,
-            }
-        )
+        self.send(Finished(order.job_id, order.attempt, status=status, error=error))
 
     def _fail(self, rid: str, exc: Exception) -> None:
         if isinstance(exc, EngineError):
-            self.send({"type": "reply", "id": rid, "ok": False, "error": str(exc)})
+            self.send(Reply(id=rid, ok=False, error=str(exc)))
             return
         trace = "".join(traceback.format_exception(exc))
         log.error("request %s failed:\n%s", rid, trace)
-        self.send(
-            {
-                "type": "reply",
-                "id": rid,
-                "ok": False,
-                "internal": True,
-                "error": "internal error",
-                "trace": trace,
-            }
-        )
+        self.send(Reply(id=rid, ok=False, internal=True, error="internal error", trace=trace))

@@ -12,7 +12,8 @@ tagged with the job's id and attempt.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import uuid
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 # to a worker
@@ -61,16 +62,19 @@ class Shutdown:
     pass
 
 
-@dataclass(frozen=True)
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, kw_only=True)
 class Request:
     """An interactive request: answered by one `Reply` with the same id, between two units."""
 
-    id: str
     model: str  # the model it runs on (loaded on demand)
-    interactive: ClassVar[bool] = False  # it joins the interactive decode batch (chat, generate)
+    id: str = field(default_factory=new_id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Validate(Request):
     """Check a job spec against its model: the normalized spec and the model's info."""
 
@@ -79,21 +83,21 @@ class Validate(Request):
     reserve: int = 0  # new tokens generated after the prompts, which must fit in the context
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Render(Request):
     """How the model sees each prompt (its chat template), its length, and the default blocks."""
 
     prompts: list[str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckChat(Request):
     """Every check decoding a chat's rows would make, without decoding."""
 
     rows: list[dict[str, Any]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Downstream(Request):
     """Cosines between vectors' effects at the target block on one prompt."""
 
@@ -104,7 +108,7 @@ class Downstream(Request):
     adapters: list[dict[str, Any]]  # codec payloads, each with its "position" among `vectors`
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportVectors(Request):
     """Vectors as a safetensors or GGUF file (the file's bytes)."""
 
@@ -115,7 +119,7 @@ class ExportVectors(Request):
     model_hint: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ParseVectors(Request):
     """An uploaded vector file read (never unpickled) and checked against the model's width."""
 
@@ -124,7 +128,7 @@ class ParseVectors(Request):
     max_bytes: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportPeft(Request):
     """A steering adapter as the files of a PEFT LoRA folder."""
 
@@ -132,21 +136,19 @@ class ExportPeft(Request):
     metadata: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Chat(Request):
     """A chat turn: one row per pane, streamed as `ChatTokens`."""
 
     rows: list[dict[str, Any]]
-    interactive: ClassVar[bool] = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Generate(Request):
     """Generation rows (steered and unsteered); with `stream`, row 0 streams as `Token`s."""
 
     rows: list[dict[str, Any]]
     stream: bool = False
-    interactive: ClassVar[bool] = True
 
 
 ToWorker = RunJob | Cancel | Stop | Shutdown | Request
@@ -286,8 +288,3 @@ class Finished(JobEvent):
 
 
 FromWorker = Ready | Resident | Reply | Token | ChatTokens | WorkerDied | JobEvent
-
-
-def plain(message: Any) -> dict[str, Any]:
-    """A message as a dict (what tests and logs read)."""
-    return asdict(message)

@@ -13,6 +13,16 @@ import torch
 from app.executor import interop
 from app.executor.codec import adapter_from, from_bytes
 from app.executor.generations import chat_rows
+from app.executor.protocol import (
+    CheckChat,
+    Downstream,
+    ExportPeft,
+    ExportVectors,
+    ParseVectors,
+    Render,
+    Request,
+    Validate,
+)
 from engine import EngineError, LoadedModel, encode_prompts
 from engine.decode.generate import prompt_tokens
 from engine.methods.adapters import mlp_out
@@ -22,29 +32,30 @@ from engine.steer.metrics import cosine_matrix, downstream_cosine_matrix
 from engine.steer.segment import Segment
 from engine.validate import check_spec
 
-KINDS = ("validate", "render", "check_chat", "downstream", "export_vectors", "parse_vectors", "export_peft")
 
-
-def answer(lm: LoadedModel, message: dict[str, Any]) -> Any:
+def answer(lm: LoadedModel, message: Request) -> Any:
     """The reply to one quick request."""
-    kind = message["type"]
-    if kind == "validate":
-        spec = check_spec(lm, message["kind"], message["spec"], reserve=int(message.get("reserve", 0)))
-        return {"spec": spec, "model": lm.info.to_dict()}
-    if kind == "render":
-        return _render(lm, message["prompts"])
-    if kind == "check_chat":
-        # Every check decoding would make, without decoding: prompt lengths per row.
-        return {"model": lm.info.to_dict(), "tokens": [prompt_tokens(lm, r) for r in chat_rows(message)]}
-    if kind == "export_vectors":
-        return interop.export(message)
-    if kind == "export_peft":
-        return interop.peft(lm, message)
-    if kind == "parse_vectors":
-        return {**interop.parse({**message, "width": lm.info.width}), "model": lm.info.to_dict()}
-    if kind == "downstream":
-        return _downstream(lm, message)
-    raise ValueError(f"unknown quick request {kind}")
+    match message:
+        case Validate():
+            spec = check_spec(lm, message.kind, message.spec, reserve=message.reserve)
+            return {"spec": spec, "model": lm.info.to_dict()}
+        case Render():
+            return _render(lm, message.prompts)
+        case CheckChat():
+            # Every check decoding would make, without decoding: prompt lengths per row.
+            return {
+                "model": lm.info.to_dict(),
+                "tokens": [prompt_tokens(lm, r) for r in chat_rows(message.rows)],
+            }
+        case ExportVectors():
+            return interop.export(message)
+        case ExportPeft():
+            return interop.peft(lm, message)
+        case ParseVectors():
+            return {**interop.parse(message, lm.info.width), "model": lm.info.to_dict()}
+        case Downstream():
+            return _downstream(lm, message)
+    raise ValueError(f"{type(message).__name__} is not a quick request")
 
 
 def _render(lm: LoadedModel, prompts: list[str]) -> dict[str, Any]:
@@ -61,17 +72,17 @@ def _render(lm: LoadedModel, prompts: list[str]) -> dict[str, Any]:
     }
 
 
-def _downstream(lm: LoadedModel, message: dict[str, Any]) -> dict[str, Any]:
+def _downstream(lm: LoadedModel, message: Downstream) -> dict[str, Any]:
     """Cosines between the vectors' effects at the target block on one prompt (user-turn positions).
     An adapter's effect is that of its own change at each position: its factors on the prompt."""
-    block = int(message["block"])
-    target = message.get("target") or default_target(lm.info.n_blocks, block)
-    batch = encode_prompts(lm.tokenizer, [message["prompt"]])
+    block = message.block
+    target = message.target or default_target(lm.info.n_blocks, block)
+    batch = encode_prompts(lm.tokenizer, [message.prompt])
     device = next(lm.model.parameters()).device
     mask = target_mask(batch, "user").to(device)
-    adapters = {int(p["position"]): adapter_from(p) for p in message.get("adapters", [])}
+    adapters = {int(p["position"]): adapter_from(p) for p in message.adapters}
     if not adapters:
-        vectors = torch.stack([from_bytes(v) for v in message["vectors"]])
+        vectors = torch.stack([from_bytes(v) for v in message.vectors])
         seg = Segment(lm.model, batch.to(device), block, target)
         return {"matrix": downstream_cosine_matrix(seg, vectors.to(device), mask).tolist()}
     if any(a.block != block for a in adapters.values()):
@@ -79,7 +90,7 @@ def _downstream(lm: LoadedModel, message: dict[str, Any]) -> dict[str, Any]:
     seg = Segment(lm.model, batch.to(device), block, target, input_of=mlp_out(lm.model, block))
     assert seg.kept_input is not None
     effects = []
-    for i, values in enumerate(message["vectors"]):
+    for i, values in enumerate(message.vectors):
         a = adapters.get(i)
         if a is None:
             delta = from_bytes(values)[None]  # [1, d]: the same at every position

@@ -11,7 +11,7 @@ from engine.discovery.embedder import Embedder
 from engine.models import pick_device
 
 
-class Resident:
+class Models:
     def __init__(self, config: dict[str, Any], on_change: Callable[[list[str]], None] = lambda names: None):
         self.config = config
         self.loaded: dict[str, LoadedModel] = {}

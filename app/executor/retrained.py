@@ -15,6 +15,7 @@ from torch import Tensor
 
 from app.executor.codec import from_bytes, to_bytes
 from app.executor.job import Job, Units
+from app.executor.protocol import Vectors
 from app.executor.training import TRAIN_SHARE
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts
@@ -29,7 +30,8 @@ class Found:
 
     rows: list[dict[str, Any]]
     result: dict[str, Any]  # the run's result (under the run's kind, as the run page reads it)
-    resolved: dict[str, Any]  # the target block and R it resolved, if it has an objective
+    target: int | None = None  # the target block and R it resolved, if it has an objective
+    radius: float | None = None
 
 
 def parent(job: Job) -> Tensor:
@@ -84,12 +86,15 @@ def refine(
             unit = next(units)
         except StopIteration as end:
             found = finish(end.value)
-            job.event(
-                "vectors",
-                source=found.rows[0]["block"],
-                **found.resolved,
-                result=found.result,
-                rows=found.rows,
+            job.emit(
+                Vectors(
+                    *job.ids,
+                    rows=found.rows,
+                    source=found.rows[0]["block"],
+                    target=found.target,
+                    radius=found.radius,
+                    result=found.result,
+                )
             )
             job.vectors = [(r["index"], r["block"], r["values"]) for r in found.rows]
             return False

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from app.executor.codec import adapter_to, from_bytes, to_bytes
 from app.executor.job import Job, Units
+from app.executor.protocol import Vectors
 from engine import LoadedModel
 from engine.methods.adapter_trainer import adapter_kl
 from engine.methods.adapters import Adapter
@@ -91,7 +92,7 @@ def send_vectors(
     trained: Any,
     *,
     adapters: Sequence[Adapter] | None = None,
-    **extra: Any,
+    result: dict[str, Any] | None = None,
 ) -> list[tuple[int, int, bytes]]:
     """Send a trained chunk (MELBO, DCT or adapters: vectors with per-vector records) with each one's
     next-token KL; its (index, block, values) for the gallery. With `adapters`, the vectors are their
@@ -114,13 +115,15 @@ def send_vectors(
     ]
     for row, adapter in zip(rows, adapters or (), strict=False):
         row["adapter"] = adapter_to(adapter)
-    job.event(
-        "vectors",
-        source=source,
-        target=trained.target,
-        radius=trained.radius,
-        residual_norm=trained.residual_norm,
-        **extra,
-        rows=rows,
+    job.emit(
+        Vectors(
+            *job.ids,
+            rows=rows,
+            source=source,
+            target=trained.target,
+            radius=trained.radius,
+            residual_norm=trained.residual_norm,
+            result=result or {},
+        )
     )
     return [(row["index"], source, row["values"]) for row in rows]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from app.executor.loop import ComputeLoop
+from app.executor.protocol import Ready, Shutdown, ToWorker
 
 
 def main(commands: Connection, events: Connection, config: dict[str, Any]) -> None:
@@ -29,15 +30,15 @@ def main(commands: Connection, events: Connection, config: dict[str, Any]) -> No
     def pump() -> None:
         while True:
             try:
-                message = commands.recv()
+                message: ToWorker = commands.recv()
             except (EOFError, OSError):
-                message = {"type": "shutdown"}  # the server is gone: so is the reason to compute
+                message = Shutdown()  # the server is gone: so is the reason to compute
             loop.put(message)
-            if message.get("type") == "shutdown":
+            if isinstance(message, Shutdown):
                 return
 
     threading.Thread(target=pump, name="commands", daemon=True).start()
-    events.send({"type": "ready", "pid": os.getpid()})
+    events.send(Ready(pid=os.getpid()))
     try:
         loop.run()
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import responses, schemas, store
 from app.errors import Invalid
+from app.executor.protocol import Generate, Reply, Stop, Token
 from app.service import Service
 
 SAMPLING = store.SAMPLING
@@ -69,13 +69,12 @@ def plan(service: Service, body: schemas.GenerationCreate) -> Plan:
     return Plan(model, rows, found)
 
 
-def _message(plan: Plan, missing: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
-    return {
-        "type": "generate",
-        "model": plan.model,
-        "stream": stream,
-        "rows": [{k: v for k, v in row.items() if k != "key"} for row in missing],
-    }
+def _message(plan: Plan, missing: list[dict[str, Any]], stream: bool) -> Generate:
+    return Generate(
+        model=plan.model,
+        stream=stream,
+        rows=[{k: v for k, v in row.items() if k != "key"} for row in missing],
+    )
 
 
 def _store(service: Service, plan: Plan, missing: list[dict[str, Any]], value: dict[str, Any]) -> None:
@@ -126,10 +125,10 @@ async def generate_stream(service: Service, p: Plan) -> AsyncIterator[str]:
         yield sse("token", {"row": 0, "text": first["text"]})
         yield sse("done", await asyncio.to_thread(save, service, p, [], {"rows": []}))
         return
-    rid = uuid.uuid4().hex
+    message = _message(p, missing, True)
     finished = False
-    with service.broker.subscribe(f"request:{rid}") as sub:
-        service.executor.request({**_message(p, missing, True), "id": rid})
+    with service.broker.subscribe(f"request:{message.id}") as sub:
+        service.executor.request(message)
         try:
             while True:
                 event = await sub.next(service.settings.request_timeout_s)
@@ -139,16 +138,16 @@ async def generate_stream(service: Service, p: Plan) -> AsyncIterator[str]:
                     )
                     yield sse("error", {"detail": detail})
                     return
-                if event["type"] == "token":
-                    yield sse("token", {"row": event["row"], "text": event["text"]})
-                elif not event["ok"]:
+                if isinstance(event, Token):
+                    yield sse("token", {"row": event.row, "text": event.text})
+                elif isinstance(event, Reply) and not event.ok:
                     finished = True
-                    yield sse("error", {"detail": event["error"]})
+                    yield sse("error", {"detail": event.error})
                     return
-                else:
+                elif isinstance(event, Reply):
                     finished = True
-                    yield sse("done", await asyncio.to_thread(save, service, p, missing, event["value"]))
+                    yield sse("done", await asyncio.to_thread(save, service, p, missing, event.value))
                     return
         finally:
             if not finished:  # the client went away: stop decoding for it
-                service.executor.request({"type": "stop", "id": rid})
+                service.executor.request(Stop(message.id))

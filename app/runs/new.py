@@ -13,6 +13,7 @@ from sqlalchemy import select
 from app import jobs, schemas
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError
+from app.executor.protocol import Render
 from app.fields import MAX_PROMPTS, Text, Whole, model_name
 from app.models import LanguageModel
 from app.runs import forms, launch
@@ -72,9 +73,7 @@ async def preview(request: Request, service: ServiceDep) -> HTMLResponse:
     if prompts:
         try:
             model = model_name(str(form.get("model") or service.settings.default_model))
-            context["shown"] = await asyncio.to_thread(
-                service.ask, {"type": "render", "model": model, "prompts": prompts}
-            )
+            context["shown"] = await asyncio.to_thread(service.ask, Render(model=model, prompts=prompts))
         except AppError as exc:
             context["error"] = exc.message
     return render(request, "runs/_preview.html", context)

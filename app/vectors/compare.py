@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from app import schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import AppError, Invalid
+from app.executor.protocol import Downstream
 from app.fields import Text, Whole, describe, whole
 from app.generations import sampling
 from app.templating import render
@@ -101,17 +102,16 @@ async def downstream(request: Request, service: ServiceDep, ids: str, prompt: Te
     with service.db.session() as session:
         vectors = [store.get_vector(session, i) for i in vector_ids]
         run = vectors[0].run
-        message = {
-            "type": "downstream",
-            "model": run.model_name,
-            "prompt": prompt,
-            "block": vectors[0].block,
-            "target": run.target,
-            "vectors": [v.values for v in vectors],
-            "adapters": [
+        message = Downstream(
+            model=run.model_name,
+            prompt=prompt,
+            block=vectors[0].block,
+            target=run.target,
+            vectors=[v.values for v in vectors],
+            adapters=[
                 {**store.adapter_payload(v), "position": i} for i, v in enumerate(vectors) if v.is_adapter
             ],
-        }
+        )
         labels = [f"#{v.id}" for v in vectors]
     try:
         value = await asyncio.to_thread(service.ask, message)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from app import jobs, responses, schemas, store
 from app.errors import AppError, Conflict, Invalid
+from app.executor.protocol import ExportPeft, ExportVectors, ParseVectors
 from app.fields import MAX_NAME, model_name, without_controls
 from app.kinds import Kind
 from app.models import AdapterFactors, LanguageModel, Run, Vector
@@ -78,15 +79,14 @@ def export_vector(service: Service, vector_id: int, fmt: str) -> tuple[bytes, st
             "vectorLabel": f"steerscope vector {vector_id}",
         }
         return json.dumps(payload).encode(), f"{name}-neuronpedia.json"
-    message = {
-        "type": "export_vectors",
-        "format": fmt,
-        "vectors": [values],
-        "blocks": [block],
-        "metadata": {**meta, "blocks": [block]},
-        "model_hint": hint,
-        "model": meta["model"],
-    }
+    message = ExportVectors(
+        model=meta["model"],
+        format=fmt,
+        vectors=[values],
+        blocks=[block],
+        metadata={**meta, "blocks": [block]},
+        model_hint=hint,
+    )
     data: bytes = service.ask(message)["data"]
     return data, f"{name}.{fmt}"
 
@@ -100,12 +100,9 @@ def export_peft(service: Service, vector_id: int) -> tuple[bytes, str]:
         if factors is None:
             raise Invalid(f"vector {vector_id} is a steering vector, not an adapter: export it as a file")
         meta = {**_describe(session, vector), "rank": factors.rank, "radius": factors.radius}
-        message = {
-            "type": "export_peft",
-            "model": vector.run.model_name,
-            "adapter": store.adapter_payload(vector),
-            "metadata": meta,
-        }
+        message = ExportPeft(
+            model=vector.run.model_name, adapter=store.adapter_payload(vector), metadata=meta
+        )
     files: dict[str, bytes] = service.ask(message)["files"]
     name = f"adapter-{vector_id}"
     buffer = io.BytesIO()
@@ -152,14 +149,13 @@ def export_run(service: Service, run_id: int, fmt: str) -> tuple[bytes, str]:
         "vectors": metas,
     }
     data: bytes = service.ask(
-        {
-            "type": "export_vectors",
-            "format": "safetensors",
-            "vectors": values,
-            "blocks": metadata["blocks"],
-            "metadata": metadata,
-            "model": metas[0]["model"],
-        }
+        ExportVectors(
+            model=metas[0]["model"],
+            format="safetensors",
+            vectors=values,
+            blocks=metadata["blocks"],
+            metadata=metadata,
+        )
     )["data"]
     return data, f"{name}.safetensors"
 
@@ -207,9 +203,7 @@ def import_file(service: Service, *, data: bytes, filename: str, model: str | No
     if not data:
         raise Invalid(f"{filename} is empty")
     model = model_name(model) if model else service.settings.default_model
-    found = service.ask(
-        {"type": "parse_vectors", "model": model, "data": data, "name": filename, "max_bytes": limit}
-    )
+    found = service.ask(ParseVectors(model=model, data=data, name=filename, max_bytes=limit))
     info, count = found["model"], len(found["vectors"])
     if count > service.settings.max_vectors:
         raise Invalid(

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from app.executor.base import Event
 from app.executor.loop import ComputeLoop
-from tests.app.test_compute_loop import drain, events, loop, order, replies
+from app.executor.protocol import FromWorker, Generate, Generations, Vectors
+from tests.app.test_compute_loop import drain, events, finished, loop, order, replies
 
 __all__ = ["events", "loop"]  # the fixtures, used by name
 
@@ -20,21 +20,21 @@ def all_hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def rows(events: list[Event], job: int) -> dict[int, dict[str, Any]]:
-    return {r["index"]: r for e in events if e["type"] == "vectors" and e["job"] == job for r in e["rows"]}
+def rows(events: list[FromWorker], job: int) -> dict[int, dict[str, Any]]:
+    return {r["index"]: r for e in events if isinstance(e, Vectors) and e.job == job for r in e.rows}
 
 
-def texts(events: list[Event], job: int) -> dict[tuple[Any, str], str]:
+def texts(events: list[FromWorker], job: int) -> dict[tuple[Any, str], str]:
     return {
         (r["vector_index"], r["prompt"]): r["text"]
         for e in events
-        if e["type"] == "generations" and e["job"] == job
-        for r in e["rows"]
+        if isinstance(e, Generations) and e.job == job
+        for r in e.rows
     }
 
 
 def test_a_resumed_adapter_run_carries_on_where_it_stopped(
-    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+    loop: ComputeLoop, events: list[FromWorker], tiny_dir: Path
 ) -> None:
     model = str(tiny_dir)
     lm = loop.models.get(model, set())
@@ -54,12 +54,11 @@ def test_a_resumed_adapter_run_carries_on_where_it_stopped(
     resume = {**spec, "batch_size": 1}
     loop.put(order(2, "adapter", resume, gallery=gallery, done=[first["values"]], adapters=[stored]))
     loop.put(
-        {
-            "type": "generate",
-            "id": "g",
-            "model": model,
-            "rows": [{"prompt": "Hi", "vector": first["values"], "adapter": stored, "scale": 3.0}],
-        }
+        Generate(
+            id="g",
+            model=model,
+            rows=[{"prompt": "Hi", "vector": first["values"], "adapter": stored, "scale": 3.0}],
+        )
     )
     drain(loop, lambda: None)
     assert all_hooks(lm.model) == before
@@ -71,6 +70,5 @@ def test_a_resumed_adapter_run_carries_on_where_it_stopped(
     gallery_texts = texts(events, 2)
     assert gallery_texts == texts(events, 1)  # index 0 steers with its stored factors
     assert any(gallery_texts[(0, p)] != gallery_texts[(None, p)] for p in prompts)
-    assert replies(events)["g"]["ok"]
-    finished = {e["job"]: e["status"] for e in events if e["type"] == "finished"}
-    assert finished == {1: "succeeded", 2: "succeeded"}
+    assert replies(events)["g"].ok
+    assert dict(finished(events)) == {1: "succeeded", 2: "succeeded"}

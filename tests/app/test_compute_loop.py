@@ -4,7 +4,6 @@ between two units."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +11,36 @@ import pytest
 import torch
 
 from app import kinds
-from app.executor.base import Event, Order
 from app.executor.codec import to_bytes
 from app.executor.loop import CHAT_FOLLOWS_S, ComputeLoop
+from app.executor.protocol import (
+    Cancel,
+    Chat,
+    ChatTokens,
+    CheckChat,
+    Downstream,
+    Finished,
+    FromWorker,
+    Generate,
+    Order,
+    Render,
+    Reply,
+    RunJob,
+    Stop,
+    Token,
+    Validate,
+    Vectors,
+)
 from engine import LoadedModel, get_blocks
 
 
 @pytest.fixture
-def events() -> list[Event]:
+def events() -> list[FromWorker]:
     return []
 
 
 @pytest.fixture
-def loop(tiny_dir: Path, tmp_path: Path, events: list[Event]) -> ComputeLoop:
+def loop(tiny_dir: Path, tmp_path: Path, events: list[FromWorker]) -> ComputeLoop:
     config = {"device": "cpu", "dtype": "auto", "data_dir": str(tmp_path), "train_share": 0.5}
     return ComputeLoop(events.append, config)
 
@@ -33,13 +49,10 @@ def hooks(lm: LoadedModel) -> list[list[int]]:
     return [sorted(b._forward_hooks) + sorted(b._forward_pre_hooks) for b in get_blocks(lm.model)]
 
 
-def order(job_id: int, kind: str, spec: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def order(job_id: int, kind: str, spec: dict[str, Any], **extra: Any) -> RunJob:
     task = kinds.of(kind).task
     assert task is not None
-    return {
-        "type": "job",
-        "order": asdict(Order(job_id=job_id, attempt=1, kind=kind, task=task, spec=spec, **extra)),
-    }
+    return RunJob(Order(job_id=job_id, attempt=1, kind=kind, task=task, spec=spec, **extra))
 
 
 def drain(loop: ComputeLoop, check: Any = None, limit: int = 20000) -> list[str]:
@@ -57,11 +70,15 @@ def drain(loop: ComputeLoop, check: Any = None, limit: int = 20000) -> list[str]
     return kinds
 
 
-def replies(events: list[Event]) -> dict[str, Event]:
-    return {e["id"]: e for e in events if e["type"] == "reply"}
+def replies(events: list[FromWorker]) -> dict[str, Reply]:
+    return {e.id: e for e in events if isinstance(e, Reply)}
 
 
-def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[Event], tiny_dir: Path) -> None:
+def finished(events: list[FromWorker]) -> list[tuple[int, str]]:
+    return [(e.job, e.status) for e in events if isinstance(e, Finished)]
+
+
+def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[FromWorker], tiny_dir: Path) -> None:
     model = str(tiny_dir)
     lm = loop.models.get(model, set())
     with torch.no_grad():  # transformers adds hooks of its own on a first forward: let it, then compare
@@ -72,16 +89,11 @@ def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[Event], ti
     melbo = {"prompts": prompts, "model": model, "n_vectors": 2, "steps": 3}
     gallery = {"prompts": prompts, "max_new_tokens": 4, "batch": 2}
     for message in [
-        {"type": "validate", "id": "v", "model": model, "kind": "melbo", "spec": melbo},
-        {"type": "render", "id": "r", "model": model, "prompts": prompts},
-        {
-            "type": "downstream",
-            "id": "d",
-            "model": model,
-            "block": 1,
-            "vectors": [vector, vector],
-            "prompt": "Hi",
-        },
+        Validate(id="v", model=model, kind="melbo", spec=melbo),
+        Render(id="r", model=model, prompts=prompts),
+        Downstream(
+            id="d", model=model, block=1, target=None, vectors=[vector, vector], prompt="Hi", adapters=[]
+        ),
         order(1, "melbo", {**melbo, "mode": "reference"}, gallery=gallery),
         order(2, "melbo", {**melbo, "mode": "fast", "batch_size": 2}, gallery=gallery),
         order(
@@ -97,11 +109,10 @@ def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[Event], ti
             {"prompts": prompts, "model": model, "scales": [1.0], "max_new_tokens": 3},
             vectors=[(9, 1, vector)],
         ),
-        {
-            "type": "chat",
-            "id": "c",
-            "model": model,
-            "rows": [
+        Chat(
+            id="c",
+            model=model,
+            rows=[
                 {
                     "messages": [{"role": "user", "content": "Hi"}],
                     "terms": [(vector, 1.0)],
@@ -110,13 +121,12 @@ def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[Event], ti
                 },
                 {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 5},
             ],
-        },
-        {
-            "type": "generate",
-            "id": "g",
-            "model": model,
-            "stream": True,
-            "rows": [
+        ),
+        Generate(
+            id="g",
+            model=model,
+            stream=True,
+            rows=[
                 {
                     "prompt": "Hi",
                     "vector": vector,
@@ -127,7 +137,7 @@ def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[Event], ti
                     "seed": 1,
                 },
             ],
-        },
+        ),
     ]:
         loop.put(message)
 
@@ -137,15 +147,20 @@ def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[Event], ti
     kinds = drain(loop, same_hooks)
     assert {"job", "interactive"} <= set(kinds)
     answered = replies(events)
-    assert {rid for rid, e in answered.items() if e["ok"]} == {"v", "r", "d", "c", "g"}
-    finished = {e["job"]: e["status"] for e in events if e["type"] == "finished"}
-    assert finished == {1: "succeeded", 2: "succeeded", 3: "succeeded", 4: "succeeded", 5: "succeeded"}
-    assert any(e["type"] == "token" and e["id"] == "g" for e in events)
-    assert any(e["type"] == "chat_tokens" for e in events)
+    assert {rid for rid, e in answered.items() if e.ok} == {"v", "r", "d", "c", "g"}
+    assert dict(finished(events)) == {
+        1: "succeeded",
+        2: "succeeded",
+        3: "succeeded",
+        4: "succeeded",
+        5: "succeeded",
+    }
+    assert any(isinstance(e, Token) and e.id == "g" for e in events)
+    assert any(isinstance(e, ChatTokens) for e in events)
 
 
 def test_a_chat_is_answered_while_a_job_trains(
-    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+    loop: ComputeLoop, events: list[FromWorker], tiny_dir: Path
 ) -> None:
     model = str(tiny_dir)
     long = {
@@ -160,10 +175,10 @@ def test_a_chat_is_answered_while_a_job_trains(
         loop._take(block=False)
         loop.run_once()
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 6}
-    loop.put({"type": "chat", "id": "c", "model": model, "rows": [chat]})
+    loop.put(Chat(id="c", model=model, rows=[chat]))
     kinds = drain(loop)
-    reply_at = next(i for i, e in enumerate(events) if e["type"] == "reply")
-    finished_at = next(i for i, e in enumerate(events) if e["type"] == "finished")
+    reply_at = next(i for i, e in enumerate(events) if isinstance(e, Reply))
+    finished_at = next(i for i, e in enumerate(events) if isinstance(e, Finished))
     assert reply_at < finished_at  # answered between training steps, not after the run
     assert kinds.count("job") > 50
 
@@ -175,31 +190,24 @@ def test_interactive_work_goes_first_but_the_job_keeps_its_share(loop: ComputeLo
             1, "melbo", {"prompts": ["Hi"], "model": model, "n_vectors": 1, "mode": "reference", "steps": 50}
         )
     )
-    loop.put(
-        {
-            "type": "chat",
-            "id": "c",
-            "model": model,
-            "rows": [{"messages": [{"role": "user", "content": "Hi"}]}],
-        }
-    )
+    loop.put(Chat(id="c", model=model, rows=[{"messages": [{"role": "user", "content": "Hi"}]}]))
     loop._take(block=False)
     assert loop.run_once() == "interactive"  # the chat's admission, a quick unit
     loop.spent = {"job": 1.0, "interactive": 1.0}  # at its share: the chat goes first
     assert loop.run_once() == "interactive"
     loop.spent = {"job": 1.0, "interactive": 9.0}  # below its share: the job's turn
     assert loop.run_once() == "job"
-    loop.put({"type": "render", "id": "r", "model": model, "prompts": ["Hi"]})
+    loop.put(Render(id="r", model=model, prompts=["Hi"]))
     loop._take(block=False)
     assert loop.run_once() == "interactive"  # quick requests never wait for the job
 
 
 def test_a_decode_step_gives_way_to_a_message_then_the_next_runs(
-    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+    loop: ComputeLoop, events: list[FromWorker], tiny_dir: Path
 ) -> None:
     model = str(tiny_dir)
     rows = [{"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 8}]
-    loop.put({"type": "chat", "id": "c", "model": model, "rows": rows})
+    loop.put(Chat(id="c", model=model, rows=rows))
     loop._take(block=False)
     loop.run_once()  # admission
     loop.run_once()  # prefill: the first token
@@ -209,38 +217,38 @@ def test_a_decode_step_gives_way_to_a_message_then_the_next_runs(
         return sum(len(row.tokens) for row in decoder._batch_rows())
 
     assert generated() == 1
-    loop.put({"type": "render", "id": "r", "model": model, "prompts": ["Hi"]})  # arrives mid-step
+    loop.put(Render(id="r", model=model, prompts=["Hi"]))  # arrives mid-step
     assert loop.run_once() == "interactive"
     assert generated() == 1  # the step gave way
     loop._take(block=False)
     loop.run_once()
     assert "r" in replies(events)  # answered before the batch's next token
-    loop.put({"type": "render", "id": "r2", "model": model, "prompts": ["Hi"]})
+    loop.put(Render(id="r2", model=model, prompts=["Hi"]))
     loop.run_once()  # the step after a preempted one runs to its end
     assert generated() == 2
     drain(loop)
-    assert replies(events)["c"]["ok"] and replies(events)["c"]["value"]["rows"][0]["n_tokens"] == 8
+    assert replies(events)["c"].ok and replies(events)["c"].value["rows"][0]["n_tokens"] == 8
 
 
 def test_a_passed_chat_check_holds_the_loop_for_its_chat(loop: ComputeLoop, tiny_dir: Path) -> None:
     model = str(tiny_dir)
     rows = [{"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 4}]
-    loop.put({"type": "check_chat", "id": "k", "model": model, "rows": rows})
+    loop.put(CheckChat(id="k", model=model, rows=rows))
     loop._take(block=False)
     loop.run_once()
     assert 0 < loop._chat_follows_s() <= CHAT_FOLLOWS_S  # the chat is on its way: no job unit yet
-    loop.put({"type": "chat", "id": "c", "model": model, "rows": rows})
+    loop.put(Chat(id="c", model=model, rows=rows))
     loop._take(block=False)
     loop.run_once()  # its admission
     assert loop._chat_follows_s() == 0
-    loop.put({"type": "check_chat", "id": "bad", "model": model, "rows": [{"messages": []}]})
+    loop.put(CheckChat(id="bad", model=model, rows=[{"messages": []}]))
     loop._take(block=False)
     loop.run_once()
     assert loop._chat_follows_s() == 0  # a check that failed announces no chat
 
 
 def test_a_cancel_stops_the_job_at_its_next_unit(
-    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+    loop: ComputeLoop, events: list[FromWorker], tiny_dir: Path
 ) -> None:
     model = str(tiny_dir)
     spec = {"prompts": ["Hi"], "model": model, "n_vectors": 3, "mode": "reference", "steps": 10**4}
@@ -249,63 +257,62 @@ def test_a_cancel_stops_the_job_at_its_next_unit(
     for _ in range(4):
         loop._take(block=False)
         loop.run_once()
-    loop.put({"type": "cancel", "job": 8})
-    loop.put({"type": "cancel", "job": 7})
+    loop.put(Cancel(8))
+    loop.put(Cancel(7))
     drain(loop, limit=10)
-    finished = [(e["job"], e["status"]) for e in events if e["type"] == "finished"]
-    assert finished == [(8, "cancelled"), (7, "cancelled")]  # the waiting one never started
-    assert not any(e["type"] == "vectors" for e in events)
+    assert finished(events) == [(8, "cancelled"), (7, "cancelled")]  # the waiting one never started
+    assert not any(isinstance(e, Vectors) for e in events)
 
 
 def test_a_stop_ends_a_generation_and_its_reply_says_so(
-    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+    loop: ComputeLoop, events: list[FromWorker], tiny_dir: Path
 ) -> None:
     model = str(tiny_dir)
     row = {"prompt": "Hi", "max_new_tokens": 50}
-    loop.put({"type": "generate", "id": "g", "model": model, "stream": True, "rows": [row]})
-    loop.put({"type": "generate", "id": "h", "model": model, "rows": [row]})
+    loop.put(Generate(id="g", model=model, stream=True, rows=[row]))
+    loop.put(Generate(id="h", model=model, rows=[row]))
     for _ in range(4):
         loop._take(block=False)
         loop.run_once()
-    loop.put({"type": "stop", "id": "g"})
-    loop.put({"type": "generate", "id": "early", "model": model, "rows": [row]})
-    loop.put({"type": "stop", "id": "early"})  # before it was even admitted
+    loop.put(Stop("g"))
+    loop.put(Generate(id="early", model=model, rows=[row]))
+    loop.put(Stop("early"))  # before it was even admitted
     drain(loop)
     answered = replies(events)
-    assert answered["g"]["value"]["rows"][0]["finish_reason"] == "stopped"
-    assert answered["early"]["ok"] and answered["early"]["value"]["rows"][0]["n_tokens"] == 0
-    assert answered["h"]["value"]["rows"][0]["n_tokens"] in range(1, 51)
+    assert answered["g"].value["rows"][0]["finish_reason"] == "stopped"
+    assert answered["early"].ok and answered["early"].value["rows"][0]["n_tokens"] == 0
+    assert answered["h"].value["rows"][0]["n_tokens"] in range(1, 51)
 
 
 def test_a_bad_request_is_the_users_and_a_bug_is_ours(
-    loop: ComputeLoop, events: list[Event], tiny_dir: Path
+    loop: ComputeLoop, events: list[FromWorker], tiny_dir: Path
 ) -> None:
     model = str(tiny_dir)
     bad_block = {"prompt": "Hi", "block": 99, "vector": to_bytes(torch.zeros(64)), "scale": 1.0}
-    loop.put({"type": "generate", "id": "user", "model": model, "rows": [bad_block]})
+    loop.put(Generate(id="user", model=model, rows=[bad_block]))
     loop.put(
-        {"type": "downstream", "id": "ours", "model": model, "block": 1, "vectors": [b"abc"], "prompt": "Hi"}
+        Downstream(id="ours", model=model, block=1, target=None, vectors=[b"abc"], prompt="Hi", adapters=[])
     )
     drain(loop)
     answered = replies(events)
-    assert not answered["user"]["ok"] and "out of range" in answered["user"]["error"]
-    assert not answered["user"].get("internal")
-    assert answered["ours"]["internal"] and "Traceback" in answered["ours"]["trace"]
+    assert not answered["user"].ok and "out of range" in answered["user"].error
+    assert not answered["user"].internal
+    assert answered["ours"].internal and "Traceback" in answered["ours"].trace
 
 
 def test_a_model_that_fails_to_load_fails_only_its_request(
-    loop: ComputeLoop, events: list[Event], tmp_path: Path
+    loop: ComputeLoop, events: list[FromWorker], tmp_path: Path
 ) -> None:
-    loop.put({"type": "render", "id": "r", "model": str(tmp_path / "nothing"), "prompts": ["Hi"]})
+    loop.put(Render(id="r", model=str(tmp_path / "nothing"), prompts=["Hi"]))
     drain(loop)
-    assert not replies(events)["r"]["ok"]
+    assert not replies(events)["r"].ok
 
 
 def test_the_embedding_model_follows_the_device_setting(tmp_path: Path) -> None:
     """`auto` (the default setting) picks a device for the embedder as it does for models."""
-    from app.executor.resident import Resident
+    from app.executor.resident import Models
     from engine.models import pick_device
 
-    held = Resident({"device": "auto", "dtype": "auto", "data_dir": str(tmp_path)})
+    held = Models({"device": "auto", "dtype": "auto", "data_dir": str(tmp_path)})
     assert held.embedder().device == pick_device("auto")
     assert held.embedder() is held.embedder()  # loaded once per worker

@@ -4,6 +4,8 @@ stored; otherwise it is queued again (or, out of attempts, failed) and says what
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
@@ -11,6 +13,7 @@ from sqlalchemy import func, select
 from app import jobs, store
 from app.broker import Broker
 from app.db import Database
+from app.executor.protocol import Finished, Generations, JobEvent, Started, Vectors
 from app.models import Job, Vector
 from app.recorder import Recorder
 
@@ -52,11 +55,12 @@ def sample(index: int | None) -> dict[str, Any]:
     }
 
 
-def feed(rec: Recorder, job_id: int, attempt: int, *events: dict[str, Any]) -> None:
-    """Hand events over as the executor does, and wait until the writer stored them."""
+def feed(rec: Recorder, job_id: int, attempt: int, *events: Callable[[int, int], JobEvent]) -> None:
+    """Hand events (made for this job and attempt) over as the executor does, and wait until the
+    writer stored them."""
     rec.start()
     for event in events:
-        rec({"job": job_id, "attempt": attempt, **event})
+        rec(event(job_id, attempt))
     rec.stop(timeout=30)
 
 
@@ -73,10 +77,10 @@ def test_everything_stored_means_succeeded(db: Database) -> None:
         recorder(db),
         job_id,
         attempt,
-        {"type": "started", "model": MODEL},
-        {"type": "vectors", "rows": [vector_row(0), vector_row(1)]},
-        {"type": "generations", "rows": [sample(None), sample(0), sample(1)]},
-        {"type": "finished", "status": "succeeded"},
+        partial(Started, model=MODEL),
+        partial(Vectors, rows=[vector_row(0), vector_row(1)]),
+        partial(Generations, rows=[sample(None), sample(0), sample(1)]),
+        partial(Finished, status="succeeded"),
     )
     assert status(db, job_id)[0] == "succeeded"
 
@@ -87,10 +91,10 @@ def test_a_run_short_of_vectors_or_samples_runs_again(db: Database) -> None:
         recorder(db),
         job_id,
         attempt,
-        {"type": "started", "model": MODEL},
-        {"type": "vectors", "rows": [vector_row(0)]},
-        {"type": "generations", "rows": [sample(None), sample(0)]},
-        {"type": "finished", "status": "succeeded"},
+        partial(Started, model=MODEL),
+        partial(Vectors, rows=[vector_row(0)]),
+        partial(Generations, rows=[sample(None), sample(0)]),
+        partial(Finished, status="succeeded"),
     )
     state, message, _ = status(db, job_id)
     assert state == "queued" and message == "1 of 2 vectors are stored; running again to redo it"
@@ -103,9 +107,9 @@ def test_a_run_short_of_vectors_or_samples_runs_again(db: Database) -> None:
         recorder(db),
         job_id,
         attempt,
-        {"type": "started", "model": MODEL},
-        {"type": "vectors", "rows": [vector_row(1)]},
-        {"type": "finished", "status": "succeeded"},  # vector 1's sample never came
+        partial(Started, model=MODEL),
+        partial(Vectors, rows=[vector_row(1)]),
+        partial(Finished, status="succeeded"),  # vector 1's sample never came
     )
     state, message, _ = status(db, job_id)
     assert state == "queued" and message == "2 of 3 gallery samples are stored; running again to redo it"
@@ -117,9 +121,9 @@ def test_a_refinement_that_stored_no_vector_runs_again(db: Database) -> None:
         recorder(db),
         job_id,
         attempt,
-        {"type": "started", "model": MODEL},
-        {"type": "generations", "rows": [sample(None)]},  # its gallery's unsteered half, no vectors
-        {"type": "finished", "status": "succeeded"},
+        partial(Started, model=MODEL),
+        partial(Generations, rows=[sample(None)]),  # its gallery's unsteered half, no vectors
+        partial(Finished, status="succeeded"),
     )
     state, message, _ = status(db, job_id)
     assert state == "queued" and message == "its vectors are not stored; running again to redo it"
@@ -131,10 +135,10 @@ def test_an_event_that_cannot_be_stored_is_redone_never_dropped(db: Database) ->
         recorder(db, max_attempts=1),
         job_id,
         attempt,
-        {"type": "started", "model": MODEL},
-        {"type": "vectors", "rows": [vector_row(0)]},
-        {"type": "generations", "rows": [sample(None), sample(0), sample(7)]},  # 7: no such vector
-        {"type": "finished", "status": "succeeded"},
+        partial(Started, model=MODEL),
+        partial(Vectors, rows=[vector_row(0)]),
+        partial(Generations, rows=[sample(None), sample(0), sample(7)]),  # 7: no such vector
+        partial(Finished, status="succeeded"),
     )
     state, _, error = status(db, job_id)  # out of attempts: failed, saying why, not succeeded short
     assert (
@@ -148,15 +152,15 @@ def test_an_event_that_cannot_be_stored_is_redone_never_dropped(db: Database) ->
 def test_a_steered_sample_stored_before_its_partner_is_linked_to_it(db: Database) -> None:
     """Rows of one decode batch finish in any order: the unsteered partner may come last."""
     job_id, attempt = running_job(db, n_vectors=2)
-    started = {"type": "started", "model": MODEL}
+    started = partial(Started, model=MODEL)
     feed(
         recorder(db),
         job_id,
         attempt,
         started,
-        {"type": "vectors", "rows": [vector_row(0), vector_row(1)]},
-        {"type": "generations", "rows": [sample(0), sample(1)]},  # the steered rows first
-        {"type": "generations", "rows": [sample(None)]},
+        partial(Vectors, rows=[vector_row(0), vector_row(1)]),
+        partial(Generations, rows=[sample(0), sample(1)]),  # the steered rows first
+        partial(Generations, rows=[sample(None)]),
     )
     with db.session() as session:
         from app.models import Generation

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from app.executor.gallery import gallery
 from app.executor.job import Job, Units
+from app.executor.protocol import Started
 from app.executor.training import TRAIN_SHARE
 from engine import LoadedModel
 from engine.discovery.embedder import Embedder
@@ -36,7 +37,7 @@ def task(name: str) -> Task:
 def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     """Carry out the order, one unit per `next()`; returns True if it was cancelled. `embedder`
     gives the worker's sentence-embedding model (loaded when scoring first needs it)."""
-    job.event("started", model=lm.info.to_dict())
+    job.emit(Started(*job.ids, model=lm.info.to_dict()))
     if (yield from task(job.order.task)(lm, job, embedder)):
         return True
     if job.order.gallery.get("prompts"):

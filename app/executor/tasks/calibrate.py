@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.executor.job import Job, Units
+from app.executor.protocol import Result
 from engine import CalibrateSpec, LoadedModel
 from engine.discovery.embedder import Embedder
 from engine.methods.calibrate import Calibrator
@@ -20,5 +21,5 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         job.progress(0.5, f"R {radius:.3g}: ratio {ratio:.3g}", phase="calibration")
         yield
     result = calibrator.result()
-    job.event("result", result={"calibration": result.to_dict()}, radius=result.radius)
+    job.emit(Result(*job.ids, result={"calibration": result.to_dict()}, radius=result.radius))
     return False

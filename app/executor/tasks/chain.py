@@ -7,6 +7,7 @@ from typing import Any
 
 from app.executor.codec import from_bytes, to_bytes
 from app.executor.job import Job, Units
+from app.executor.protocol import Vectors
 from app.executor.training import report_training, stack, train
 from engine import ChainSpec, LoadedModel
 from engine.discovery.embedder import Embedder
@@ -23,23 +24,25 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     def finish(new: list[Any]) -> None:
         chain = trainer.vectors
         summary = {k: v for k, v in trainer.result().to_dict().items() if k not in ("records", "settings")}
-        job.event(
-            "vectors",
-            source=trainer.source,
-            target=trainer.target,
-            result=summary,
-            rows=[
-                {
-                    "index": r.index,
-                    "block": trainer.source,
-                    "values": to_bytes(chain[r.index]),
-                    "norm": r.norm,
-                    "objective": r.loss,
-                    "kl": r.kl,
-                    "metrics": {"loss": r.loss, "steps": r.steps},
-                }
-                for r in new
-            ],
+        job.emit(
+            Vectors(
+                *job.ids,
+                source=trainer.source,
+                target=trainer.target,
+                result=summary,
+                rows=[
+                    {
+                        "index": r.index,
+                        "block": trainer.source,
+                        "values": to_bytes(chain[r.index]),
+                        "norm": r.norm,
+                        "objective": r.loss,
+                        "kl": r.kl,
+                        "metrics": {"loss": r.loss, "steps": r.steps},
+                    }
+                    for r in new
+                ],
+            )
         )
         job.vectors += [(r.index, trainer.source, to_bytes(chain[r.index])) for r in new]
 

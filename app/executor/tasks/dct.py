@@ -4,7 +4,6 @@ end, ranked by α² (a resumed run that stored them all goes straight to the gal
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from app.executor.job import Job, Units
 from app.executor.training import report_training, send_vectors, train
@@ -27,11 +26,9 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     source = trainer.source
 
     def finish(_: object) -> None:
-        result = trainer.result()
-        extra: dict[str, Any] = {}
-        if result.calibration:
-            extra["result"] = {"calibration": result.calibration}
-        job.vectors = send_vectors(lm, job, batch, source, result, **extra)
+        found = trainer.result()
+        result = {"calibration": found.calibration} if found.calibration else {}
+        job.vectors = send_vectors(lm, job, batch, source, found, result=result)
 
     def report(force: bool) -> None:
         t = trainer.transcoder

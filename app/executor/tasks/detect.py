@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 
 from app.executor.job import Job, Units
+from app.executor.protocol import Detections
 from engine.discovery.detectors import judge_steps
 from engine.discovery.embedder import Embedder
 from engine.errors import EngineError
@@ -27,7 +28,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
             done, total = next(steps)
         except StopIteration as end:
             scores = [{"generation_id": gid, "score": p} for (gid, _), p in zip(rows, end.value, strict=True)]
-            job.event("detections", rows=scores)
+            job.emit(Detections(*job.ids, rows=scores))
             return False
         job.clock.tick()
         units += 1

@@ -31,7 +31,8 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         return Found(
             rows(lm, spec.prompts, found.source, found.vector[None], records),
             {"generalize": found.to_dict()},
-            {"target": found.target, "radius": found.radius},
+            target=found.target,
+            radius=found.radius,
         )
 
     def steps() -> Any:

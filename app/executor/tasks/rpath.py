@@ -28,7 +28,8 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         return Found(
             rows(lm, spec.prompts, found.source, found.vectors, records),
             {"rpath": found.to_dict()},
-            {"target": found.target, "radius": found.radius},
+            target=found.target,
+            radius=found.radius,
         )
 
     steps = lambda: rpath_steps(lm, parent(job), spec, orthogonal_to=earlier(job))  # noqa: E731

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from app.executor.codec import from_bytes
 from app.executor.job import Job, Units
+from app.executor.protocol import SweepFound
 from engine.discovery.embedder import Embedder
 from engine.models import LoadedModel
 from engine.refine.scale_sweep import scale_sweep_steps
@@ -32,7 +33,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         try:
             phase, done, total = next(steps)
         except StopIteration as end:
-            job.event("scale_sweep", found=end.value.to_dict())
+            job.emit(SweepFound(*job.ids, found=end.value.to_dict()))
             return False
         job.clock.tick()
         low, high = PHASES[phase]

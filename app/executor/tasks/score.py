@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.executor.job import Job, Units
+from app.executor.protocol import Findings
 from engine.discovery.embedder import Embedder
 from engine.discovery.findings import payload_steps
 from engine.errors import EngineError
@@ -27,7 +28,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         try:
             done, total = next(steps)
         except StopIteration as end:
-            job.event("findings", found=end.value)
+            job.emit(Findings(*job.ids, found=end.value))
             return False
         job.clock.tick()
         eta = job.clock.eta(total - done)

@@ -38,7 +38,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
             for c in best
         ]
         vectors = torch.stack([c.vector for c in best])
-        return Found(rows(lm, spec.prompts, spec.block, vectors, records), {"search": found.to_dict()}, {})
+        return Found(rows(lm, spec.prompts, spec.block, vectors, records), {"search": found.to_dict()})
 
     steps = lambda: search_steps(lm, parent(job), spec, batch_size=batch)  # noqa: E731
     return (yield from refine(job, "search", steps, where, finish))
