@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Cookie, Depends, Request
 from sqlalchemy.orm import Session
 
 from app.service import Service
@@ -23,3 +23,4 @@ def get_session(request: Request) -> Iterator[Session]:
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 SessionDep = Annotated[Session, Depends(get_session)]
+AuthorCookie = Annotated[str | None, Cookie(alias="steerscope_author")]  # who labels, remembered per browser

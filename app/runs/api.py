@@ -1,5 +1,5 @@
-"""Starting work: MELBO runs (and random baselines), chains, compositions, calibrations, generation
-jobs; reading runs and vectors."""
+"""Runs: starting them (MELBO runs and random baselines, chains, compositions, calibrations,
+generation jobs), reading them and their vectors, and the models they run on."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from sqlalchemy import select
 from app import responses, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
-from app.models import Run, Vector
-from app.responses import ComposedOut, Created, RunOut, VectorOut
+from app.models import LanguageModel, Run, Vector
+from app.responses import ComposedOut, Created, ModelOut, RunOut, VectorOut
 from app.runs import launch
 
 router = APIRouter(prefix="/api", tags=["runs"])
@@ -58,6 +58,13 @@ def create_samples(body: schemas.SamplesCreate, service: ServiceDep) -> Created:
     return _created(launch.start_samples(service, body))
 
 
+@router.get("/models")
+def list_models(session: SessionDep) -> list[ModelOut]:
+    return [
+        ModelOut.model_validate(m) for m in session.scalars(select(LanguageModel).order_by(LanguageModel.id))
+    ]
+
+
 @router.get("/runs", summary="Runs, newest first")
 def list_runs(
     session: SessionDep, limit: Annotated[Whole, Query(ge=1, le=500)] = 50, offset: Whole = 0
@@ -78,8 +85,3 @@ def run_vectors(run_id: Whole, session: SessionDep, values: bool = False) -> lis
     read_run(run_id, session)
     vectors = session.scalars(select(Vector).where(Vector.run_id == run_id).order_by(Vector.index)).all()
     return [responses.vector(v, values=values) for v in vectors]
-
-
-@router.get("/vectors/{vector_id}", response_model_exclude_unset=True)
-def read_vector(vector_id: Whole, session: SessionDep, values: bool = False) -> VectorOut:
-    return responses.vector(store.get_vector(session, vector_id), values=values)
