@@ -12,6 +12,7 @@ from typing import Any, cast
 from app.executor.codec import adapter_from, from_bytes
 from app.executor.protocol import Chat, ChatTokens, FromWorker, Generate, Reply, Token
 from engine import Decoder, GenerationRequest, GenerationResult, LoadedModel
+from engine.decode.decoder import Step
 from engine.decode.generate import prompt_tokens
 
 MAX_ROWS = 64  # rows decoded together per model (a chat has two: steered and unsteered)
@@ -123,6 +124,14 @@ class Generations:
         if step.preempted:
             self.turn -= 1  # the same model goes again at the next step
             return
+        self._emit(name, step)
+
+    def first_tokens(self) -> None:
+        """Prefill the requests waiting to join, every model's (their first tokens go out now)."""
+        for name in sorted(name for name, decoder in self.decoders.items() if decoder.pending):
+            self._emit(name, self.decoders[name].step(prefill_only=True))
+
+    def _emit(self, name: str, step: Step) -> None:
         items = []
         for key, piece in step.pieces:
             rid, row = _split(key)

@@ -11,6 +11,9 @@ at least `train_share` of the loop's recent time while both have work, so traini
 starved by a busy chat. Commands (cancel, stop, shutdown) take effect between two units. A decode
 step of the interactive batch gives way between two blocks when a message arrives (every other
 decode step at most), so a new reply's prefill does not wait out a whole step of a large batch.
+A job's unit gives way too: its passes over blocks pause when a message arrives, and the loop
+handles the message, runs quick requests and prefills new replies right there, then lets the pass
+go on (engine/steer/pauses.py); what the unit computes is the same bit for bit.
 
 A chat is checked (`check_chat`) just before it is sent; once a check passed, the loop waits up to
 CHAT_FOLLOWS_S for that chat before it starts another unit, so the reply does not also wait out a
@@ -49,6 +52,7 @@ from app.executor.protocol import (
 )
 from app.executor.resident import Models
 from engine import EngineError
+from engine.steer.pauses import giving_way
 
 log = logging.getLogger("steerscope.worker")
 SHARE_WINDOW_S = 5.0  # the scheduler's memory: time spent decays with this time constant
@@ -84,6 +88,7 @@ class ComputeLoop:
         self.stamp = time.monotonic()
         self.open = True
         self.chat_due_by: float | None = None  # a chat check passed: its chat is on its way
+        self.lent_s = 0.0  # seconds of interactive work run inside the unit under way
 
     # messages
 
@@ -176,12 +181,15 @@ class ComputeLoop:
 
     def _timed(self, kind: str, unit: Callable[..., None], *args: Any) -> None:
         began = time.monotonic()
+        self.lent_s = 0.0
         unit(*args)
         now = time.monotonic()
         decay = math.exp(-(now - self.stamp) / SHARE_WINDOW_S)
         for key in self.spent:
             self.spent[key] *= decay
-        self.spent[kind] += now - began
+        # Interactive work run while a job's unit was paused counts as interactive.
+        self.spent[kind] += now - began - self.lent_s
+        self.spent["interactive"] += self.lent_s
         self.stamp = now
 
     # units
@@ -218,15 +226,32 @@ class ComputeLoop:
     def _message_waiting(self) -> bool:
         return not self.inbox.empty()
 
+    def _between_blocks(self) -> None:
+        """A job's unit paused between two blocks (engine/steer/pauses.py): the messages that came,
+        quick requests, and the first tokens of replies just admitted. Their later tokens wait for
+        the unit's end, where the share of time between job and chat is kept as usual."""
+        began = time.monotonic()
+        self._take(block=False)
+        while self.quick:
+            self._quick(self.quick.popleft())
+        try:
+            self.generations.first_tokens()
+        except Exception as exc:  # as in `_generation_step`: the batch's requests fail, not the job
+            for rid in list(self.generations.requests):
+                self._fail(rid, exc)
+            self.generations = Generations(self.send)
+        self.lent_s += time.monotonic() - began
+
     def _job_unit(self) -> None:
         if self.running is None:
             self.running = _Running(self.jobs.popleft(), self.send)
         running = self.running
         try:
+            lm = self.models.get(running.model, self._in_use())
             if running.units is None:
-                lm = self.models.get(running.model, self._in_use())
                 running.units = tasks.run(lm, running.job, self.models.embedder)
-            next(running.units)
+            with giving_way(lm.model, self._message_waiting, self._between_blocks):
+                next(running.units)
             return
         except StopIteration as end:
             status, error = ("cancelled" if end.value else "succeeded"), ""

@@ -142,13 +142,14 @@ class Decoder:
         for row in (*self.pending, *self._batch_rows()):
             row.stopped = True
 
-    def step(self, preempt: Callable[[], bool] | None = None) -> Step:
+    def step(self, preempt: Callable[[], bool] | None = None, *, prefill_only: bool = False) -> Step:
         """One forward pass (or none, when every request left); what it produced.
 
         The bookkeeping of the last step (merging prefilled rows, dropping finished ones) is done
         first, so that a step's tokens are out as soon as its forward pass ends. A decode step gives
         up (`Step.preempted`) if `preempt()` turns true before one of its blocks, unless the step
-        before was preempted too."""
+        before was preempted too. With `prefill_only`, the step prefills the requests waiting to
+        join (their first tokens) even right after another prefill, and does nothing else."""
         out = Step()
         self._merge()
         self._compact()
@@ -156,10 +157,11 @@ class Decoder:
         live = sum(not row.done for row in self.rows)
         can_join = self.cache is None or kvcache.reshapable(self.cache)
         # A prefill never follows a prefill while rows wait for their next token.
-        if self.pending and live < self.max_rows and can_join and not (self.prefilled_last and live):
+        settled = prefill_only or not (self.prefilled_last and live)
+        if self.pending and live < self.max_rows and can_join and settled:
             self._prefill(self.pending[: self.max_rows - live], out)
             self.prefilled_last = True
-        elif live:
+        elif live and not prefill_only:
             self._decode(out, None if self.preempted_last else preempt)
             self.prefilled_last = False
             self.preempted_last = out.preempted

@@ -26,6 +26,7 @@ from engine.discovery.flags import Thresholds, flag
 from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.prompts import format_prompt
+from engine.steer.pauses import pausing
 from engine.units import run_steps
 
 T = TypeVar("T")
@@ -94,7 +95,8 @@ def _fluency_of_prompt(
     device = next(model.parameters()).device
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     head_ids = torch.tensor([head], device=device)
-    prefill = model(input_ids=head_ids, use_cache=True)
+    with pausing(model):  # a chat may run between two blocks (engine/steer/pauses.py)
+        prefill = model(input_ids=head_ids, use_cache=True)
     first = torch.log_softmax(prefill.logits[0, -1].float(), dim=-1)  # predicts every tail's first token
     cache = prefill.cache
     h = len(head)
@@ -113,9 +115,10 @@ def _fluency_of_prompt(
             shared.batch_repeat_interleave(b)
             mask = torch.cat([torch.ones((b, h), dtype=torch.long, device=device), real.long()], dim=1)
             positions = torch.arange(h, h + t, device=device)[None, :].expand(b, t)
-            out = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, cache=shared
-            )
+            with pausing(model):
+                out = model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, cache=shared
+                )
             logprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # [b, t-1, V]
             picked = logprobs.gather(-1, ids[:, 1:, None])[..., 0]  # [b, t-1]
             sums = sums + (picked * real[:, 1:]).sum(dim=1)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from engine.errors import EngineError
 from engine.models import get_blocks
 from engine.prompts import PromptBatch
+from engine.steer.pauses import between, pause
 
 
 def check_span(n_blocks: int, source: int, target: int) -> None:
@@ -121,6 +122,8 @@ class Segment:
         else:
             hidden = hidden + delta.to(hidden.dtype).repeat_interleave(self.prompts, dim=0)[:, None, :]
         for block, (args, kwargs) in zip(self.blocks, self._calls_for(k), strict=True):
+            pause()  # other work may run here (engine/steer/pauses.py), forward and backward
+            between(hidden)
             out = block(hidden, *args, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden

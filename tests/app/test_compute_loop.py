@@ -183,6 +183,39 @@ def test_a_chat_is_answered_while_a_job_trains(
     assert kinds.count("job") > 50
 
 
+def test_a_reply_gets_its_first_token_inside_a_training_step_that_ends_unchanged(
+    loop: ComputeLoop, events: list[FromWorker], tiny_dir: Path, tmp_path: Path
+) -> None:
+    model = str(tiny_dir)
+    spec = {"prompts": ["Tell me a story.", "Hi"], "model": model, "n_vectors": 2, "batch_size": 2}
+    spec["steps"] = 6
+    rows = [{"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 5}]
+    alone: list[FromWorker] = []
+    quiet = ComputeLoop(alone.append, {"device": "cpu", "dtype": "auto", "data_dir": str(tmp_path)})
+    quiet.put(order(1, "melbo", spec))
+    quiet.put(Chat(id="c", model=model, rows=rows))
+    drain(quiet)
+
+    loop.put(order(1, "melbo", spec))
+    loop._take(block=False)
+    for _ in range(2):  # set-up, then a first step: training is under way
+        loop.run_once()
+    lm = loop.models.get(model, set())
+    before = hooks(lm)
+    loop.put(Chat(id="c", model=model, rows=rows))  # arrives while the next step runs
+    loop._timed("job", loop._job_unit)
+    first = [row.tokens for row in loop.generations.decoders[model]._batch_rows()]
+    assert first and all(len(tokens) == 1 for tokens in first)  # its first token, from inside the step
+    assert loop.spent["interactive"] > 0 and hooks(lm) == before
+    drain(loop)
+
+    def vectors(sent: list[FromWorker]) -> list[bytes]:
+        return [row["values"] for e in sent if isinstance(e, Vectors) for row in e.rows]
+
+    assert vectors(events) == vectors(alone)  # bit for bit
+    assert replies(events)["c"].value["rows"] == replies(alone)["c"].value["rows"]
+
+
 def test_interactive_work_goes_first_but_the_job_keeps_its_share(loop: ComputeLoop, tiny_dir: Path) -> None:
     model = str(tiny_dir)
     loop.put(
