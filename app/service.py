@@ -228,5 +228,6 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         "data_dir": str(settings.data_dir),
         "threads": settings.worker_threads,
         "train_share": settings.train_share,
+        "prefix_cache_mb": settings.prefix_cache_mb,
         "nice": 5,
     }

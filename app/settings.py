@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="Least share of the worker's time a running job gets while chat replies or other "
         "interactive generations also want it.",
     )
+    prefix_cache_mb: float = Field(
+        256.0,
+        ge=0,
+        description="Memory (MiB, per model) for the prompt prefixes the worker keeps between chat turns "
+        "and conversations (the chat template's system prompt, each conversation's history), so they "
+        "are not prefilled again; least recently used first out. 0 keeps none.",
+    )
     gallery_tokens: int = Field(
         48, ge=1, le=2048, description="New tokens per gallery sample generated after each run."
     )

@@ -13,6 +13,7 @@ from app.executor.job import Job, Units
 from app.executor.protocol import Generations
 from engine import Decoder, GenerationRequest, LoadedModel
 from engine.methods.adapters import Adapter
+from engine.steer import pauses
 
 
 def request(
@@ -84,7 +85,12 @@ def decode_rows(
             i, (tag, request) = item
             tags[i] = tag
             decoder.add(i, request)
-        step = decoder.step()
+        # A gallery step is steered through hooks, so it cannot pause: it gives way instead when
+        # a message arrives (undone, and run again at the next unit; never twice in a row).
+        step = decoder.step(preempt=pauses.waiting)
+        if step.preempted:
+            yield
+            continue
         job.clock.tick()
         for key, result in step.finished:
             tag = tags.pop(cast(int, key))

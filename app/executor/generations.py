@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 from app.executor.codec import adapter_from, from_bytes
 from app.executor.protocol import Chat, ChatTokens, FromWorker, Generate, Reply, Token
 from engine import Decoder, GenerationRequest, GenerationResult, LoadedModel
 from engine.decode.decoder import Step
 from engine.decode.generate import prompt_tokens
+from engine.decode.prefixes import PrefixCache
 
 MAX_ROWS = 64  # rows decoded together per model (a chat has two: steered and unsteered)
 
@@ -75,9 +77,13 @@ class _Request:
 class Generations:
     """The interactive decode batches, one per model, and the requests decoding in them."""
 
-    def __init__(self, send: Callable[[FromWorker], None]) -> None:
+    def __init__(self, send: Callable[[FromWorker], None], prefix_bytes: int = 0) -> None:
+        """`prefix_bytes`: the budget of each model's kept prompt prefixes (0: none are kept)."""
         self.send = send
         self.decoders: dict[str, Decoder] = {}
+        # Per model, kept while the model is: a decoder ends with its last row, its prefixes stay.
+        self.prefixes: WeakKeyDictionary[Any, PrefixCache] = WeakKeyDictionary()
+        self.prefix_bytes = prefix_bytes
         self.requests: dict[str, _Request] = {}
         self.turn = 0  # models take turns when several have work
 
@@ -101,9 +107,18 @@ class Generations:
         if not rows:
             self._answer(request)
             return
-        decoder = self.decoders.setdefault(model, Decoder(lm, max_rows=MAX_ROWS))
+        decoder = self.decoders.get(model)
+        if decoder is None:
+            decoder = self.decoders[model] = Decoder(lm, max_rows=MAX_ROWS, prefixes=self._prefixes(lm))
         for i, row in enumerate(rows):
             decoder.add((rid, i), row)
+
+    def _prefixes(self, lm: LoadedModel) -> PrefixCache | None:
+        if self.prefix_bytes <= 0:
+            return None
+        if lm.model not in self.prefixes:
+            self.prefixes[lm.model] = PrefixCache(self.prefix_bytes)
+        return self.prefixes[lm.model]
 
     def stop(self, rid: str) -> None:
         request = self.requests.get(rid)

@@ -82,7 +82,8 @@ class ComputeLoop:
         self.jobs: deque[Order] = deque()
         self.running: _Running | None = None
         self.stopping: set[str] = set()  # generations stopped before they were admitted
-        self.generations = Generations(send)
+        self.prefix_bytes = int(float(config.get("prefix_cache_mb", 256)) * 2**20)
+        self.generations = Generations(send, self.prefix_bytes)
         self.train_share = float(config.get("train_share", 0.5))
         self.spent = {"job": 0.0, "interactive": 0.0}  # decayed seconds per kind of unit
         self.stamp = time.monotonic()
@@ -221,7 +222,7 @@ class ComputeLoop:
         except Exception as exc:  # a broken batch fails its requests, not the loop
             for rid in list(self.generations.requests):
                 self._fail(rid, exc)
-            self.generations = Generations(self.send)
+            self.generations = Generations(self.send, self.prefix_bytes)
 
     def _message_waiting(self) -> bool:
         return not self.inbox.empty()
@@ -239,7 +240,7 @@ class ComputeLoop:
         except Exception as exc:  # as in `_generation_step`: the batch's requests fail, not the job
             for rid in list(self.generations.requests):
                 self._fail(rid, exc)
-            self.generations = Generations(self.send)
+            self.generations = Generations(self.send, self.prefix_bytes)
         self.lent_s += time.monotonic() - began
 
     def _job_unit(self) -> None:

@@ -21,7 +21,6 @@ its end, so waiting work can delay the batch by at most one step at a time, neve
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -31,9 +30,10 @@ import torch
 from torch import Tensor
 
 from engine.decode import kvcache
-from engine.decode.detokenizer import Detokenizer
 from engine.decode.preempt import Preempted, preemptible
-from engine.decode.request import FinishReason, GenerationRequest, GenerationResult, encode_request
+from engine.decode.prefixes import Layers, PrefixCache, prompt_steering, reply_reusable
+from engine.decode.request import GenerationRequest, GenerationResult, encode_request
+from engine.decode.rows import Row, pick
 from engine.errors import EngineError
 from engine.methods.adapters import adapting, join_rows, stack_rows
 from engine.models import LoadedModel
@@ -50,40 +50,11 @@ class Step:
     preempted: bool = False  # a decode step given up for waiting work: nothing decoded
 
 
-class _Row:
-    """One request's state: its prompt, what it generated, and whether it is done."""
-
-    def __init__(self, key: Hashable, request: GenerationRequest, prompt: list[int], tokenizer: Any) -> None:
-        self.key, self.request, self.prompt = key, request, prompt
-        self.detok = Detokenizer(tokenizer)
-        self.eos = self.stopped = self.done = False
-        self.uniforms: list[float] = []
-        if request.temperature > 0:
-            # Drawn up front from the row's own generator: its tokens depend only on its seed and
-            # its logits, never on the other rows.
-            gen = torch.Generator().manual_seed(request.seed)
-            self.uniforms = torch.rand(request.max_new_tokens, generator=gen).tolist()
-
-    @property
-    def tokens(self) -> list[int]:
-        return self.detok.ids
-
-    @property
-    def position(self) -> int:
-        """Position id of the token fed next (the last one generated)."""
-        return len(self.prompt) + len(self.tokens) - 1
-
-    def reason(self) -> FinishReason:
-        if self.eos:
-            return "eos"
-        return "length" if len(self.tokens) >= self.request.max_new_tokens else "stopped"
-
-
 @dataclass
 class _Joining:
     """Rows just prefilled, with their own cache, waiting to be merged into the batch."""
 
-    rows: list[_Row]
+    rows: list[Row]
     cache: Any
     mask: Tensor
     deltas: dict[int, Tensor]
@@ -94,10 +65,12 @@ class _Joining:
 class Decoder:
     """A decode batch that requests join (`add`) and leave (`stop`, or when they finish)."""
 
-    def __init__(self, lm: LoadedModel, *, max_rows: int = 64) -> None:
+    def __init__(self, lm: LoadedModel, *, max_rows: int = 64, prefixes: PrefixCache | None = None) -> None:
+        """`prefixes`: prompt prefixes kept across requests (engine/decode/prefixes.py), shared by
+        every decoder of this model; None prefills every prompt whole."""
         if max_rows < 1:
             raise EngineError(f"a decoder needs room for at least one row, got {max_rows}")
-        self.lm, self.max_rows = lm, max_rows
+        self.lm, self.max_rows, self.prefixes = lm, max_rows, prefixes
         param = next(lm.model.parameters())
         self.device, self.dtype = param.device, param.dtype
         tokenizer = lm.tokenizer
@@ -106,8 +79,8 @@ class Decoder:
         params = inspect.signature(lm.model.forward).parameters
         # Without it the prefill computes the LM head at every prompt position ([B, T, V]).
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self.pending: list[_Row] = []
-        self.rows: list[_Row] = []  # the batch, in cache order (finished rows linger until compacted)
+        self.pending: list[Row] = []
+        self.rows: list[Row] = []  # the batch, in cache order (finished rows linger until compacted)
         self.cache: Any = None
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # [B, L] 1 = real token
         self.last = torch.zeros(0, dtype=torch.long, device=self.device)  # [B] token fed next
@@ -121,7 +94,7 @@ class Decoder:
         """Requests not finished yet (waiting or decoding)."""
         return len(self.pending) + sum(not row.done for row in self._batch_rows())
 
-    def _batch_rows(self) -> list[_Row]:
+    def _batch_rows(self) -> list[Row]:
         """Rows in the batch, those prefilled but not merged yet included."""
         return self.rows + (self.joining.rows if self.joining is not None else [])
 
@@ -130,7 +103,10 @@ class Decoder:
         if any(row.key == key for row in (*self.pending, *self._batch_rows()) if not row.done):
             raise EngineError(f"a request with key {key!r} is already decoding")
         prompt = encode_request(self.lm, request)
-        self.pending.append(_Row(key, request, prompt, self.lm.tokenizer))
+        row = Row(key, request, prompt, self.lm.tokenizer)
+        if self.prefixes is not None:
+            row.steering = prompt_steering(request)
+        self.pending.append(row)
 
     def stop(self, key: Hashable) -> None:
         """Finish this request at the next step (reason "stopped"); the others go on."""
@@ -172,32 +148,71 @@ class Decoder:
 
     # the two kinds of step
 
-    def _prefill(self, joining: list[_Row], out: Step) -> None:
+    def _prefill(self, joining: list[Row], out: Step) -> None:
+        """Prefill the joining rows, each after the longest prefix of its prompt kept for its steering:
+        past columns (kept prefixes, right-aligned) then the rest of each prompt (left-padded)."""
         del self.pending[: len(joining)]
-        width = max(len(row.prompt) for row in joining)
+        reused = [self._reused(row) for row in joining]
+        past = max(n for n, _ in reused)
+        width = max(len(row.prompt) - n for row, (n, _) in zip(joining, reused, strict=True))
         ids = torch.full((len(joining), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(joining), width), dtype=torch.long)
-        for i, row in enumerate(joining):
-            ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt, dtype=torch.long)
-            mask[i, width - len(row.prompt) :] = 1
+        mask = torch.zeros((len(joining), past + width), dtype=torch.long)
+        for i, (row, (n, _)) in enumerate(zip(joining, reused, strict=True)):
+            rest = row.prompt[n:]
+            ids[i, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[i, past - n : past] = 1
+            mask[i, past + width - len(rest) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         prompt_deltas = self._deltas(joining, ("all", "prompt"))
         adapters = self._adapters(joining)
+        from engine.decode import kvroom  # loads transformers, which the forward pass uses anyway
+
+        cache = {"cache": kvroom.from_rows(reused, past, self.dtype, self.device)} if past else {}
         with torch.no_grad(), self._steering(prompt_deltas, prompt=True), adapting(self.lm.model, adapters):
             result = self.lm.model(
                 input_ids=ids,
                 attention_mask=mask,
-                position_ids=positions_from_mask(mask),
+                position_ids=positions_from_mask(mask)[:, past:],
                 use_cache=True,
+                **cache,
                 **self.keep_last,
             )
-        tokens = self._pick(result.logits[:, -1], joining)
+        if self.prefixes is not None:
+            if self.prefixes.usable is None:
+                self.prefixes.usable = kvcache.plain(result.cache)
+            for i, row in enumerate(joining):
+                self._keep(row.steering, tuple(row.prompt), result.cache, mask, i)
+        tokens = pick(result.logits[:, -1], joining)
         for row, token in zip(joining, tokens, strict=True):
             self._advance(row, token, out)
         generated = self._deltas(joining, ("all", "generated"))
-        from engine.decode.kvroom import with_room  # loads transformers, which the forward pass just used
+        self.joining = _Joining(joining, kvroom.with_room(result.cache), mask, generated, adapters, tokens)
 
-        self.joining = _Joining(joining, with_room(result.cache), mask, generated, adapters, tokens)
+    def _reused(self, row: Row) -> tuple[int, Layers | None]:
+        """The kept prefix this row starts from: its length and layers (0, None: none)."""
+        if self.prefixes is None or not self.prefixes.usable:
+            return 0, None
+        return self.prefixes.longest(row.steering, tuple(row.prompt), len(row.prompt) - 1)
+
+    def _keep(self, steering: bytes, ids: tuple[int, ...], cache: Any, mask: Tensor, i: int) -> None:
+        """Keep row i's keys and values (the columns its mask marks), which hold exactly `ids`."""
+        if self.prefixes is None or not self.prefixes.usable:
+            return
+        columns = mask[i].bool()
+
+        def read() -> Layers:
+            return [(layer.keys[i][:, columns], layer.values[i][:, columns]) for layer in cache.layers]
+
+        self.prefixes.keep(steering, ids, read)
+
+    def _keep_replies(self, rows: list[int]) -> None:
+        """Keep the prompt and reply of batch rows that just finished, when a later prompt holding
+        the reply would steer it as it was steered here."""
+        for i in rows:
+            row = self.rows[i]
+            if reply_reusable(row.request):
+                count = int(self.mask[i].sum())
+                self._keep(row.steering, tuple((row.prompt + row.tokens)[:count]), self.cache, self.mask, i)
 
     def _merge(self) -> None:
         """Append the rows prefilled last step to the batch: caches, masks, steering, adapters."""
@@ -250,15 +265,19 @@ class Decoder:
             out.preempted = True
             return
         self.cache, self.mask = result.cache, mask
-        tokens = self._pick(result.logits[:, -1], self.rows)
-        for row, token in zip(self.rows, tokens, strict=True):
+        tokens = pick(result.logits[:, -1], self.rows)
+        ended: list[int] = []
+        for i, (row, token) in enumerate(zip(self.rows, tokens, strict=True)):
             if not row.done:
                 self._advance(row, token, out)
+                if row.done:
+                    ended.append(i)
+        self._keep_replies(ended)
         self.last = torch.tensor(tokens, dtype=torch.long, device=self.device)
 
     # rows
 
-    def _advance(self, row: _Row, token: int, out: Step) -> None:
+    def _advance(self, row: Row, token: int, out: Step) -> None:
         if token in self.eos and not row.request.ignore_eos:
             row.eos = True
         else:
@@ -268,7 +287,7 @@ class Decoder:
         if row.eos or len(row.tokens) >= row.request.max_new_tokens:
             self._finish(row, out)
 
-    def _finish(self, row: _Row, out: Step) -> None:
+    def _finish(self, row: Row, out: Step) -> None:
         row.done = True
         tail = row.detok.flush()
         if tail:
@@ -282,9 +301,10 @@ class Decoder:
         for row in [r for r in self.pending if r.stopped]:
             self.pending.remove(row)
             self._finish(row, out)
-        for row in self.rows:
-            if row.stopped and not row.done:
-                self._finish(row, out)
+        stopped = [i for i, row in enumerate(self.rows) if row.stopped and not row.done]
+        self._keep_replies(stopped)
+        for i in stopped:
+            self._finish(self.rows[i], out)
 
     def _compact(self) -> None:
         """Drop finished rows once enough have finished to pay for copying the cache; cut padding."""
@@ -309,7 +329,7 @@ class Decoder:
 
     # steering and sampling
 
-    def _deltas(self, rows: list[_Row], phases: tuple[str, ...]) -> dict[int, Tensor]:
+    def _deltas(self, rows: list[Row], phases: tuple[str, ...]) -> dict[int, Tensor]:
         """Per block, the rows' summed steering [n, d] for these phases (zero rows where none)."""
         width = self.lm.info.width
         blocks = {row.request.block for row in rows if row.request.terms and row.request.where in phases}
@@ -324,7 +344,7 @@ class Decoder:
             deltas[block] = torch.stack(stacked).to(self.device, self.dtype)
         return deltas
 
-    def _adapters(self, rows: list[_Row]) -> dict[int, tuple[Tensor, Tensor]]:
+    def _adapters(self, rows: list[Row]) -> dict[int, tuple[Tensor, Tensor]]:
         """Per block, the rows' adapter factors (zero where a row has none)."""
         adapters = [row.request.adapter for row in rows]
         out = {}
@@ -347,35 +367,6 @@ class Decoder:
                 adder = Adder(delta, None) if prompt else Adder(None, delta, prompt_len=0)
                 stack.enter_context(adding(self.lm.model, block, adder))
             yield
-
-    def _pick(self, logits: Tensor, rows: list[_Row]) -> list[int]:
-        """Each row's next token from its last-position logits [B, V]."""
-        logits = logits.float()
-        greedy = logits.argmax(dim=-1)
-        sampled = [i for i, row in enumerate(rows) if row.uniforms and not row.done]
-        if not sampled:
-            return [int(t) for t in greedy.tolist()]
-        index = torch.tensor(sampled, device=logits.device)
-        chosen = [rows[i] for i in sampled]
-        temps = torch.tensor([r.request.temperature for r in chosen], device=logits.device)
-        # top_p = 1 becomes inf so float rounding of the cumulative mass never drops a token.
-        top_p = torch.tensor(
-            [r.request.top_p if r.request.top_p < 1 else math.inf for r in chosen], device=logits.device
-        )
-        uniforms = torch.tensor([r.uniforms[len(r.tokens)] for r in chosen], device=logits.device)
-        probs = torch.softmax(logits[index] / temps[:, None], dim=-1)
-        # Sorting (stable) gives every row the same token order whatever the batch holds.
-        probs, order = probs.sort(dim=-1, descending=True, stable=True)
-        above = probs.cumsum(dim=-1) - probs  # [n, V] mass ranked above each token
-        probs = probs.masked_fill(above >= top_p[:, None], 0.0)
-        cdf = probs.cumsum(dim=-1)
-        target = (uniforms * cdf[:, -1])[:, None]
-        # right=True never lands on a zero-probability token.
-        rank = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
-        tokens = greedy.tolist()
-        for i, token in zip(sampled, order.gather(-1, rank)[:, 0].tolist(), strict=True):
-            tokens[i] = token
-        return [int(t) for t in tokens]
 
 
 def _left_pad(mask: Tensor, width: int) -> Tensor:

@@ -23,6 +23,12 @@ def reshapable(cache: Any) -> bool:
     return bool(layers) and all(type(layer).__name__ in _KNOWN for layer in layers)
 
 
+def plain(cache: Any) -> bool:
+    """Whether every layer keeps every column (full attention): what a kept prefix needs."""
+    layers = getattr(cache, "layers", None) or []
+    return bool(layers) and all(type(layer).__name__ in ("DynamicLayer", "RoomyLayer") for layer in layers)
+
+
 def _columns(layer: Any, length: int) -> int:
     """Columns a layer keeps for a sequence of `length` tokens (a sliding window keeps fewer)."""
     if getattr(layer, "is_sliding", False):

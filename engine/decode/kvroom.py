@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 # Spare columns: a quarter of the length again, or 32 if that is more. Each copy then pays for a
 # quarter of the columns to come, and a long cache holds at most a quarter more than it uses (on a
@@ -68,3 +69,22 @@ def with_room(cache: Any) -> Any:
     """The same cache (changed in place) with its full-attention layers appending in place."""
     cache.layers = [RoomyLayer(layer) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+Kept = list[tuple[Tensor, Tensor]] | None  # a row's kept layers: keys and values [heads, n, head_dim]
+
+
+def from_rows(rows: list[tuple[int, Kept]], width: int, dtype: Any, device: Any) -> Any:
+    """A cache of `width` columns holding, right-aligned in each row, the first n columns of that row's
+    kept layers (engine/decode/prefixes.py); zeros (masked out) elsewhere."""
+    sample = next(layers for _, layers in rows if layers is not None)
+    pairs = []
+    for layer, (keys, _) in enumerate(sample):
+        shape = (len(rows), keys.shape[0], width, keys.shape[2])
+        k, v = torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+        for i, (n, layers) in enumerate(rows):
+            if layers is not None and n:
+                k[i, :, width - n :] = layers[layer][0][:, :n]
+                v[i, :, width - n :] = layers[layer][1][:, :n]
+        pairs.append((k, v))
+    return DynamicCache(pairs)

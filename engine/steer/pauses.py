@@ -94,6 +94,13 @@ def pause() -> None:
         raise RuntimeError("work run during a pause drew from torch's global random state")
 
 
+def waiting() -> bool:
+    """Whether the caller has other work waiting (for passes that cannot pause, such as a steered
+    decode step, and give the step up instead: engine/decode/preempt.py)."""
+    caller = _caller.get()
+    return caller is not None and caller.waiting()
+
+
 def _pause_in_backward(grad: Tensor) -> None:
     pause()
 
