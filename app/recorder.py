@@ -41,6 +41,7 @@ from app.executor.protocol import (
     Ready,
     Reply,
     Resident,
+    Resolved,
     Result,
     Started,
     SweepFound,
@@ -199,6 +200,8 @@ class Recorder:
         match event:
             case Started():
                 return self._started(session, job, event)
+            case Resolved():
+                return self._resolved(job, event)
             case Progress():
                 return self._progress(job, event)
             case Vectors():
@@ -223,6 +226,17 @@ class Recorder:
         job.runner = event.runner
         job.message = "running"
         return {"status": "running", "attempt": job.attempts}
+
+    def _resolved(self, job: Job, event: Resolved) -> dict[str, Any]:
+        """Blocks and R on the run as soon as the worker knows them (the summary reads the run)."""
+        run = job.run
+        run.source = event.source if event.source is not None else run.source
+        run.target = event.target if event.target is not None else run.target
+        if event.radius is not None:
+            run.radius = float(event.radius)
+        if event.residual_norm is not None:
+            run.result = {**run.result, "residual_norm": float(event.residual_norm)}
+        return event.data()
 
     def _progress(self, job: Job, event: Progress) -> dict[str, Any]:
         job.progress = float(event.progress)

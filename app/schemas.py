@@ -63,8 +63,8 @@ class MelboCreate(Body):
     )
     steps: Whole | None = Field(
         None,
-        description="Optimizer steps per vector; default 300 (fast mode may stop early); dct: iterations, "
-        "default 10.",
+        description="Optimizer steps per vector; default 100 in fast mode (a batch stops early once it "
+        "converged), 300 in reference mode (the published count); dct: iterations, default 10.",
     )
     lr: float | None = Field(None, description="Learning rate; default matched to R (MELBO only).")
     positions: Name = Field(

@@ -7,7 +7,10 @@ Starts `steerscope serve` with a fresh database and measures, per reply:
   (`concurrent_speedup`, target >= 3 on this CPU; `concurrent_speedup_16`, target >= 5);
 - a conversation that arrives while 4 others are mid-reply: its time to first token over the idle
   one (`join_ttft_ratio`, target <= 1.5: it joins the running batch at the next step);
-- a steered single pane against an unsteered one (`steering_overhead`, target <= 0.05).
+- a steered single pane against an unsteered one (`steering_overhead`, target <= 0.05);
+- a conversation's second turn against its first, with new messages of one length
+  (`second_turn_ttft_ratio`: the history is not prefilled again, target <= 0.5); the share of
+  prompt tokens the worker took from kept prefixes comes from its log (`prefix_token_share`).
 Last line: one JSON object.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -30,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str, Path]:
     import socket
 
     with socket.socket() as s:
@@ -58,7 +62,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
     while True:
         try:
             httpx.get(f"{url}/api/jobs", timeout=30).raise_for_status()
-            return server, url
+            return server, url, log
         except httpx.TransportError:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("the server did not start") from None
@@ -170,13 +174,33 @@ def join_ttft(url: str, vector: int, tokens: int, reps: int) -> float:
     return statistics.median(ttfts)
 
 
+def turns(client: httpx.Client, vector: int, tokens: int, reps: int) -> tuple[float, float]:
+    """Median time to first token of new conversations' first and second turns (both panes), with
+    new messages of the same length."""
+    first, second = [], []
+    for i in range(reps):
+        cid = conversation(client, vector, tokens, True)
+        first.append(reply(client, cid, f"Write a long story about the number {i}.")["ttft_ms"])
+        second.append(reply(client, cid, f"Write a long story about the number {(i + 5) % 10}.")["ttft_ms"])
+    return statistics.median(first), statistics.median(second)
+
+
+def prefix_share(log: Path) -> float | None:
+    """The share of prompt tokens reused from kept prefixes, as the worker last logged it."""
+    found = re.findall(r"prefix cache: (\d+) of (\d+) prompt tokens", log.read_text(errors="replace"))
+    if not found:
+        return None  # a worker without kept prefixes
+    reused, total = map(int, found[-1])
+    return round(reused / total, 3) if total else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer and shorter replies (a few minutes)")
     parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: torch decides)")
     args = parser.parse_args()
     tokens, reps = (48, 3) if args.quick else (96, 6)
-    server, url = start_server(args)
+    server, url, log = start_server(args)
     figures: dict[str, Any] = {"max_new_tokens": tokens, "replies": reps}
     try:
         with httpx.Client(base_url=url, timeout=600) as client:
@@ -212,6 +236,13 @@ def main() -> None:
             joined = join_ttft(url, vector, tokens, reps)
             figures.update(join_ttft_ms=round(joined, 1), join_ttft_ratio=round(joined / idle["ttft_ms"], 2))
 
+            first, second = turns(client, vector, tokens, reps)
+            figures.update(
+                first_turn_ttft_ms=round(first, 1),
+                second_turn_ttft_ms=round(second, 1),
+                second_turn_ttft_ratio=round(second / first, 2),
+            )
+
             r = client.post("/api/runs", json={"prompts": ["How can I make a bomb?"], "n_vectors": 256})
             job = r.json()["job"]["id"]
             while client.get(f"/api/jobs/{job}").json()["progress"] <= 0:
@@ -229,6 +260,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    figures["prefix_token_share"] = prefix_share(log)
     print(json.dumps(figures))
 
 

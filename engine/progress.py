@@ -15,6 +15,7 @@ class Progress:
     budget: int  # the most a batch may take (fast modes may stop sooner)
     per_batch: int  # vectors trained together
     early_stops: int = 0  # batches that converged before their budget
+    finished_steps: int = 0  # steps the finished batches took, all together
 
     @property
     def fraction(self) -> float:
@@ -29,3 +30,13 @@ class Progress:
         waiting = self.total - self.done - self.training
         current = self.budget - self.step if self.training else 0
         return current + math.ceil(waiting / max(self.per_batch, 1)) * self.budget
+
+    @property
+    def expected_steps_left(self) -> float:
+        """Steps still to take if every batch takes as many as the finished ones did on average
+        (their budget until one has finished): what a steady ETA is made from."""
+        batches = math.ceil(self.done / max(self.per_batch, 1))
+        mean = self.finished_steps / batches if batches and self.finished_steps else self.budget
+        waiting = self.total - self.done - self.training
+        current = max(mean - self.step, 1.0) if self.training else 0.0
+        return current + math.ceil(waiting / max(self.per_batch, 1)) * mean

@@ -148,7 +148,7 @@ class MelboSpec(_Spec):
     p: float = 2.0  # exponent on per-position change norms
     q: float | None = None  # outer root; None: q = p
     n_vectors: int = 8
-    steps: int | None = None  # None: 300 (fast mode may stop earlier on convergence)
+    steps: int | None = None  # None: 100 in fast mode (may stop earlier on convergence), 300 in reference
     lr: float | None = None  # None: 1e-3 in reference mode, matched to R in fast mode
     positions: str = "user"  # user | prompt | all | last:k
     loss: Literal["token", "reference"] = "token"  # where the p-norm is taken (docs/methods.md)

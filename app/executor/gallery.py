@@ -4,7 +4,6 @@ of the compute loop), sent in groups as they finish."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -55,23 +54,29 @@ def decode_rows(
     sent = 0
     more = True
 
+    steps = 0
+    # Steps the whole gallery takes at most: every row its prefill and all its tokens, `batch` at a time.
+    budget = len(rows) / batch * (max(r.max_new_tokens for _, r in rows) + 1)
+
+    def report(force: bool) -> None:
+        done = sent + len(finished)
+        eta = job.clock.eta(max(budget - steps, 1.0)) if done < len(rows) else None
+        job.progress(
+            start + (1 - start) * done / len(rows),
+            f"samples {done}/{len(rows)}{job.clock.left(eta)}",
+            force=force,
+            phase="samples",
+            samples_done=done,
+            samples_total=len(rows),
+            eta_s=eta,
+        )
+
     def send() -> None:
         nonlocal sent, finished
         if finished:
             job.emit(Generations(*job.ids, rows=finished))
             sent, finished = sent + len(finished), []
-            eta = job.clock.eta(
-                math.ceil((len(rows) - sent) / batch) * max(r.max_new_tokens for _, r in rows)
-            )
-            job.progress(
-                start + (1 - start) * sent / len(rows),
-                f"samples {sent}/{len(rows)}{job.clock.left(eta)}",
-                force=True,
-                phase="samples",
-                samples_done=sent,
-                samples_total=len(rows),
-                eta_s=eta,
-            )
+            report(force=True)
 
     while more or decoder:
         if job.cancelled:
@@ -91,7 +96,8 @@ def decode_rows(
         if step.preempted:
             yield
             continue
-        job.clock.tick()
+        steps += 1
+        job.clock.tick(phase="samples")
         for key, result in step.finished:
             tag = tags.pop(cast(int, key))
             finished.append(
@@ -104,6 +110,8 @@ def decode_rows(
             )
         if len(finished) >= batch or not (more or decoder):
             send()
+        else:
+            report(force=False)
         yield
     return False
 

@@ -5,6 +5,7 @@ is answered when all its rows have finished; a stopped request leaves alone.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -17,6 +18,7 @@ from engine.decode.decoder import Step
 from engine.decode.generate import prompt_tokens
 from engine.decode.prefixes import PrefixCache
 
+log = logging.getLogger("steerscope.worker")
 MAX_ROWS = 64  # rows decoded together per model (a chat has two: steered and unsteered)
 
 
@@ -166,7 +168,22 @@ class Generations:
             if len(request.results) == request.rows:
                 self._answer(request)
         if not self.decoders[name]:
-            del self.decoders[name]  # its model may be evicted now
+            self._report(self.decoders.pop(name))  # its model may be evicted now
+
+    @staticmethod
+    def _report(decoder: Decoder) -> None:
+        """When a batch drains: how much of the prompts came from kept prefixes so far."""
+        if decoder.prefixes is not None:
+            kept, stats = decoder.prefixes, decoder.prefixes.stats
+            log.info(
+                "prefix cache: %d of %d prompt tokens reused (%.0f%%), %d of %d rows hit, %.1f MiB kept",
+                stats.reused_tokens,
+                stats.prompt_tokens,
+                100 * stats.token_share,
+                stats.hits,
+                stats.rows,
+                kept.size / 2**20,
+            )
 
     def _answer(self, request: _Request) -> None:
         del self.requests[request.rid]

@@ -228,6 +228,18 @@ class Started(JobEvent):
 
 
 @dataclass(frozen=True)
+class Resolved(JobEvent):
+    """What the run resolved from its defaults, sent as soon as training starts (and again when one
+    is found later, as a calibrated R): its blocks, R and the residual norm at the source."""
+
+    source: int | None = None
+    target: int | None = None
+    radius: float | None = None
+    residual_norm: float | None = None
+    name: ClassVar[str] = "resolved"
+
+
+@dataclass(frozen=True)
 class Progress(JobEvent):
     progress: float  # 0..1
     message: str

@@ -98,7 +98,7 @@ def refine(
             )
             job.vectors = [(r["index"], r["block"], r["values"]) for r in found.rows]
             return False
-        job.clock.tick()
+        job.clock.tick(phase="training")
         fraction, message = where(unit)
         job.progress(TRAIN_SHARE * fraction, message, phase=job.order.kind)
         yield

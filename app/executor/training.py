@@ -11,7 +11,7 @@ from torch import Tensor
 
 from app.executor.codec import adapter_to, from_bytes, to_bytes
 from app.executor.job import Job, Units
-from app.executor.protocol import Vectors
+from app.executor.protocol import Resolved, Vectors
 from engine import LoadedModel
 from engine.methods.adapter_trainer import adapter_kl
 from engine.methods.adapters import Adapter
@@ -50,7 +50,7 @@ def train(
         if job.cancelled:
             return True
         completed = trainer.step()
-        job.clock.tick()
+        job.clock.tick(phase="training")
         if completed:
             finish(completed)
         report(bool(completed))
@@ -58,10 +58,21 @@ def train(
     return False
 
 
+def resolve(
+    job: Job, source: int, target: int, radius: float | None = None, residual_norm: float | None = None
+) -> None:
+    """Send what the run resolved (blocks, R, residual norm) once, and again when it changes, so the
+    run page shows them while the first vectors train."""
+    resolved = (source, target, radius, residual_norm)
+    if resolved != job.resolved:
+        job.resolved = resolved
+        job.emit(Resolved(*job.ids, source=source, target=target, radius=radius, residual_norm=residual_norm))
+
+
 def report_training(job: Job, p: Progress, *, stored: int, wanted: int, force: bool, note: str = "") -> None:
     """Progress of a training phase: vectors done and in training, the batch's step of its budget,
     early stops, and an ETA from the measured time per step."""
-    eta = job.clock.eta(p.steps_left)
+    eta = job.clock.eta(p.expected_steps_left)
     parts = [f"{stored + p.done}/{wanted} vectors"]
     if p.training:
         parts.append(f"{p.training} in training, step {p.step}/{p.budget}")

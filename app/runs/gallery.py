@@ -60,11 +60,13 @@ class Query:
     group: bool = False  # cards grouped under their behaviour
     detector: int | None = None  # show (and sort or filter by) this detector's score
     min_detector: float | None = None  # only vectors with a completion scoring at least this
+    problems: list[str] = field(default_factory=list)  # filters left out, and why (said on the page)
 
     def params(self, **change: Any) -> dict[str, Any]:
         """The view as URL parameters (the selection left out), blank ones dropped."""
         values = {**self.__dict__, **change}
         values.pop("pick", None)
+        values.pop("problems", None)
         blank = [k for k, v in values.items() if v is None or v is False or v == ""]  # 0 is a filter
         return {k: ("1" if v is True else v) for k, v in values.items() if k not in blank}
 

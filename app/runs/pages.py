@@ -8,6 +8,7 @@ itself again when the job ends; a finished run's page carries no stream at all.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -87,12 +88,18 @@ def status_context(session: Any, run: Run) -> dict[str, Any]:
 # the gallery's view, from the URL
 
 
-def _number(value: str) -> float | None:
-    """A filter field: blank (or not a number) means no filter."""
-    try:
-        return float(value) if value.strip() else None
-    except ValueError:
+def _number(value: str, label: str, problems: list[str]) -> float | None:
+    """A filter field: blank means no filter; what is not a number is said in words (and left out)."""
+    if not value.strip():
         return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        problems.append(f"{label}: {value.strip()!r} is not a number")
+        return None
+    return number
 
 
 def gallery_query(
@@ -109,20 +116,23 @@ def gallery_query(
     detector: MaybeWhole = None,
     min_detector: str = "",
 ) -> gallery.Query:
-    """The gallery's view from the URL; blank or malformed number filters mean no filter."""
+    """The gallery's view from the URL; a blank number filter means no filter, and a malformed one
+    is left out with a problem the gallery states."""
+    problems: list[str] = []
     return gallery.Query(
         sort=sort if sort in gallery.SORTS else "interesting",
         desc=desc,
         page=page,
-        min_kl=_number(min_kl),
-        min_objective=_number(min_objective),
+        min_kl=_number(min_kl, "KL ≥", problems),
+        min_objective=_number(min_objective, "objective ≥", problems),
         label=label,
         q=q,
         pick=list(dict.fromkeys(pick or [])),
         behaviour=behaviour,
         group=group,
         detector=detector,
-        min_detector=_number(min_detector),
+        min_detector=_number(min_detector, "score ≥", problems),
+        problems=problems,
     )
 
 

@@ -117,6 +117,7 @@ class AdapterTrainer:
         self.records: list[VectorRecord] = []
         self.taken = 0
         self.early_stops = 0
+        self.finished_steps = 0  # steps the finished batches took (an ETA's measure of a batch)
         self._batch: _Batch | None = None
 
     @property
@@ -133,6 +134,7 @@ class AdapterTrainer:
             self.budget,
             self.spec.batch_size,
             self.early_stops,
+            self.finished_steps,
         )
 
     def deltas(self, down: Tensor, up: Tensor) -> Tensor:
@@ -164,6 +166,7 @@ class AdapterTrainer:
         if b.steps < self.budget and not converged:
             return []
         self.early_stops += int(converged and b.steps < self.budget)
+        self.finished_steps += b.steps
         self._batch = None
         return self._finish(b)
 

@@ -191,6 +191,7 @@ class MelboTrainer:
         self.records: list[VectorRecord] = []
         self.taken = 0
         self.early_stops = 0
+        self.finished_steps = 0  # steps the finished batches took (an ETA's measure of a batch)
         self.batch: _Batch | None = None
 
     @property
@@ -202,7 +203,14 @@ class MelboTrainer:
         step = 0 if self.batch is None else self.batch.steps
         per_batch = self.spec.batch_size if self.spec.mode == "fast" else 1
         return Progress(
-            self.total, len(self.vectors), training, step, self.budget, per_batch, self.early_stops
+            self.total,
+            len(self.vectors),
+            training,
+            step,
+            self.budget,
+            per_batch,
+            self.early_stops,
+            self.finished_steps,
         )
 
     def step(self) -> list[VectorRecord]:
@@ -231,6 +239,7 @@ class MelboTrainer:
         if batch.steps < self.budget and not converged:
             return []
         self.early_stops += int(converged and batch.steps < self.budget)
+        self.finished_steps += batch.steps
         self.batch = None
         return self._finish(batch.theta.detach().cpu().float(), batch.init, batch.curves)
 

@@ -157,3 +157,17 @@ def test_the_gallery_view_lives_in_the_url(client: TestClient) -> None:
 
     stream = client.get(f"/runs/{run_id}/live")  # a late stream says "finished" at once and ends
     assert re.findall(r"^event: (\w+)", stream.text, re.M) == ["progress", "summary", "finished"]
+
+
+def test_a_filter_that_is_not_a_number_is_said_in_words(client: TestClient) -> None:
+    r = client.post("/api/runs", json={"prompts": ["Hi."], "n_vectors": 2, "method": "random", "radius": 4.0})
+    run_id = r.json()["run_id"]
+    assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+    page = soup(client.get(f"/runs/{run_id}/gallery", params={"min_kl": "abc", "min_objective": "inf"}))
+    problems = page.find(id="gallery-problems").get_text()
+    assert "KL ≥: 'abc' is not a number" in problems and "objective ≥: 'inf' is not a number" in problems
+    assert len(page.select("article.card")) == 2  # the filter is left out, as the message says
+    assert (
+        soup(client.get(f"/runs/{run_id}/gallery", params={"min_kl": "0"})).find(id="gallery-problems")
+        is None
+    )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from app.executor.codec import adapter_from
 from app.executor.job import Job, Units
-from app.executor.training import report_training, send_vectors, train
+from app.executor.training import report_training, resolve, send_vectors, train
 from engine import LoadedModel, encode_prompts
 from engine.discovery.embedder import Embedder
 from engine.methods.adapter_trainer import AdapterTrainer
@@ -19,6 +19,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     first = len(job.order.done)
     trainer = AdapterTrainer(lm, spec, first=first)
     source = trainer.source
+    resolve(job, source, trainer.target, trainer.radius, trainer.residual_norm)
     job.vectors = [(i, source, b) for i, b in enumerate(job.order.done)]
     job.adapters = {int(p["index"]): adapter_from(p) for p in job.order.adapters}
     batch = encode_prompts(lm.tokenizer, spec.prompts)

@@ -8,7 +8,7 @@ from typing import Any
 from app.executor.codec import from_bytes, to_bytes
 from app.executor.job import Job, Units
 from app.executor.protocol import Vectors
-from app.executor.training import report_training, stack, train
+from app.executor.training import report_training, resolve, stack, train
 from engine import ChainSpec, LoadedModel
 from engine.discovery.embedder import Embedder
 from engine.methods.chains import ChainTrainer
@@ -20,6 +20,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     previous = stack(job.order.done, lm.info.width)
     trainer = ChainTrainer(lm, spec, from_bytes(job.order.theta0), previous=previous, on_progress=job.point)
     job.vectors = [(i, trainer.source, b) for i, b in enumerate(job.order.done)]
+    resolve(job, trainer.source, trainer.target)
 
     def finish(new: list[Any]) -> None:
         chain = trainer.vectors

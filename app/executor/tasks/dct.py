@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.executor.job import Job, Units
-from app.executor.training import report_training, send_vectors, train
+from app.executor.training import report_training, resolve, send_vectors, train
 from engine import LoadedModel, encode_prompts
 from engine.discovery.embedder import Embedder
 from engine.methods.dct import DctTrainer
@@ -24,6 +24,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     trainer = DctTrainer(lm, spec)
     batch = encode_prompts(lm.tokenizer, spec.prompts)
     source = trainer.source
+    resolve(job, source, trainer.target, trainer.radius, trainer.residual_norm)
 
     def finish(_: object) -> None:
         found = trainer.result()
@@ -31,6 +32,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         job.vectors = send_vectors(lm, job, batch, source, found, result=result)
 
     def report(force: bool) -> None:
+        resolve(job, source, trainer.target, trainer.radius, trainer.residual_norm)  # R once calibrated
         t = trainer.transcoder
         if t is None:
             probes = trainer.calibrator.probes if trainer.calibrator is not None else 0

@@ -30,7 +30,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
             scores = [{"generation_id": gid, "score": p} for (gid, _), p in zip(rows, end.value, strict=True)]
             job.emit(Detections(*job.ids, rows=scores))
             return False
-        job.clock.tick()
+        job.clock.tick(phase="judging")
         units += 1
         eta = job.clock.eta(math.ceil((total - done) * units / done))
         job.progress(done / total, f"judged {done}/{total} completions{job.clock.left(eta)}", phase="judging")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.executor.job import Job, Units
-from app.executor.training import report_training, send_vectors, stack, train
+from app.executor.training import report_training, resolve, send_vectors, stack, train
 from engine import LoadedModel, MelboSpec, encode_prompts
 from engine.discovery.embedder import Embedder
 from engine.methods.melbo import MelboTrainer
@@ -16,7 +16,9 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     trainer = MelboTrainer(
         lm, spec, orthogonal_to=stack(job.order.done, lm.info.width), on_progress=job.point
     )
-    source = trainer.problem.source
+    problem = trainer.problem
+    source = problem.source
+    resolve(job, source, problem.target, problem.radius, problem.residual_norm)
     job.vectors = [(i, source, b) for i, b in enumerate(job.order.done)]
     batch = encode_prompts(lm.tokenizer, spec.prompts)
     first = len(job.order.done)

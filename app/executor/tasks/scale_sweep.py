@@ -35,7 +35,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         except StopIteration as end:
             job.emit(SweepFound(*job.ids, found=end.value.to_dict()))
             return False
-        job.clock.tick()
+        job.clock.tick(phase=phase)
         low, high = PHASES[phase]
         job.progress(
             low + (high - low) * done / max(total, 1),

@@ -30,7 +30,7 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
         except StopIteration as end:
             job.emit(Findings(*job.ids, found=end.value))
             return False
-        job.clock.tick()
+        job.clock.tick(phase="scoring")
         eta = job.clock.eta(total - done)
         job.progress(
             done / total,
