@@ -12,6 +12,53 @@ document.addEventListener("submit", (event) => {
   form.append(field);
 }, true);
 
+// Busy state: a button whose request is out is disabled and says "working…" until the answer comes
+// (htmx requests of a form or a button, plain form posts that load a new page, and chat.js's calls).
+const busy = (() => {
+  const WORKING = "working…";
+  function on(button) {
+    if (!button || button.dataset.idleLabel !== undefined) return;
+    button.dataset.idleLabel = button.textContent;
+    button.textContent = WORKING;
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+  }
+  function off(button) {
+    if (!button || button.dataset.idleLabel === undefined) return;
+    button.textContent = button.dataset.idleLabel;
+    delete button.dataset.idleLabel;
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
+  // The buttons a request speaks for: the one that made it, or the submit buttons of its form.
+  function buttons(element, submitter) {
+    if (!element || !element.matches) return [];
+    if (element.matches("button, input[type=submit]")) return [element];
+    if (element.tagName !== "FORM") return [];
+    if (submitter) return [submitter];
+    return [...element.querySelectorAll("button[type=submit], button:not([type]), input[type=submit]")];
+  }
+  const out = new WeakMap();  // element -> the buttons marked for its request under way
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    const marked = buttons(event.detail.elt, event.detail.requestConfig?.triggeringEvent?.submitter);
+    marked.forEach(on);
+    out.set(event.detail.elt, marked);
+  });
+  document.addEventListener("htmx:afterRequest", (event) => {
+    (out.get(event.detail.elt) || buttons(event.detail.elt)).forEach(off);
+    out.delete(event.detail.elt);
+  });
+  // A plain form (no htmx, no script of its own) loads a new page: busy until it does.
+  document.addEventListener("submit", (event) => {
+    // After the event: the browser reads the form's fields first, and a disabled button sends none.
+    if (!event.defaultPrevented) setTimeout(() => buttons(event.target, event.submitter).forEach(on), 0);
+  });
+  // Back to a page kept in the browser's cache: nothing of it is out any more.
+  window.addEventListener("pageshow", () => document.querySelectorAll("[data-idle-label]").forEach(off));
+  return { on, off, WORKING };
+})();
+window.steerscopeBusy = busy;
+
 const steerscope = (() => {
   const palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
   const colour = (index) => palette[index % palette.length];

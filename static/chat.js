@@ -1,5 +1,6 @@
 // The chat page: send a message, stream the reply into both panes, stop, regenerate, and pick a
-// reply in progress back up after a reload.
+// reply in progress back up after a reload. When a reply ends, the panes are fetched again as
+// stored (with each reply's steering and finish reason) and swapped in place: no page load.
 "use strict";
 
 (() => {
@@ -7,6 +8,12 @@
   const id = root.dataset.conversation;
   const errorBox = document.getElementById("chat-error");
   let source = null;
+  const busy = window.steerscopeBusy;
+
+  // The stored panes in place of the streamed ones (the composer and what is typed there stay).
+  function settle() {
+    return htmx.ajax("GET", `/chat/${id}/panes`, { target: "#panes", swap: "outerHTML" });
+  }
 
   function bubble(pane, role, text, live) {
     const box = document.querySelector(`#pane-${pane} .messages`);
@@ -34,7 +41,7 @@
       if (!data.live) {  // finished before we connected: the stored reply is the one to show
         source.close();
         source = null;
-        if (document.querySelector(".message[data-live]")) window.location.reload();
+        if (document.querySelector(".message[data-live]")) settle();
         return;
       }
       for (const [pane, text] of Object.entries(data.panes)) liveText(pane).textContent = text;
@@ -46,12 +53,21 @@
       source.close();
       source = null;
       const data = JSON.parse(event.data);
-      if (data.error) errorBox.textContent = data.error;
-      window.location.reload();  // the stored messages, with their steering and finish reasons
+      settle().then(() => { if (data.error) errorBox.textContent = data.error; });
     });
   }
 
-  async function post(path, body) {
+  // A call to the server (which asks the worker to check the chat first): its button is busy meanwhile.
+  async function post(path, body, button) {
+    busy.on(button);
+    try {
+      return await send(path, body);
+    } finally {
+      busy.off(button);
+    }
+  }
+
+  async function send(path, body) {
     errorBox.textContent = "";
     const csrf = document.querySelector('meta[name="csrf-token"]')?.content;
     const headers = { "content-type": "application/json", ...(csrf ? { "X-CSRF-Token": csrf } : {}) };
@@ -70,7 +86,7 @@
     event.preventDefault();
     const input = document.getElementById("message");
     const content = input.value;
-    if (!(await post("messages", { content }))) return;
+    if (!(await post("messages", { content }, document.getElementById("send")))) return;
     input.value = "";
     for (const pane of ["steered", "unsteered"]) {
       if (document.getElementById(`pane-${pane}`).hidden) continue;
@@ -85,9 +101,9 @@
       document.getElementById("composer").requestSubmit();
     }
   });
-  document.getElementById("stop").addEventListener("click", () => post("stop"));
-  document.getElementById("regenerate").addEventListener("click", async () => {
-    if (!(await post("regenerate"))) return;
+  document.getElementById("stop").addEventListener("click", (event) => post("stop", {}, event.currentTarget));
+  document.getElementById("regenerate").addEventListener("click", async (event) => {
+    if (!(await post("regenerate", {}, event.currentTarget))) return;
     // The earlier reply stays, marked as such; the new one streams in below it.
     for (const pane of ["steered", "unsteered"]) {
       const box = document.querySelector(`#pane-${pane} .messages`);

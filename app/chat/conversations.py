@@ -111,15 +111,16 @@ def create(service: Service, body: ConversationCreate) -> int:
         service.ask(Render(model=body.model, prompts=[]))
     with service.db.session() as session:
         terms: list[dict[str, Any]] = []
+        title = body.title or "a new conversation"
         if body.vector_id is not None:
             vector = store.get_vector(session, body.vector_id)
+            title = body.title or f"vector #{vector.id} (run #{vector.run_id})"
             model_name = vector.run.model_name
             if body.model and body.model != model_name:
                 raise Invalid(f"vector {vector.id} belongs to model {model_name!r}, not {body.model!r}")
             terms = check_terms(session, model_name, [Term(vector_id=vector.id)])
         else:
             model_name = body.model or service.settings.default_model
-        title = body.title or (f"vector #{body.vector_id}" if body.vector_id else "chat")
         conversation = Conversation(
             title=title, model_name=model_name, steering=terms, settings=dict(DEFAULT_SETTINGS)
         )

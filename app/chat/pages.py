@@ -53,19 +53,28 @@ def panel_context(session: Any, conversation: Conversation) -> dict[str, Any]:
     }
 
 
+def panes_context(session: Any, conversation: Conversation) -> dict[str, Any]:
+    messages = session.scalars(
+        select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
+    ).all()
+    return {
+        **panel_context(session, conversation),
+        "panes": {pane: [m for m in messages if m.pane == pane] for pane in conversations.PANES},
+        "earlier": conversations.superseded(list(messages)),
+    }
+
+
 @router.get("/chat/{conversation_id}", response_class=HTMLResponse)
 def show(conversation_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
     conversation = conversations.get(session, conversation_id)
-    messages = session.scalars(
-        select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
-    ).all()
-    panes = {pane: [m for m in messages if m.pane == pane] for pane in conversations.PANES}
-    context = {
-        **panel_context(session, conversation),
-        "panes": panes,
-        "earlier": conversations.superseded(list(messages)),
-    }
-    return render(request, "chat/show.html", context)
+    return render(request, "chat/show.html", panes_context(session, conversation))
+
+
+@router.get("/chat/{conversation_id}/panes", response_class=HTMLResponse)
+def panes(conversation_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
+    """Both panes as stored: what the page shows in place once a reply has ended."""
+    conversation = conversations.get(session, conversation_id)
+    return render(request, "chat/_panes.html", panes_context(session, conversation))
 
 
 async def apply_panel(

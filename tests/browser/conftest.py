@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Page, Route, expect
 
 from app.main import create_app
 from tests.app.conftest import make_settings, wait_for
@@ -74,3 +74,22 @@ def finished(api: httpx.Client, job_id: int, status: str = "succeeded") -> dict[
     job: dict[str, Any] = wait_for(done, TIMEOUT_S, f"job {job_id} to finish")
     assert job["status"] == status, job
     return job
+
+
+class Held:
+    """Requests to a path held until the test lets them go: the button's busy state is looked at
+    while its request is surely out."""
+
+    def __init__(self, page: Page, pattern: str) -> None:
+        self.routes: list[Route] = []
+        self.page, self.pattern = page, pattern
+        page.route(pattern, self.hold)
+
+    def hold(self, route: Route) -> None:
+        self.routes.append(route)
+
+    def release(self) -> None:
+        for route in self.routes:
+            route.continue_()
+        self.routes.clear()
+        self.page.unroute(self.pattern, self.hold)

@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import TIMEOUT_MS, LiveServer, finished
+from tests.browser.conftest import TIMEOUT_MS, Held, LiveServer, finished
 
 TIMEOUT = TIMEOUT_MS
 
-# Set before sending: notes (in sessionStorage, which outlives the reload at the end of a reply)
+# Set before sending: notes (in sessionStorage)
 # whether each pane showed text while its reply was still live.
 WATCH_STREAMING = """() => {
   sessionStorage.clear();
@@ -56,13 +56,25 @@ def test_chat_with_a_vector(page: Page, live: LiveServer, api: httpx.Client, sho
     page.click("#chat-with-vector")
     page.wait_for_url(re.compile(r"/chat/\d+$"))
     chat_url = page.url
+    named = f"Chat: vector #{vector} (run #{r.json()['run_id']})"  # what it is, in words
+    expect(page).to_have_title(f"{named} · steerscope")
+    expect(page.locator("h1")).to_contain_text(named)
     expect(page.locator(".term")).to_have_count(1)
     set_field(page, "#steering input[name=max_new_tokens]", "50")  # two turns fit the tiny context
     set_field(page, "#steering input[name=temperature]", "1.0")
     page.fill("#message", "Tell me about the sea.")
-    page.click("#send")
-    # Stored replies carry a hint with their settings; the page reloads itself when the reply is done.
+    page.evaluate("() => { window.sameDocument = true; }")  # gone if the page loads again
+    held = Held(page, f"{live.url}/api/conversations/*/messages")
+    with page.expect_request(re.compile(r"/api/conversations/\d+/messages$")):
+        page.click("#send")
+    expect(page.locator("#send")).to_be_disabled()  # the server asks the worker to check the chat
+    expect(page.locator("#send")).to_have_text("working…")
+    held.release()
+    expect(page.locator("#send")).to_have_text("Send")
+    # Stored replies carry a hint with their settings: swapped in place when the reply is done.
     expect(page.locator(FINISHED.format(pane="unsteered"))).to_have_count(1, timeout=TIMEOUT)
+    expect(page.locator(".message[data-live]")).to_have_count(0)
+    assert page.evaluate("() => window.sameDocument === true"), "the page loaded again at the reply's end"
     page.screenshot(path=shots / "08-chat.png", full_page=True)
     first_steered, first_unsteered = last_replies(page)
 
