@@ -54,6 +54,7 @@ class Service:
             gallery_tokens=settings.gallery_tokens,
             auto_score=settings.auto_score,
             wake=self.wakeup.set,
+            cancel=lambda job_id: self.executor.cancel(job_id),
         )
         self.thread: threading.Thread | None = None
         self.cancels_sent: set[tuple[int, int]] = set()  # (job, attempt): each attempt is told once
@@ -121,6 +122,8 @@ class Service:
                 session, owners=(), stale_before=jobs.stale_cutoff(self.settings.lease_s)
             )
         while self.executor.free_slots() > 0:
+            # The claim is a compare-and-set: a job cancelled meanwhile is passed over, and a cancel
+            # that comes after it finds the job running and is forwarded above at the next pass.
             with self.db.session() as session:
                 claimed = jobs.claim_next(session, owner=self.owner, any_owner=self.claim_any)
                 if claimed is None:
@@ -172,7 +175,7 @@ class Service:
         """Apply a queue action (cancel, retry) in its own transaction, then dispatch at once."""
         with self.db.session() as session:
             job = action(session, job_id)
-        self.notify()
+        self.notify()  # a cancel of a running job is forwarded to its worker by the next pass
         return job
 
     # interactive requests

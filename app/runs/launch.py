@@ -305,7 +305,7 @@ def start_composition(service: Service, body: schemas.CompositionCreate, *, owne
         job = store.create_run(
             session, kind=Kind.COMPOSE, spec=spec, model=model, inputs={"chain_run": chain.id}, owner=owner
         )
-        jobs.transition(job, "running")
+        jobs.transition(session, job, "running")
         row = {
             "index": 0,
             "block": vectors[0].block,
@@ -314,7 +314,7 @@ def start_composition(service: Service, body: schemas.CompositionCreate, *, owne
             "metrics": {"composition_of": body.n, "chain_run": chain.id},
         }
         vector = store.add_vectors(session, job.run, [row])[0]
-        jobs.transition(job, "succeeded", message=f"mean of the first {body.n} vectors × √{body.n}")
+        jobs.transition(session, job, "succeeded", message=f"mean of the first {body.n} vectors × √{body.n}")
         vector_id, run_id = vector.id, job.run_id
     samples = schemas.SamplesCreate(
         vector_ids=[vector_id], prompts=prompts, max_new_tokens=service.settings.gallery_tokens

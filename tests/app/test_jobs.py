@@ -28,7 +28,7 @@ def test_a_job_runs_through_its_life(db: Database) -> None:
         claimed = jobs.claim_next(session, owner="server")
         assert claimed is job and job.status == "running" and job.attempts == 1
         assert job.started_at is not None and job.heartbeat_at is not None
-        jobs.transition(job, "succeeded")
+        jobs.transition(session, job, "succeeded")
         assert job.run.status == "succeeded" and job.finished_at is not None
 
 
@@ -48,7 +48,7 @@ def test_illegal_moves_are_refused(db: Database, start: str, illegal: list[str])
         job.status = start
         for to in illegal:
             with pytest.raises(Conflict, match=f"is {start}; it cannot become {to}"):
-                jobs.transition(job, to)  # type: ignore[arg-type]
+                jobs.transition(session, job, to)  # type: ignore[arg-type]
             assert job.status == start
 
 
@@ -71,7 +71,7 @@ def test_cancel_and_retry(db: Database) -> None:
         assert jobs.request_cancel(session, queued.id).status == "cancelled"
         job = jobs.request_cancel(session, running.id)
         assert job.status == "running" and job.cancel_requested  # the worker stops it between steps
-        jobs.transition(running, "cancelled")
+        jobs.transition(session, running, "cancelled")
         with pytest.raises(Conflict, match="only queued or running"):
             jobs.request_cancel(session, running.id)
         again = jobs.retry(session, running.id)
