@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import guard
+from app import guard, health
 from app.chat import api as chat_api
 from app.chat import pages as chat_pages
 from app.chat.hub import ChatHub
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         chat_api,
         tables_api,
         vectors_api,
+        health,
     )
     for module in (*pages, *apis):
         app.include_router(module.router)

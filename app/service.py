@@ -24,6 +24,7 @@ from app.executor.protocol import Reply, Request, Stop, Validate
 from app.models import Job, Run
 from app.recorder import Recorder
 from app.settings import Settings
+from app.writer import refusal
 
 log = logging.getLogger(__name__)
 SERVER_OWNER = "server"  # one server per database: at its start, jobs it was running are orphans
@@ -58,6 +59,7 @@ class Service:
         )
         self.thread: threading.Thread | None = None
         self.cancels_sent: set[tuple[int, int]] = set()  # (job, attempt): each attempt is told once
+        self.dispatch_error = ""  # why the last dispatcher pass failed, if it did
 
     # lifecycle
 
@@ -103,10 +105,16 @@ class Service:
         while not self.stopping.is_set():
             try:
                 self.dispatch_once()
-            except OperationalError as exc:  # busy or locked: the next pass tries again
-                log.warning("dispatcher pass skipped: %s", exc.orig)
-            except Exception:
+                self.dispatch_error = ""
+            except OperationalError as exc:
+                if refusal(exc) == "permanent":  # shown by the health check until a pass succeeds
+                    log.exception("dispatcher pass failed: the database refuses it")
+                    self.dispatch_error = str(exc.orig)[:500]
+                else:  # busy or locked: the next pass tries again
+                    log.warning("dispatcher pass skipped: %s", exc.orig)
+            except Exception as exc:
                 log.exception("dispatcher pass failed")
+                self.dispatch_error = f"{type(exc).__name__}: {exc}"[:500]
             self.wakeup.wait(self.settings.heartbeat_s)
             self.wakeup.clear()
 

@@ -46,7 +46,11 @@
       source.close();
       source = null;
       const data = JSON.parse(event.data);
-      if (data.error) errorBox.textContent = data.error;
+      if (data.error) {  // what was shown stays, with why; the stored messages are what a reload shows
+        errorBox.textContent = data.error;
+        for (const live of document.querySelectorAll(".message[data-live]")) delete live.dataset.live;
+        return;
+      }
       window.location.reload();  // the stored messages, with their steering and finish reasons
     });
   }

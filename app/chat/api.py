@@ -88,7 +88,7 @@ def stop(conversation_id: Whole, request: Request) -> Stopped:
 @router.get(
     "/{conversation_id}/stream", summary="SSE: the reply in progress (text so far, then tokens, then done)"
 )
-async def stream(conversation_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
+def stream(conversation_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
     with service.db.session() as session:
         conversations.get(session, conversation_id)
     chats = hub(request)

@@ -7,6 +7,7 @@ reply nobody watches any more is stopped after a short grace period.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,8 +224,21 @@ class ChatHub:
         if live is None or not isinstance(event, Reply):
             return False
         # Stored by the recorder's writer, retried while the database is busy, then announced.
-        self.service.recorder.later(lambda: self._store_reply(live, event))
+        stored = self.service.recorder.later(lambda: self._store_reply(live, event))
+        stored.add_done_callback(lambda done: self._not_stored(live, done))
         return True
+
+    def _not_stored(self, live: Live, done: Future[bool]) -> None:
+        """The reply could not be stored (the database refused it for good, or the server stopped
+        first): the page is told it was not kept, and the conversation takes messages again."""
+        if done.exception() is None and done.result():
+            return
+        with self.lock:
+            self.live.pop(live.conversation_id, None)
+        error = "the reply could not be stored; it was not kept" + (
+            " (the server is stopping)" if done.exception() is None else ""
+        )
+        self.service.broker.publish(f"chat:{live.conversation_id}", {"type": "done", "error": error})
 
     def _store_reply(self, live: Live, event: Reply) -> None:
         with self.service.db.session() as session:

@@ -3,7 +3,6 @@ and detectors (their page, their API, running one over a run)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import select
 
 from app import store
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.discovery import detectors, findings
 from app.errors import AppError, Invalid, NotFound
 from app.executor.protocol import Render
@@ -112,8 +111,8 @@ def score_run(run_id: Whole, service: ServiceDep) -> ScoringQueued:
 
 
 @router.post("/runs/{run_id}/score", response_class=HTMLResponse, include_in_schema=False)
-async def score_page(run_id: Whole, service: ServiceDep) -> Response:
-    await asyncio.to_thread(_score, service, run_id)
+def score_page(run_id: Whole, service: ServiceDep) -> Response:
+    _score(service, run_id)
     return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
 
 
@@ -163,8 +162,7 @@ def detectors_page(request: Request, session: SessionDep) -> HTMLResponse:
 
 
 @router.post("/detectors", response_class=HTMLResponse, include_in_schema=False)
-async def save_detector_form(request: Request, service: ServiceDep) -> Response:
-    form = await request.form()
+def save_detector_form(request: Request, service: ServiceDep, form: FormDep) -> Response:
     try:
         with service.db.session() as session:
             if form.get("delete"):
@@ -205,7 +203,7 @@ def create_detector(body: detectors.DetectorEdit, service: ServiceDep) -> Detect
 @router.post(
     "/api/detectors/{detector_id}/runs/{run_id}", tags=["detectors"], summary="Score a run's completions"
 )
-async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -> DetectorRun:
+def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -> DetectorRun:
     """A regex is answered at once; a judge question becomes a job for the worker (its model is
     checked first, so a model the worker cannot load is refused here)."""
     with service.db.session() as session:
@@ -217,7 +215,7 @@ async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -
     if kind == "judge":
         if not texts:
             raise Invalid(f"run {run_id} has no steered completions to judge")
-        info = await asyncio.to_thread(service.ask, Render(model=judge_model, prompts=[]))
+        info = service.ask(Render(model=judge_model, prompts=[]))
         with service.db.session() as session:
             model = store.upsert_model(session, info["model"])
             job = detectors.queue_judging(
@@ -228,7 +226,7 @@ async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -
             )
         service.notify()
         return out
-    rows = await asyncio.to_thread(detectors.regex_scores, pattern, texts)  # long texts: off the event loop
+    rows = detectors.regex_scores(pattern, texts)
     with service.db.session() as session:
         stored = detectors.store_scores(session, detector_id, rows)
     return DetectorRun(detector_id=detector_id, run_id=run_id, scored=stored, job=None)

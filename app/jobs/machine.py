@@ -175,6 +175,8 @@ def request_cancel(session: Session, job_id: int) -> Job:
 def retry(session: Session, job_id: int) -> Job:
     """Queue a failed or cancelled job again; it resumes from what it stored."""
     job = get(session, job_id)
+    if job.status not in ("failed", "cancelled"):  # running -> queued is for a runner that is gone
+        raise Conflict(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
     if not _move(session, job_id, job.status, "queued", values={"message": "queued again", "owner": ""}):
         _reload(session, job)
         raise Lost(f"job {job_id} changed while it was being retried (it is {job.status} now)")

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy import select
 
 from app import jobs, kinds, schemas, store
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.discovery import detectors, findings
 from app.fields import MaybeWhole, Text, Whole, whole
 from app.labels import labelling
@@ -164,7 +164,7 @@ def show_run(run_id: Whole, request: Request, session: SessionDep, query: Galler
 
 
 @router.get("/runs/{run_id}/live")
-async def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
+def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
     """SSE for a run page opened while its job is live: the progress and summary partials whenever
     the job reports, then `finished` (the page then fetches itself again and drops the stream)."""
     templates = request.app.state.templates
@@ -238,16 +238,15 @@ def chain_series(run_id: Whole, session: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/runs/{run_id}/samples", response_class=HTMLResponse)
-async def sample(run_id: Whole, service: ServiceDep) -> Response:
+def sample(run_id: Whole, service: ServiceDep) -> Response:
     """Generate the gallery samples of a run that has none (an import): the page then follows them."""
-    await asyncio.to_thread(interop.sample_run, service, run_id)
+    interop.sample_run(service, run_id)
     return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
 
 
 @router.post("/runs/{run_id}/compose", response_class=HTMLResponse)
-async def compose(run_id: Whole, request: Request, service: ServiceDep) -> Response:
+def compose(run_id: Whole, service: ServiceDep, form: FormDep) -> Response:
     """The composition test: mean of the chain's first n vectors × √n, stored as a vector and sampled."""
-    form = await request.form()
     body = schemas.CompositionCreate(chain_run=run_id, n=whole(str(form.get("n", "")), "n"))
-    composed = await asyncio.to_thread(launch.start_composition, service, body)
+    composed = launch.start_composition(service, body)
     return Response(status_code=204, headers={"HX-Redirect": f"/vectors/{composed.vector_id}"})

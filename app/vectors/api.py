@@ -1,18 +1,22 @@
-"""Vector files: export a vector or a run, import safetensors or GGUF."""
+"""Vector files: export a vector or a run, import safetensors or GGUF.
+
+The worker writes the safetensors, GGUF and PEFT files, so the exports (plain reads, linked from the
+pages) answer this server's own pages and scripts only, never another site's page.
+"""
 
 from __future__ import annotations
 
-import asyncio
-
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
+from app import guard
 from app.deps import ServiceDep
 from app.fields import Whole, maybe_whole
 from app.responses import Imported
 from app.vectors import interop
 
 router = APIRouter(prefix="/api", tags=["interop"])
+SAME_SITE = [Depends(guard.refuse_cross_site)]
 
 
 def _download(data: bytes, name: str, fmt: str) -> Response:
@@ -22,10 +26,12 @@ def _download(data: bytes, name: str, fmt: str) -> Response:
 
 
 @router.get(
-    "/vectors/{vector_id}/export", summary="One vector as safetensors, GGUF, JSON or a Neuronpedia payload"
+    "/vectors/{vector_id}/export",
+    summary="One vector as safetensors, GGUF, JSON or a Neuronpedia payload",
+    dependencies=SAME_SITE,
 )
-async def export_vector(vector_id: Whole, service: ServiceDep, format: str = "safetensors") -> Response:
-    data, name = await asyncio.to_thread(interop.export_vector, service, vector_id, format)
+def export_vector(vector_id: Whole, service: ServiceDep, format: str = "safetensors") -> Response:
+    data, name = interop.export_vector(service, vector_id, format)
     return _download(data, name, format)
 
 
@@ -35,40 +41,43 @@ async def export_vector(vector_id: Whole, service: ServiceDep, format: str = "sa
     "adapter_config.json)",
     response_class=Response,
     responses={200: {"content": {"application/zip": {}}, "description": "The PEFT adapter folder, zipped."}},
+    dependencies=SAME_SITE,
 )
-async def export_peft(vector_id: Whole, service: ServiceDep) -> Response:
-    data, name = await asyncio.to_thread(interop.export_peft, service, vector_id)
+def export_peft(vector_id: Whole, service: ServiceDep) -> Response:
+    data, name = interop.export_peft(service, vector_id)
     return Response(
         data, media_type="application/zip", headers={"Content-Disposition": f'attachment; filename="{name}"'}
     )
 
 
-@router.get("/runs/{run_id}/export", summary="All of a run's vectors in one safetensors or JSON file")
-async def export_run(run_id: Whole, service: ServiceDep, format: str = "safetensors") -> Response:
-    data, name = await asyncio.to_thread(interop.export_run, service, run_id, format)
+@router.get(
+    "/runs/{run_id}/export",
+    summary="All of a run's vectors in one safetensors or JSON file",
+    dependencies=SAME_SITE,
+)
+def export_run(run_id: Whole, service: ServiceDep, format: str = "safetensors") -> Response:
+    data, name = interop.export_run(service, run_id, format)
     return _download(data, name, format)
 
 
 @router.post(
     "/imports", status_code=201, summary="Import vectors from a safetensors or GGUF file (never pickle)"
 )
-async def import_vectors(
+def import_vectors(
     service: ServiceDep,
     file: UploadFile = File(...),  # noqa: B008 - FastAPI's way to declare an upload
     model: str = Form(""),
     block: str = Form(""),
 ) -> Imported:
-    data = await file.read(service.settings.max_upload_bytes + 1)
-    run_id = await asyncio.to_thread(
-        lambda: interop.import_file(
-            service,
-            data=data,
-            filename=file.filename or "upload",
-            model=model or None,
-            block=maybe_whole(block, "block"),
-        )
+    data = file.file.read(service.settings.max_upload_bytes + 1)
+    run_id = interop.import_file(
+        service,
+        data=data,
+        filename=file.filename or "upload",
+        model=model or None,
+        block=maybe_whole(block, "block"),
     )
-    sample_jobs = await asyncio.to_thread(interop.sample_imported, service, run_id)
+    sample_jobs = interop.sample_imported(service, run_id)
     with service.db.session() as session:
         return Imported(
             run_id=run_id, vector_ids=interop.run_vector_ids(session, run_id), sample_jobs=sample_jobs

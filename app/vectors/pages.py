@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from app import schemas, store
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.discovery import detectors
 from app.errors import AppError
 from app.fields import Whole, describe
@@ -118,7 +117,7 @@ def vector_scales(
 
 
 @router.post("/vectors/{vector_id}/scales", response_class=HTMLResponse)
-async def generate_scales(vector_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
+def generate_scales(vector_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
     with service.db.session() as session:
         prompts = [str(p) for p in store.get_vector(session, vector_id).run.prompts]
     body = schemas.SamplesCreate(
@@ -127,21 +126,20 @@ async def generate_scales(vector_id: Whole, request: Request, service: ServiceDe
         scales=list(SCALES),
         max_new_tokens=service.settings.gallery_tokens,
     )
-    await asyncio.to_thread(launch.start_samples, service, body)
+    launch.start_samples(service, body)
     with service.db.session() as session:
         return vector_scales(vector_id, request, session, service)
 
 
 @router.post("/vectors/{vector_id}/generate", response_class=HTMLResponse)
-async def custom_prompt(vector_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
+def custom_prompt(vector_id: Whole, request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
     """Steered and unsteered on the user's prompt with the same seed; stored like every generation."""
-    form = await request.form()
     values = {k: str(form.get(k, "")) for k in ("prompt", "scale", "seed", "max_new_tokens", "temperature")}
     try:
         body = schemas.GenerationCreate.model_validate(
             {"vector_id": vector_id, **{k: v for k, v in values.items() if v != ""}}
         )
-        result = await asyncio.to_thread(sampling.generate_now, service, body)
+        result = sampling.generate_now(service, body)
     except ValidationError as exc:
         return render(
             request,
@@ -160,12 +158,11 @@ async def custom_prompt(vector_id: Whole, request: Request, service: ServiceDep)
 
 
 @router.post("/vectors/{vector_id}/chain", response_class=HTMLResponse)
-async def start_chain(vector_id: Whole, request: Request, service: ServiceDep) -> Response:
-    form = await request.form()
+def start_chain(vector_id: Whole, service: ServiceDep, form: FormDep) -> Response:
     data = {k: str(form.get(k, "")) for k in ("n_vectors", "steps") if form.get(k)}
     try:
         body = schemas.ChainCreate.model_validate({"vector_id": vector_id, **data})
-        job = await asyncio.to_thread(launch.start_chain, service, body)
+        job = launch.start_chain(service, body)
     except ValidationError as exc:
         return HTMLResponse(f'<p class="error">{escape(describe(exc.errors()))}</p>', status_code=422)
     except AppError as exc:
