@@ -94,8 +94,8 @@ def stream(conversation_id: Whole, request: Request, service: ServiceDep) -> Str
     chats = hub(request)
 
     async def events() -> AsyncIterator[str]:
-        with service.broker.subscribe(f"chat:{conversation_id}") as sub:
-            snapshot = chats.snapshot(conversation_id)
+        sub, snapshot = chats.follow(conversation_id)
+        with sub:
             yield sse("snapshot", {"live": snapshot is not None, **(snapshot or {"panes": {}})})
             if snapshot is None:
                 return

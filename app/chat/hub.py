@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from app.broker import Subscription
 from app.chat.conversations import (
     DEFAULT_SETTINGS,
     PANES,
@@ -201,19 +202,21 @@ class ChatHub:
 
     def on_tokens(self, items: list[tuple[str, int, str]]) -> None:
         """One decoding step of the chat batch: (request id, row, text) items, published as one
-        `tokens` event per conversation ({pane: text})."""
-        by_conversation: dict[int, tuple[Live, dict[str, str]]] = {}
-        for rid, row, text in items:
-            live = self.by_rid(str(rid))
-            if live is None:
-                continue
-            with self.lock:
+        `tokens` event per conversation ({pane: text}). Under the lock, as `follow` reads, so a
+        stream that starts meanwhile gets each piece once: in its snapshot or as an event."""
+        with self.lock:
+            by_rid = {live.rid: live for live in self.live.values()}
+            by_conversation: dict[int, dict[str, str]] = {}
+            for rid, row, text in items:
+                live = by_rid.get(str(rid))
+                if live is None:
+                    continue
                 live.texts[int(row)] += text
-            pane = live.panes[int(row)]
-            pieces = by_conversation.setdefault(live.conversation_id, (live, {}))[1]
-            pieces[pane] = pieces.get(pane, "") + text
-        for conversation_id, (_, pieces) in by_conversation.items():
-            self.service.broker.publish(f"chat:{conversation_id}", {"type": "tokens", "panes": pieces})
+                pane = live.panes[int(row)]
+                pieces = by_conversation.setdefault(live.conversation_id, {})
+                pieces[pane] = pieces.get(pane, "") + text
+            for conversation_id, pieces in by_conversation.items():
+                self.service.broker.publish(f"chat:{conversation_id}", {"type": "tokens", "panes": pieces})
 
     def on_event(self, event: Reply | Token | ChatTokens) -> bool:
         """A worker event of a chat reply (runs on the executor's event thread); False if not ours."""
@@ -257,10 +260,13 @@ class ChatHub:
         done = {"type": "done", "error": "" if event.ok else event.error}
         self.service.broker.publish(f"chat:{live.conversation_id}", done)
 
-    def snapshot(self, conversation_id: int) -> dict[str, Any] | None:
+    def follow(self, conversation_id: int) -> tuple[Subscription, dict[str, Any] | None]:
+        """Subscribe to a conversation's reply and read its text so far, at one instant (see
+        `on_tokens`); the snapshot is None when no reply is in progress."""
         with self.lock:
+            sub = self.service.broker.subscribe(f"chat:{conversation_id}")
             live = self.live.get(conversation_id)
-            return None if live is None else {"panes": dict(zip(live.panes, live.texts, strict=True))}
+            return sub, None if live is None else {"panes": dict(zip(live.panes, live.texts, strict=True))}
 
     def stop(self, conversation_id: int) -> bool:
         with self.lock:
