@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app import kinds
-from app.guard import csrf_value
+from app.guard import cross_site, csrf_value
 from app.models import now
 from app.settings import ROOT
 
@@ -72,6 +72,13 @@ def csrf_for(request: Any) -> str:
     return csrf_value(token) if token else ""
 
 
+def from_elsewhere(request: Any) -> bool:
+    """The page was opened from another site's page: it asks the worker for nothing by itself
+    (what it would compute on load waits for a click), so another site cannot make the worker
+    busy by sending browsers to it."""
+    return cross_site(request.headers) is not None
+
+
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(ROOT / "templates"))
     templates.env.filters["when"] = ago
@@ -82,6 +89,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["waited"] = waited
     templates.env.filters["heat"] = heat
     templates.env.globals["csrf_for"] = csrf_for
+    templates.env.globals["from_elsewhere"] = from_elsewhere
     templates.env.globals["kind_info"] = kinds.of
     templates.env.globals["kind_methods"] = kinds.methods
     return templates
