@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from app import responses, schemas, store
+from app.broker import Subscription
 from app.errors import Invalid, Unavailable
 from app.executor.protocol import Generate, Reply, Stop, Token
 from app.service import Service
@@ -179,7 +180,7 @@ async def generate_stream(service: Service, p: Plan) -> AsyncIterator[str]:
                     finished = True
                     # Stored even if the client leaves now; the room in the writer's queue may take a while.
                     done = await asyncio.to_thread(_keep, service, p, missing, event.value)
-                    async for piece in _stored(done, p):
+                    async for piece in _stored(done, p, sub):
                         yield piece
                     return
         except Exception:
@@ -190,21 +191,26 @@ async def generate_stream(service: Service, p: Plan) -> AsyncIterator[str]:
                 service.executor.request(Stop(message.id))
 
 
-async def _stored(done: Future[bool], p: Plan) -> AsyncIterator[str]:
+async def _stored(done: Future[bool], p: Plan, sub: Subscription) -> AsyncIterator[str]:
     """Keep-alive comments while the writer stores a generation (a busy database makes it wait its
-    turn), then `done` with the stored rows, or `error` if it was not kept."""
+    turn), then `done` with the stored rows, or `error` if it was not kept (or the server is going
+    down before it could say)."""
     waiting = asyncio.wrap_future(done)
-    while True:
+    while not waiting.done():
+        closing = asyncio.ensure_future(sub.next(KEEPALIVE_S))  # None: a while passed, or shutdown
+        either: set[asyncio.Future[Any]] = {waiting, closing}
         try:
-            kept = await asyncio.wait_for(asyncio.shield(waiting), KEEPALIVE_S)
-        except TimeoutError:
-            yield ": storing\n\n"
-            continue
-        except Exception as exc:
-            yield sse("error", {"detail": _not_kept(exc)})
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+        if not waiting.done() and sub.closed:
+            yield sse("error", {"detail": "the server is shutting down: the generation may not be kept"})
             return
-        break
-    if not kept:
+        if not waiting.done():
+            yield ": storing\n\n"
+    if waiting.exception() is not None:
+        yield sse("error", {"detail": _not_kept(waiting.exception())})
+    elif not waiting.result():
         yield sse("error", {"detail": _not_kept(None)})
-        return
-    yield sse("done", _answer(p))
+    else:
+        yield sse("done", _answer(p))
