@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Cookie, Depends, Request
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
@@ -36,3 +36,4 @@ async def read_form(request: Request) -> FormData:
 ServiceDep = Annotated[Service, Depends(get_service)]
 SessionDep = Annotated[Session, Depends(get_session)]
 FormDep = Annotated[FormData, Depends(read_form)]
+AuthorCookie = Annotated[str | None, Cookie(alias="steerscope_author")]  # who labels, remembered per browser

@@ -76,6 +76,7 @@ class KindInfo:
     on_vector: bool = False  # it starts from a stored vector (the API takes its id in the path)
     about: str = ""  # the subcommand's help
     method: str = ""  # its name in the new-run form's method menu ("": not offered there)
+    route: str = ""  # POST /api/<route> starts one from its settings body ("": no such route)
 
 
 def of(kind: str) -> KindInfo:
@@ -120,6 +121,7 @@ def table() -> dict[Kind, KindInfo]:
             command="train",
             launch=launch.start_melbo,
             about="train MELBO vectors (or a random baseline, DCT, or steering adapters)",
+            route="runs",
             method="MELBO",
         ),
         KindInfo(
@@ -179,6 +181,7 @@ def table() -> dict[Kind, KindInfo]:
             command="chain",
             launch=launch.start_chain,
             about="grow an orthogonal chain from a stored vector",
+            route="chains",
         ),
         KindInfo(
             Kind.COMPOSE,
@@ -251,7 +254,8 @@ def table() -> dict[Kind, KindInfo]:
             scoring="never",
             command="calibrate",
             launch=launch.start_calibration,
-            about="calibrate R",
+            about="calibrate R for a model, prompts and blocks",
+            route="calibrations",
         ),
         KindInfo(
             Kind.GENERATE,
@@ -267,7 +271,8 @@ def table() -> dict[Kind, KindInfo]:
             page="runs/_samples_of.html",
             command="generate",
             launch=launch.start_samples,
-            about="completions of stored vectors at given scales",
+            about="generate completions of stored vectors at given scales",
+            route="sample-jobs",
         ),
         KindInfo(
             Kind.SCORE,

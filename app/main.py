@@ -19,6 +19,7 @@ from app import guard, health
 from app.chat import api as chat_api
 from app.chat import pages as chat_pages
 from app.chat.hub import ChatHub
+from app.discovery import api as discovery_api
 from app.discovery import pages as discovery_pages
 from app.errors import AppError, NotFound, Unavailable
 from app.fields import describe, plain
@@ -26,6 +27,7 @@ from app.generations import api as generations_api
 from app.home import pages as home_pages
 from app.jobs import api as jobs_api
 from app.jobs import pages as jobs_pages
+from app.labels import api as labels_api
 from app.labels import pages as labels_pages
 from app.refine import api as refine_api
 from app.refine import pages as refine_pages
@@ -100,6 +102,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         chat_api,
         tables_api,
         vectors_api,
+        discovery_api,
+        labels_api,
         health,
     )
     for module in (*pages, *apis):

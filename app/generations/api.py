@@ -1,4 +1,4 @@
-"""Models the app knows, and stored generations."""
+"""Generations: stored ones, and one made on request (streamed or not)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,10 @@ from app import schemas
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
 from app.generations import sampling
-from app.models import Generation, LanguageModel, Vector
-from app.responses import GeneratedPair, GenerationOut, ModelOut
+from app.models import Generation, Vector
+from app.responses import GeneratedPair, GenerationOut
 
-router = APIRouter(prefix="/api", tags=["data"])
-
-
-@router.get("/models")
-def list_models(session: SessionDep) -> list[ModelOut]:
-    return [
-        ModelOut.model_validate(m) for m in session.scalars(select(LanguageModel).order_by(LanguageModel.id))
-    ]
+router = APIRouter(prefix="/api", tags=["generations"])
 
 
 @router.get("/generations", summary="Stored generations, filtered by vector or run")

@@ -1,31 +1,26 @@
-"""Labeling: the label set editor, the keyboard queue over a run's vectors, and the labels API."""
+"""Labeling pages: the label set editor, the keyboard queue over a run's vectors, who is labelling."""
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Cookie, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app import store
-from app.deps import FormDep, ServiceDep, SessionDep
+from app.deps import AuthorCookie, FormDep, ServiceDep, SessionDep
 from app.discovery import findings
 from app.errors import AppError, Invalid
 from app.fields import MAX_NAME, Whole, describe, maybe_whole
 from app.labels import labelling
-from app.responses import LabelingOut, LabelOut, NoteOut
 from app.runs import gallery
 from app.runs.pages import GalleryQuery
 from app.templating import render
 
-router = APIRouter()
-AuthorCookie = Annotated[str | None, Cookie(alias="steerscope_author")]
-
-
-# the label set
+router = APIRouter(include_in_schema=False)
 
 
 @router.get("/labels", response_class=HTMLResponse, include_in_schema=False)
@@ -87,9 +82,6 @@ def set_author(form: FormDep) -> Response:
     return response
 
 
-# the keyboard queue
-
-
 @router.get("/runs/{run_id}/label", response_class=HTMLResponse, include_in_schema=False)
 def queue(
     run_id: Whole,
@@ -123,29 +115,3 @@ def queue(
         "params": params,
     }
     return render(request, "labels/queue.html", context)
-
-
-# JSON
-
-
-@router.get("/api/labels", tags=["labels"], summary="The project's labels")
-def list_labels(session: SessionDep) -> list[LabelOut]:
-    return [LabelOut.model_validate(x) for x in labelling.all_labels(session)]
-
-
-@router.post("/api/labelings", tags=["labels"], summary="Put a label on (or off) a vector or a generation")
-def toggle_label(body: labelling.Toggle, service: ServiceDep, author: AuthorCookie = None) -> LabelingOut:
-    name = labelling.author_of(author)
-    with service.db.session() as session:
-        on = labelling.toggle(session, body, name)
-    return LabelingOut(
-        label_id=body.label_id, vector_id=body.vector_id, generation_id=body.generation_id, on=on
-    )
-
-
-@router.post("/api/notes", tags=["labels"], summary="A note on a vector")
-def add_note(body: labelling.NoteCreate, service: ServiceDep, author: AuthorCookie = None) -> NoteOut:
-    name = labelling.author_of(author)
-    with service.db.session() as session:
-        note = labelling.add_note(session, vector_id=body.vector_id, text=body.text, author=name)
-        return NoteOut.model_validate(note)

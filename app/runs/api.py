@@ -1,18 +1,20 @@
-"""Starting work: MELBO runs (and random baselines), chains, compositions, calibrations, generation
-jobs; reading runs and vectors."""
+"""Runs: starting them (MELBO runs and random baselines, chains, compositions, calibrations,
+generation jobs), reading them and their vectors, and the models they run on."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from app import responses, schemas, store
+from app import kinds, responses, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.fields import Whole
-from app.models import Run, Vector
-from app.responses import ComposedOut, Created, RunOut, VectorOut
+from app.models import LanguageModel, Run, Vector
+from app.responses import ComposedOut, Created, ModelOut, RunOut, VectorOut
 from app.runs import launch
 
 router = APIRouter(prefix="/api", tags=["runs"])
@@ -22,19 +24,35 @@ def _created(job: Any) -> Created:
     return Created(job=responses.JobOut.model_validate(job), run_id=job.run_id)
 
 
-@router.post("/runs", status_code=201, summary="Train MELBO vectors (or a random baseline)")
-def create_run(body: schemas.MelboCreate, service: ServiceDep) -> Created:
-    return _created(launch.start_melbo(service, body))
+def _starter(info: kinds.KindInfo) -> Callable[..., Created]:
+    """The route that starts a run of this kind from its API body (the kinds table names both)."""
+    start = info.launch
+    assert start is not None
+
+    def create(body: schemas.Body, service: ServiceDep) -> Created:
+        return _created(start(service, body))
+
+    # FastAPI reads the body's type from the signature: the kind's own settings body.
+    create.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=info.settings),
+            inspect.Parameter("service", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ServiceDep),
+        ],
+        return_annotation=Created,
+    )
+    create.__name__ = f"create_{info.kind}"
+    return create
 
 
-@router.post("/chains", status_code=201, summary="Grow an orthogonal chain from a stored vector")
-def create_chain(body: schemas.ChainCreate, service: ServiceDep) -> Created:
-    return _created(launch.start_chain(service, body))
-
-
-@router.post("/calibrations", status_code=201, summary="Calibrate R for a model, prompts and blocks")
-def create_calibration(body: schemas.CalibrationCreate, service: ServiceDep) -> Created:
-    return _created(launch.start_calibration(service, body))
+for _info in kinds.table().values():
+    if _info.route and _info.launch is not None and _info.settings is not None and not _info.on_vector:
+        router.add_api_route(
+            f"/{_info.route}",
+            _starter(_info),
+            methods=["POST"],
+            status_code=201,
+            summary=_info.about[:1].upper() + _info.about[1:],
+        )
 
 
 @router.post(
@@ -51,11 +69,11 @@ def create_composition(body: schemas.CompositionCreate, service: ServiceDep) -> 
     )
 
 
-@router.post(
-    "/sample-jobs", status_code=201, summary="Generate completions of stored vectors at given scales"
-)
-def create_samples(body: schemas.SamplesCreate, service: ServiceDep) -> Created:
-    return _created(launch.start_samples(service, body))
+@router.get("/models")
+def list_models(session: SessionDep) -> list[ModelOut]:
+    return [
+        ModelOut.model_validate(m) for m in session.scalars(select(LanguageModel).order_by(LanguageModel.id))
+    ]
 
 
 @router.get("/runs", summary="Runs, newest first")
@@ -78,8 +96,3 @@ def run_vectors(run_id: Whole, session: SessionDep, values: bool = False) -> lis
     read_run(run_id, session)
     vectors = session.scalars(select(Vector).where(Vector.run_id == run_id).order_by(Vector.index)).all()
     return [responses.vector(v, values=values) for v in vectors]
-
-
-@router.get("/vectors/{vector_id}", response_model_exclude_unset=True)
-def read_vector(vector_id: Whole, session: SessionDep, values: bool = False) -> VectorOut:
-    return responses.vector(store.get_vector(session, vector_id), values=values)

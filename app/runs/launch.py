@@ -66,7 +66,7 @@ def start_melbo(service: Service, body: schemas.MelboCreate, *, owner: str = "")
                 kind=twin,
                 spec={**checked["spec"], **kinds.of(body.method).twin_spec},
                 model=model,
-                priority=body.priority - 1,  # what the user asks for next goes first; the baseline waits
+                priority=body.priority,  # right behind its run: queued just after it, at its priority
                 owner=owner,
                 twin_of=job.run_id,
             )

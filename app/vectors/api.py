@@ -1,4 +1,5 @@
-"""Vector files: export a vector or a run, import safetensors or GGUF.
+"""Vectors: one read (with its values if asked), its files out (a vector or a run), files in
+(safetensors or GGUF).
 
 The worker writes the safetensors, GGUF and PEFT files, so the exports (plain reads, linked from the
 pages) answer this server's own pages and scripts only, never another site's page.
@@ -9,13 +10,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
-from app import guard
-from app.deps import ServiceDep
+from app import guard, responses, store
+from app.deps import ServiceDep, SessionDep
 from app.fields import Whole, maybe_whole
-from app.responses import Imported
+from app.responses import Imported, VectorOut
 from app.vectors import interop
 
-router = APIRouter(prefix="/api", tags=["interop"])
+router = APIRouter(prefix="/api", tags=["vectors"])
 SAME_SITE = [Depends(guard.refuse_cross_site)]
 
 
@@ -82,3 +83,8 @@ def import_vectors(
         return Imported(
             run_id=run_id, vector_ids=interop.run_vector_ids(session, run_id), sample_jobs=sample_jobs
         )
+
+
+@router.get("/vectors/{vector_id}", response_model_exclude_unset=True)
+def read_vector(vector_id: Whole, session: SessionDep, values: bool = False) -> VectorOut:
+    return responses.vector(store.get_vector(session, vector_id), values=values)

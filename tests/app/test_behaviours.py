@@ -67,6 +67,29 @@ def test_the_random_twin_shares_r_prompts_and_settings(client: TestClient, score
         assert session.scalars(select(Run).where(Run.twin_of == plain)).first() is None
 
 
+def test_the_twin_says_what_it_is_and_shows_the_scores(client: TestClient, scored: dict[str, Any]) -> None:
+    page = soup(client.get(f"/runs/{scored['twin']}"))
+    said = page.find(id="twin-of")
+    assert said is not None and f"random twin of run #{scored['run']}" in " ".join(said.get_text().split())
+    assert page.find(id="twin-behaviours")["href"] == f"/runs/{scored['run']}/behaviours"
+    assert page.find(id="scoring") is None, "a twin is scored with its run, never 'not scored yet'"
+
+
+def test_the_twin_runs_right_behind_its_run(client: TestClient, scored: dict[str, Any]) -> None:
+    """Work queued after a run with a twin waits for the twin, as it waits for the run."""
+    body = {"prompts": PROMPTS[:1], "n_vectors": 1, "steps": 2}
+    first = client.post("/api/runs", json={**body, "twin": True}).json()
+    later = client.post("/api/runs", json=body).json()
+    assert wait_job(client, later["job"]["id"])["status"] == "succeeded"
+    with client.app.state.service.db.session() as session:
+        twin_run = session.scalars(select(Run).where(Run.twin_of == first["run_id"])).one()
+        twin_job = session.scalars(select(Job).where(Job.run_id == twin_run.id)).one()
+        later_job = session.get(Job, later["job"]["id"])
+        assert twin_job.priority == first["job"]["priority"]
+        assert twin_job.started_at is not None and later_job is not None and later_job.started_at is not None
+        assert twin_job.started_at <= later_job.started_at
+
+
 def test_the_worker_scores_the_pair_once_after_the_twin(client: TestClient, scored: dict[str, Any]) -> None:
     with client.app.state.service.db.session() as session:
         scorings = session.scalars(select(Run).where(Run.kind == "score")).all()

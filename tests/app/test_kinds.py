@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +158,16 @@ def test_the_run_form_offers_exactly_the_kinds_it_describes() -> None:
 def test_an_unknown_kind_is_a_bug_not_a_default(unknown: str) -> None:
     with pytest.raises(ValueError):
         kinds.of(unknown)
+
+
+def test_every_kind_with_a_route_is_started_there_from_its_settings(tmp_path: Path) -> None:
+    from app.main import create_app
+    from app.settings import Settings
+
+    paths = create_app(Settings(data_dir=tmp_path)).openapi()["paths"]
+    routed = [info for info in kinds.table().values() if info.route]
+    assert routed, "the table names the routes that start runs"
+    for info in routed:
+        post = paths[f"/api/{info.route}"]["post"]
+        schema = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert info.settings is not None and schema.endswith(f"/{info.settings.__name__}")
