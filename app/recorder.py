@@ -155,6 +155,12 @@ class Recorder:
                 "could not store the %s event of job %s; the job will redo it", event.name, event.job
             )
             self.incomplete.add(attempt)
+        if isinstance(event, Finished) and self.auto_score:
+            # Before the end is announced: a page following the run then finds its scoring queued.
+            try:
+                self.writer.durably(lambda: self._score_when_done(event.job))
+            except OperationalError:
+                log.exception("could not queue the scoring after job %s", event.job)
         for event_id, data in published:
             self.broker.publish(f"job:{event.job}", {"id": event_id, **data})
         self.broker.publish("jobs", {"job": event.job, "type": event.name})
@@ -162,8 +168,6 @@ class Recorder:
             self.reported.pop(attempt, None)
             self.incomplete.discard(attempt)
             self.answered.discard(attempt)
-            if self.auto_score:
-                self.later(lambda: self._score_when_done(event.job))
             self.wake()
 
     def _fail(self, attempt: Attempt, error: str) -> None:

@@ -50,8 +50,9 @@ def last_progress(session: Any, job: Job | None) -> dict[str, Any]:
 
 
 def working_job(session: Any, run: Run) -> Job | None:
-    """The job a run's page follows: the run's own while it is live, else a live one generating the
-    run's samples (an import's gallery, a composition's), else the run's own, finished."""
+    """The job a run's page follows: the run's own while it is live, else a live one working for
+    the run's page (its samples, its scoring), else, while the run waits for its automatic scoring,
+    its random twin's (the scoring is queued as the twin ends), else the run's own, finished."""
     own = job_of(session, run)
     if is_live(own):
         return own
@@ -66,7 +67,14 @@ def working_job(session: Any, run: Run) -> Job | None:
         .order_by(Job.id)
         .limit(1)
     ).first()
-    return helper or own
+    if helper is not None:
+        return helper
+    if kinds.of(run.kind).scoring == "auto" and run.status == "succeeded" and "discovery" not in run.result:
+        twin = findings.twin_of(session, run)
+        twin_job = job_of(session, twin) if twin is not None else None
+        if is_live(twin_job):
+            return twin_job
+    return own
 
 
 def status_context(session: Any, run: Run) -> dict[str, Any]:
@@ -170,22 +178,27 @@ def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingR
     templates = request.app.state.templates
     with service.db.session() as session:
         job = working_job(session, store.get_run(session, run_id))
+    job_id = job.id if job is not None else None
 
     def snapshot() -> tuple[str, str, bool]:
+        """The live partials, and whether this stream is done: the page stops following its job
+        when no job is live any more, or fetches itself again to follow the next (its twin's, then
+        its scoring)."""
         with service.db.session() as session:
             context = {**status_context(session, store.get_run(session, run_id)), "request": request}
             progress = templates.get_template("runs/_progress.html").render(context)
             facts = templates.get_template("runs/_summary.html").render(context)
-            return progress, facts, not context["live"]
+            followed = context["job"]
+            return progress, facts, not context["live"] or followed is None or followed.id != job_id
 
     def data(html: str) -> str:
         return "\n".join(f"data: {line}" for line in html.splitlines())
 
     async def events() -> AsyncIterator[str]:
-        if job is None:
+        if job_id is None:
             yield "event: finished\ndata: done\n\n"
             return
-        with service.broker.subscribe(f"job:{job.id}") as sub:
+        with service.broker.subscribe(f"job:{job_id}") as sub:
             while True:
                 progress, facts, finished = await asyncio.to_thread(snapshot)
                 yield f"event: progress\n{data(progress)}\n\n"
