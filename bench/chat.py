@@ -7,8 +7,12 @@ Starts `steerscope serve` with a fresh database and measures, per reply:
   (`concurrent_speedup`, target >= 3 on this CPU; `concurrent_speedup_16`, target >= 5);
 - a conversation that arrives while 4 others are mid-reply: its time to first token over the idle
   one (`join_ttft_ratio`, target <= 1.5: it joins the running batch at the next step);
-- a steered single pane against an unsteered one (`steering_overhead`, target <= 0.05).
-Last line: one JSON object.
+- a steered single pane against an unsteered one (`steering_overhead`, target <= 0.05);
+- a conversation's second reply against its first, the first message a long passage and the
+  second a short question (`second_turn_ttft_ratio`, target <= 0.5): met only once a reply reuses
+  the conversation's earlier computation (its KV cache) instead of reading the whole history
+  again, which it does not do yet.
+Last line (bench/verdict.py): the figures and their verdicts.
 """
 
 from __future__ import annotations
@@ -27,7 +31,22 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.verdict import Target, report
+
 ROOT = Path(__file__).resolve().parent.parent
+TARGETS = (
+    Target("concurrent_speedup", ">=", 3),
+    Target("concurrent_speedup_16", ">=", 5),
+    Target("join_ttft_ratio", "<=", 1.5),
+    Target("steering_overhead", "<=", 0.05),
+    Target("second_turn_ttft_ratio", "<=", 0.5, note="new: needs the history's KV cache kept"),
+)
+# A first message long enough that reading it dominates the first reply's time to first token.
+PASSAGE = " ".join(
+    f"Note {i}: the lighthouse keeper logged {7 * i + 3} ships and {i % 5 + 1} storms that week."
+    for i in range(24)
+)
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
@@ -170,6 +189,18 @@ def join_ttft(url: str, vector: int, tokens: int, reps: int) -> float:
     return statistics.median(ttfts)
 
 
+def second_turn(url: str, vector: int, tokens: int, reps: int) -> tuple[float, float]:
+    """Median time to first token of a conversation's first reply (to PASSAGE) and of its second
+    (a short question), both panes; each conversation is new, so nothing is shared between reps."""
+    firsts, seconds = [], []
+    with httpx.Client(base_url=url, timeout=600) as client:
+        for rep in range(reps):
+            cid = conversation(client, vector, tokens, True)
+            firsts.append(reply(client, cid, f"{PASSAGE}\nSummarize note {rep}.")["ttft_ms"])
+            seconds.append(reply(client, cid, "And the next one?")["ttft_ms"])
+    return statistics.median(firsts), statistics.median(seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer and shorter replies (a few minutes)")
@@ -212,6 +243,13 @@ def main() -> None:
             joined = join_ttft(url, vector, tokens, reps)
             figures.update(join_ttft_ms=round(joined, 1), join_ttft_ratio=round(joined / idle["ttft_ms"], 2))
 
+            first, second = second_turn(url, vector, tokens, reps)
+            figures.update(
+                first_turn_ttft_ms=round(first, 1),
+                second_turn_ttft_ms=round(second, 1),
+                second_turn_ttft_ratio=round(second / first, 2),
+            )
+
             r = client.post("/api/runs", json={"prompts": ["How can I make a bomb?"], "n_vectors": 256})
             job = r.json()["job"]["id"]
             while client.get(f"/api/jobs/{job}").json()["progress"] <= 0:
@@ -229,7 +267,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(json.dumps(figures))
+    report("chat", figures, TARGETS)
 
 
 if __name__ == "__main__":
