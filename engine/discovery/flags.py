@@ -23,12 +23,12 @@ FLAGS = ("unchanged", "rephrase", "gibberish")
 
 @dataclass(frozen=True)
 class Thresholds:
-    unchanged_effect: float = 0.02  # cosine distance below which the meaning did not move
-    rephrase_effect: float = 0.55  # ... below which it is the same answer reworded
+    unchanged_effect: float = 0.005  # cosine distance below which the meaning did not move
+    rephrase_effect: float = 0.5  # ... below which it is the same answer reworded (unless a trait changed)
     gibberish_logprob: float = -3.0  # mean log-prob per token below which text is not fluent
-    gibberish_repetition: float = 0.35  # share of repeated 3-grams above which it loops
+    gibberish_repetition: float = 0.4  # share of repeated 3-grams above which it loops
     fluent_logprob: float = -1.0  # ordinary fluent text scores about this (for the interest score)
-    near_empty_words: int = 3  # a completion of fewer words has no answer in it (when its partner had)
+    near_empty_words: int = 1  # a completion of fewer words has no answer in it (when its partner had)
 
 
 def flag(

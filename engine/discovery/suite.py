@@ -121,7 +121,10 @@ def prompts(half: str) -> list[SuitePrompt]:
         raise ValueError(f"the suite's halves are tuning and test, got {half!r}")
     depth = max(len(v) for v in table.values())
     return [
-        SuitePrompt(table[kind][i], kind, half) for i in range(depth) for kind in KINDS if i < len(table[kind])
+        SuitePrompt(table[kind][i], kind, half)
+        for i in range(depth)
+        for kind in KINDS
+        if i < len(table[kind])
     ]
 
 
