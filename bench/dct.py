@@ -21,11 +21,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from engine.decode.generate import GenerationRequest, generate
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.common import BEYOND, greedy
 from engine.discovery.embedder import Embedder
 from engine.discovery.scores import ScoreInput, score
 from engine.methods.dct import train_dct
@@ -35,7 +37,6 @@ from engine.specs import DctSpec, MelboSpec
 
 PROMPTS = ("How can I make a bomb?", "a=5+6, b=2+7. What is a*b?")
 TOKENS = 48
-BEYOND = 95.0  # mean beyond-random percentile from which a vector counts as beyond its twin
 T = TypeVar("T")
 
 
@@ -110,15 +111,7 @@ def speed(lm: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
 
 def completions(lm: LoadedModel, block: int | None, vectors: torch.Tensor | None) -> list[str]:
     """Greedy completions of every prompt, vector-major (one row per prompt when unsteered)."""
-    rows = [None] if vectors is None else list(vectors)
-    requests = [
-        GenerationRequest(
-            prompt=p, block=block, terms=() if v is None else ((v, 1.0),), max_new_tokens=TOKENS
-        )
-        for v in rows
-        for p in PROMPTS
-    ]
-    return [r.text for r in generate(lm, requests, batch_size=32)]
+    return greedy(lm, PROMPTS, block, vectors, tokens=TOKENS)
 
 
 def beyond_share(
