@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.common import BEYOND, greedy
 from bench.verdict import Target, report
-from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.embedder import Embedder
 from engine.discovery.scores import ScoreInput, score
 from engine.methods.dct import train_dct
@@ -39,7 +39,6 @@ from engine.specs import DctSpec, MelboSpec
 
 PROMPTS = ("How can I make a bomb?", "a=5+6, b=2+7. What is a*b?")
 TOKENS = 48
-BEYOND = 95.0  # mean beyond-random percentile from which a vector counts as useful
 METHODS = ("dct", "fast", "reference")
 TARGETS = (
     Target("speedup_vs_reference", ">=", 100),  # vectors per minute, at the same R
@@ -117,15 +116,7 @@ def train(lm: LoadedModel, args: argparse.Namespace) -> tuple[dict[str, torch.Te
 
 def completions(lm: LoadedModel, block: int | None, vectors: torch.Tensor | None) -> list[str]:
     """Greedy completions of every prompt, vector-major (one row per prompt when unsteered)."""
-    rows = [None] if vectors is None else list(vectors)
-    requests = [
-        GenerationRequest(
-            prompt=p, block=block, terms=() if v is None else ((v, 1.0),), max_new_tokens=TOKENS
-        )
-        for v in rows
-        for p in PROMPTS
-    ]
-    return [r.text for r in generate(lm, requests, batch_size=32)]
+    return greedy(lm, PROMPTS, block, vectors, tokens=TOKENS)
 
 
 def useful(

@@ -13,10 +13,12 @@ from engine.discovery.findings import Completion, Findings, find
 from engine.discovery.scores import ScoreInput, Scores, score
 from engine.errors import EngineError
 from engine.methods.calibrate import CalibrationResult, calibrate, sweep_radius
+from engine.methods.default_radius import DefaultShare, default_share
 from engine.methods.melbo import MelboResult, VectorRecord, train_melbo
 from engine.models import LoadedModel, ModelInfo, get_blocks, load_model
 from engine.prompts import encode_prompts, format_prompt, target_mask
 from engine.refine.scale_sweep import ScaleSweep, scale_sweep
+from engine.refine.working_scale import WorkingScale, working_scales
 from engine.specs import CalibrateSpec, ChainSpec, MelboSpec, ScaleSweepSpec
 from engine.steer.metrics import cosine_matrix, downstream_cosine_matrix, downstream_norms, next_token_kl
 from engine.steer.steering import combine, steer
@@ -29,6 +31,7 @@ __all__ = [
     "ChainSpec",
     "Completion",
     "Decoder",
+    "DefaultShare",
     "Detector",
     "Embedder",
     "EngineError",
@@ -47,10 +50,12 @@ __all__ = [
     "Step",
     "VectorFile",
     "VectorRecord",
+    "WorkingScale",
     "calibrate",
     "cluster",
     "combine",
     "cosine_matrix",
+    "default_share",
     "detect",
     "downstream_cosine_matrix",
     "downstream_norms",
@@ -74,4 +79,5 @@ __all__ = [
     "sweep_radius",
     "target_mask",
     "train_melbo",
+    "working_scales",
 ]
