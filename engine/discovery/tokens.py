@@ -1,0 +1,147 @@
+"""The tokens a steering vector pushes: read directly through the unembedding, and in effect.
+
+Direct: the vector is read as if it were the whole residual at the end of the model, through the
+final norm and the unembedding: logits = W_U · (norm(v) − norm(0)). Subtracting norm(0) drops the
+norm's bias (LayerNorm's; RMSNorm has none), which is the same for every vector and would
+otherwise rank its own favourite tokens first. The norm's division by the residual's size is kept,
+so the read does not depend on the vector's norm, only on its direction; LayerNorm's centring and
+every norm's weight (Gemma's 1 + w too) apply as they do to a residual. The blocks between the
+vector's block and the end are ignored: that is what "direct" means.
+
+Effect: the mean change of the next token's log-probabilities at the last prompt position (where
+the answer's first token is chosen) over the given prompts, steered at scale 1 (the vector added
+at block s's output at every prompt position, as generation adds it) against unsteered. Steering
+adapters are read in effect only: their change depends on the token, so there is no one direction
+to read directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.errors import EngineError
+from engine.methods.adapters import Adapter, adapt
+from engine.models import LoadedModel
+from engine.prompts import encode_prompts
+from engine.steer.steering import steer
+
+# Where each architecture keeps its final norm, tried in order.
+_NORM_PATHS = (
+    "model.norm",  # Llama, Qwen, Mistral, Gemma
+    "model.language_model.norm",  # Gemma 3 multimodal wrapper
+    "transformer.ln_f",  # GPT-2
+    "gpt_neox.final_layer_norm",  # GPT-NeoX / Pythia
+    "model.final_layernorm",  # Phi
+    "model.decoder.final_layer_norm",  # OPT-style
+)
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied to the residual before the unembedding."""
+    for path in _NORM_PATHS:
+        node: Any = model
+        for attr in path.split("."):
+            node = getattr(node, attr, None)
+            if node is None:
+                break
+        if isinstance(node, nn.Module):
+            return node
+    raise EngineError(f"cannot find the final norm of {type(model).__name__}")
+
+
+def check_width(lm: LoadedModel, vector: Tensor) -> None:
+    if vector.shape != (lm.info.width,):
+        raise EngineError(f"the vector has shape {tuple(vector.shape)}, the model needs ({lm.info.width},)")
+
+
+def unembedding(model: nn.Module) -> nn.Module:
+    """The LM head: residual (after the final norm) to logits."""
+    transformer: Any = model
+    head: nn.Module = transformer.get_output_embeddings()
+    return head
+
+
+def vocabulary(lm: LoadedModel) -> int:
+    """Logit rows that are real tokens (some models pad the unembedding past the tokenizer)."""
+    weight: Any = unembedding(lm.model).weight
+    return min(int(weight.shape[0]), len(lm.tokenizer))
+
+
+@torch.no_grad()
+def direct_logits(lm: LoadedModel, vector: Tensor) -> Tensor:
+    """W_U · (norm(v) − norm(0)), less its mean over the vocabulary: float32 [V]."""
+    check_width(lm, vector)
+    param = next(lm.model.parameters())
+    norm = final_norm(lm.model)
+    v = vector.detach().to(device=param.device, dtype=param.dtype)[None, None]  # [1, 1, d]
+    read = norm(v) - norm(torch.zeros_like(v))  # [1, 1, d]
+    logits = unembedding(lm.model)(read)[0, 0, : vocabulary(lm)].float().cpu()  # [V]
+    return logits - logits.mean()
+
+
+def _last_logprobs(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
+    """Log-probabilities of the token after each row's last prompt token: float32 [B, V]."""
+    out = model(**inputs, use_cache=False, logits_to_keep=1)
+    return F.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+
+@torch.no_grad()
+def effect_logprobs(
+    lm: LoadedModel,
+    prompts: tuple[str, ...] | list[str],
+    *,
+    block: int | None = None,
+    vector: Tensor | None = None,
+    adapter: Adapter | None = None,
+    scale: float = 1.0,
+) -> tuple[Tensor, float]:
+    """Mean over prompts of log p_steered − log p_unsteered for the next token at the last prompt
+    position ([V] float32), and the mean KL(steered ‖ unsteered) there."""
+    if not prompts:
+        raise EngineError("give at least one prompt to read a vector's effect on")
+    if (vector is None) == (adapter is None):
+        raise EngineError("give a vector (with its block) or an adapter")
+    device = next(lm.model.parameters()).device
+    batch = encode_prompts(lm.tokenizer, list(prompts)).to(device)
+    inputs = batch.model_inputs()
+    base = _last_logprobs(lm.model, inputs)  # [P, V]
+    if vector is not None:
+        if block is None:
+            raise EngineError("a vector needs the block it steers")
+        check_width(lm, vector)
+        with steer(lm.model, block, scale * vector.detach().float()):
+            steered = _last_logprobs(lm.model, inputs)
+    else:
+        assert adapter is not None
+        with adapt(lm.model, adapter.scaled(scale), batch.size):
+            steered = _last_logprobs(lm.model, inputs)
+    change = (steered - base).mean(dim=0)[: vocabulary(lm)].cpu()  # [V]
+    prob = steered.exp()
+    kl = torch.where(prob > 0, prob * (steered - base), 0.0).sum(dim=-1).mean()
+    return change, float(kl)
+
+
+def token_text(tokenizer: Any, token: int) -> str:
+    """A token as text; a piece of a multi-byte character that does not decode alone is shown as
+    the tokenizer spells it."""
+    text = str(tokenizer.decode([token]))
+    return str(tokenizer.convert_ids_to_tokens(token)) if "\ufffd" in text else text
+
+
+def token_rows(lm: LoadedModel, values: Tensor, k: int) -> dict[str, list[dict[str, Any]]]:
+    """The k highest (promoted) and k lowest (suppressed) tokens: id, text as decoded, value."""
+    k = min(k, values.shape[0])
+    high = torch.topk(values, k)
+    low = torch.topk(-values, k)
+
+    def rows(ids: Tensor) -> list[dict[str, Any]]:
+        return [
+            {"id": int(i), "text": token_text(lm.tokenizer, int(i)), "value": round(float(values[i]), 4)}
+            for i in ids
+        ]
+
+    return {"promoted": rows(high.indices), "suppressed": rows(low.indices)}

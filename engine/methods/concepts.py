@@ -1,0 +1,192 @@
+"""Concepts: a direction at a block from two prompt sets, with the concept and without it.
+
+Each prompt is read at block s's output (`hidden_states[s + 1]`, where a vector at block s is
+added) and pooled to one vector [d]:
+- diffmean (default): the mean over the prompt's user turn (its tokens, then the generation prompt);
+  the concept is mean(with) − mean(without);
+- caa: the last prompt position alone (where the answer starts), then the same difference;
+- pca: user-turn means, paired by index (with[i], without[i]); the first principal direction of
+  the paired differences, uncentred (centring would take out their mean, the very difference the
+  pairs were written to show), its sign towards the with set.
+
+A concept is a detector: a prompt's score is its pooled residual projected on the unit direction
+(uncentred), and it says "present" above the threshold, the midpoint of the two sets' mean scores.
+It steers like any vector at its block. Its norm by default is the raw difference of the means
+(for pca: the mean paired difference along it), so that at scale 1 it moves an average prompt
+without the concept to where prompts with it sit; norm="radius" rescales it to the model's default
+MELBO R at that block (engine/methods/melbo.py RADIUS_FRACTION × the median residual norm there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from engine.errors import EngineError
+from engine.methods.melbo import RADIUS_FRACTION
+from engine.models import LoadedModel
+from engine.prompts import encode_prompts
+from engine.specs import _int_range, _Spec, default_source
+from engine.steer.capture import block_output
+from engine.units import run_steps
+
+MAX_CONCEPT_PROMPTS = 512  # per set
+CONCEPT_BATCH = 16  # prompts per forward (one unit of work)
+METHODS = ("diffmean", "caa", "pca")
+
+# Units for a compute loop: ("activations", prompts done, prompts in all).
+ConceptSteps = Generator[tuple[str, int, int], None, "Concept"]
+
+
+@dataclass(frozen=True)
+class ConceptSpec(_Spec):
+    positive: tuple[str, ...]  # prompts with the concept
+    negative: tuple[str, ...]  # prompts without it (paired by index with positive for pca)
+    model: str = "default"
+    block: int | None = None  # the block whose output is read and steered; None: from depth
+    method: Literal["diffmean", "caa", "pca"] = "diffmean"
+    norm: Literal["raw", "radius"] = "raw"  # raw: the difference's own norm; radius: MELBO's default R
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        for which, prompts in (("with", self.positive), ("without", self.negative)):
+            _int_range(f"prompts {which} the concept", len(prompts), 2, MAX_CONCEPT_PROMPTS)
+            if any(not p.strip() for p in prompts):
+                raise EngineError("prompts must not be empty")
+        if self.method not in METHODS:
+            raise EngineError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.norm not in ("raw", "radius"):
+            raise EngineError(f"norm must be raw or radius, got {self.norm!r}")
+        if self.method == "pca" and len(self.positive) != len(self.negative):
+            raise EngineError(
+                f"pca pairs the prompts by index: give as many without the concept ({len(self.negative)}) "
+                f"as with it ({len(self.positive)})"
+            )
+        if len(self.name) > 200:
+            raise EngineError("a concept's name is at most 200 characters")
+
+    def source(self, n_blocks: int) -> int:
+        block = default_source(n_blocks) if self.block is None else self.block
+        if not 0 <= block < n_blocks:
+            raise EngineError(f"block {block} is out of range: the model has blocks 0..{n_blocks - 1}")
+        return block
+
+
+def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """ROC AUC: the chance that a random with-prompt scores above a random without-prompt."""
+    pos, neg = torch.tensor(list(positive)), torch.tensor(list(negative))
+    above = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+    return float(above.mean())
+
+
+@dataclass
+class Concept:
+    vector: Tensor  # [d] float32 at the concept's norm
+    block: int
+    method: str
+    threshold: float  # a prompt's score above it: the concept is present
+    raw_norm: float  # the difference's own norm
+    radius: float  # the model's default MELBO R at this block
+    positive_scores: list[float]  # the training prompts' scores
+    negative_scores: list[float]
+    name: str = ""
+
+    @property
+    def unit(self) -> Tensor:
+        return self.vector / self.vector.norm().clamp_min(1e-30)
+
+    @property
+    def accuracy(self) -> float:
+        right = sum(s > self.threshold for s in self.positive_scores)
+        right += sum(s <= self.threshold for s in self.negative_scores)
+        return right / (len(self.positive_scores) + len(self.negative_scores))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (the vector left out: it travels as float32 bytes like any vector)."""
+        n_pos, n_neg = len(self.positive_scores), len(self.negative_scores)
+        return {
+            "name": self.name,
+            "block": self.block,
+            "method": self.method,
+            "norm": float(self.vector.norm()),
+            "raw_norm": self.raw_norm,
+            "radius": self.radius,
+            "threshold": self.threshold,
+            "accuracy": self.accuracy,
+            "auc": auc(self.positive_scores, self.negative_scores),
+            "positive_mean": sum(self.positive_scores) / n_pos,
+            "negative_mean": sum(self.negative_scores) / n_neg,
+            "positive": n_pos,
+            "negative": n_neg,
+        }
+
+
+def pooled_steps(
+    lm: LoadedModel, prompts: Sequence[str], block: int, how: str, *, batch_size: int = CONCEPT_BATCH
+) -> Generator[tuple[str, int, int], None, tuple[Tensor, list[Tensor]]]:
+    """Each prompt's pooled residual at block s ([P, d] float32: user-turn mean, or the last
+    position for caa) and its user-turn tokens' norms."""
+    pooled, norms = [], []
+    for lo in range(0, len(prompts), batch_size):
+        batch = encode_prompts(lm.tokenizer, list(prompts[lo : lo + batch_size]))
+        h = block_output(lm.model, block, batch.input_ids, batch.attention_mask).cpu()  # [B, T, d]
+        user = batch.user_mask & batch.attention_mask.bool()  # [B, T]
+        if batch.unmatched:  # the template changed the message: every real token but the first
+            user = batch.attention_mask.bool() & (batch.attention_mask.cumsum(dim=1) > 1)
+        if how == "caa":
+            pooled.append(h[:, -1])  # left padding: the last column is every row's last token
+        else:
+            weights = user.float()[..., None]  # [B, T, 1]
+            pooled.append((h * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1))
+        norms.append(h[user].norm(dim=-1))
+        yield "activations", min(lo + batch_size, len(prompts)), len(prompts)
+    return torch.cat(pooled), norms
+
+
+def concept_steps(lm: LoadedModel, spec: ConceptSpec, *, batch_size: int = CONCEPT_BATCH) -> ConceptSteps:
+    """A concept's direction, one batch of prompts per `next()`; returns the Concept."""
+    block = spec.source(lm.info.n_blocks)
+    prompts = (*spec.positive, *spec.negative)
+    pooled, norms = yield from pooled_steps(lm, prompts, block, spec.method, batch_size=batch_size)
+    pos, neg = pooled[: len(spec.positive)], pooled[len(spec.positive) :]  # [P+, d], [P-, d]
+    if spec.method == "pca":
+        diffs = pos - neg  # [pairs, d]
+        _, _, vh = torch.linalg.svd(diffs.double(), full_matrices=False)
+        unit = vh[0].float()
+        if float((diffs @ unit).mean()) < 0:
+            unit = -unit
+        raw = float((diffs @ unit).mean())
+        direction = unit * raw
+    else:
+        direction = pos.mean(dim=0) - neg.mean(dim=0)
+        raw = float(direction.norm())
+    if raw <= 0 or not torch.isfinite(direction).all():
+        raise EngineError("the two prompt sets read the same at this block: no direction between them")
+    radius = RADIUS_FRACTION * float(torch.cat(norms).median())
+    vector = direction if spec.norm == "raw" else direction * (radius / raw)
+    unit = direction / raw
+    pos_scores, neg_scores = (pos @ unit).tolist(), (neg @ unit).tolist()
+    threshold = (sum(pos_scores) / len(pos_scores) + sum(neg_scores) / len(neg_scores)) / 2
+    return Concept(
+        vector.float(), block, spec.method, threshold, raw, radius, pos_scores, neg_scores, spec.name
+    )
+
+
+def train_concept(lm: LoadedModel, spec: ConceptSpec) -> Concept:
+    return run_steps(concept_steps(lm, spec))
+
+
+def concept_scores(
+    lm: LoadedModel, concept: Concept, prompts: Sequence[str], *, batch_size: int = CONCEPT_BATCH
+) -> list[float]:
+    """Each prompt's score (pooled as the concept was, projected on its unit direction); the
+    concept is present where it exceeds `concept.threshold`."""
+    if not prompts:
+        return []
+    how = "caa" if concept.method == "caa" else "mean"
+    pooled, _ = run_steps(pooled_steps(lm, prompts, concept.block, how, batch_size=batch_size))
+    return (pooled @ concept.unit).tolist()
