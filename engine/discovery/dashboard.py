@@ -21,7 +21,7 @@ from torch import Tensor
 
 from engine.discovery.corpus import ANSWER_TOKENS, Corpus, corpus_steps
 from engine.discovery.occurrence import histogram, nearest_prompts, top_contexts
-from engine.discovery.tokens import direct_logits, effect_logprobs, token_rows
+from engine.discovery.tokens import direct_read, effect_logprobs, token_rows
 from engine.errors import EngineError
 from engine.methods.adapters import Adapter
 from engine.models import LoadedModel
@@ -91,7 +91,8 @@ def dashboard(
     seconds: dict[str, float] = {}
     direct = None
     if vector is not None:
-        direct = token_rows(lm, direct_logits(lm, vector), spec.tokens)
+        cosine, logits = direct_read(lm, vector)
+        direct = {**token_rows(lm, cosine, spec.tokens, {"logit": logits}), "ranked_by": "cosine"}
     effect = None
     if spec.prompts:
         change, kl = effect_logprobs(lm, spec.prompts, block=spec.block, vector=vector, adapter=adapter)

@@ -1,12 +1,19 @@
 """The tokens a steering vector pushes: read directly through the unembedding, and in effect.
 
 Direct: the vector is read as if it were the whole residual at the end of the model, through the
-final norm and the unembedding: logits = W_U · (norm(v) − norm(0)). Subtracting norm(0) drops the
-norm's bias (LayerNorm's; RMSNorm has none), which is the same for every vector and would
-otherwise rank its own favourite tokens first. The norm's division by the residual's size is kept,
-so the read does not depend on the vector's norm, only on its direction; LayerNorm's centring and
-every norm's weight (Gemma's 1 + w too) apply as they do to a residual. The blocks between the
-vector's block and the end are ignored: that is what "direct" means.
+final norm and the unembedding: r = norm(v) − norm(0), logits = W_U · r (the LM head's bias, if
+any, left out too). Subtracting norm(0) drops the norm's bias (LayerNorm's; RMSNorm has none),
+which is the same for every vector and would otherwise rank its own favourite tokens first. The
+norm's division by the residual's size is kept, so the read depends on the vector's direction
+only; LayerNorm's centring and every norm's weight (Gemma's 1 + w too) apply as to a residual.
+The blocks between the vector's block and the end are ignored: that is what "direct" means.
+
+Tokens are ranked by the cosine between r and their unembedding row, W_U[j] · r / (|W_U[j]| |r|):
+the raw logit W_U[j] · r, in units of how far that token's logit swings for a residual of r's
+size in a random direction. On the embedded model raw logits put a few tokens with long rows
+first for almost any direction ('<filename>', 'Ġstrugg', 'Ġnoqa'): the vector along " Paris"'s own
+row, through the norm, ranks " Paris" 1st by cosine and 24th by raw logit. Each row
+carries its raw logit too (less the mean over the vocabulary).
 
 Effect: the mean change of the next token's log-probabilities at the last prompt position (where
 the answer's first token is chosen) over the given prompts, steered at scale 1 (the vector added
@@ -17,6 +24,7 @@ to read directly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -72,15 +80,19 @@ def vocabulary(lm: LoadedModel) -> int:
 
 
 @torch.no_grad()
-def direct_logits(lm: LoadedModel, vector: Tensor) -> Tensor:
-    """W_U · (norm(v) − norm(0)), less its mean over the vocabulary: float32 [V]."""
+def direct_read(lm: LoadedModel, vector: Tensor) -> tuple[Tensor, Tensor]:
+    """Each token's cosine with r = norm(v) − norm(0), and its logit W_U · r less the mean over
+    the vocabulary: two float32 [V]."""
     check_width(lm, vector)
     param = next(lm.model.parameters())
     norm = final_norm(lm.model)
     v = vector.detach().to(device=param.device, dtype=param.dtype)[None, None]  # [1, 1, d]
-    read = norm(v) - norm(torch.zeros_like(v))  # [1, 1, d]
-    logits = unembedding(lm.model)(read)[0, 0, : vocabulary(lm)].float().cpu()  # [V]
-    return logits - logits.mean()
+    read = (norm(v) - norm(torch.zeros_like(v)))[0, 0].float().cpu()  # [d]
+    weight: Any = unembedding(lm.model).weight
+    rows = weight[: vocabulary(lm)].detach().float().cpu()  # [V, d]
+    logits = rows @ read  # [V]
+    cosine = logits / (rows.norm(dim=1) * read.norm()).clamp_min(1e-30)
+    return cosine, logits - logits.mean()
 
 
 def _last_logprobs(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
@@ -132,15 +144,23 @@ def token_text(tokenizer: Any, token: int) -> str:
     return str(tokenizer.convert_ids_to_tokens(token)) if "\ufffd" in text else text
 
 
-def token_rows(lm: LoadedModel, values: Tensor, k: int) -> dict[str, list[dict[str, Any]]]:
-    """The k highest (promoted) and k lowest (suppressed) tokens: id, text as decoded, value."""
+def token_rows(
+    lm: LoadedModel, values: Tensor, k: int, also: Mapping[str, Tensor] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The k highest (promoted) and k lowest (suppressed) tokens: id, text as decoded, value, and
+    the token's entry in each of `also`'s [V] tensors."""
     k = min(k, values.shape[0])
     high = torch.topk(values, k)
     low = torch.topk(-values, k)
 
     def rows(ids: Tensor) -> list[dict[str, Any]]:
         return [
-            {"id": int(i), "text": token_text(lm.tokenizer, int(i)), "value": round(float(values[i]), 4)}
+            {
+                "id": int(i),
+                "text": token_text(lm.tokenizer, int(i)),
+                "value": round(float(values[i]), 4),
+                **{name: round(float(t[i]), 4) for name, t in (also or {}).items()},
+            }
             for i in ids
         ]
 

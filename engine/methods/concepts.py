@@ -1,16 +1,19 @@
 """Concepts: a direction at a block from two prompt sets, with the concept and without it.
 
 Each prompt is read at block s's output (`hidden_states[s + 1]`, where a vector at block s is
-added) and pooled to one vector [d]:
-- diffmean (default): the mean over the prompt's user turn (its tokens, then the generation prompt);
-  the concept is mean(with) − mean(without);
+added) over its user turn (its tokens, then the generation prompt) and pooled to one vector [d]:
+- diffmean (default): each prompt's mean over its user turn; the concept is the mean of the with
+  set's minus the mean of the without set's;
 - caa: the last prompt position alone (where the answer starts), then the same difference;
 - pca: user-turn means, paired by index (with[i], without[i]); the first principal direction of
   the paired differences, uncentred (centring would take out their mean, the very difference the
   pairs were written to show), its sign towards the with set.
 
-A concept is a detector: a prompt's score is its pooled residual projected on the unit direction
-(uncentred), and it says "present" above the threshold, the midpoint of the two sets' mean scores.
+A concept is a detector: a prompt's score is the largest projection of its user-turn tokens on the
+unit direction (uncentred; for caa, the last position's), and it says "present" above the
+threshold, the midpoint of the two sets' mean scores. The largest token rather than the mean
+because a concept is usually a few tokens of a prompt: on the tiny test model a marker of six
+tokens was told apart on held-out prompts at ROC AUC 0.83-0.93 by the mean and 1.00 by the max.
 It steers like any vector at its block. Its norm by default is the raw difference of the means
 (for pca: the mean paired difference along it), so that at scale 1 it moves an average prompt
 without the concept to where prompts with it sit; norm="radius" rescales it to the model's default
@@ -125,33 +128,40 @@ class Concept:
         }
 
 
-def pooled_steps(
-    lm: LoadedModel, prompts: Sequence[str], block: int, how: str, *, batch_size: int = CONCEPT_BATCH
-) -> Generator[tuple[str, int, int], None, tuple[Tensor, list[Tensor]]]:
-    """Each prompt's pooled residual at block s ([P, d] float32: user-turn mean, or the last
-    position for caa) and its user-turn tokens' norms."""
-    pooled, norms = [], []
+def user_turn_steps(
+    lm: LoadedModel, prompts: Sequence[str], block: int, *, batch_size: int = CONCEPT_BATCH
+) -> Generator[tuple[str, int, int], None, list[Tensor]]:
+    """Each prompt's residuals at block s over its user turn: a float16 [T_i, d] each (the last
+    row is the last prompt position)."""
+    out: list[Tensor] = []
     for lo in range(0, len(prompts), batch_size):
         batch = encode_prompts(lm.tokenizer, list(prompts[lo : lo + batch_size]))
         h = block_output(lm.model, block, batch.input_ids, batch.attention_mask).cpu()  # [B, T, d]
-        user = batch.user_mask & batch.attention_mask.bool()  # [B, T]
+        real = batch.attention_mask.bool()
+        user = batch.user_mask & real  # [B, T]
         if batch.unmatched:  # the template changed the message: every real token but the first
-            user = batch.attention_mask.bool() & (batch.attention_mask.cumsum(dim=1) > 1)
-        if how == "caa":
-            pooled.append(h[:, -1])  # left padding: the last column is every row's last token
-        else:
-            weights = user.float()[..., None]  # [B, T, 1]
-            pooled.append((h * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1))
-        norms.append(h[user].norm(dim=-1))
+            user = real & (batch.attention_mask.cumsum(dim=1) > 1)
+        out += [h[i][user[i]].half() for i in range(h.shape[0])]
         yield "activations", min(lo + batch_size, len(prompts)), len(prompts)
-    return torch.cat(pooled), norms
+    return out
+
+
+def _pooled(tokens: list[Tensor], how: str) -> Tensor:
+    """[P, d] float32: each prompt's user-turn mean, or its last position for caa."""
+    return torch.stack([t[-1].float() if how == "caa" else t.float().mean(dim=0) for t in tokens])
+
+
+def _scores(tokens: list[Tensor], unit: Tensor, how: str) -> list[float]:
+    """Each prompt's largest user-turn projection on `unit` (caa: its last position's)."""
+    return [float(t[-1].float() @ unit) if how == "caa" else float((t.float() @ unit).max()) for t in tokens]
 
 
 def concept_steps(lm: LoadedModel, spec: ConceptSpec, *, batch_size: int = CONCEPT_BATCH) -> ConceptSteps:
     """A concept's direction, one batch of prompts per `next()`; returns the Concept."""
     block = spec.source(lm.info.n_blocks)
     prompts = (*spec.positive, *spec.negative)
-    pooled, norms = yield from pooled_steps(lm, prompts, block, spec.method, batch_size=batch_size)
+    tokens = yield from user_turn_steps(lm, prompts, block, batch_size=batch_size)
+    pooled = _pooled(tokens, spec.method)
     pos, neg = pooled[: len(spec.positive)], pooled[len(spec.positive) :]  # [P+, d], [P-, d]
     if spec.method == "pca":
         diffs = pos - neg  # [pairs, d]
@@ -166,10 +176,11 @@ def concept_steps(lm: LoadedModel, spec: ConceptSpec, *, batch_size: int = CONCE
         raw = float(direction.norm())
     if raw <= 0 or not torch.isfinite(direction).all():
         raise EngineError("the two prompt sets read the same at this block: no direction between them")
-    radius = RADIUS_FRACTION * float(torch.cat(norms).median())
+    radius = RADIUS_FRACTION * float(torch.cat([t.float().norm(dim=1) for t in tokens]).median())
     vector = direction if spec.norm == "raw" else direction * (radius / raw)
     unit = direction / raw
-    pos_scores, neg_scores = (pos @ unit).tolist(), (neg @ unit).tolist()
+    scores = _scores(tokens, unit, spec.method)
+    pos_scores, neg_scores = scores[: len(spec.positive)], scores[len(spec.positive) :]
     threshold = (sum(pos_scores) / len(pos_scores) + sum(neg_scores) / len(neg_scores)) / 2
     return Concept(
         vector.float(), block, spec.method, threshold, raw, radius, pos_scores, neg_scores, spec.name
@@ -183,10 +194,9 @@ def train_concept(lm: LoadedModel, spec: ConceptSpec) -> Concept:
 def concept_scores(
     lm: LoadedModel, concept: Concept, prompts: Sequence[str], *, batch_size: int = CONCEPT_BATCH
 ) -> list[float]:
-    """Each prompt's score (pooled as the concept was, projected on its unit direction); the
-    concept is present where it exceeds `concept.threshold`."""
+    """Each prompt's score, as the concept's own prompts were scored; the concept is present where
+    it exceeds `concept.threshold`."""
     if not prompts:
         return []
-    how = "caa" if concept.method == "caa" else "mean"
-    pooled, _ = run_steps(pooled_steps(lm, prompts, concept.block, how, batch_size=batch_size))
-    return (pooled @ concept.unit).tolist()
+    tokens = run_steps(user_turn_steps(lm, prompts, concept.block, batch_size=batch_size))
+    return _scores(tokens, concept.unit, concept.method)
