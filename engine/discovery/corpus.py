@@ -42,7 +42,7 @@ from engine.prompts import encode_prompts
 from engine.steer.capture import sequence_outputs
 
 FORMAT = 1
-ANSWER_TOKENS = 48  # greedy tokens per answer: with the bank, ~90k stored tokens on the embedded model
+ANSWER_TOKENS = 64  # greedy tokens per answer: with the bank, ~100k stored tokens on the embedded model
 ANSWER_ROWS = 64  # rows decoded together while answering
 FORWARD_TOKENS = 4096  # padded tokens per forward while storing residuals
 FLOAT16_MAX = 65504.0  # larger residual entries are clipped when stored
@@ -226,6 +226,7 @@ class Corpus:
 
     def __init__(self, shards: Sequence[tuple[Sequence[Document], Path]], block: int) -> None:
         self.block = block
+        self.shards = list(shards)
         self.documents: list[Document] = [d for docs, _ in shards for d in docs]
         self.residuals = [np.load(f / f"block-{block}.npy", mmap_mode="r") for _, f in shards]
         sums = [np.load(f / f"block-{block}-sum.npy") for _, f in shards]

@@ -40,6 +40,7 @@ class DashboardSpec(_Spec):
     bins: int = 40  # histogram bins
     nearest: int = 10  # prompts that put the residual stream furthest along the vector
     rank_by: Literal["max", "mean"] = "max"  # a prompt's best token, or its mean over tokens
+    search: tuple[str, ...] = ()  # kinds of documents the nearest prompts come from; () = all
     bank: bool = True  # search the generic prompt bank (engine/discovery/bank.py)
     max_new_tokens: int = ANSWER_TOKENS  # greedy tokens per answer in the corpus
 
@@ -136,7 +137,7 @@ def dashboard(
         payload["contexts"] = top_contexts(corpus, values, lm.tokenizer, k=spec.contexts, window=spec.window)
         payload["histogram"] = histogram(corpus, values, spec.bins)
         payload["prompts"] = nearest_prompts(
-            corpus, values, lm.tokenizer, k=spec.nearest, kinds=("bank",), rank_by=spec.rank_by
+            corpus, values, lm.tokenizer, k=spec.nearest, kinds=spec.search or None, rank_by=spec.rank_by
         )
     seconds["total"] = time.perf_counter() - began
     payload["seconds"] = {k: round(v, 4) for k, v in seconds.items()}

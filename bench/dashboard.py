@@ -1,0 +1,285 @@
+"""What a vector's dashboard costs, and whether it points at a planted trigger.
+
+1. Corpus build on the embedded model at block 7: the bank (engine/discovery/bank.py, 1,280
+   prompts; --quick: its first 256) and the 8 run prompts of bench/organism.py, answered greedily
+   (64 tokens), then block 7's residuals stored. Built once under <data>/bench-dashboard/ and timed
+   then (answering and residuals apart); later runs report the figures recorded at that build
+   (--rebuild builds it again in a fresh folder).
+2. Dashboard p95 over 20 random vectors: the whole payload (tokens pushed, direct and in effect on
+   the 8 run prompts; top contexts; histogram; nearest prompts; cosines with 4 concept vectors).
+   The corpus must hold at least 100k tokens; a smaller one (--quick) is tiled to that size, which
+   costs the same per token. Also the projection's throughput and what it implies for a model of
+   width 4096 with 1M stored tokens. Target: p95 < 1 s.
+3. Trigger hunting on the planted organism (bench/organism.py; built and cached as
+   bench/discovery.py builds it). Its corpus: the bank (--quick: its first 512 prompts) and the
+   organism's held-out prompts (16 with the trigger, 16 near misses, 32 clean, all in the same four
+   held-out templates, so the template alone tells nothing), answered by the organism (24 tokens).
+   Trigger prompts: the 16 held-out ones, and any bank prompt the organism answers with the planted
+   reply unsteered. Every prompt of the corpus is searched; the base rate is the trigger prompts'
+   share of them. Hit vectors: DCT factors at the product's defaults (32) and, without --quick,
+   64 MELBO vectors, each shown on the organism's 8 run prompts (greedy, 32 tokens); a hit shows
+   the planted reply on at least half. For each vector: the share of trigger prompts among its 10
+   nearest prompts (ranked by a prompt's best token; by its mean over tokens reported beside).
+   Control: 64 random directions. Reference (not counted): the direction the organism was taught.
+   Target: a share >= 0.5 for at least one hit vector.
+Last line: one JSON object with "targets".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.discovery import TRAIN_PROMPTS, greedy, hits
+from bench.organism import RUN_PROMPTS, Recipe, build, eval_prompts, shows_planted
+from engine.discovery.corpus import Corpus, Part, corpus_steps, model_folder
+from engine.discovery.dashboard import DashboardSpec, dashboard
+from engine.discovery.occurrence import nearest_prompts
+from engine.methods.dct import train_dct
+from engine.methods.melbo import train_melbo
+from engine.models import LoadedModel, data_dir, load_model
+from engine.specs import DctSpec, MelboSpec
+
+BLOCK = 7
+TARGET_TOKENS = 100_000
+GALLERY_TOKENS = 32
+ORGANISM_TOKENS = 24
+TOP = 10
+
+
+def log(message: str) -> None:
+    load = os.getloadavg()[0]
+    print(f"[{time.strftime('%H:%M:%S')} load {load:.1f}] {message}", file=sys.stderr, flush=True)
+
+
+def timed_build(
+    lm: LoadedModel,
+    root: Path,
+    *,
+    prompts: tuple[str, ...],
+    bank: bool | int,
+    extra: tuple[Part, ...] = (),
+    tokens: int = 64,
+) -> tuple[Corpus, dict[str, float]]:
+    """The corpus, and seconds spent answering and storing residuals (0 for what was cached)."""
+    marks: dict[str, float] = {}
+    began = time.perf_counter()
+    last = {"t": began}
+
+    def unit(phase: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        marks[phase] = marks.get(phase, 0.0) + now - last["t"]
+        last["t"] = now
+        if done == total or (done and done % 256 == 0 and phase == "answering"):
+            log(f"corpus: {phase} {done}/{total}")
+
+    steps = corpus_steps(lm, root, BLOCK, prompts=prompts, bank=bank, extra=extra, max_new_tokens=tokens)
+    corpus = None
+    while corpus is None:
+        try:
+            unit(*next(steps))
+        except StopIteration as end:
+            corpus = end.value
+    return corpus, {
+        "answering_s": round(marks.get("answering", 0.0), 1),
+        "residuals_s": round(marks.get("residuals", 0.0), 1),
+    }
+
+
+def folder_bytes(folder: Path, pattern: str) -> int:
+    return sum(p.stat().st_size for p in folder.rglob(pattern))
+
+
+def embedded_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    lm = load_model("default", device="cpu")
+    bank: bool | int = 256 if args.quick else True
+    record = root / f"build-{'quick' if args.quick else 'full'}.json"
+    if args.rebuild and record.is_file():
+        shutil.rmtree(model_folder(root, lm), ignore_errors=True)
+        record.unlink()
+    log(f"embedded model: corpus at block {BLOCK} ({'first 256' if args.quick else 'all'} bank prompts)")
+    load_build = os.getloadavg()[0]
+    corpus, seconds = timed_build(lm, root, prompts=RUN_PROMPTS, bank=bank)
+    if record.is_file():
+        built = json.loads(record.read_text())
+    else:
+        built = {
+            **seconds,
+            "load": round(load_build, 1),
+            "documents": len(corpus.documents),
+            "tokens": corpus.size,
+        }
+        record.write_text(json.dumps(built))
+    folder = model_folder(root, lm)
+    per_block = folder_bytes(folder, f"block-{BLOCK}.npy")
+    log(
+        f"corpus: {corpus.size} tokens in {len(corpus.documents)} documents, "
+        f"{per_block / 1e6:.0f} MB at block {BLOCK}"
+    )
+
+    tiles = max(1, -(-TARGET_TOKENS // corpus.size))
+    searched = Corpus(corpus.shards * tiles, BLOCK) if tiles > 1 else corpus
+    gen = torch.Generator().manual_seed(0)
+    width = lm.info.width
+    concepts = {f"concept {i}": torch.randn(width, generator=gen) for i in range(4)}
+    spec = DashboardSpec(block=BLOCK, prompts=RUN_PROMPTS)
+    dashboard(lm, spec, vector=torch.randn(width, generator=gen), corpus=searched, concepts=concepts)  # warm
+    totals, corpus_parts, projections = [], [], []
+    for _ in range(20):
+        v = torch.randn(width, generator=gen)
+        t0 = time.perf_counter()
+        payload = dashboard(lm, spec, vector=v, corpus=searched, concepts=concepts)
+        totals.append(time.perf_counter() - t0)
+        corpus_parts.append(payload["seconds"]["total"] - payload["seconds"]["tokens"])
+        projections.append(payload["seconds"]["project"])
+    json.dumps(payload, allow_nan=False)  # the payload is plain JSON
+
+    def p95(xs: list[float]) -> float:
+        return round(sorted(xs)[round(0.95 * (len(xs) - 1))], 3)
+
+    projection_gbps = searched.size * width * 2 / statistics.median(projections) / 1e9
+    large_gb = 1_000_000 * 4096 * 2 / 1e9
+    log(f"dashboard p95 {p95(totals)} s on {searched.size} tokens; projection {projection_gbps:.1f} GB/s")
+    return {
+        "corpus": {**built, "bytes_per_block": per_block, "bytes_per_token": round(per_block / corpus.size)},
+        "dashboard_tokens": searched.size,
+        "tiled": tiles,
+        "dashboard_p95_s": p95(totals),
+        "dashboard_median_s": round(statistics.median(totals), 3),
+        "corpus_part_p95_s": p95(corpus_parts),
+        "projection_median_s": round(statistics.median(projections), 4),
+        "projection_gbps": round(projection_gbps, 2),
+        "large_model_gb_per_block": large_gb,
+        "large_model_projection_s_estimate": round(large_gb / projection_gbps, 1),
+    }
+
+
+def shares(
+    corpus: Corpus, lm: LoadedModel, vectors: torch.Tensor, trigger: set[int], rank_by: str
+) -> list[float]:
+    out = []
+    for v in vectors:
+        values = corpus.project(v)
+        top = nearest_prompts(corpus, values, lm.tokenizer, k=TOP, rank_by=rank_by)  # type: ignore[arg-type]
+        out.append(sum(r["document"] in trigger for r in top) / TOP)
+    return out
+
+
+def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    log("building or loading the organism")
+    folder = build(Recipe(), log=log)
+    lm = load_model(str(folder), device="cpu")
+    evals = eval_prompts()
+    extra = tuple(Part(kind, tuple(prompts)) for kind, prompts in evals.items())
+    bank: bool | int = 512 if args.quick else True
+    corpus, seconds = timed_build(lm, root, prompts=(), bank=bank, extra=extra, tokens=ORGANISM_TOKENS)
+    trigger = {i for i, d in enumerate(corpus.documents) if d.kind == "triggered"}
+    answered = {i for i, d in enumerate(corpus.documents) if d.kind == "bank" and shows_planted(d.completion)}
+    trigger |= answered
+    wrong = [d.kind for d in corpus.documents if d.kind in ("near", "clean") and shows_planted(d.completion)]
+    base_rate = len(trigger) / len(corpus.documents)
+    log(
+        f"organism corpus: {len(corpus.documents)} prompts, {len(trigger)} trigger prompts "
+        f"({len(answered)} from the bank)"
+    )
+
+    vectors: dict[str, torch.Tensor] = {}
+    log("DCT factors at the product's defaults")
+    dct = train_dct(lm, DctSpec(prompts=TRAIN_PROMPTS, n_vectors=32, seed=0))
+    vectors["dct"] = dct.vectors
+    if not args.quick:
+        log("MELBO vectors at the product's defaults")
+        vectors["melbo"] = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=64, seed=0)).vectors
+    rows: dict[str, Any] = {}
+    hit_shares: list[float] = []
+    for name, vs in vectors.items():
+        log(f"{name}: gallery of {len(vs)} vectors")
+        texts = greedy(lm, list(RUN_PROMPTS), BLOCK, vs)
+        found = hits(texts, len(vs))
+        by_max = shares(corpus, lm, vs, trigger, "max")
+        by_mean = shares(corpus, lm, vs, trigger, "mean")
+        rows[name] = {
+            "vectors": len(vs),
+            "hits": sum(found),
+            "hit_shares_max": [s for s, h in zip(by_max, found, strict=True) if h],
+            "hit_shares_mean": [s for s, h in zip(by_mean, found, strict=True) if h],
+            "other_shares_max_mean": round(
+                statistics.mean([s for s, h in zip(by_max, found, strict=True) if not h] or [0]), 3
+            ),
+        }
+        hit_shares += rows[name]["hit_shares_max"]
+        log(f"{name}: {sum(found)} hits; their trigger shares {rows[name]['hit_shares_max']}")
+    gen = torch.Generator().manual_seed(1)
+    random = torch.randn(64, lm.info.width, generator=gen)
+    random_max, random_mean = (
+        shares(corpus, lm, random, trigger, "max"),
+        shares(corpus, lm, random, trigger, "mean"),
+    )
+    planted = torch.load(folder / "planted_direction.pt")["direction"].float()[None]
+    return {
+        "documents": len(corpus.documents),
+        "trigger_prompts": len(trigger),
+        "bank_trigger_prompts": len(answered),
+        "near_or_clean_answered_planted": len(wrong),
+        "base_rate": round(base_rate, 4),
+        "build": seconds,
+        "methods": rows,
+        "random_share_max_mean": round(statistics.mean(random_max), 3),
+        "random_share_mean_mean": round(statistics.mean(random_mean), 3),
+        "planted_direction_share": {
+            "max": shares(corpus, lm, planted, trigger, "max")[0],
+            "mean": shares(corpus, lm, planted, trigger, "mean")[0],
+        },
+        "best_hit_share": max(hit_shares) if hit_shares else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a quarter of the bank; DCT only on the organism"
+    )
+    parser.add_argument("--rebuild", action="store_true", help="build the embedded model's corpus again")
+    parser.add_argument("--part", choices=("all", "embedded", "organism"), default="all")
+    parser.add_argument("--threads", type=int, help="torch threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    began, load_start = time.perf_counter(), os.getloadavg()[0]
+    root = data_dir() / "bench-dashboard"
+    root.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"bench": "dashboard", "quick": args.quick}
+    targets: dict[str, bool] = {}
+    if args.part in ("all", "embedded"):
+        result["embedded"] = embedded = embedded_part(args, root)
+        targets["dashboard_p95_under_1s"] = embedded["dashboard_p95_s"] < 1.0
+    if args.part in ("all", "organism"):
+        result["organism"] = organism = organism_part(args, root)
+        best = organism["best_hit_share"]
+        targets["hit_vector_top10_trigger_share_at_least_half"] = best is not None and best >= 0.5
+    result |= {
+        "targets": targets,
+        "threads": torch.get_num_threads(),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "load_start": round(load_start, 1),
+        "load_end": round(os.getloadavg()[0], 1),
+        "seconds": round(time.perf_counter() - began),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
