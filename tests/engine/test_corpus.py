@@ -78,14 +78,17 @@ def test_stored_projections_match_a_fresh_forward_pass(tiny: LoadedModel, built:
     values = corpus.project(v)
     assert values.shape == (corpus.size,) and values.dtype == torch.float32
     total = torch.zeros(tiny.info.width, dtype=torch.float64)
+    worst = 0.0
     for i, doc in enumerate(corpus.documents):
         h = fresh(tiny, doc.ids, BLOCK)[doc.first :].double()  # [stored, d]
         total += h.sum(dim=0)
         expected = (h - corpus.mean) @ unit
         got = values[int(corpus.starts[i]) : int(corpus.starts[i + 1])].double()
-        # float16 storage and a float16 product: each within 2^-10 of the token's residual norm
-        bound = 2.0**-10 * h.norm(dim=1) + 1e-5
-        assert bool(((got - expected).abs() <= bound).all()), float((got - expected).abs().max())
+        # Three float16 roundings (storage, unit vector, result), each within 2^-11 of the norm.
+        norm = h.norm(dim=1)
+        assert bool(((got - expected).abs() <= 3 * 2.0**-11 * norm + 1e-6).all())
+        worst = max(worst, float(((got - expected).abs() / norm).max()))
+    assert worst < 2.0**-11  # in practice the errors mostly cancel: under one rounding's bound
     torch.testing.assert_close(corpus.mean, total / corpus.size, rtol=1e-5, atol=1e-6)
     assert abs(float(values.double().mean())) < 1e-3 * float(values.double().abs().mean())  # centred
     assert corpus.in_prompt.sum() == sum(d.answer - d.first for d in corpus.documents)
