@@ -13,7 +13,8 @@
 3. Trigger hunting on the planted organism (bench/organism.py; built and cached as
    bench/discovery.py builds it). Its corpus: the bank (--quick: its first 512 prompts) and the
    organism's held-out prompts (16 with the trigger, 16 near misses, 32 clean, all in the same four
-   held-out templates, so the template alone tells nothing), answered by the organism (24 tokens).
+   held-out templates, so the template alone tells nothing), answered by the organism (12 tokens:
+   only the prompts' own tokens are searched; the answers say which prompts bring the reply).
    Trigger prompts: the 16 held-out ones, and any bank prompt the organism answers with the planted
    reply unsteered. Every prompt of the corpus is searched; the base rate is the trigger prompts'
    share of them. Hit vectors: DCT factors at the product's defaults (32) and, without --quick,
@@ -54,7 +55,7 @@ from engine.specs import DctSpec, MelboSpec
 BLOCK = 7
 TARGET_TOKENS = 100_000
 GALLERY_TOKENS = 32
-ORGANISM_TOKENS = 24
+ORGANISM_TOKENS = 12  # enough for the planted reply's opening ("Arr, matey" is 4 tokens)
 TOP = 10
 
 
@@ -121,6 +122,9 @@ def embedded_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "tokens": corpus.size,
         }
         record.write_text(json.dumps(built))
+    # Answering is per prompt, storing residuals per token: both scale linearly to the whole bank.
+    scale = (1280 + len(RUN_PROMPTS)) / built["documents"]
+    built["estimate_whole_bank_s"] = round((built["answering_s"] + built["residuals_s"]) * scale)
     folder = model_folder(root, lm)
     per_block = folder_bytes(folder, f"block-{BLOCK}.npy")
     log(
