@@ -34,7 +34,7 @@ from engine.methods.melbo import RADIUS_FRACTION
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts
 from engine.specs import _int_range, _Spec, default_source
-from engine.steer.capture import block_output
+from engine.steer.capture import block_output, sequence_outputs
 from engine.units import run_steps
 
 MAX_CONCEPT_PROMPTS = 512  # per set
@@ -109,7 +109,8 @@ class Concept:
         return right / (len(self.positive_scores) + len(self.negative_scores))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able (the vector left out: it travels as float32 bytes like any vector)."""
+        """JSON-able (the vector left out: it travels as float32 bytes like any vector);
+        `Concept.from_dict(vector, it)` gives the concept back."""
         n_pos, n_neg = len(self.positive_scores), len(self.negative_scores)
         return {
             "name": self.name,
@@ -125,7 +126,30 @@ class Concept:
             "negative_mean": sum(self.negative_scores) / n_neg,
             "positive": n_pos,
             "negative": n_neg,
+            "positive_scores": self.positive_scores,
+            "negative_scores": self.negative_scores,
         }
+
+    @classmethod
+    def from_dict(cls, vector: Tensor, data: dict[str, Any]) -> Concept:
+        """A stored concept: its vector [d] and what `to_dict` gave."""
+        fields = ("block", "method", "threshold", "raw_norm", "radius", "positive_scores", "negative_scores")
+        missing = [f for f in fields if f not in data]
+        if missing:
+            raise EngineError(f"a stored concept lacks {', '.join(missing)}")
+        if data["method"] not in METHODS or vector.dim() != 1:
+            raise EngineError("a stored concept needs a 1-D vector and one of the known methods")
+        return cls(
+            vector.detach().float(),
+            int(data["block"]),
+            str(data["method"]),
+            float(data["threshold"]),
+            float(data["raw_norm"]),
+            float(data["radius"]),
+            [float(s) for s in data["positive_scores"]],
+            [float(s) for s in data["negative_scores"]],
+            str(data.get("name", "")),
+        )
 
 
 def user_turn_steps(
@@ -191,12 +215,41 @@ def train_concept(lm: LoadedModel, spec: ConceptSpec) -> Concept:
     return run_steps(concept_steps(lm, spec))
 
 
+def _answer_residuals(
+    lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str], block: int, batch_size: int
+) -> list[Tensor]:
+    """Residuals at block s over each answer's tokens, the answer read after its rendered prompt:
+    a float16 [T_i, d] each (an empty answer: the last prompt position)."""
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    out: list[Tensor] = []
+    for lo in range(0, len(prompts), batch_size):
+        rows, starts = [], []
+        for prompt, answer in zip(prompts[lo : lo + batch_size], answers[lo : lo + batch_size], strict=True):
+            head = encode_prompts(lm.tokenizer, [prompt]).input_ids[0].tolist()
+            rows.append(head + list(lm.tokenizer(answer, add_special_tokens=False)["input_ids"]))
+            starts.append(min(len(head), len(rows[-1]) - 1) if answer else len(head) - 1)
+        outputs = sequence_outputs(lm.model, block, rows, pad)  # [T_i, d] each
+        out += [h[start:].half() for h, start in zip(outputs, starts, strict=True)]
+    return out
+
+
 def concept_scores(
-    lm: LoadedModel, concept: Concept, prompts: Sequence[str], *, batch_size: int = CONCEPT_BATCH
+    lm: LoadedModel,
+    concept: Concept,
+    prompts: Sequence[str],
+    answers: Sequence[str] | None = None,
+    *,
+    batch_size: int = CONCEPT_BATCH,
 ) -> list[float]:
-    """Each prompt's score, as the concept's own prompts were scored; the concept is present where
-    it exceeds `concept.threshold`."""
+    """Each prompt's score, as the concept's own prompts were scored; with `answers` (one per
+    prompt), each answer's instead: its largest projection over its own tokens, read after its
+    prompt. The concept is present where the score exceeds `concept.threshold`."""
     if not prompts:
         return []
+    if answers is not None:
+        if len(answers) != len(prompts):
+            raise EngineError(f"give one answer per prompt: {len(answers)} answers, {len(prompts)} prompts")
+        tokens = _answer_residuals(lm, prompts, answers, concept.block, batch_size)
+        return _scores(tokens, concept.unit, "max")
     tokens = run_steps(user_turn_steps(lm, prompts, concept.block, batch_size=batch_size))
     return _scores(tokens, concept.unit, concept.method)

@@ -3,6 +3,8 @@ taking the direction, its norm, steering with it, and the units a worker runs.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -92,6 +94,28 @@ def test_training_runs_as_units_of_one_batch(tiny: LoadedModel, dragon: Concept)
     total = len(spec().positive) * 2
     assert units == [("activations", min(n, total), total) for n in range(16, total + 16, 16)]
     assert torch.allclose(concept.vector, dragon.vector, atol=1e-5)  # batching changes nothing
+
+
+def test_a_stored_concept_scores_as_the_trained_one(tiny: LoadedModel, dragon: Concept) -> None:
+    data = json.loads(json.dumps(dragon.to_dict(), allow_nan=False))
+    stored = Concept.from_dict(dragon.vector.clone(), data)
+    positive, _ = sets(HELD_OUT)
+    assert concept_scores(tiny, stored, positive) == concept_scores(tiny, dragon, positive)
+    assert stored.to_dict() == dragon.to_dict()
+    with pytest.raises(EngineError, match="lacks threshold"):
+        Concept.from_dict(dragon.vector, {k: v for k, v in data.items() if k != "threshold"})
+
+
+def test_answers_are_scored_on_their_own_tokens(tiny: LoadedModel, dragon: Concept) -> None:
+    prompts = tuple(f"Tell me about {s}." for s in SUBJECTS)
+    with_it = [f"Here is {s}{MARKER}, as you asked." for s in SUBJECTS]
+    without = [f"Here is {s}, as you asked." for s in SUBJECTS]
+    marked = concept_scores(tiny, dragon, prompts, with_it)
+    plain = concept_scores(tiny, dragon, prompts, without)
+    assert auc(marked, plain) >= 0.9
+    assert len(concept_scores(tiny, dragon, prompts[:1], [""])) == 1  # no answer: the prompt's end
+    with pytest.raises(EngineError, match="one answer per prompt"):
+        concept_scores(tiny, dragon, prompts, with_it[:2])
 
 
 def test_bad_specs_are_refused() -> None:
