@@ -128,3 +128,20 @@ def test_bad_requests_are_refused(tiny: LoadedModel, data: Path) -> None:
     corpus, _ = build(tiny, data)
     with pytest.raises(EngineError, match="shape"):
         corpus.project(torch.ones(3))
+
+
+@pytest.mark.slow
+def test_on_the_embedded_model_the_preamble_is_left_out_and_projections_match(
+    embedded: LoadedModel, tmp_path: Path
+) -> None:
+    corpus = run_steps(corpus_steps(embedded, tmp_path, 7, prompts=GIVEN, bank=6, max_new_tokens=8))
+    v = torch.randn(embedded.info.width, generator=torch.Generator().manual_seed(5))
+    unit = v.double() / v.double().norm()
+    values = corpus.project(v)
+    for i, doc in enumerate(corpus.documents):
+        rendered = embedded.tokenizer.decode(doc.ids[: doc.first])
+        assert "You are a helpful AI assistant" in rendered  # the template's system prompt: not stored
+        assert embedded.tokenizer.decode(doc.ids[doc.first : doc.answer]).startswith(doc.prompt)
+        h = fresh(embedded, doc.ids, 7)[doc.first :].double()
+        got = values[int(corpus.starts[i]) : int(corpus.starts[i + 1])].double()
+        assert bool(((got - (h - corpus.mean) @ unit).abs() <= 3 * 2.0**-11 * h.norm(dim=1)).all())
