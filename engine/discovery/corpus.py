@@ -24,7 +24,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from engine.decode.decoder import Decoder
-from engine.decode.request import GenerationRequest
+from engine.decode.request import GenerationRequest, GenerationResult
 from engine.discovery.bank import BANK_VERSION, bank_prompts
 from engine.errors import EngineError
 from engine.models import LoadedModel, get_blocks
@@ -111,22 +111,24 @@ def _encode(lm: LoadedModel, prompt: str) -> tuple[list[int], int]:
 def answer_steps(
     lm: LoadedModel, part: Part, max_new_tokens: int, rows: int = ANSWER_ROWS
 ) -> Generator[tuple[str, int, int], None, list[Document]]:
-    """The part's prompts answered greedily, one decode step per unit; its documents."""
-    decoder = Decoder(lm, max_rows=rows)
+    """The part's prompts answered greedily, one decode step per unit; its documents. With
+    max_new_tokens 0 nothing is decoded: the documents are the prompts alone."""
     encoded = [_encode(lm, p) for p in part.prompts]
-    for i in sorted(range(len(part.prompts)), key=lambda i: len(encoded[i][0])):
-        decoder.add(i, GenerationRequest(prompt=part.prompts[i], max_new_tokens=max_new_tokens))
-    results = {}
-    while decoder:
-        for key, result in decoder.step().finished:
-            results[key] = result
-        yield "answering", len(results), len(part.prompts)
+    results: dict[Hashable, GenerationResult] = {}
+    if max_new_tokens > 0:
+        decoder = Decoder(lm, max_rows=rows)
+        for i in sorted(range(len(part.prompts)), key=lambda i: len(encoded[i][0])):
+            decoder.add(i, GenerationRequest(prompt=part.prompts[i], max_new_tokens=max_new_tokens))
+        while decoder:
+            results.update(decoder.step().finished)
+            yield "answering", len(results), len(part.prompts)
     documents = []
     for i, prompt in enumerate(part.prompts):
         ids, first = encoded[i]
-        r = results[i]
+        r = results.get(i)
+        tokens, text = (r.token_ids, r.text) if r is not None else ((), "")
         label = part.labels[i] if part.labels else ""
-        documents.append(Document(prompt, part.kind, label, (*ids, *r.token_ids), first, len(ids), r.text))
+        documents.append(Document(prompt, part.kind, label, (*ids, *tokens), first, len(ids), text))
     return documents
 
 

@@ -42,7 +42,7 @@ class DashboardSpec(_Spec):
     rank_by: Literal["max", "mean"] = "max"  # a prompt's best token, or its mean over tokens
     search: tuple[str, ...] = ()  # kinds of documents the nearest prompts come from; () = all
     bank: bool = True  # search the generic prompt bank (engine/discovery/bank.py)
-    max_new_tokens: int = ANSWER_TOKENS  # greedy tokens per answer in the corpus
+    max_new_tokens: int = ANSWER_TOKENS  # greedy tokens per answer in the corpus; 0: prompts only
 
     def __post_init__(self) -> None:
         if self.prompts:
@@ -53,7 +53,7 @@ class DashboardSpec(_Spec):
         _int_range("context window", self.window, 0, 64)
         _int_range("histogram bins", self.bins, 1, 400)
         _int_range("nearest prompts", self.nearest, 0, 200)
-        _int_range("answer tokens", self.max_new_tokens, 1, 256)
+        _int_range("answer tokens", self.max_new_tokens, 0, 256)
         if self.rank_by not in ("max", "mean"):
             raise EngineError(f"rank prompts by max or mean, got {self.rank_by!r}")
 

@@ -113,6 +113,15 @@ def test_a_second_call_reads_the_cache_and_a_new_block_is_built_alone(
     assert deeper.size == corpus.size and not torch.equal(deeper.mean, corpus.mean)
 
 
+def test_a_prompts_only_corpus_decodes_nothing(tiny: LoadedModel, tmp_path: Path) -> None:
+    units: list[tuple[str, int, int]] = []
+    steps = corpus_steps(tiny, tmp_path, BLOCK, prompts=GIVEN, bank=4, max_new_tokens=0)
+    corpus = run_steps(steps, lambda *unit: units.append(unit))
+    assert {u[0] for u in units} == {"residuals"}
+    assert all(d.answer == len(d.ids) and d.completion == "" for d in corpus.documents)
+    assert bool(corpus.in_prompt.all()) and corpus.size == sum(d.stored for d in corpus.documents)
+
+
 def test_a_retrained_model_under_the_same_name_gets_its_own_corpus(tmp_path: Path, tiny: LoadedModel) -> None:
     path = tmp_path / "model"
     first = model_folder(tmp_path, load_model(str(build_model_dir(path, seed=0)), device="cpu"))
