@@ -76,8 +76,10 @@ def dashboard(
     adapter: Adapter | None = None,
     corpus: Corpus | None = None,
     concepts: Mapping[str, Tensor] | None = None,
+    base: Tensor | None = None,
 ) -> dict[str, Any]:
-    """The payload for a vector at `spec.block` (or an adapter): see docs/discovery.md for its shape."""
+    """The payload for a vector at `spec.block` (or an adapter): see docs/discovery.md for its shape.
+    `base`: `unsteered_logprobs(lm, spec.prompts)`, when reading many vectors on the same prompts."""
     began = time.perf_counter()
     if (vector is None) == (adapter is None):
         raise EngineError("give a vector or an adapter")
@@ -96,7 +98,9 @@ def dashboard(
         direct = {**token_rows(lm, cosine, spec.tokens, {"logit": logits}), "ranked_by": "cosine"}
     effect = None
     if spec.prompts:
-        change, kl = effect_logprobs(lm, spec.prompts, block=spec.block, vector=vector, adapter=adapter)
+        change, kl = effect_logprobs(
+            lm, spec.prompts, block=spec.block, vector=vector, adapter=adapter, base=base
+        )
         effect = {
             **token_rows(lm, change, spec.tokens),
             "kl": round(kl, 5),
@@ -152,6 +156,7 @@ def dashboard_steps(
     vector: Tensor | None = None,
     adapter: Adapter | None = None,
     concepts: Mapping[str, Tensor] | None = None,
+    base: Tensor | None = None,
 ) -> DashboardSteps:
     """The corpus at the vector's block (built where missing, one unit per `next()`: see
     engine/discovery/corpus.py), then the payload. Adapters need no corpus."""
@@ -161,5 +166,5 @@ def dashboard_steps(
             lm, data, spec.block, prompts=spec.prompts, bank=spec.bank, max_new_tokens=spec.max_new_tokens
         )
     yield "dashboard", 0, 1
-    payload = dashboard(lm, spec, vector=vector, adapter=adapter, corpus=corpus, concepts=concepts)
+    payload = dashboard(lm, spec, vector=vector, adapter=adapter, corpus=corpus, concepts=concepts, base=base)
     return payload

@@ -24,7 +24,7 @@ to read directly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -102,17 +102,29 @@ def _last_logprobs(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
 
 
 @torch.no_grad()
+def unsteered_logprobs(lm: LoadedModel, prompts: Sequence[str]) -> Tensor:
+    """The next token's log-probabilities after each prompt, unsteered: float32 [P, V]. What
+    `effect_logprobs` compares with: compute it once for many vectors on the same prompts."""
+    if not prompts:
+        raise EngineError("give at least one prompt to read a vector's effect on")
+    device = next(lm.model.parameters()).device
+    return _last_logprobs(lm.model, encode_prompts(lm.tokenizer, list(prompts)).to(device).model_inputs())
+
+
+@torch.no_grad()
 def effect_logprobs(
     lm: LoadedModel,
-    prompts: tuple[str, ...] | list[str],
+    prompts: Sequence[str],
     *,
     block: int | None = None,
     vector: Tensor | None = None,
     adapter: Adapter | None = None,
     scale: float = 1.0,
+    base: Tensor | None = None,
 ) -> tuple[Tensor, float]:
     """Mean over prompts of log p_steered − log p_unsteered for the next token at the last prompt
-    position ([V] float32), and the mean KL(steered ‖ unsteered) there."""
+    position ([V] float32), and the mean KL(steered ‖ unsteered) there. `base`: the prompts'
+    `unsteered_logprobs`, if already computed (it saves one of the two forward passes)."""
     if not prompts:
         raise EngineError("give at least one prompt to read a vector's effect on")
     if (vector is None) == (adapter is None):
@@ -120,7 +132,13 @@ def effect_logprobs(
     device = next(lm.model.parameters()).device
     batch = encode_prompts(lm.tokenizer, list(prompts)).to(device)
     inputs = batch.model_inputs()
-    base = _last_logprobs(lm.model, inputs)  # [P, V]
+    if base is None:
+        base = _last_logprobs(lm.model, inputs)  # [P, V]
+    elif base.shape[0] != batch.size:
+        raise EngineError(
+            f"the unsteered log-probabilities are for {base.shape[0]} prompts, not {batch.size}"
+        )
+    base = base.to(device)
     if vector is not None:
         if block is None:
             raise EngineError("a vector needs the block it steers")

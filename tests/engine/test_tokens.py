@@ -12,6 +12,7 @@ from engine.discovery.tokens import (
     final_norm,
     token_rows,
     unembedding,
+    unsteered_logprobs,
     vocabulary,
 )
 from engine.errors import EngineError
@@ -59,6 +60,17 @@ def test_a_zero_vector_changes_nothing_and_hooks_are_removed(tiny: LoadedModel) 
     change, kl = effect_logprobs(tiny, PROMPTS, block=1, vector=torch.zeros(64))
     assert bool((change == 0).all()) and kl == 0
     assert hooks(tiny) == before
+
+
+def test_a_precomputed_base_gives_the_same_effect(tiny: LoadedModel) -> None:
+    v = torch.randn(64, generator=torch.Generator().manual_seed(2))
+    base = unsteered_logprobs(tiny, PROMPTS)
+    assert base.shape == (2, unembedding(tiny.model).weight.shape[0])
+    fresh = effect_logprobs(tiny, PROMPTS, block=1, vector=v)
+    cached = effect_logprobs(tiny, PROMPTS, block=1, vector=v, base=base)
+    assert torch.equal(fresh[0], cached[0]) and fresh[1] == cached[1]
+    with pytest.raises(EngineError, match="for 2 prompts, not 1"):
+        effect_logprobs(tiny, PROMPTS[:1], block=1, vector=v, base=base)
 
 
 def test_steering_the_last_block_with_a_row_promotes_its_token_in_effect(tiny: LoadedModel) -> None:
