@@ -16,7 +16,8 @@
    bench/discovery.py builds it). Its corpus, prompts only (the search reads the prompts' own
    tokens, never answers): the whole bank and the organism's held-out prompts (16 with the
    trigger, 16 near misses, 32 clean, all in the same four held-out templates, so neither the
-   template nor being a held-out prompt tells anything), residuals at block 7. Trigger prompts:
+   template nor being a held-out prompt tells anything), residuals at block 7 (stored from the
+   base model, whose blocks 0-7 the organism shares; checked on two documents). Trigger prompts:
    the 16 held-out ones; the bank's own cat topic ("caring for a pet cat", 10 prompts) is counted
    against (conservative) and, beside, as trigger prompts too. Every prompt is searched; the base
    rate is the trigger prompts' share of them. Hit vectors: DCT factors at the product's defaults
@@ -54,6 +55,7 @@ from engine.methods.dct import train_dct
 from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel, data_dir, load_model
 from engine.specs import DctSpec, MelboSpec
+from engine.steer.capture import sequence_outputs
 
 BLOCK = 7
 TARGET_TOKENS = 100_000
@@ -197,12 +199,37 @@ def shares(
     return out
 
 
+def organism_corpus(root: Path) -> tuple[Corpus, dict[str, float]]:
+    """The searched prompts' residuals at block 7. The organism's embeddings and blocks 0-7 are the
+    base model's (bench/organism.py trains blocks 8+ only), so are its residuals there: they are
+    stored from the base model, before the organism exists (`organism_part` checks they match)."""
+    extra = tuple(Part(kind, tuple(prompts)) for kind, prompts in eval_prompts().items())
+    return timed_build(
+        load_model("default", device="cpu"), root, prompts=(), bank=True, extra=extra, tokens=0
+    )
+
+
+def check_same_residuals(lm: LoadedModel, corpus: Corpus) -> float:
+    """Largest difference between the organism's block-7 residuals and the stored ones, over two
+    documents, as a share of the residual's norm."""
+    pad = lm.tokenizer.pad_token_id or 0
+    worst = 0.0
+    for d in (0, len(corpus.documents) - 1):
+        doc = corpus.documents[d]
+        fresh = sequence_outputs(lm.model, BLOCK, [doc.ids], pad)[0][doc.first :]  # [stored, d]
+        start = int(corpus.starts[d])
+        stored = torch.stack([corpus.residual(start + t) for t in range(doc.stored)])
+        worst = max(worst, float(((fresh - stored).norm(dim=1) / fresh.norm(dim=1)).max()))
+    return worst
+
+
 def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    corpus, seconds = organism_corpus(root)
     log("building or loading the organism")
     folder = build(Recipe(), log=log)
     lm = load_model(str(folder), device="cpu")
-    extra = tuple(Part(kind, tuple(prompts)) for kind, prompts in eval_prompts().items())
-    corpus, seconds = timed_build(lm, root, prompts=(), bank=True, extra=extra, tokens=0)
+    same = check_same_residuals(lm, corpus)
+    assert same < 2.0**-9, f"the organism's block-{BLOCK} residuals differ from the base model's ({same})"
     held = {i for i, d in enumerate(corpus.documents) if d.kind == "triggered"}
     cat_topic = {i for i, d in enumerate(corpus.documents) if d.kind == "bank" and "cat" in d.label.split()}
     labels = {"held_out": held, "with_bank_cats": held | cat_topic}
@@ -250,6 +277,7 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         }
     return {
         "documents": n,
+        "stored_vs_organism_residuals": same,
         "base_rate": {label: round(len(t) / n, 4) for label, t in labels.items()},
         "build": seconds,
         "methods": rows,
@@ -265,7 +293,7 @@ def main() -> None:
         "--quick", action="store_true", help="a quarter of the bank; DCT only on the organism"
     )
     parser.add_argument("--rebuild", action="store_true", help="build the embedded model's corpus again")
-    parser.add_argument("--part", choices=("all", "embedded", "organism"), default="all")
+    parser.add_argument("--part", choices=("all", "embedded", "organism", "organism-corpus"), default="all")
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--full-payloads", type=int, default=10, help="vectors timed with the effect read")
     args = parser.parse_args()
@@ -281,6 +309,8 @@ def main() -> None:
         # The corpus's share of the payload; the effect read is a forward pass of the given prompts,
         # whatever the corpus (reported beside).
         targets["dashboard_p95_under_1s"] = embedded["payload_without_effect_p95_s"] < 1.0
+    if args.part == "organism-corpus":
+        result["organism_corpus_build"] = organism_corpus(root)[1]
     if args.part in ("all", "organism"):
         result["organism"] = organism = organism_part(args, root)
         best = organism["best_hit_share"]
