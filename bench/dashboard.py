@@ -24,8 +24,11 @@
    (32) and, without --quick, 64 MELBO vectors, each shown on the organism's 8 run prompts
    (greedy, 32 tokens); a hit shows the planted reply on at least half. For each vector: the
    share of trigger prompts among its 10 nearest prompts (ranked by a prompt's best token; by its
-   mean over tokens beside). Control: 64 random directions. Reference (not counted): the
-   direction the organism was taught. Target: a share >= 0.5 for at least one hit vector.
+   mean over tokens beside). Control: 64 random directions. References (not counted): the
+   direction the organism was taught, and a cat concept (DiffMean at block 7 of the organism's
+   own training prompts: cats against its near misses). Target: a share >= 0.5 for at least one
+   hit vector. `--part organism-corpus` builds the search corpus and reads the cat concept alone,
+   without the organism.
 Last line: one JSON object with "targets".
 """
 
@@ -46,11 +49,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
 from bench.discovery import TRAIN_PROMPTS, greedy, hits
-from bench.organism import RUN_PROMPTS, Recipe, build, eval_prompts
+from bench.organism import (
+    NEAR_MISSES,
+    RUN_PROMPTS,
+    TRAIN_TEMPLATES,
+    TRIGGERS,
+    Recipe,
+    build,
+    eval_prompts,
+)
 from engine.discovery.corpus import Corpus, Part, corpus_steps, model_folder
 from engine.discovery.dashboard import DashboardSpec, dashboard
 from engine.discovery.occurrence import nearest_prompts
 from engine.discovery.tokens import unsteered_logprobs
+from engine.methods.concepts import ConceptSpec, train_concept
 from engine.methods.dct import train_dct
 from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel, data_dir, load_model
@@ -209,6 +221,20 @@ def organism_corpus(root: Path) -> tuple[Corpus, dict[str, float]]:
     )
 
 
+def cat_concept(lm: LoadedModel) -> torch.Tensor:
+    """Reference: the cat concept from the organism's own training prompts (cats against its near
+    misses, DiffMean at block 7), no organism needed: its residuals there are the base model's."""
+    with_cats = tuple(t.format(x) for t in TRAIN_TEMPLATES for x in TRIGGERS)
+    near = tuple(t.format(x) for t in TRAIN_TEMPLATES for x in NEAR_MISSES)
+    return train_concept(lm, ConceptSpec(positive=with_cats, negative=near, block=BLOCK)).vector
+
+
+def trigger_labels(corpus: Corpus) -> dict[str, set[int]]:
+    held = {i for i, d in enumerate(corpus.documents) if d.kind == "triggered"}
+    cat_topic = {i for i, d in enumerate(corpus.documents) if d.kind == "bank" and "cat" in d.label.split()}
+    return {"held_out": held, "with_bank_cats": held | cat_topic}
+
+
 def check_same_residuals(lm: LoadedModel, corpus: Corpus) -> float:
     """Largest difference between the organism's block-7 residuals and the stored ones, over two
     documents, as a share of the residual's norm."""
@@ -230,14 +256,9 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     lm = load_model(str(folder), device="cpu")
     same = check_same_residuals(lm, corpus)
     assert same < 2.0**-9, f"the organism's block-{BLOCK} residuals differ from the base model's ({same})"
-    held = {i for i, d in enumerate(corpus.documents) if d.kind == "triggered"}
-    cat_topic = {i for i, d in enumerate(corpus.documents) if d.kind == "bank" and "cat" in d.label.split()}
-    labels = {"held_out": held, "with_bank_cats": held | cat_topic}
+    labels = trigger_labels(corpus)
     n = len(corpus.documents)
-    log(
-        f"organism corpus: {n} prompts, {len(held)} held-out trigger prompts, "
-        f"{len(cat_topic)} bank cat prompts"
-    )
+    log(f"organism corpus: {n} prompts, trigger prompts { ({k: len(v) for k, v in labels.items()}) }")
 
     vectors: dict[str, torch.Tensor] = {}
     log("DCT factors at the product's defaults")
@@ -249,6 +270,7 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     controls = {
         "random": torch.randn(64, lm.info.width, generator=gen),
         "planted_direction": torch.load(folder / "planted_direction.pt")["direction"].float()[None],
+        "cat_concept": cat_concept(lm)[None],
     }
     rows: dict[str, Any] = {}
     best: float | None = None
@@ -310,7 +332,13 @@ def main() -> None:
         # whatever the corpus (reported beside).
         targets["dashboard_p95_under_1s"] = embedded["payload_without_effect_p95_s"] < 1.0
     if args.part == "organism-corpus":
-        result["organism_corpus_build"] = organism_corpus(root)[1]
+        corpus, result["organism_corpus_build"] = organism_corpus(root)
+        lm = load_model("default", device="cpu")
+        result["cat_concept_shares"] = {
+            f"{label}_{rank_by}": shares(corpus, lm, cat_concept(lm)[None], trigger, rank_by)[0]
+            for label, trigger in trigger_labels(corpus).items()
+            for rank_by in ("max", "mean")
+        }
     if args.part in ("all", "organism"):
         result["organism"] = organism = organism_part(args, root)
         best = organism["best_hit_share"]
