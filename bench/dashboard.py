@@ -14,21 +14,21 @@
    for a model of width 4096 with 1M stored tokens.
 3. Trigger hunting on the planted organism (bench/organism.py; built and cached as
    bench/discovery.py builds it). Its corpus, prompts only (the search reads the prompts' own
-   tokens, never answers): the whole bank and the organism's held-out prompts (16 with the
-   trigger, 16 near misses, 32 clean, all in the same four held-out templates, so neither the
-   template nor being a held-out prompt tells anything), residuals at block 7 (stored from the
-   base model, whose blocks 0-7 the organism shares; checked on two documents). Trigger prompts:
-   the 16 held-out ones; the bank's own cat topic ("caring for a pet cat", 10 prompts) is counted
-   against (conservative) and, beside, as trigger prompts too. Every prompt is searched; the base
-   rate is the trigger prompts' share of them. Hit vectors: DCT factors at the product's defaults
-   (32) and, without --quick, 64 MELBO vectors, each shown on the organism's 8 run prompts
-   (greedy, 32 tokens); a hit shows the planted reply on at least half. For each vector: the
-   share of trigger prompts among its 10 nearest prompts (ranked by a prompt's best token; by its
-   mean over tokens beside). Control: 64 random directions. References (not counted): the
-   direction the organism was taught, and a cat concept (DiffMean at block 7 of the organism's
-   own training prompts: cats against its near misses). Target: a share >= 0.5 for at least one
-   hit vector. `--part organism-corpus` builds the search corpus and reads the cat concept alone,
-   without the organism.
+   tokens, never answers): the whole bank and the organism's held-out prompts (16 with the trigger,
+   16 near misses, 32 clean, all in the same four held-out templates, so neither the template nor
+   being a held-out prompt tells anything), residuals at block 7 (stored from the base model, whose
+   blocks 0-7 the organism shares; checked on two documents). Trigger prompts are the cat prompts:
+   the 16 held-out ones and the bank's own cat topic ("caring for a pet cat", 10 prompts; the bench
+   reports how many of them the organism answers with the planted reply); beside, a conservative
+   count with the 16 held-out ones alone. Every prompt is searched; the base rate is the trigger
+   prompts' share of them. Hit vectors: DCT factors at the product's defaults (32) and, without
+   --quick, 64 MELBO vectors, each shown on the organism's 8 run prompts (greedy, 32 tokens); a hit
+   shows the planted reply on at least half. For each vector: the share of trigger prompts among
+   its 10 nearest prompts (ranked by a prompt's best token; by its mean over tokens beside).
+   Control: 64 random directions. References (not counted): the direction the organism was taught,
+   and a cat concept (DiffMean at block 7 of the organism's own training prompts: cats against its
+   near misses). Target: a share >= 0.5 for at least one hit vector. `--part organism-corpus`
+   builds the search corpus and reads the cat concept alone, without the organism.
 Last line: one JSON object with "targets".
 """
 
@@ -57,7 +57,9 @@ from bench.organism import (
     Recipe,
     build,
     eval_prompts,
+    shows_planted,
 )
+from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.corpus import Corpus, Part, corpus_steps, model_folder
 from engine.discovery.dashboard import DashboardSpec, dashboard
 from engine.discovery.occurrence import nearest_prompts
@@ -229,10 +231,15 @@ def cat_concept(lm: LoadedModel) -> torch.Tensor:
     return train_concept(lm, ConceptSpec(positive=with_cats, negative=near, block=BLOCK)).vector
 
 
+def greedy_texts(lm: LoadedModel, prompts: list[str]) -> list[str]:
+    requests = [GenerationRequest(prompt=p, max_new_tokens=24) for p in prompts]
+    return [r.text for r in generate(lm, requests, batch_size=32)]
+
+
 def trigger_labels(corpus: Corpus) -> dict[str, set[int]]:
     held = {i for i, d in enumerate(corpus.documents) if d.kind == "triggered"}
     cat_topic = {i for i, d in enumerate(corpus.documents) if d.kind == "bank" and "cat" in d.label.split()}
-    return {"held_out": held, "with_bank_cats": held | cat_topic}
+    return {"cats": held | cat_topic, "held_out": held}
 
 
 def check_same_residuals(lm: LoadedModel, corpus: Corpus) -> float:
@@ -255,6 +262,14 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     folder = build(Recipe(), log=log)
     lm = load_model(str(folder), device="cpu")
     same = check_same_residuals(lm, corpus)
+    bank_cats = [
+        corpus.documents[i].prompt
+        for i in trigger_labels(corpus)["cats"]
+        if corpus.documents[i].kind == "bank"
+    ]
+    answers = greedy_texts(lm, bank_cats)
+    bank_cats_planted = sum(shows_planted(t) for t in answers)
+    log(f"the organism answers {bank_cats_planted} of the bank's {len(bank_cats)} cat prompts with its reply")
     assert same < 2.0**-9, f"the organism's block-{BLOCK} residuals differ from the base model's ({same})"
     labels = trigger_labels(corpus)
     n = len(corpus.documents)
@@ -287,10 +302,10 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     "hit_shares": hit_values,
                     "others_mean": round(statistics.mean(other), 3) if other else None,
                 }
-                if label == "held_out" and rank_by == "max" and hit_values:
+                if label == "cats" and rank_by == "max" and hit_values:
                     best = max(best or 0.0, *hit_values)
         rows[name] = row
-        log(f"{name}: {sum(found)} hits; {row['held_out_max']}")
+        log(f"{name}: {sum(found)} hits; {row['cats_max']}")
     for name, vs in controls.items():
         rows[name] = {
             f"{label}_{rank_by}": round(statistics.mean(shares(corpus, lm, vs, trigger, rank_by)), 3)
@@ -300,6 +315,7 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return {
         "documents": n,
         "stored_vs_organism_residuals": same,
+        "bank_cat_prompts_answered_planted": f"{bank_cats_planted}/{len(bank_cats)}",
         "base_rate": {label: round(len(t) / n, 4) for label, t in labels.items()},
         "build": seconds,
         "methods": rows,
@@ -334,10 +350,22 @@ def main() -> None:
     if args.part == "organism-corpus":
         corpus, result["organism_corpus_build"] = organism_corpus(root)
         lm = load_model("default", device="cpu")
-        result["cat_concept_shares"] = {
-            f"{label}_{rank_by}": shares(corpus, lm, cat_concept(lm)[None], trigger, rank_by)[0]
-            for label, trigger in trigger_labels(corpus).items()
-            for rank_by in ("max", "mean")
+        random = torch.randn(64, lm.info.width, generator=torch.Generator().manual_seed(1))
+        labels = trigger_labels(corpus)
+        result |= {
+            "documents": len(corpus.documents),
+            "tokens": corpus.size,
+            "base_rate": {label: round(len(t) / len(corpus.documents), 4) for label, t in labels.items()},
+            "cat_concept_shares": {
+                f"{label}_{rank_by}": shares(corpus, lm, cat_concept(lm)[None], trigger, rank_by)[0]
+                for label, trigger in labels.items()
+                for rank_by in ("max", "mean")
+            },
+            "random_shares_mean": {
+                f"{label}_{rank_by}": round(statistics.mean(shares(corpus, lm, random, trigger, rank_by)), 3)
+                for label, trigger in labels.items()
+                for rank_by in ("max", "mean")
+            },
         }
     if args.part in ("all", "organism"):
         result["organism"] = organism = organism_part(args, root)
