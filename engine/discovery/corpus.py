@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Generator, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ from engine.decode.decoder import Decoder
 from engine.decode.request import GenerationRequest, GenerationResult
 from engine.discovery.bank import BANK_VERSION, bank_prompts
 from engine.errors import EngineError
-from engine.models import LoadedModel, get_blocks
+from engine.models import LoadedModel
 from engine.prompts import encode_prompts
 from engine.steer.capture import sequence_outputs
 
@@ -87,14 +86,16 @@ def bank_part(limit: int | None = None) -> Part:
 
 
 def model_folder(data: Path, lm: LoadedModel) -> Path:
-    """The corpus folder of this model: its name, and a fingerprint of its weights so that a
-    fine-tuned model saved under an old name never reads another's residuals."""
+    """The corpus folder of this model: its name, and a fingerprint of its weights (every
+    parameter tensor, read at about 4,096 evenly spaced entries) so that a model fine-tuned and
+    saved under an old name never reads another's residuals."""
     digest = hashlib.sha256(json.dumps([lm.info.name, lm.info.architecture, lm.info.width]).encode())
-    model: Any = lm.model
     with torch.no_grad():
-        for p in (model.get_input_embeddings().weight, *get_blocks(model)[-1].parameters()):
-            x = p.detach().double()
-            digest.update(np.array([float(x.sum()), float(x.abs().sum())]).tobytes())
+        for name, p in lm.model.named_parameters():
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)].double()
+            digest.update(name.encode())
+            digest.update(np.array([float(sample.sum()), float(sample.abs().sum())]).tobytes())
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(lm.info.name).name).strip("-")[:40] or "model"
     return data / "corpus" / f"{slug}-{digest.hexdigest()[:12]}"
 
