@@ -6,13 +6,18 @@ checks it). The names below are the public API; everything else is an implementa
 
 from engine.decode.decoder import Decoder, Step
 from engine.decode.generate import GenerationRequest, GenerationResult, generate, stream
+from engine.discovery.bank import bank_prompts
 from engine.discovery.behaviours import Behaviour, Member, cluster
+from engine.discovery.corpus import Corpus, Part, corpus_steps
+from engine.discovery.dashboard import DashboardSpec, dashboard, dashboard_steps
 from engine.discovery.detectors import Detector, detect, judge
 from engine.discovery.embedder import Embedder
 from engine.discovery.findings import Completion, Findings, find
 from engine.discovery.scores import ScoreInput, Scores, score
+from engine.discovery.tokens import direct_read, effect_logprobs
 from engine.errors import EngineError
 from engine.methods.calibrate import CalibrationResult, calibrate, sweep_radius
+from engine.methods.concepts import Concept, ConceptSpec, concept_scores, concept_steps, train_concept
 from engine.methods.default_radius import DefaultShare, default_share
 from engine.methods.melbo import MelboResult, VectorRecord, train_melbo
 from engine.models import LoadedModel, ModelInfo, get_blocks, load_model
@@ -30,6 +35,10 @@ __all__ = [
     "CalibrationResult",
     "ChainSpec",
     "Completion",
+    "Concept",
+    "ConceptSpec",
+    "Corpus",
+    "DashboardSpec",
     "Decoder",
     "DefaultShare",
     "Detector",
@@ -43,6 +52,7 @@ __all__ = [
     "MelboSpec",
     "Member",
     "ModelInfo",
+    "Part",
     "ScaleSweep",
     "ScaleSweepSpec",
     "ScoreInput",
@@ -51,14 +61,22 @@ __all__ = [
     "VectorFile",
     "VectorRecord",
     "WorkingScale",
+    "bank_prompts",
     "calibrate",
     "cluster",
     "combine",
+    "concept_scores",
+    "concept_steps",
+    "corpus_steps",
     "cosine_matrix",
+    "dashboard",
+    "dashboard_steps",
     "default_share",
     "detect",
+    "direct_read",
     "downstream_cosine_matrix",
     "downstream_norms",
+    "effect_logprobs",
     "encode_prompts",
     "export_gguf",
     "find",
@@ -78,6 +96,7 @@ __all__ = [
     "stream",
     "sweep_radius",
     "target_mask",
+    "train_concept",
     "train_melbo",
     "working_scales",
 ]
