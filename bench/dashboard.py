@@ -29,7 +29,7 @@
    and a cat concept (DiffMean at block 7 of the organism's own training prompts: cats against its
    near misses). Target: a share >= 0.5 for at least one hit vector. `--part organism-corpus`
    builds the search corpus and reads the cat concept alone, without the organism.
-Last line: one JSON object with "targets".
+Last line: one JSON object (bench/verdict.py) with "targets".
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from bench.organism import (
     eval_prompts,
     shows_planted,
 )
+from bench.verdict import Target, report
 from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.corpus import Corpus, Part, corpus_steps, model_folder
 from engine.discovery.dashboard import DashboardSpec, dashboard
@@ -75,6 +76,12 @@ BLOCK = 7
 TARGET_TOKENS = 100_000
 GALLERY_TOKENS = 32
 TOP = 10
+
+
+TARGETS = (
+    Target("dashboard_p95_s", "<", 1.0, note="the payload without the effect read, 100k corpus tokens"),
+    Target("best_hit_share", ">=", 0.5, note="trigger prompts among a hit vector's 10 nearest, best hit"),
+)
 
 
 def log(message: str) -> None:
@@ -337,16 +344,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    began, load_start = time.perf_counter(), os.getloadavg()[0]
+    began = time.perf_counter()
     root = data_dir() / "bench-dashboard"
     root.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"bench": "dashboard", "quick": args.quick}
-    targets: dict[str, bool] = {}
     if args.part in ("all", "embedded"):
         result["embedded"] = embedded = embedded_part(args, root)
         # The corpus's share of the payload; the effect read is a forward pass of the given prompts,
         # whatever the corpus (reported beside).
-        targets["dashboard_p95_under_1s"] = embedded["payload_without_effect_p95_s"] < 1.0
+        result["dashboard_p95_s"] = embedded["payload_without_effect_p95_s"]
     if args.part == "organism-corpus":
         corpus, result["organism_corpus_build"] = organism_corpus(root)
         lm = load_model("default", device="cpu")
@@ -369,17 +375,13 @@ def main() -> None:
         }
     if args.part in ("all", "organism"):
         result["organism"] = organism = organism_part(args, root)
-        best = organism["best_hit_share"]
-        targets["hit_vector_top10_trigger_share_at_least_half"] = best is not None and best >= 0.5
+        result["best_hit_share"] = organism["best_hit_share"]
     result |= {
-        "targets": targets,
         "threads": torch.get_num_threads(),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "load_start": round(load_start, 1),
-        "load_end": round(os.getloadavg()[0], 1),
         "seconds": round(time.perf_counter() - began),
     }
-    print(json.dumps(result))
+    report("dashboard", result, TARGETS)
 
 
 if __name__ == "__main__":
