@@ -256,6 +256,14 @@ class Generations(JobEvent):
 
 
 @dataclass(frozen=True)
+class WorkingScales(JobEvent):
+    """The gallery's probe: where each vector acts (rows: index, scale, broken_at, fluent, fluency)."""
+
+    rows: list[dict[str, Any]]
+    name: ClassVar[str] = "working_scales"
+
+
+@dataclass(frozen=True)
 class Result(JobEvent):
     result: dict[str, Any]  # merged into the run's result
     radius: float | None = None

@@ -33,9 +33,14 @@ VECTOR_COLUMNS: Columns = [
     ("interest", lambda v: v.interest),
     ("rank", lambda v: v.rank),
     ("behaviour_id", lambda v: v.behaviour_id),
+    ("working_scale", lambda v: v.working_scale),
+    ("broken_at", lambda v: v.broken_at),
     ("created_at", lambda v: v.created_at.isoformat() + "Z"),
 ]
-GENERATION_COLUMNS: Columns = [(name, attrgetter(name)) for name in GENERATION_FIELDS]
+GENERATION_COLUMNS: Columns = [
+    (name, (lambda g: json.dumps(g.changes)) if name == "changes" else attrgetter(name))
+    for name in GENERATION_FIELDS
+]
 LABEL_COLUMNS: Columns = [
     ("id", lambda row: row[0].id),
     ("label", lambda row: row[1].name),
@@ -47,7 +52,7 @@ LABEL_COLUMNS: Columns = [
 
 
 BEHAVIOUR_COLUMNS: Columns = [
-    *[(name, attrgetter(name)) for name in ("id", "run_id", "index", "kind", "name")],
+    *[(name, attrgetter(name)) for name in ("id", "run_id", "index", "kind", "name", "subtitle", "trait")],
     ("words", lambda b: " ".join(b.words)),
     *[(name, attrgetter(name)) for name in ("size", "n_vectors", "n_random", "exemplar_id")],
 ]
