@@ -98,7 +98,7 @@ def _radius(run: Run, job: Job | None, *, residual_share: bool = True) -> Fact:
         note = f"calibrated: nonlinearity ratio {calibrated['ratio']:.2f}"
     share = result.get("default_share") or {}
     if share and residual:
-        return Fact("R", _g(run.radius), f"{_default_share(share)} × residual norm {_g(residual)}")
+        return Fact("R", _g(run.radius), _default_share(share, residual))
     if not residual_share:
         # An adapter's R scales W + R·B·Aᵀ, not a norm in the residual stream: no share of it to show.
         if note == "default":
@@ -108,13 +108,14 @@ def _radius(run: Run, job: Job | None, *, residual_share: bool = True) -> Fact:
     return Fact("R", _g(run.radius), note)
 
 
-def _default_share(share: dict[str, Any]) -> str:
+def _default_share(share: dict[str, Any], residual: float) -> str:
     """Where a MELBO run's default R came from: the share of the norm calibrated for its model."""
     where = f"blocks {share['source']}→{share['target']}, {share['positions']} positions"
+    head = f"{share['share']:.3f} × residual norm {_g(residual)}"
     if share.get("fallback"):
-        return f"{share['share']:.3f} (default; no calibrated share at {where}: {share['fallback']})"
+        return f"{head} (default; no calibrated share at {where}: {share['fallback']})"
     return (
-        f"{share['share']:.3f} (default: the share calibrated for this model at {where}; "
+        f"{head} (default: the share calibrated for this model at {where}; "
         f"nonlinearity ratio {share['ratio']:.2f})"
     )
 
