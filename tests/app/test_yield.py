@@ -375,6 +375,11 @@ def test_flags_names_and_subtitles_are_stored_and_shown(client: TestClient) -> N
     assert [c.get_text() for c in card.select(".changes")] == ["changed: now refuses"] * len(PROMPTS)
     assert card.select_one("a.behaviour").get_text() == "refuses"
     assert card.select_one("a.behaviour")["title"] == "sorry · help · cannot"
+    grouped = soup(client.get(f"/runs/{run}/gallery", params={"group": "true"}))
+    heading = grouped.select("h3.behaviour-group")[0]
+    assert "refuses" in heading.get_text() and heading.select_one(".behaviour-subtitle").get_text() == (
+        "sorry · help · cannot"
+    )
     page = soup(client.get(f"/runs/{run}/behaviours"))
     row = page.select("tr.behaviour-row")[0]
     assert row.select_one(".behaviour-name").get_text() == "refuses"
