@@ -37,10 +37,7 @@ VECTOR_COLUMNS: Columns = [
     ("broken_at", lambda v: v.broken_at),
     ("created_at", lambda v: v.created_at.isoformat() + "Z"),
 ]
-GENERATION_COLUMNS: Columns = [
-    (name, (lambda g: json.dumps(g.changes)) if name == "changes" else attrgetter(name))
-    for name in GENERATION_FIELDS
-]
+GENERATION_COLUMNS: Columns = [(name, attrgetter(name)) for name in GENERATION_FIELDS]
 LABEL_COLUMNS: Columns = [
     ("id", lambda row: row[0].id),
     ("label", lambda row: row[1].name),
@@ -95,12 +92,19 @@ def rows(
             yield {name: get(item) for name, get in columns}
 
 
+def cell(value: Any) -> Any:
+    """A CSV cell: blank for None, JSON for a list or a mapping (a generation's typed changes)."""
+    if value is None:
+        return ""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
 def as_csv(records: Iterator[dict[str, Any]], columns: Columns) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow([name for name, _ in columns])
     for n, record in enumerate(records, 1):
-        writer.writerow(["" if record[name] is None else record[name] for name, _ in columns])
+        writer.writerow([cell(record[name]) for name, _ in columns])
         if n % BATCH == 0:
             yield buffer.getvalue()
             buffer.seek(0)

@@ -3,6 +3,9 @@ trait changes and behaviour subtitles stored and shown, and the engine's interes
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -390,6 +393,12 @@ def test_flags_names_and_subtitles_are_stored_and_shown(client: TestClient) -> N
         "sorry · help · cannot",
         "refuses",
     )
+    exported = csv.DictReader(
+        io.StringIO(client.get("/api/export/generations.csv", params={"run_id": run}).text)
+    )
+    assert [json.loads(r["changes"]) for r in exported if r["vector_id"] == str(first)] == [
+        [{"trait": "refusal", "now": True}]
+    ] * len(PROMPTS)
     generations = client.get("/api/generations", params={"vector_id": first}).json()
     scored = [g for g in generations if g["changes"]]
     assert scored and all(g["changes"] == [{"trait": "refusal", "now": True}] for g in scored)
