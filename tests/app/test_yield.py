@@ -279,6 +279,11 @@ def test_the_gallery_shows_the_working_scale_beside_x1_and_scoring_reads_it(clie
         tokens = client.app.state.service.settings.gallery_tokens
         done = store.gallery_done(session, learned, learned.prompts, tokens)
         assert sorted(d[2] for d in done if d[0] == 0) == [1.0, 1.0, 2.0, 2.0]
+    # The labelling queue labels (and shows) the completion scoring read.
+    client.cookies.set("steerscope_author", "ada")
+    queue = soup(client.get(f"/runs/{run}/label", params={"sort": "index"}))
+    assert sorted(int(x["data-generation"]) for x in queue.select("select.generation-label")) == sorted(made)
+    assert all("×2" in h.get_text() for h in queue.select(".sample .steered h4"))
     vector = client.get(f"/api/vectors/{vector_id}").json()
     assert (vector["working_scale"], vector["broken_at"]) == (2.0, 3.0)
 
