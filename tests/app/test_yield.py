@@ -284,6 +284,8 @@ def test_the_gallery_shows_the_working_scale_beside_x1_and_scoring_reads_it(clie
     queue = soup(client.get(f"/runs/{run}/label", params={"sort": "index"}))
     assert sorted(int(x["data-generation"]) for x in queue.select("select.generation-label")) == sorted(made)
     assert all("×2" in h.get_text() for h in queue.select(".sample .steered h4"))
+    shown = soup(client.get(f"/vectors/{vector_id}")).find(id="working-scale")
+    assert shown is not None and "×2" in shown.get_text() and "broke at ×3" in shown.get_text()
     vector = client.get(f"/api/vectors/{vector_id}").json()
     assert (vector["working_scale"], vector["broken_at"]) == (2.0, 3.0)
 
