@@ -56,6 +56,7 @@ class KindInfo:
     listed: bool = True  # listed on the home page (False: bookkeeping for another page, counted)
     vectors: bool = True  # it stores vectors, shown in a gallery on its page
     gallery: bool = False  # its job samples every vector on its prompts beside the unsteered model
+    working_scale: bool = False  # its gallery probes each vector's working scale and shows it there too
     trained: bool = False  # its vectors come from training: objective curves, the 2-D map
     curves: bool = False  # its vectors' objective curves are worth a plot
     counted: bool = False  # it must store as many vectors as it asked for to succeed
@@ -111,6 +112,7 @@ def table() -> dict[Kind, KindInfo]:
             schemas.MelboCreate,
             "melbo",
             gallery=True,
+            working_scale=True,
             trained=True,
             curves=True,
             counted=True,
@@ -132,6 +134,7 @@ def table() -> dict[Kind, KindInfo]:
             schemas.MelboCreate,
             "melbo",  # MELBO's procedure with 0 steps
             gallery=True,
+            working_scale=True,
             trained=True,
             counted=True,
             orthogonal=True,
@@ -145,6 +148,7 @@ def table() -> dict[Kind, KindInfo]:
             schemas.MelboCreate,
             "dct",
             gallery=True,
+            working_scale=True,
             trained=True,
             counted=True,
             scoring="auto",

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,7 @@ from app.executor.protocol import (
     Token,
     Vectors,
     WorkerDied,
+    WorkingScales,
 )
 from app.models import Detector, Job, LanguageModel, Run, Vector
 from app.refine import scale_sweep
@@ -215,6 +216,8 @@ class Recorder:
                 return self._vectors(session, job, event)
             case Generations():
                 return self._generations(session, job, event)
+            case WorkingScales():
+                return self._working_scales(session, job, event)
             case Result():
                 return self._result(job, event)
             case Findings():
@@ -272,6 +275,15 @@ class Recorder:
                 row["vector_id"] = None if index is None else ids[index]
             stored.append(store.add_generation(session, model, row).id)
         return {"generations": stored}
+
+    def _working_scales(self, session: Session, job: Job, event: WorkingScales) -> dict[str, Any]:
+        for row in event.rows:
+            session.execute(
+                update(Vector)
+                .where(Vector.run_id == job.run.id, Vector.index == int(row["index"]))
+                .values(working_scale=float(row["scale"]), broken_at=row.get("broken_at"))
+            )
+        return {"working_scales": [{"index": r["index"], "scale": r["scale"]} for r in event.rows]}
 
     def _result(self, job: Job, event: Result) -> dict[str, Any]:
         job.run.result = {**job.run.result, **event.result}

@@ -155,6 +155,9 @@ class Service:
                 prompts=run.prompts,
                 max_new_tokens=tokens,
                 done=store.gallery_done(session, run, run.prompts, tokens),
+                probe=info.working_scale,
+                # Working scales an earlier attempt found: probed once, not again.
+                working={v.index: v.working_scale for v in run.vectors if v.working_scale is not None},
             )
         # A generate job's vectors, or the ones a refinement stays orthogonal to.
         read = run.inputs.get("vector_ids") or run.inputs.get("orthogonal_to") or []

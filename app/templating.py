@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app import kinds
+from app.discovery.changes import change_words
 from app.guard import cross_site, csrf_value
 from app.models import now
 from app.settings import ROOT
@@ -88,6 +89,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["duration"] = duration
     templates.env.filters["waited"] = waited
     templates.env.filters["heat"] = heat
+    templates.env.filters["changes"] = change_words
     templates.env.globals["csrf_for"] = csrf_for
     templates.env.globals["from_elsewhere"] = from_elsewhere
     templates.env.globals["kind_info"] = kinds.of

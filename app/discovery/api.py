@@ -38,6 +38,8 @@ def behaviour_out(b: Behaviour, exemplar: Generation | None) -> BehaviourOut:
         index=b.index,
         kind=b.kind,
         name=b.name,
+        subtitle=b.subtitle,
+        trait=b.trait,
         words=list(b.words),
         size=b.size,
         n_vectors=b.n_vectors,

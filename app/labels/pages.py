@@ -99,7 +99,7 @@ def queue(
     at = max(0, min(at, len(ids) - 1)) if ids else 0
     card = everything.cards[at] if ids else None
     params = query.params(page=None)
-    suggested = findings.suggestion([s.steered.flag for s in card.samples]) if card else ""
+    suggested = findings.suggestion([s.scored.flag for s in card.samples]) if card else ""
     everything_labels = labelling.all_labels(session)
     context: dict[str, Any] = {
         "suggested": next((x for x in everything_labels if x.name == suggested), None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -91,8 +92,13 @@ def _radius(run: Run, job: Job | None, *, residual_share: bool = True) -> Fact:
     residual = result.get("residual_norm")
     calibrated = result.get("calibration") or {}
     note = "as asked" if run.spec.get("radius") is not None else "default"
+    if run.spec.get("radius") is None and run.spec.get("radius_fraction") is not None:
+        note = f"{run.spec['radius_fraction']:g} × residual norm, as asked"
     if calibrated:
         note = f"calibrated: nonlinearity ratio {calibrated['ratio']:.2f}"
+    share = result.get("default_share") or {}
+    if share and residual:
+        return Fact("R", _g(run.radius), _default_share(share, residual))
     if not residual_share:
         # An adapter's R scales W + R·B·Aᵀ, not a norm in the residual stream: no share of it to show.
         if note == "default":
@@ -100,6 +106,18 @@ def _radius(run: Run, job: Job | None, *, residual_share: bool = True) -> Fact:
     elif residual:
         note = f"{run.radius / residual:.3f} × residual norm {_g(residual)} ({note})"
     return Fact("R", _g(run.radius), note)
+
+
+def _default_share(share: dict[str, Any], residual: float) -> str:
+    """Where a MELBO run's default R came from: the share of the norm calibrated for its model."""
+    where = f"blocks {share['source']}→{share['target']}, {share['positions']} positions"
+    head = f"{share['share']:.3f} × residual norm {_g(residual)}"
+    if share.get("fallback"):
+        return f"{head} (default; no calibrated share at {where}: {share['fallback']})"
+    return (
+        f"{head} (default: the share calibrated for this model at {where}; "
+        f"nonlinearity ratio {share['ratio']:.2f})"
+    )
 
 
 def _orthogonal_to(run: Run) -> list[Fact]:

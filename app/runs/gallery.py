@@ -31,8 +31,14 @@ DETECTED = 0.5  # a detector's default threshold: a regex matched, or the judge 
 
 @dataclass
 class Sample:
-    steered: Generation
+    steered: Generation  # at x1
     unsteered: Generation | None
+    working: Generation | None = None  # at the vector's working scale, when that is not 1
+
+    @property
+    def scored(self) -> Generation:
+        """The completion scoring read: the one at the working scale when there is one."""
+        return self.working or self.steered
 
 
 @dataclass
@@ -111,12 +117,14 @@ def labels_of(session: Session, vector_ids: list[int]) -> dict[int, list[Label]]
 
 
 def samples_of(session: Session, vectors: list[Vector], prompts: list[str]) -> dict[int, list[Sample]]:
-    """Greedy scale-1 completions of each vector on the run's prompts, with their unsteered partners."""
+    """Greedy completions of each vector on the run's prompts at x1 (and at its working scale), with
+    their unsteered partners."""
+    working = {v.id: v.working_scale for v in vectors if v.working_scale not in (None, 1.0)}
     steered = session.scalars(
         select(Generation)
         .where(
             Generation.vector_id.in_([v.id for v in vectors]),
-            Generation.scale == 1.0,
+            Generation.scale.in_({1.0, *working.values()}),
             Generation.temperature == 0.0,
             Generation.prompt.in_(prompts),
         )
@@ -125,11 +133,22 @@ def samples_of(session: Session, vectors: list[Vector], prompts: list[str]) -> d
     partner_ids = {g.unsteered_id for g in steered if g.unsteered_id is not None}
     partners = {g.id: g for g in session.scalars(select(Generation).where(Generation.id.in_(partner_ids)))}
     order = {p: i for i, p in enumerate(prompts)}
-    out: dict[int, dict[str, Sample]] = defaultdict(dict)
+    at_one: dict[int, dict[str, Generation]] = defaultdict(dict)
+    at_working: dict[int, dict[str, Generation]] = defaultdict(dict)
     for g in steered:
         assert g.vector_id is not None
-        out[g.vector_id].setdefault(g.prompt, Sample(g, partners.get(g.unsteered_id or -1)))
-    return {vid: sorted(by.values(), key=lambda s: order[s.steered.prompt]) for vid, by in out.items()}
+        if g.scale == 1.0:
+            at_one[g.vector_id].setdefault(g.prompt, g)
+        elif g.scale == working.get(g.vector_id):
+            at_working[g.vector_id].setdefault(g.prompt, g)
+    out: dict[int, list[Sample]] = {}
+    for vid, by in at_one.items():
+        samples = [
+            Sample(g, partners.get(g.unsteered_id or -1), at_working[vid].get(prompt))
+            for prompt, g in by.items()
+        ]
+        out[vid] = sorted(samples, key=lambda s: order[s.steered.prompt])
+    return out
 
 
 def detector_scores(detector_id: int) -> Any:

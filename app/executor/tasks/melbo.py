@@ -20,11 +20,17 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     job.vectors = [(i, source, b) for i, b in enumerate(job.order.done)]
     batch = encode_prompts(lm.tokenizer, spec.prompts)
     first = len(job.order.done)
+    # The default share is cached per loaded model: a later run (a twin) does not calibrate again.
+    cached = trainer.default is not None and not trainer.calibrating
 
     def finish(_: object) -> None:
-        job.vectors += send_vectors(lm, job, batch, source, trainer.take())
+        trained = trainer.take()
+        # Where the default R came from (the calibrated share, cached per model), for the run page.
+        result = {"default_share": {**trained.calibration, "cached": cached}} if trained.calibration else {}
+        job.vectors += send_vectors(lm, job, batch, source, trained, result=result)
 
     def report(force: bool) -> None:
-        report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=force)
+        note = "calibrating the default R" if trainer.calibrating else ""
+        report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=force, note=note)
 
     return (yield from train(job, trainer, finish, report))
