@@ -225,7 +225,7 @@ def concept(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
     if not found:
         return [Fact("block", _pending(job)), Fact("method", method)]
     return [
-        Fact("block", str(found["block"]), "as asked" if run.spec.get("block") is not None else "from depth"),
+        Fact("block", str(found["block"])),
         Fact("method", method),
         Fact("prompts", f"{found['positive']} with, {found['negative']} without"),
         Fact("threshold", _g(found["threshold"]), "a prompt's largest projection above it: present"),

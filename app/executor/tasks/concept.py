@@ -35,13 +35,11 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
                 "norm": float(concept.vector.norm()),
                 "metrics": {"threshold": concept.threshold, "auc": concept.to_dict()["auc"]},
             }
-            target = lm.info.n_blocks - 1  # nothing is read downstream; the last block, for the summary
             job.emit(
                 Vectors(
                     *job.ids,
                     rows=[row],
                     source=concept.block,
-                    target=target,
                     result={"concept": concept.to_dict()},
                 )
             )
