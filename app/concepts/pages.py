@@ -18,7 +18,7 @@ from app.runs.forms import prompt_lines
 from app.templating import render
 
 router = APIRouter(include_in_schema=False)
-FIELDS = ("name", "positive", "negative", "block", "method", "model")
+FIELDS = ("name", "positive", "negative", "block", "method", "norm", "model")
 
 
 def _page(
@@ -42,6 +42,7 @@ def make_concept(request: Request, service: ServiceDep, form: FormDep) -> Respon
         "positive": prompt_lines(values["positive"]),
         "negative": prompt_lines(values["negative"]),
         "method": values["method"] or "diffmean",
+        "norm": values["norm"] or "raw",
     }
     for key in ("block", "model"):
         if values[key].strip():

@@ -64,6 +64,8 @@ def test_a_concept_is_a_run_with_one_vector_at_its_block(client: TestClient, con
     assert page.select_one("#concept-vector")["href"] == f"/vectors/{vector['id']}"
     listed = BeautifulSoup(client.get("/concepts").text, "html.parser")
     assert "zebra" in listed.select_one("#concept-list").get_text()
+    runs = BeautifulSoup(client.get("/runs").text, "html.parser")  # grouped from the kinds table
+    assert "Concepts" in runs.get_text() and runs.select_one(f"a[href='/runs/{run['id']}']") is not None
 
 
 def test_a_concept_detects_and_steers_a_chat(client: TestClient, concept: dict[str, Any]) -> None:
