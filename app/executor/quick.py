@@ -32,7 +32,7 @@ from engine.prompts import format_prompt, target_mask
 from engine.specs import default_source, default_target
 from engine.steer.metrics import cosine_matrix, downstream_cosine_matrix
 from engine.steer.segment import Segment
-from engine.validate import check_spec
+from engine.validate import check_prompts, check_spec
 
 
 def answer(lm: LoadedModel, message: Request) -> Any:
@@ -111,6 +111,7 @@ def _concept_scores(lm: LoadedModel, message: ScoreConcept) -> dict[str, Any]:
     concept = Concept.from_dict(from_bytes(message.vector), message.concept)
     if concept.vector.shape[0] != lm.info.width or concept.block >= lm.info.n_blocks:
         raise EngineError("the concept was made on another model")
+    check_prompts(lm, tuple(message.prompts), 0)  # each must fit the model's context
     scores = concept_scores(lm, concept, message.prompts)
     return {
         "threshold": concept.threshold,

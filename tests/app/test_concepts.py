@@ -117,7 +117,9 @@ def test_the_concept_form_refuses_bad_input_in_place(client: TestClient) -> None
     assert row_counts(client) == before
 
 
-def test_detecting_refuses_what_it_cannot_score(client: TestClient, imported: dict[str, Any]) -> None:
+def test_detecting_refuses_what_it_cannot_score(
+    client: TestClient, imported: dict[str, Any], concept: dict[str, Any]
+) -> None:
     before = row_counts(client)
     assert (
         client.post(f"/api/concepts/{imported['run_id']}/detect", json={"prompts": ["x"]}).status_code == 422
@@ -125,6 +127,8 @@ def test_detecting_refuses_what_it_cannot_score(client: TestClient, imported: di
     assert client.post("/api/concepts/999999/detect", json={"prompts": ["x"]}).status_code == 404
     assert client.post("/api/concepts/1/detect", json={"prompts": []}).status_code == 422
     assert client.post("/api/concepts/1/detect", json={"prompt": "x"}).status_code == 422
+    r = client.post(f"/api/concepts/{concept['run']['id']}/detect", json={"prompts": ["word " * 3000]})
+    assert r.status_code == 422 and "context" in r.text, r.text
     assert row_counts(client) == before
 
 
