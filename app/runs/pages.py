@@ -152,12 +152,7 @@ def gallery_context(session: Any, run: Run, query: gallery.Query) -> dict[str, A
         "picked_elsewhere": [i for i in query.pick if i not in on_page],
         "behaviours": findings.behaviours_of(session, run.id),
         "detectors": detectors.all_detectors(session),
-        "concepts": [
-            (dashboard.concept_name(r), v)
-            for r, v in dashboard.concepts_at(session, model=run.model_name, block=run.source)
-        ]
-        if run.source is not None
-        else [],
+        "concepts": dashboard.concepts_for_run(session, run),
         "colour": gallery.behaviour_colour,
     }
 

@@ -54,6 +54,16 @@ def concepts_at(
     return [(r, v) for r, v in rows]
 
 
+def concepts_for_run(session: Session, run: Run) -> list[tuple[str, Vector]]:
+    """(name, vector) of the concepts at any block the run's vectors are at: the gallery's choices."""
+    blocks = session.scalars(select(Vector.block).where(Vector.run_id == run.id).distinct()).all()
+    return [
+        (concept_name(r), v)
+        for block in sorted(blocks)
+        for r, v in concepts_at(session, model=run.model_name, block=block)
+    ]
+
+
 def concept_name(run: Run) -> str:
     return str(run.spec.get("name") or f"concept #{run.id}")
 

@@ -122,3 +122,11 @@ def test_a_vector_pages_dashboard(page: Page, live: LiveServer, api: httpx.Clien
     chips = page.locator(f"#card-{vector} .promoted .token")
     expect(chips).to_have_count(5)
     expect(chips.first).to_have_text(stored["tokens"]["effect"]["promoted"][0]["text"])
+    # The gallery shows each vector's cosine with a chosen concept, and filters by it.
+    concept_vector = api.get(f"/api/runs/{made.json()['run_id']}/vectors").json()[0]["id"]
+    page.select_option("#gallery-concept", str(concept_vector))
+    expect(page.locator(f"#card-{vector} .concept-cosine")).to_contain_text("concept cosine")
+    page.fill("#gallery input[name=min_cosine]", "2")
+    page.locator("#gallery input[name=min_cosine]").dispatch_event("change")
+    expect(page.locator("article.card")).to_have_count(0)
+    assert "min_cosine=2" in page.url
