@@ -37,6 +37,8 @@ class Kind(StrEnum):
     SCORE = "score"
     DETECT = "detect"
     SCALE_SWEEP = "scale_sweep"
+    CONCEPT = "concept"
+    DASHBOARD = "dashboard"
 
 
 Scoring = Literal["auto", "on request", "never"]
@@ -323,6 +325,36 @@ def table() -> dict[Kind, KindInfo]:
             launch=launch.start_scale_sweep,
             on_vector=True,
             about="sweep a stored vector's scale: where it changes the answer, where it breaks",
+        ),
+        KindInfo(
+            Kind.CONCEPT,
+            "Concept",
+            "Concepts",
+            facts.concept,
+            schemas.ConceptCreate,
+            "concept",
+            scoring="never",
+            samples_on_request=True,
+            page="runs/_concept.html",
+            launch=launch.start_concept,
+            command="concept",
+            about="make a concept: a direction at a block from prompts with it and without it",
+            route="concepts",
+        ),
+        KindInfo(
+            Kind.DASHBOARD,
+            "Dashboard",
+            "dashboards",
+            facts.plain,
+            schemas.DashboardCreate,
+            "dashboard",
+            listed=False,
+            vectors=False,
+            scoring="never",
+            launch=launch.start_dashboard,
+            command="dashboard",
+            on_vector=True,
+            about="read a stored vector: the tokens it pushes, where it occurs in the model's corpus",
         ),
     ]
     return {row.kind: row for row in rows}

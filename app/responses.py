@@ -360,3 +360,34 @@ class DetectorRun(BaseModel):
     run_id: int
     scored: int | None = Field(description="Completions scored (a regex, at once); None for a judge.")
     job: JobOut | None = Field(description="The judge's job (a `detect` run); None for a regex.")
+
+
+class DashboardOut(BaseModel):
+    """A vector's stored dashboard (docs/discovery.md describes each part's rows)."""
+
+    vector_id: int
+    run_id: int = Field(description="The dashboard run that read it.")
+    model: str
+    block: int
+    norm: float | None
+    tokens: dict[str, Any] = Field(
+        description="direct and effect: promoted and suppressed tokens (null: not read)."
+    )
+    corpus: dict[str, Any] | None = Field(description="What was read: documents, tokens, kinds, the centre.")
+    contexts: list[dict[str, Any]] = Field(
+        description="Top contexts, one per document, tokens with projections."
+    )
+    histogram: dict[str, Any] | None = Field(description="Projections of every corpus token: edges, counts.")
+    prompts: list[dict[str, Any]] = Field(description="The prompts that come closest (trigger candidates).")
+    concepts: list[dict[str, Any]] = Field(description="Cosines with the concepts at its block, as of now.")
+
+
+class ConceptScoreOut(BaseModel):
+    prompt: str
+    score: float = Field(description="The prompt's largest user-turn projection on the concept.")
+    present: bool = Field(description="Above the concept's threshold.")
+
+
+class DetectedOut(BaseModel):
+    threshold: float
+    scores: list[ConceptScoreOut]

@@ -67,6 +67,11 @@ def heat(value: float) -> str:
     return f"rgb(255,{fade},{fade})" if c >= 0 else f"rgb({fade},{fade},255)"
 
 
+def shade(value: float, top: float) -> str:
+    """A token's highlight strength in a context, 0..1: its projection against the context's top."""
+    return f"{max(0.0, min(1.0, float(value) / float(top))) if top > 0 else 0.0:.3f}"
+
+
 def csrf_for(request: Any) -> str:
     """The CSRF token the page's forms carry; empty where no cookie authenticates (no access token)."""
     token: str = request.app.state.settings.token
@@ -90,6 +95,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["waited"] = waited
     templates.env.filters["heat"] = heat
     templates.env.filters["changes"] = change_words
+    templates.env.filters["shade"] = shade
     templates.env.globals["csrf_for"] = csrf_for
     templates.env.globals["from_elsewhere"] = from_elsewhere
     templates.env.globals["kind_info"] = kinds.of

@@ -138,6 +138,16 @@ class ExportPeft(Request):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ScoreConcept(Request):
+    """A concept as a detector: each prompt's score (its largest projection on the concept) and
+    whether it passes the concept's threshold."""
+
+    vector: bytes
+    concept: dict[str, Any]  # what the concept's run stored (engine Concept.to_dict)
+    prompts: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Chat(Request):
     """A chat turn: one row per pane, streamed as `ChatTokens`."""
 

@@ -234,3 +234,19 @@ def scale_sweep(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
             Fact(name, f"× {_g(at)}", f"norm {_g(abs(at) * norm)}") if at is not None else Fact(name, none)
         )
     return out
+
+
+def concept(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
+    """A concept: its block and method, and how well its threshold tells its training sets apart."""
+    found = run.result.get("concept")
+    method = str(run.spec.get("method", ""))
+    if not found:
+        return [Fact("block", _pending(job)), Fact("method", method)]
+    return [
+        Fact("block", str(found["block"])),
+        Fact("method", method),
+        Fact("prompts", f"{found['positive']} with, {found['negative']} without"),
+        Fact("threshold", _g(found["threshold"]), "a prompt's largest projection above it: present"),
+        Fact("training ROC AUC", _g(found["auc"], 3), f"accuracy {_g(found['accuracy'], 3)}"),
+        Fact("norm", _g(found["norm"]), f"raw difference {_g(found['raw_norm'])}, R {_g(found['radius'])}"),
+    ]

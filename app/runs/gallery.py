@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.labels.labelling import fts_query
 from app.models import Behaviour, DetectorScore, Generation, Label, Labeling, Run, Vector
-from app.vectors import geometry
+from app.vectors import dashboard, geometry
 
 # "interesting": beyond random x fluent, one exemplar per behaviour first (unscored runs: by index).
 SORTS = ("interesting", "index", "objective", "kl", "norm", "alpha", "detector")
@@ -48,6 +48,8 @@ class Card:
     labels: list[Label] = field(default_factory=list)
     behaviour: Behaviour | None = None
     detected: float | None = None  # the chosen detector's highest score over the completions
+    tokens: list[str] = field(default_factory=list)  # its top promoted tokens, once it was read
+    cosine: float | None = None  # its cosine with the chosen concept
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Query:
     group: bool = False  # cards grouped under their behaviour
     detector: int | None = None  # show (and sort or filter by) this detector's score
     min_detector: float | None = None  # only vectors with a completion scoring at least this
+    concept: int | None = None  # show (and filter by) the cosine with this concept (its vector's id)
+    min_cosine: float | None = None  # only vectors whose cosine with the concept is at least this
 
     def params(self, **change: Any) -> dict[str, Any]:
         """The view as URL parameters (the selection left out), blank ones dropped."""
@@ -196,6 +200,9 @@ def gallery(session: Session, run: Run, query: Query, *, per_page: int = PER_PAG
     if detected is not None and query.min_detector is not None:
         hits = select(detected.c.vector_id).where(detected.c.score >= query.min_detector)
         where.append(Vector.id.in_(hits))
+    cosines = concept_cosines(session, run, query.concept)
+    if cosines is not None and query.min_cosine is not None:
+        where.append(Vector.id.in_([i for i, c in cosines.items() if c >= query.min_cosine]))
     total = session.scalar(select(func.count()).select_from(Vector).where(*where)) or 0
     pages = max(1, math.ceil(total / per_page))
     query.page = min(max(1, query.page), pages)
@@ -212,10 +219,42 @@ def gallery(session: Session, run: Run, query: Query, *, per_page: int = PER_PAG
     vectors = [r[0] for r in rows]
     samples = samples_of(session, vectors, list(run.prompts))
     labels = labels_of(session, [v.id for v in vectors])
+    tokens = dashboard.chips(session, [v.id for v in vectors])
     cards = [
-        Card(v, samples.get(v.id, []), labels.get(v.id, []), behaviour, score) for v, behaviour, score in rows
+        Card(
+            v,
+            samples.get(v.id, []),
+            labels.get(v.id, []),
+            behaviour,
+            score,
+            tokens.get(v.id, []),
+            None if cosines is None else cosines.get(v.id),
+        )
+        for v, behaviour, score in rows
     ]
     return Page(cards, total, query, pages)
+
+
+def concept_cosines(session: Session, run: Run, concept: int | None) -> dict[int, float] | None:
+    """Each of the run's vectors' cosine with the concept's vector (None: no concept chosen); vectors
+    at another block or width than the concept's have none."""
+    if concept is None:
+        return None
+    other = session.get(Vector, concept)
+    if other is None:
+        return {}
+    rows = session.execute(
+        select(Vector.id, Vector.values).where(
+            Vector.run_id == run.id, Vector.block == other.block, Vector.width == other.width
+        )
+    ).all()
+    if not rows:
+        return {}
+    sims = (
+        geometry.unit_rows(geometry.stack([r.values for r in rows]))
+        @ geometry.unit_rows(geometry.stack([other.values]))[0]
+    )
+    return {r.id: float(c) for r, c in zip(rows, sims, strict=True)}
 
 
 # Behaviour colours on the map: distinct hues in order of size; fixed groups in greys.

@@ -23,7 +23,7 @@ from app.labels import labelling
 from app.models import Job, JobEvent, Run
 from app.runs import facts, gallery, launch, summary
 from app.templating import render
-from app.vectors import interop
+from app.vectors import dashboard, interop
 
 router = APIRouter(include_in_schema=False)
 
@@ -116,6 +116,8 @@ def gallery_query(
     group: bool = False,
     detector: MaybeWhole = None,
     min_detector: str = "",
+    concept: MaybeWhole = None,
+    min_cosine: str = "",
 ) -> gallery.Query:
     """The gallery's view from the URL; blank or malformed number filters mean no filter."""
     return gallery.Query(
@@ -131,6 +133,8 @@ def gallery_query(
         group=group,
         detector=detector,
         min_detector=_number(min_detector),
+        concept=concept,
+        min_cosine=_number(min_cosine),
     )
 
 
@@ -148,6 +152,7 @@ def gallery_context(session: Any, run: Run, query: gallery.Query) -> dict[str, A
         "picked_elsewhere": [i for i in query.pick if i not in on_page],
         "behaviours": findings.behaviours_of(session, run.id),
         "detectors": detectors.all_detectors(session),
+        "concepts": dashboard.concepts_for_run(session, run),
         "colour": gallery.behaviour_colour,
     }
 

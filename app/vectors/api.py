@@ -10,11 +10,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
-from app import guard, responses, store
+from app import guard, responses, schemas, store
 from app.deps import ServiceDep, SessionDep
+from app.errors import NotFound
 from app.fields import Whole, maybe_whole
-from app.responses import Imported, VectorOut
-from app.vectors import interop
+from app.responses import Created, DashboardOut, Imported, JobOut, VectorOut
+from app.runs import launch
+from app.vectors import dashboard, interop
 
 router = APIRouter(prefix="/api", tags=["vectors"])
 SAME_SITE = [Depends(guard.refuse_cross_site)]
@@ -88,3 +90,21 @@ def import_vectors(
 @router.get("/vectors/{vector_id}", response_model_exclude_unset=True)
 def read_vector(vector_id: Whole, session: SessionDep, values: bool = False) -> VectorOut:
     return responses.vector(store.get_vector(session, vector_id), values=values)
+
+
+@router.post(
+    "/vectors/{vector_id}/dashboard",
+    status_code=201,
+    summary="Read a vector: the tokens it pushes and where it occurs in its model's corpus (a job)",
+)
+def create_dashboard(vector_id: Whole, body: schemas.DashboardCreate, service: ServiceDep) -> Created:
+    job = launch.start_dashboard(service, vector_id, body)
+    return Created(job=JobOut.model_validate(job), run_id=job.run_id)
+
+
+@router.get("/vectors/{vector_id}/dashboard", summary="A vector's stored dashboard, with its concept cosines")
+def read_dashboard(vector_id: Whole, session: SessionDep) -> DashboardOut:
+    found = dashboard.export(session, store.get_vector(session, vector_id))
+    if found is None:
+        raise NotFound(f"vector {vector_id} has not been read yet: POST to this address to read it")
+    return DashboardOut.model_validate(found)

@@ -23,7 +23,7 @@ from app.refine import refinements
 from app.refine.pages import sweep_context
 from app.runs import gallery, launch
 from app.templating import render
-from app.vectors import geometry
+from app.vectors import dashboard, geometry
 
 router = APIRouter(include_in_schema=False)
 SCALES = (-1.0, 0.5, 1.0, 2.0, 4.0)
@@ -97,6 +97,7 @@ def show_vector(vector_id: Whole, request: Request, session: SessionDep, service
         **sweep_context(session, vector),
         "refinements": refinements.refinements_of(session, vector.id),
         "detectors": detectors.all_detectors(session),
+        **dashboard.context(session, vector),
         "default_multiples": ", ".join(f"{m:g}" for m in schemas.DEFAULT_MULTIPLES),
     }
     return render(request, "vectors/show.html", context)
@@ -168,3 +169,27 @@ def start_chain(vector_id: Whole, service: ServiceDep, form: FormDep) -> Respons
     except AppError as exc:
         return HTMLResponse(f'<p class="error">{escape(exc.message)}</p>', status_code=exc.status_code)
     return Response(status_code=204, headers={"HX-Redirect": f"/runs/{job.run_id}"})
+
+
+@router.get("/vectors/{vector_id}/dashboard", response_class=HTMLResponse)
+def dashboard_section(vector_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
+    """The dashboard piece: what is stored (a reading in progress asks for this again)."""
+    return render(
+        request, "vectors/_dashboard.html", dashboard.context(session, store.get_vector(session, vector_id))
+    )
+
+
+@router.post("/vectors/{vector_id}/dashboard", response_class=HTMLResponse)
+def start_dashboard(vector_id: Whole, request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
+    """The form: queue a reading of the vector, then show the piece following it (or why not)."""
+    error, status = "", 200
+    try:
+        body = schemas.DashboardCreate.model_validate({"rank_by": str(form.get("rank_by") or "max")})
+        launch.start_dashboard(service, vector_id, body)
+    except ValidationError as exc:
+        error, status = describe(exc.errors()), 422
+    except AppError as exc:
+        error, status = exc.message, exc.status_code
+    with service.db.session() as session:
+        context = dashboard.context(session, store.get_vector(session, vector_id))
+    return render(request, "vectors/_dashboard.html", {**context, "error": error}, status_code=status)

@@ -184,6 +184,34 @@ def imported_vectors(client: TestClient) -> list[int]:
     return list(r.json()["vector_ids"])
 
 
+def test_another_sites_page_cannot_start_a_reading_or_a_concept(client: TestClient) -> None:
+    """Reading a vector and making a concept are jobs, detecting with one a worker request: each is a
+    POST that only the app's own pages (and scripts) may send."""
+    a, _ = imported_vectors(client)
+    concept = {"positive": ["a b", "c d"], "negative": ["e f", "g h"]}
+    starts = [
+        ("POST", f"/api/vectors/{a}/dashboard", {"json": {}}),
+        ("POST", f"/vectors/{a}/dashboard", {"data": {"rank_by": "max"}}),
+        ("POST", "/api/concepts", {"json": concept}),
+        ("POST", "/concepts", {"data": {"positive": "a b\nc d", "negative": "e f\ng h"}}),
+        ("POST", "/api/concepts/1/detect", {"json": {"prompts": ["x"]}}),
+        ("POST", "/concepts/1/detect", {"data": {"prompts": "x"}}),
+    ]
+    before = row_counts(client)
+    for headers in CROSS_SITE:
+        with Spy(client) as spy:
+            for method, path, kw in starts:
+                r = client.request(method, path, headers=headers, **kw)
+                assert r.status_code == 403 and "another site" in r.text, (method, path, headers, r.text)
+        assert spy.sent == [], (headers, spy.sent)
+    assert row_counts(client) == before
+    # Reading what is stored is a plain GET, and computes nothing.
+    with Spy(client) as spy:
+        assert client.get(f"/api/vectors/{a}/dashboard", headers=CROSS_SITE[0]).status_code == 404
+        assert client.get(f"/vectors/{a}/dashboard", headers=CROSS_SITE[0]).status_code == 200
+    assert spy.sent == []
+
+
 def test_nothing_another_sites_page_asks_makes_the_worker_compute(client: TestClient) -> None:
     a, b = imported_vectors(client)
     compute = [  # every route that makes the worker compute, as a page of ours would call it

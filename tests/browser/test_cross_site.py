@@ -169,6 +169,7 @@ def test_another_sites_page_cannot_make_the_worker_compute(
     a, b = two_vectors
     app = live.url
     generation = json.dumps({"prompt": "from elsewhere", "max_new_tokens": 4})
+    concept = json.dumps({"positive": ["a b", "c d"], "negative": ["e f", "g h"]})
     other_site.pages["/busy.html"] = f"""<!doctype html><title>free game</title>
 <iframe src="{app}/api/vectors/{a}/export?format=safetensors"></iframe>
 <iframe src="{app}/api/runs/1/export" referrerpolicy="no-referrer"></iframe>
@@ -180,11 +181,15 @@ def test_another_sites_page_cannot_make_the_worker_compute(
   fetch("{app}/compare/downstream?ids={a},{b}&prompt=x", {{mode: "no-cors", referrerPolicy: "no-referrer"}});
   fetch("{app}/api/generations", {{method: "POST", mode: "no-cors", referrerPolicy: "no-referrer",
     headers: {{"content-type": "text/plain"}}, body: {json.dumps(generation)}}});
+  fetch("{app}/vectors/{a}/dashboard",
+    {{method: "POST", mode: "no-cors", body: new URLSearchParams({{rank_by: "max"}})}});
+  fetch("{app}/api/concepts", {{method: "POST", mode: "no-cors", referrerPolicy: "no-referrer",
+    headers: {{"content-type": "text/plain"}}, body: {json.dumps(concept)}}});
   document.forms[0].submit();
 </script>"""
     seen = answers(page, lambda r: r.url.startswith(app))
     page.goto(other_site.url("/busy.html"))
-    until(page, lambda: len(seen) >= 6, lambda: f"the app to answer six requests; it answered {seen}")
+    until(page, lambda: len(seen) >= 8, lambda: f"the app to answer eight requests; it answered {seen}")
     statuses = {(r.request.method, r.url.removeprefix(app).split("?")[0]): r.status for r in seen}
     assert statuses == {
         ("GET", f"/api/vectors/{a}/export"): 403,
@@ -193,6 +198,8 @@ def test_another_sites_page_cannot_make_the_worker_compute(
         ("GET", "/compare/downstream"): 405,
         ("POST", "/api/generations"): 403,
         ("POST", "/runs/preview"): 403,
+        ("POST", f"/vectors/{a}/dashboard"): 403,  # reading a vector is a job
+        ("POST", "/api/concepts"): 403,  # so is making a concept
     }, statuses
     assert worker_asked == []
 
