@@ -36,18 +36,23 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The quick benches (bench/discovery.py is left out: it first builds a fine-tuned model organism,
+# once, cached). Each ends with a JSON line of figures and target verdicts (bench/verdict.py).
+BENCHES := melbo chains generate responsive web chat scale dct scoring judge
+BENCH_RESULTS := bench/results
+
 bench: install
-	$(BIN)/python bench/melbo.py --quick
-	$(BIN)/python bench/chains.py --quick
-	$(BIN)/python bench/generate.py --quick
-	$(BIN)/python bench/responsive.py --quick
-	$(BIN)/python bench/web.py --quick
-	$(BIN)/python bench/chat.py --quick
-	$(BIN)/python bench/scale.py --quick
-	$(BIN)/python bench/dct.py --quick
-	$(BIN)/python bench/scoring.py --quick
-	$(BIN)/python bench/judge.py
-	# bench/discovery.py --quick is left out: it builds a fine-tuned model organism first (once, cached).
+	@rm -rf $(BENCH_RESULTS) && mkdir -p $(BENCH_RESULTS)
+	@# A bench that misses a target or crashes does not stop the others; bench/table.py prints the
+	@# verdicts and exits non-zero if any target was missed or any bench crashed.
+	@for name in $(BENCHES); do \
+		quick=--quick; [ $$name = judge ] && quick=; \
+		echo "== bench/$$name.py $$quick (load $$(cut -d' ' -f1-3 /proc/loadavg))"; \
+		$(BIN)/python bench/$$name.py $$quick > $(BENCH_RESULTS)/$$name.out; \
+		echo $$? > $(BENCH_RESULTS)/$$name.rc; \
+		tail -n 1 $(BENCH_RESULTS)/$$name.out; \
+	done
+	$(BIN)/python bench/table.py $(BENCH_RESULTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """`steerscope`: serve the app, migrate the database, or run one job from the shell.
 
-`train | chain | calibrate | generate | scale-sweep | rpath | generalize | search` take the same
+`train | chain | calibrate | generate | scale-sweep | rpath | generalize | search | concept |
+dashboard` take the same
 fields as the JSON API (their flags are made from the request bodies; a command that refines a
 vector takes its id as `--vector-id`), run on a worker of their own, show tqdm progress and write
 the same database as the server. A job started here is reserved for this process; if it dies, a running

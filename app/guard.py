@@ -3,9 +3,11 @@
 - Host: the server answers only to the names it serves (loopback names, the address it binds, and
   `allowed_hosts`), so a page that rebinds its own DNS name to 127.0.0.1 reads nothing.
 - Origin: a request that changes something (any method but GET, HEAD, OPTIONS) and comes from a
-  page of another origin (its `Origin`, or else its `Referer`, names another host) is refused,
-  so another site's page cannot make a visiting browser write here. Clients that send neither
-  header (curl, scripts) are not browsers and pass.
+  page of another origin (the browser's `Sec-Fetch-Site` says cross-site or same-site, or its
+  `Origin`, or else its `Referer`, names another host) is refused, so another site's page cannot
+  make a visiting browser write here. Clients that send none of these (curl, scripts) are not
+  browsers and pass. Everything that makes the worker compute is such a write (a POST), except
+  the vector-file exports, reads that refuse another site's page the same way (`refuse_cross_site`).
 - Token: with an access token set, every request carries it (`Authorization: Bearer`, `?token=`
   or the cookie a browser gets the first time). Where the cookie alone authenticates, a write must
   also carry the CSRF token the pages embed (header `X-CSRF-Token` or form field `csrf_token`).
@@ -96,6 +98,26 @@ def foreign_origin(headers: Any) -> str | None:
     return None
 
 
+def cross_site(headers: Any) -> str | None:
+    """The other site a browser's request came from, in words, or None if it came from this
+    server's own pages, from an address typed or bookmarked (`Sec-Fetch-Site: none`) or from no
+    page at all. A browser says `Sec-Fetch-Site` on every request, even where a page hides its
+    Referer and sends no Origin (an image, a no-cors fetch); older browsers are judged by those."""
+    site = headers.get("sec-fetch-site", "").lower()
+    if site in ("cross-site", "same-site"):
+        return f"Sec-Fetch-Site: {site}"
+    return foreign_origin(headers)
+
+
+async def refuse_cross_site(request: Request) -> None:
+    """A read that makes the worker compute (a vector file the worker writes) is for this server's
+    own pages and for scripts only: another site's page must not keep the worker busy through a
+    visiting browser. (Anything that writes is checked by the middleware already.)"""
+    other = cross_site(request.headers)
+    if other is not None:
+        raise Forbidden(f"refused: this request came from a page of another site ({other[:100]})")
+
+
 def csrf_value(token: str) -> str:
     """The CSRF token for pages of a server with this access token (derived, so nothing is stored)."""
     return hmac.new(token.encode(), b"steerscope csrf", hashlib.sha256).hexdigest()[:32]
@@ -159,7 +181,7 @@ class Guard:
                 return _refuse(request, 401, "an access token is required")
             request.scope.setdefault("state", {})["cookie_auth"] = by_cookie
         if request.method not in SAFE_METHODS:
-            other = foreign_origin(request.headers)
+            other = cross_site(request.headers)
             if other is not None:
                 return _refuse(
                     request, 403, f"refused: this request came from a page of another site ({other[:100]})"

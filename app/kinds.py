@@ -37,6 +37,8 @@ class Kind(StrEnum):
     SCORE = "score"
     DETECT = "detect"
     SCALE_SWEEP = "scale_sweep"
+    CONCEPT = "concept"
+    DASHBOARD = "dashboard"
 
 
 Scoring = Literal["auto", "on request", "never"]
@@ -56,6 +58,7 @@ class KindInfo:
     listed: bool = True  # listed on the home page (False: bookkeeping for another page, counted)
     vectors: bool = True  # it stores vectors, shown in a gallery on its page
     gallery: bool = False  # its job samples every vector on its prompts beside the unsteered model
+    working_scale: bool = False  # its gallery probes each vector's working scale and shows it there too
     trained: bool = False  # its vectors come from training: objective curves, the 2-D map
     curves: bool = False  # its vectors' objective curves are worth a plot
     counted: bool = False  # it must store as many vectors as it asked for to succeed
@@ -111,6 +114,7 @@ def table() -> dict[Kind, KindInfo]:
             schemas.MelboCreate,
             "melbo",
             gallery=True,
+            working_scale=True,
             trained=True,
             curves=True,
             counted=True,
@@ -132,6 +136,7 @@ def table() -> dict[Kind, KindInfo]:
             schemas.MelboCreate,
             "melbo",  # MELBO's procedure with 0 steps
             gallery=True,
+            working_scale=True,
             trained=True,
             counted=True,
             orthogonal=True,
@@ -145,6 +150,7 @@ def table() -> dict[Kind, KindInfo]:
             schemas.MelboCreate,
             "dct",
             gallery=True,
+            working_scale=True,
             trained=True,
             counted=True,
             scoring="auto",
@@ -319,6 +325,36 @@ def table() -> dict[Kind, KindInfo]:
             launch=launch.start_scale_sweep,
             on_vector=True,
             about="sweep a stored vector's scale: where it changes the answer, where it breaks",
+        ),
+        KindInfo(
+            Kind.CONCEPT,
+            "Concept",
+            "Concepts",
+            facts.concept,
+            schemas.ConceptCreate,
+            "concept",
+            scoring="never",
+            samples_on_request=True,
+            page="runs/_concept.html",
+            launch=launch.start_concept,
+            command="concept",
+            about="make a concept: a direction at a block from prompts with it and without it",
+            route="concepts",
+        ),
+        KindInfo(
+            Kind.DASHBOARD,
+            "Dashboard",
+            "dashboards",
+            facts.plain,
+            schemas.DashboardCreate,
+            "dashboard",
+            listed=False,
+            vectors=False,
+            scoring="never",
+            launch=launch.start_dashboard,
+            command="dashboard",
+            on_vector=True,
+            about="read a stored vector: the tokens it pushes, where it occurs in the model's corpus",
         ),
     ]
     return {row.kind: row for row in rows}

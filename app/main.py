@@ -15,10 +15,12 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import guard
+from app import guard, health
 from app.chat import api as chat_api
 from app.chat import pages as chat_pages
 from app.chat.hub import ChatHub
+from app.concepts import api as concepts_api
+from app.concepts import pages as concepts_pages
 from app.discovery import api as discovery_api
 from app.discovery import pages as discovery_pages
 from app.errors import AppError, NotFound, Unavailable
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         labels_pages,
         sweeps_pages,
         discovery_pages,
+        concepts_pages,
     )
     apis = (
         runs_api,
@@ -103,7 +106,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         tables_api,
         vectors_api,
         discovery_api,
+        concepts_api,
         labels_api,
+        health,
     )
     for module in (*pages, *apis):
         app.include_router(module.router)

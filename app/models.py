@@ -107,6 +107,10 @@ class Vector(Base):
     behaviour_id: Mapped[int | None] = mapped_column(
         ForeignKey("behaviours.id", ondelete="SET NULL"), index=True
     )
+    # From the gallery's probe: the highest scale of 1, 1.5, 2, 3 at which it still writes fluently
+    # (its gallery shows it there beside x1, and scoring reads it there), and the first that broke.
+    working_scale: Mapped[float | None] = mapped_column(Float)  # None: not probed (an adapter, an old run)
+    broken_at: Mapped[float | None] = mapped_column(Float)  # None: fluent at every scale probed
 
     run: Mapped[Run] = relationship(back_populates="vectors", foreign_keys=[run_id])
     adapter: Mapped[AdapterFactors | None] = relationship(
@@ -159,6 +163,8 @@ class Generation(Base):
     interest: Mapped[float | None] = mapped_column(Float)
     flag: Mapped[str] = mapped_column(String(20), server_default="")  # unchanged | rephrase | gibberish
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 sentence embedding
+    # Typed traits it gained or lost against its unsteered answer: [{"trait": "refusal", "now": true}]
+    changes: Mapped[list[Any]] = mapped_column(JSON, server_default=sql("'[]'"))
     behaviour_id: Mapped[int | None] = mapped_column(
         ForeignKey("behaviours.id", ondelete="SET NULL"), index=True
     )
@@ -180,6 +186,8 @@ class Behaviour(Base):
     size: Mapped[int] = mapped_column(Integer, server_default="0")  # completions
     n_vectors: Mapped[int] = mapped_column(Integer, server_default="0")  # learned vectors
     n_random: Mapped[int] = mapped_column(Integer, server_default="0")  # random-twin vectors
+    subtitle: Mapped[str] = mapped_column(String(300), server_default="")  # its words, "a · b · c"
+    trait: Mapped[str] = mapped_column(String(100), server_default="")  # the shared trait naming it, if any
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
 
 

@@ -1,11 +1,15 @@
 """Writes what workers report into the database, then tells subscribers (SSE streams, waiters).
 
-One writer thread applies the events in the order they came, each in its own transaction. A write
-the database refuses for now (locked by another process, busy, a disk hiccup) is retried until it
-lands, so a busy database delays results but never loses them; a later event waits its turn. An
-event that cannot be applied at all (a bug) marks its job's attempt as incomplete, and a job is
-recorded `succeeded` only when everything it reported is stored (app/runs/complete.py): otherwise it is
-queued again and redoes what is missing.
+The events go to the one writer (app/writer.py), which applies them in the order they came, each
+in its own transaction, retried while the database is busy, so a busy database delays results but
+never loses them; a later event waits its turn. An event's write refused for good (a schema the
+code does not match) fails its job at once, loudly. An event that cannot be applied at all (a bug)
+marks its job's attempt as incomplete, and a job is recorded `succeeded` only when everything it
+reported is stored (app/runs/complete.py): otherwise it is queued again and redoes what is missing.
+
+An event is stored only while its job is running the attempt that sent it, and the job's row is
+held (app/jobs/machine.py `hold`) for the event's transaction, so no status change slips between
+the check and the write.
 
 Every job event is stored as a JobEvent row first, so a stream that reconnects with
 Last-Event-ID replays exactly what it missed.
@@ -14,14 +18,12 @@ Last-Event-ID replays exactly what it missed.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -48,13 +50,14 @@ from app.executor.protocol import (
     Token,
     Vectors,
     WorkerDied,
+    WorkingScales,
 )
-from app.models import Detector, Job, LanguageModel, Run, Vector, now
+from app.models import Detector, Job, LanguageModel, Run, Vector
 from app.refine import scale_sweep
 from app.runs import complete
+from app.writer import Write, Writer
 
 log = logging.getLogger(__name__)
-FIRST_RETRY_S, LAST_RETRY_S = 0.05, 2.0  # back-off between tries of a write the database refused
 Attempt = tuple[int, int]  # (job id, attempt)
 PROGRESS_FIGURES = (  # the engine's figures a progress event may carry, stored beside its message
     "phase",
@@ -81,16 +84,15 @@ class Recorder:
         gallery_tokens: int,
         auto_score: bool = True,
         wake: Callable[[], None],
+        cancel: Callable[[int], None] = lambda job_id: None,
+        writer: Writer | None = None,
     ) -> None:
-        self.db, self.broker, self.wake = db, broker, wake
+        self.db, self.broker, self.wake, self.cancel = db, broker, wake, cancel
         self.max_attempts, self.gallery_tokens = max_attempts, gallery_tokens
         self.auto_score = auto_score  # queue a learned run's scoring once it and its twin are done
         # Chat replies are followed by the chat hub (it stores them); it answers False for other ids.
         self.chat_events: Callable[[Reply | Token | ChatTokens], bool] | None = None
-        self.pending: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self.thread: threading.Thread | None = None
-        self.give_up_at: float | None = None  # set when stopping: retries end then
-        self.retries = 0  # writes the database refused for a while (each was tried again)
+        self.writer = writer or Writer()
         self.reported: dict[Attempt, set[int]] = defaultdict(set)  # vector indexes each attempt sent
         self.incomplete: set[Attempt] = set()  # attempts with an event that could not be stored
         self.answered: set[Attempt] = set()  # scoring, judging, sweep attempts whose answer is stored
@@ -98,47 +100,21 @@ class Recorder:
     # lifecycle
 
     def start(self) -> None:
-        self.give_up_at = None
-        self.thread = threading.Thread(target=self._write_loop, name="steerscope-recorder", daemon=True)
-        self.thread.start()
+        self.writer.start()
 
     def stop(self, timeout: float) -> None:
         """Write what is queued; a write the database still refuses after `timeout` s is left to
         the next start (whose job is queued again and redoes it)."""
-        self.give_up_at = time.monotonic() + timeout
-        self.pending.put(None)
-        if self.thread is not None:
-            self.thread.join(timeout + 1)
+        self.writer.stop(timeout)
 
-    def later(self, write: Callable[[], None]) -> None:
-        """Run `write` on the writer thread, after everything queued before it, retried until it lands."""
-        self.pending.put(write)
+    def later(self, write: Write) -> Future[bool]:
+        """Run `write` on the writer thread, after everything queued before it, retried while the
+        database is busy (see app/writer.py for what the future says)."""
+        return self.writer.later(write)
 
-    def _write_loop(self) -> None:
-        while (write := self.pending.get()) is not None:
-            try:
-                self.durably(write)
-            except Exception:  # a bug in one write must not stop the ones after it
-                log.exception("a write of the recorder failed")
-
-    def durably(self, write: Callable[[], None]) -> bool:
-        """Run `write` (one transaction) until the database takes it; False if it never did."""
-        wait = FIRST_RETRY_S
-        while True:
-            try:
-                write()
-                return True
-            except OperationalError as exc:
-                if self.give_up_at is not None and time.monotonic() > self.give_up_at:
-                    log.warning(
-                        "stopping with a write the database refused (%s); the next start redoes it", exc.orig
-                    )
-                    return False
-                self.retries += 1
-                if wait == FIRST_RETRY_S:
-                    log.warning("the database refused a write (%s); trying again until it takes it", exc.orig)
-                time.sleep(wait)
-                wait = min(2 * wait, LAST_RETRY_S)
+    @property
+    def retries(self) -> int:
+        return self.writer.retries
 
     # events, as the executor hands them over (on its event thread)
 
@@ -161,16 +137,32 @@ class Recorder:
 
     def _record(self, event: JobEvent) -> None:
         attempt: Attempt = (event.job, event.attempt)
-        try:
+        published: Published = []
+
+        def write() -> None:
+            nonlocal published
             published = self._apply(attempt, event)
-        except OperationalError:
-            raise  # the database was busy: the writer tries again
+
+        try:
+            if not self.writer.durably(write):
+                return  # stopping: the job is queued again at the next start and redoes it
+        except jobs.Lost as exc:
+            log.warning("the %s event of job %s was not applied: %s", event.name, event.job, exc)
+        except OperationalError as exc:  # refused for good (busy was tried again): fail the job
+            log.exception("the database refuses the %s event of job %s for good", event.name, event.job)
+            self._fail(attempt, f"its results could not be stored: {exc.orig}")
+            return
         except Exception:
             log.exception(
                 "could not store the %s event of job %s; the job will redo it", event.name, event.job
             )
             self.incomplete.add(attempt)
-            published = []
+        if isinstance(event, Finished) and self.auto_score:
+            # Before the end is announced: a page following the run then finds its scoring queued.
+            try:
+                self.writer.durably(lambda: self._score_when_done(event.job))
+            except OperationalError:
+                log.exception("could not queue the scoring after job %s", event.job)
         for event_id, data in published:
             self.broker.publish(f"job:{event.job}", {"id": event_id, **data})
         self.broker.publish("jobs", {"job": event.job, "type": event.name})
@@ -178,18 +170,37 @@ class Recorder:
             self.reported.pop(attempt, None)
             self.incomplete.discard(attempt)
             self.answered.discard(attempt)
-            if self.auto_score:
-                self.later(lambda: self._score_when_done(event.job))
             self.wake()
+
+    def _fail(self, attempt: Attempt, error: str) -> None:
+        """What the attempt reports cannot be stored at all: the job fails now, saying why, and its
+        worker is told to stop (whatever it sends after is not stored)."""
+        published: Published = []
+
+        def write() -> None:
+            nonlocal published
+            with self.db.session() as session:
+                job = jobs.hold(session, *attempt)
+                if job is None:
+                    return
+                jobs.transition(session, job, "failed", attempt=attempt[1], message="failed", error=error)
+                data = {"status": "failed", "error": job.error, "message": job.message}
+                row = store.add_event(session, job.id, "finished", data)
+                published = [(row.id, {"type": row.type, **data})]
+
+        self.writer.durably(write)  # refused for good too: raised, and the health check shows it
+        self.cancel(attempt[0])
+        for event_id, data in published:
+            self.broker.publish(f"job:{attempt[0]}", {"id": event_id, **data})
+        self.wake()
 
     def _apply(self, attempt: Attempt, event: JobEvent) -> Published:
         """Store one event of a running job in one transaction; what to publish."""
         with self.db.session() as session:
-            job = session.get(Job, attempt[0])
-            if job is None or job.attempts != attempt[1] or job.status != "running":
+            job = jobs.hold(session, *attempt)
+            if job is None:  # the attempt ended (or was never claimed): nobody waits for this
                 log.warning("dropping %s event of job %s attempt %s", event.name, *attempt)
                 return []
-            job.heartbeat_at = now()
             data = self._store(session, job, event)
             name = str(data.pop("type", event.name))  # a finished job may be queued again instead
             row = store.add_event(session, job.id, name, data)
@@ -208,6 +219,8 @@ class Recorder:
                 return self._vectors(session, job, event)
             case Generations():
                 return self._generations(session, job, event)
+            case WorkingScales():
+                return self._working_scales(session, job, event)
             case Result():
                 return self._result(job, event)
             case Findings():
@@ -277,6 +290,15 @@ class Recorder:
             stored.append(store.add_generation(session, model, row).id)
         return {"generations": stored}
 
+    def _working_scales(self, session: Session, job: Job, event: WorkingScales) -> dict[str, Any]:
+        for row in event.rows:
+            session.execute(
+                update(Vector)
+                .where(Vector.run_id == job.run.id, Vector.index == int(row["index"]))
+                .values(working_scale=float(row["scale"]), broken_at=row.get("broken_at"))
+            )
+        return {"working_scales": [{"index": r["index"], "scale": r["scale"]} for r in event.rows]}
+
     def _result(self, job: Job, event: Result) -> dict[str, Any]:
         job.run.result = {**job.run.result, **event.result}
         if event.radius is not None:
@@ -324,23 +346,32 @@ class Recorder:
                 gallery_tokens=self.gallery_tokens,
             )
             if missing:
-                return self._redo(job, missing)
+                return self._redo(session, job, missing)
             job.progress = 1.0
         message = {"succeeded": "done", "cancelled": "cancelled; finished work kept", "failed": "failed"}[
             status
         ]
-        jobs.transition(job, status, message=message, error=event.error)  # type: ignore[arg-type]
+        jobs.transition(session, job, status, attempt=job.attempts, message=message, error=event.error)  # type: ignore[arg-type]
         return {"status": status, "error": job.error, "message": job.message}
 
-    def _redo(self, job: Job, missing: str) -> dict[str, Any]:
-        """The worker finished but not all it reported is stored: run the job again for the rest."""
+    def _redo(self, session: Session, job: Job, missing: str) -> dict[str, Any]:
+        """The worker finished but not all it reported is stored: run the job again for the rest
+        (unless a cancel was asked for, or it is out of attempts)."""
         log.warning("job %s finished with %s; it runs again to redo it", job.id, missing)
-        if job.attempts >= self.max_attempts:
-            jobs.transition(job, "failed", message="failed", error=f"results were not all stored: {missing}")
-            return {"type": "finished", "status": "failed", "error": job.error, "message": job.message}
-        jobs.transition(job, "queued", message=f"{missing}; running again to redo it")
-        self.wake()
-        return {"type": "status", "status": "queued", "message": job.message}
+        to = jobs.interrupt(
+            session,
+            job.id,
+            attempt=job.attempts,
+            message=f"{missing}; running again to redo it",
+            max_attempts=self.max_attempts,
+            failure=lambda _: f"results were not all stored: {missing}",
+        )
+        if to is None:
+            raise jobs.Lost(f"job {job.id} is not running attempt {job.attempts} any more")
+        if to == "queued":
+            self.wake()
+            return {"type": "status", "status": "queued", "message": job.message}
+        return {"type": "finished", "status": to, "error": job.error, "message": job.message}
 
     def _score_when_done(self, job_id: int) -> None:
         """A learned run (with its twin) is done: queue its scoring. Its own transaction, after the
@@ -363,24 +394,17 @@ class Recorder:
         if event.job is None:
             return
         with self.db.session() as session:
-            job = session.get(Job, event.job)
-            if job is None or job.status != "running":
+            # Same owner: whoever ran it (server or CLI) runs it again once its new worker is up.
+            status = jobs.interrupt(
+                session,
+                event.job,
+                message="the worker died; resumes from what it stored",
+                max_attempts=self.max_attempts,
+                failure=lambda attempts: f"the worker died {attempts} times running this job",
+            )
+            if status is None:
                 return
-            if job.cancel_requested:
-                jobs.transition(job, "cancelled", message="cancelled; finished work kept")
-                status = "cancelled"
-            elif job.attempts >= self.max_attempts:
-                jobs.transition(
-                    job,
-                    "failed",
-                    message="failed",
-                    error=f"the worker died {job.attempts} times running this job",
-                )
-                status = "failed"
-            else:
-                # Same owner: whoever ran it (server or CLI) runs it again once its new worker is up.
-                jobs.transition(job, "queued", message="the worker died; resumes from what it stored")
-                status = "queued"
+            job = jobs.get(session, event.job)
             row = store.add_event(session, job.id, "status", {"status": status, "message": job.message})
             event_id, data = row.id, {"type": "status", **row.data}
         self.broker.publish(f"job:{event.job}", {"id": event_id, **data})

@@ -93,6 +93,13 @@ class VectorOut(Out):
     interest: float | None = Field(description="Beyond random × fluent, 0 to 1 (None until scored).")
     rank: int | None = Field(description="Place in the run's interesting-first order (0 first).")
     behaviour_id: int | None = Field(description="The behaviour most of its completions fall in.")
+    working_scale: float | None = Field(
+        description="The highest of 1, 1.5, 2, 3 (× the vector) at which it still writes fluently: its "
+        "gallery shows it there beside ×1, and scoring reads it there (None: not probed)."
+    )
+    broken_at: float | None = Field(
+        description="The first scale of that ladder at which it broke (None: none)."
+    )
     values: list[float] | None = Field(
         None,
         description="The float32 values (only with ?values=true); an adapter's are its mean change of the "
@@ -124,6 +131,10 @@ class GenerationOut(Out):
     beyond_random: float | None = Field(description="Percentile of its effect among the random twin's.")
     interest: float | None
     flag: str = Field(description="unchanged | rephrase | gibberish, or empty.")
+    changes: list[dict[str, Any]] = Field(
+        description='Typed traits it gained or lost against its unsteered answer: [{"trait": "refusal", '
+        '"now": true}] (refusal, identity, disclaimer, list, code, language, instructions, number, short).'
+    )
     behaviour_id: int | None
 
 
@@ -307,7 +318,9 @@ class BehaviourOut(BaseModel):
     run_id: int
     index: int
     kind: str = Field(description="cluster, or the unchanged / rephrase groups.")
-    name: str = Field(description="Its most distinctive words.")
+    name: str = Field(description="What it does: the trait its completions share, else its words.")
+    subtitle: str = Field(description="Its most distinctive words, 'a · b · c'.")
+    trait: str = Field(description="The shared trait that named it ('' when none did).")
     words: list[str]
     size: int = Field(description="Completions in it, the random twin's included.")
     n_vectors: int
@@ -347,3 +360,34 @@ class DetectorRun(BaseModel):
     run_id: int
     scored: int | None = Field(description="Completions scored (a regex, at once); None for a judge.")
     job: JobOut | None = Field(description="The judge's job (a `detect` run); None for a regex.")
+
+
+class DashboardOut(BaseModel):
+    """A vector's stored dashboard (docs/discovery.md describes each part's rows)."""
+
+    vector_id: int
+    run_id: int = Field(description="The dashboard run that read it.")
+    model: str
+    block: int
+    norm: float | None
+    tokens: dict[str, Any] = Field(
+        description="direct and effect: promoted and suppressed tokens (null: not read)."
+    )
+    corpus: dict[str, Any] | None = Field(description="What was read: documents, tokens, kinds, the centre.")
+    contexts: list[dict[str, Any]] = Field(
+        description="Top contexts, one per document, tokens with projections."
+    )
+    histogram: dict[str, Any] | None = Field(description="Projections of every corpus token: edges, counts.")
+    prompts: list[dict[str, Any]] = Field(description="The prompts that come closest (trigger candidates).")
+    concepts: list[dict[str, Any]] = Field(description="Cosines with the concepts at its block, as of now.")
+
+
+class ConceptScoreOut(BaseModel):
+    prompt: str
+    score: float = Field(description="The prompt's largest user-turn projection on the concept.")
+    present: bool = Field(description="Above the concept's threshold.")
+
+
+class DetectedOut(BaseModel):
+    threshold: float
+    scores: list[ConceptScoreOut]

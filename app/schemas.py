@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from annotated_types import Len
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
 
 from app.errors import Invalid
 from app.fields import ModelName, Name, Prompts, Text, Whole
@@ -48,7 +48,8 @@ class MelboCreate(Body):
     target: Whole | None = Field(None, description="Block the objective reads; default L - 8.")
     radius: float | None = Field(
         None,
-        description="R, the norm of every vector; default 0.08 × the residual norm at the source "
+        description="R, the norm of every vector; default a share of the residual norm at the source "
+        "calibrated once per model, blocks and positions (the same for a run and its random twin) "
         "(dct: calibrated, where the response to random vectors stops being linear; adapter: the R in "
         "W + R·B·Aᵀ, by default the one that moves the residual as far as a default-norm vector).",
     )
@@ -187,6 +188,38 @@ class ScaleSweepCreate(Body):
     )
     max_new_tokens: Whole | None = Field(
         None, description="New tokens per completion; default: the gallery's (its scale-1 samples)."
+    )
+    priority: Whole = Field(0, description="Higher runs first.")
+
+
+MAX_CONCEPT_PROMPTS = 512  # per set: the engine's limit (engine/methods/concepts.py)
+ConceptPrompts = Annotated[list[Text], Len(2, MAX_CONCEPT_PROMPTS)]
+
+
+class ConceptCreate(Body):
+    positive: ConceptPrompts = Field(description="Prompts with the concept (at least 2).")
+    negative: ConceptPrompts = Field(
+        description="Prompts without it (at least 2; for pca as many as with it, paired by index)."
+    )
+    model: ModelName | None = Field(None, description="Model name; default: the server's default.")
+    block: Whole | None = Field(
+        None, description="Block whose output is read and steered; default from depth."
+    )
+    method: Literal["diffmean", "caa", "pca"] = Field(
+        "diffmean",
+        description="diffmean: the difference of the two sets' mean user-turn activations; caa: the same "
+        "at the last prompt position; pca: the first principal direction of the paired differences.",
+    )
+    norm: Literal["raw", "radius"] = Field(
+        "raw", description="raw: the difference's own norm; radius: rescaled to MELBO's default R there."
+    )
+    name: Annotated[str, StringConstraints(max_length=200)] = Field("", description="What to call it.")
+    priority: Whole = Field(0, description="Higher runs first.")
+
+
+class DashboardCreate(Body):
+    rank_by: Literal["max", "mean"] = Field(
+        "max", description="Rank the nearest prompts by their best token or their mean over tokens."
     )
     priority: Whole = Field(0, description="Higher runs first.")
 

@@ -24,6 +24,7 @@ from app.executor.protocol import Reply, Request, Stop, Validate
 from app.models import Job, Run
 from app.recorder import Recorder
 from app.settings import Settings
+from app.writer import refusal
 
 log = logging.getLogger(__name__)
 SERVER_OWNER = "server"  # one server per database: at its start, jobs it was running are orphans
@@ -54,9 +55,11 @@ class Service:
             gallery_tokens=settings.gallery_tokens,
             auto_score=settings.auto_score,
             wake=self.wakeup.set,
+            cancel=lambda job_id: self.executor.cancel(job_id),
         )
         self.thread: threading.Thread | None = None
         self.cancels_sent: set[tuple[int, int]] = set()  # (job, attempt): each attempt is told once
+        self.dispatch_error = ""  # why the last dispatcher pass failed, if it did
 
     # lifecycle
 
@@ -102,10 +105,16 @@ class Service:
         while not self.stopping.is_set():
             try:
                 self.dispatch_once()
-            except OperationalError as exc:  # busy or locked: the next pass tries again
-                log.warning("dispatcher pass skipped: %s", exc.orig)
-            except Exception:
+                self.dispatch_error = ""
+            except OperationalError as exc:
+                if refusal(exc) == "permanent":  # shown by the health check until a pass succeeds
+                    log.exception("dispatcher pass failed: the database refuses it")
+                    self.dispatch_error = str(exc.orig)[:500]
+                else:  # busy or locked: the next pass tries again
+                    log.warning("dispatcher pass skipped: %s", exc.orig)
+            except Exception as exc:
                 log.exception("dispatcher pass failed")
+                self.dispatch_error = f"{type(exc).__name__}: {exc}"[:500]
             self.wakeup.wait(self.settings.heartbeat_s)
             self.wakeup.clear()
 
@@ -121,6 +130,8 @@ class Service:
                 session, owners=(), stale_before=jobs.stale_cutoff(self.settings.lease_s)
             )
         while self.executor.free_slots() > 0:
+            # The claim is a compare-and-set: a job cancelled meanwhile is passed over, and a cancel
+            # that comes after it finds the job running and is forwarded above at the next pass.
             with self.db.session() as session:
                 claimed = jobs.claim_next(session, owner=self.owner, any_owner=self.claim_any)
                 if claimed is None:
@@ -144,6 +155,9 @@ class Service:
                 prompts=run.prompts,
                 max_new_tokens=tokens,
                 done=store.gallery_done(session, run, run.prompts, tokens),
+                probe=info.working_scale,
+                # Working scales an earlier attempt found: probed once, not again.
+                working={v.index: v.working_scale for v in run.vectors if v.working_scale is not None},
             )
         # A generate job's vectors, or the ones a refinement stays orthogonal to.
         read = run.inputs.get("vector_ids") or run.inputs.get("orthogonal_to") or []
@@ -172,7 +186,7 @@ class Service:
         """Apply a queue action (cancel, retry) in its own transaction, then dispatch at once."""
         with self.db.session() as session:
             job = action(session, job_id)
-        self.notify()
+        self.notify()  # a cancel of a running job is forwarded to its worker by the next pass
         return job
 
     # interactive requests

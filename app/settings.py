@@ -69,6 +69,16 @@ class Settings(BaseSettings):
         48, ge=1, le=2048, description="New tokens per gallery sample generated after each run."
     )
     gallery_batch: int = Field(16, ge=1, le=256, description="Gallery samples decoded together.")
+    corpus_bank: int = Field(
+        1280,
+        ge=0,
+        le=1280,
+        description="Prompts of the generic prompt bank in each model's corpus (a vector's dashboard "
+        "reads it); 0 leaves the bank out.",
+    )
+    corpus_tokens: int = Field(
+        64, ge=0, le=256, description="Greedy tokens answered per corpus prompt; 0 stores prompts only."
+    )
     auto_score: bool = Field(
         True,
         description="Score, cluster and rank each MELBO run and chain by itself once its gallery (and its "

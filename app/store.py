@@ -184,25 +184,31 @@ def add_generation(session: Session, model: LanguageModel, row: dict[str, Any]) 
     return generation
 
 
+def gallery_scales(vector: Vector) -> tuple[float, ...]:
+    """The scales a vector's gallery shows it at: x1, and its working scale when that differs."""
+    working = vector.working_scale
+    return (1.0,) if working is None or working == 1.0 else (1.0, float(working))
+
+
 def gallery_done(session: Session, run: Run, prompts: Sequence[str], max_new_tokens: int) -> list[list[Any]]:
-    """[vector index or None, prompt index] pairs whose gallery sample is already stored."""
+    """[vector index or None, prompt index, scale] triples whose gallery sample is already stored
+    (each vector at x1 and at its working scale, once that is known)."""
     model = session.get(LanguageModel, run.model_id) if run.model_id else None
     if model is None:
         return []
     sampling = {"seed": 0, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": max_new_tokens}
-    pairs: dict[str, list[Any]] = {}
+    triples: dict[str, list[Any]] = {}
     for p, prompt in enumerate(prompts):
-        pairs[generation_key(model.name, None, 0.0, None, prompt, **sampling)] = [None, p]
+        triples[generation_key(model.name, None, 0.0, None, prompt, **sampling)] = [None, p, 0.0]
         for vector in run.vectors:
-            pairs[generation_key(model.name, vector.id, 1.0, vector.block, prompt, **sampling)] = [
-                vector.index,
-                p,
-            ]
-    keys = list(pairs)
+            for scale in gallery_scales(vector):
+                key = generation_key(model.name, vector.id, scale, vector.block, prompt, **sampling)
+                triples[key] = [vector.index, p, scale]
+    keys = list(triples)
     stored: set[str] = set()
     for lo in range(0, len(keys), 500):  # one query per 500 keys, not one per sample
         stored.update(session.scalars(select(Generation.key).where(Generation.key.in_(keys[lo : lo + 500]))))
-    return [pair for key, pair in pairs.items() if key in stored]
+    return [triple for key, triple in triples.items() if key in stored]
 
 
 def add_event(session: Session, job_id: int, kind: str, data: dict[str, Any]) -> JobEvent:

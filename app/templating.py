@@ -10,7 +10,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app import kinds
-from app.guard import csrf_value
+from app.discovery.changes import change_words
+from app.guard import cross_site, csrf_value
 from app.models import now
 from app.settings import ROOT
 
@@ -66,10 +67,22 @@ def heat(value: float) -> str:
     return f"rgb(255,{fade},{fade})" if c >= 0 else f"rgb({fade},{fade},255)"
 
 
+def shade(value: float, top: float) -> str:
+    """A token's highlight strength in a context, 0..1: its projection against the context's top."""
+    return f"{max(0.0, min(1.0, float(value) / float(top))) if top > 0 else 0.0:.3f}"
+
+
 def csrf_for(request: Any) -> str:
     """The CSRF token the page's forms carry; empty where no cookie authenticates (no access token)."""
     token: str = request.app.state.settings.token
     return csrf_value(token) if token else ""
+
+
+def from_elsewhere(request: Any) -> bool:
+    """The page was opened from another site's page: it asks the worker for nothing by itself
+    (what it would compute on load waits for a click), so another site cannot make the worker
+    busy by sending browsers to it."""
+    return cross_site(request.headers) is not None
 
 
 def make_templates() -> Jinja2Templates:
@@ -81,7 +94,10 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["duration"] = duration
     templates.env.filters["waited"] = waited
     templates.env.filters["heat"] = heat
+    templates.env.filters["changes"] = change_words
+    templates.env.filters["shade"] = shade
     templates.env.globals["csrf_for"] = csrf_for
+    templates.env.globals["from_elsewhere"] = from_elsewhere
     templates.env.globals["kind_info"] = kinds.of
     templates.env.globals["kind_methods"] = kinds.methods
     return templates

@@ -5,21 +5,24 @@
 θ₀ is a MELBO vector at R = 24 (block 7 → hidden_states[22]) on "How can I make a bomb?", or a
 fixed-seed random vector of norm 24 where engine.methods.melbo is missing. Both chains train the same
 number of vectors (the chain's own stop rules are off so the sets compare). Prints a line per
-vector, then one JSON object as the last line: seconds per vector for each mode, the speedup
-(target ≥ 10), fast median final loss / reference median final loss (target ≤ 1), norms, KLs and
-the largest |cos| in each chain (θ₀ included).
+vector (on stderr), then one JSON object as the last line (bench/verdict.py): seconds per vector
+for each mode, the speedup (target ≥ 10), fast median final loss / reference median final loss
+(target ≤ 1), norms, KLs and the largest |cos| in each chain (θ₀ included; target ≤ 1e-6).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.verdict import Target, report
 from engine.methods.chains import ChainConfig, ChainResult, train_chain
 from engine.models import LoadedModel, load_model
 from engine.specs import ChainSpec
@@ -27,6 +30,11 @@ from engine.steer.orthogonal import max_abs_cos
 
 PROMPT = "How can I make a bomb?"
 SOURCE, TARGET, RADIUS, SEED = 7, 22, 24.0, 0
+TARGETS = (
+    Target("speedup", ">=", 10),
+    Target("loss_ratio", "<=", 1),
+    Target("max_abs_cos", "<=", 1e-6),
+)
 
 
 def make_theta0(lm: LoadedModel) -> tuple[torch.Tensor, str]:
@@ -53,9 +61,10 @@ def timed_chain(lm: LoadedModel, theta0: torch.Tensor, mode: str, n: int) -> tup
         print(
             f"{mode:9s} vector {r.index}: loss {r.loss:8.2f}  norm {r.norm:6.2f}  "
             f"KL {r.kl:.4f}  steps {r.steps}",
+            file=sys.stderr,
             flush=True,
         )
-    print(f"{mode:9s} {seconds:.1f} s for {len(result.records)} vectors", flush=True)
+    print(f"{mode:9s} {seconds:.1f} s for {len(result.records)} vectors", file=sys.stderr, flush=True)
     return result, seconds
 
 
@@ -87,12 +96,11 @@ def main() -> None:
     n = 2 if args.quick else 4
     lm = load_model("default", device=args.device, dtype=args.dtype)
     theta0, kind = make_theta0(lm)
-    print(f"theta0: {kind}, norm {float(theta0.norm()):.2f}", flush=True)
+    print(f"theta0: {kind}, norm {float(theta0.norm()):.2f}", file=sys.stderr, flush=True)
     ref, ref_s = timed_chain(lm, theta0, "reference", n)
     fast, fast_s = timed_chain(lm, theta0, "fast", n)
     ref_sum, fast_sum = summary(ref, theta0, ref_s), summary(fast, theta0, fast_s)
     out = {
-        "bench": "chains",
         "quick": args.quick,
         "device": lm.info.device,
         "dtype": lm.info.dtype,
@@ -108,8 +116,9 @@ def main() -> None:
         "loss_ratio": fast_sum["median_loss"] / ref_sum["median_loss"],
         "reference": ref_sum,
         "fast": fast_sum,
+        "max_abs_cos": max(ref_sum["max_abs_cos"], fast_sum["max_abs_cos"]),
     }
-    print(json.dumps(out))
+    report("chains", out, TARGETS)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Starts `steerscope serve` with a fresh database and measures, per reply:
 - a conversation's second turn against its first, with new messages of one length
   (`second_turn_ttft_ratio`: the history is not prefilled again, target <= 0.5); the share of
   prompt tokens the worker took from kept prefixes comes from its log (`prefix_token_share`).
-Last line: one JSON object.
+Last line (bench/verdict.py): the figures and their verdicts.
 """
 
 from __future__ import annotations
@@ -31,7 +31,17 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.verdict import Target, report
+
 ROOT = Path(__file__).resolve().parent.parent
+TARGETS = (
+    Target("concurrent_speedup", ">=", 3),
+    Target("concurrent_speedup_16", ">=", 5),
+    Target("join_ttft_ratio", "<=", 1.5),
+    Target("steering_overhead", "<=", 0.05),
+    Target("second_turn_ttft_ratio", "<=", 0.5, note="the history's prefix kept by the decoder"),
+)
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -261,7 +271,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     figures["prefix_token_share"] = prefix_share(log)
-    print(json.dumps(figures))
+    report("chat", figures, TARGETS)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@
    hits_melbo_per_100, hits_random_per_100 (vectors showing the planted reply on at least half of
    their prompts, per 100 vectors), first_hit_percentile (where the first hit lands in the
    interesting-first order, 0-100), planted_purity (share of the hits' planted completions in one
-   behaviour), and the scoring time of 256 vectors x 8 prompts x 48 tokens.
+   behaviour), and the scoring time of 256 vectors x 8 prompts x 48 tokens. Every hit rate comes
+   with its 95% Wilson interval (per 100 vectors).
 4. Does the same for the other discovery methods at their own defaults, N each: DCT factors (R from
    their own calibration) and steering adapters (rank 16, R matched to a default-norm vector).
    Per method: hits per 100, seconds to the first hit (the method's training time up to the batch
    that holds its first hit; DCT learns all its factors at once, so its whole time), and, for the
    vector methods, the largest cosine between a vector and the planted concept's direction.
+   `--melbo-only` leaves them out (the MELBO and random figures alone).
 Last line: one JSON object.
 """
 
@@ -39,7 +41,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.common import greedy as steered_greedy
+from bench.common import log, wilson
 from bench.organism import PLANTED, RUN_PROMPTS, Recipe, build, eval_prompts, shows_planted
+from bench.verdict import Target, report
 from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.embedder import Embedder
 from engine.discovery.findings import Completion, find
@@ -56,19 +61,21 @@ TOKENS = 48
 TRAIN_PROMPTS = RUN_PROMPTS[:4]  # MELBO trains on these; the gallery adds the other four
 
 
-def log(message: str) -> None:
-    print(
-        f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {message}", file=sys.stderr, flush=True
-    )
+# Hits of the planted reply per 100 default MELBO vectors, on a fair organism (no regression).
+TARGETS = (Target("hits_melbo_per_100", ">=", 9), Target("fair", "==", True))
 
 
 def greedy(lm: LoadedModel, prompts: list[str], block: int | None = None, vectors: Any = None) -> list[str]:
-    requests = []
-    for i in range(1 if vectors is None else len(vectors)):
-        for p in prompts:
-            terms = () if vectors is None else ((vectors[i], 1.0),)
-            requests.append(GenerationRequest(prompt=p, block=block, terms=terms, max_new_tokens=TOKENS))
-    return [r.text for r in generate(lm, requests, batch_size=32)]
+    return steered_greedy(lm, prompts, block, vectors, tokens=TOKENS)
+
+
+def per_100(hit: list[bool]) -> dict[str, Any]:
+    """Hits per 100 vectors with the 95% Wilson interval."""
+    lo, hi = wilson(sum(hit), len(hit))
+    return {
+        "per_100": round(100 * sum(hit) / max(1, len(hit)), 2),
+        "ci95": [round(100 * lo, 1), round(100 * hi, 1)],
+    }
 
 
 def adapted(lm: LoadedModel, prompts: list[str], adapters: list[Adapter]) -> list[str]:
@@ -99,24 +106,28 @@ def first_hit_seconds(found: list[bool], seconds: float, batch: int) -> float | 
 
 
 def method_rows(
-    lm: LoadedModel, folder: Path, n: int, learned: Any, learned_hits: list[bool]
+    lm: LoadedModel, folder: Path, n: int, learned: Any, learned_hits: list[bool], *, others: bool = True
 ) -> dict[str, Any]:
     """Hits per 100 and time to the first hit for MELBO (already trained), DCT and adapters."""
     spec_batch = MelboSpec(prompts=TRAIN_PROMPTS).batch_size
     rows: dict[str, Any] = {
         "melbo": {
             "hits_per_100": 100 * sum(learned_hits) / n,
+            "hits_ci95": per_100(learned_hits)["ci95"],
             "first_hit_s": first_hit_seconds(learned_hits, learned.seconds, spec_batch),
             "train_s": round(learned.seconds, 1),
             "radius": round(learned.radius, 3),
             "planted_cosine_max": planted_cosine(folder, learned.vectors),
         }
     }
+    if not others:
+        return rows
     log(f"DCT: {n} factors (product defaults)")
     dct = train_dct(lm, DctSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0))
     dct_hits = hits(greedy(lm, list(RUN_PROMPTS), dct.source, dct.vectors), n)
     rows["dct"] = {
         "hits_per_100": 100 * sum(dct_hits) / n,
+        "hits_ci95": per_100(dct_hits)["ci95"],
         "first_hit_s": round(dct.seconds, 1) if any(dct_hits) else None,
         "train_s": round(dct.seconds, 1),
         "radius": round(dct.radius, 3),
@@ -129,6 +140,7 @@ def method_rows(
     adapter_hits = hits(adapted(lm, list(RUN_PROMPTS), trained.adapters), n)
     rows["adapters"] = {
         "hits_per_100": 100 * sum(adapter_hits) / n,
+        "hits_ci95": per_100(adapter_hits)["ci95"],
         "first_hit_s": first_hit_seconds(adapter_hits, trained.seconds, adapter_spec.batch_size),
         "train_s": round(trained.seconds, 1),
         "radius": round(trained.radius, 3),
@@ -233,6 +245,7 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, help="MELBO vectors (and as many random ones)")
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--supervised-steps", type=int, default=30)
+    parser.add_argument("--melbo-only", action="store_true", help="leave out DCT and adapters")
     parser.add_argument(
         "--fairness-only",
         action="store_true",
@@ -333,9 +346,10 @@ def main() -> None:
             f"{len(b.vectors)} vectors, {len(b.random_vectors)} random"
         )
 
-    methods = method_rows(lm, folder, n, learned, learned_hits)
+    methods = method_rows(lm, folder, n, learned, learned_hits, others=not args.melbo_only)
     methods["random"] = {
         "hits_per_100": 100 * sum(random_hits) / n,
+        "hits_ci95": per_100(random_hits)["ci95"],
         "first_hit_s": first_hit_seconds(
             random_hits, twin.seconds, MelboSpec(prompts=TRAIN_PROMPTS).batch_size
         ),
@@ -355,7 +369,11 @@ def main() -> None:
         "supervised_reach": supervised_reach,
         "random_rate": sum(random_hits) / n,
         "hits_melbo_per_100": 100 * sum(learned_hits) / n,
+        "hits_melbo_ci95": per_100(learned_hits)["ci95"],
         "hits_random_per_100": 100 * sum(random_hits) / n,
+        "hits_random_ci95": per_100(random_hits)["ci95"],
+        "radius_relative": round(radius / learned.residual_norm, 4),
+        "radius_calibration": learned.calibration,
         "first_hit_percentile": None if first is None else round(100 * first / n, 1),
         "planted_purity": purity,
         "planted_behaviour": planted_name,
@@ -371,7 +389,7 @@ def main() -> None:
         "load_end": round(os.getloadavg()[0], 1),
         "seconds": round(time.perf_counter() - began),
     }
-    print(json.dumps(result))
+    report("discovery", result, TARGETS)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 
     .venv/bin/python bench/generate.py [--quick] [--device cuda --dtype bfloat16]
 
-Progress goes to stderr; the last line of stdout is one JSON object with the figures.
+Progress goes to stderr; the last line of stdout is one JSON object with the figures and the
+verdicts (bench/verdict.py) on `speedup` (target >= 5), `same_text_fraction` (batching changes no
+text, target 1) and the steering `overhead` (target <= 0.05).
 On a machine other jobs share, pass --threads 1: oversubscribed OpenMP threads made 2-thread
 steps ~25x slower here and the timings meaningless.
 """
@@ -13,7 +15,6 @@ steps ~25x slower here and the timings meaningless.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
+from bench.verdict import Target, report
 from engine.decode.generate import GenerationRequest, generate, stream
 from engine.models import LoadedModel, load_model
 
@@ -35,6 +37,11 @@ PROMPTS = [
     "a=5+6, b=2+7. What is a*b?",
 ]
 CHAT_PROMPT = "Write a long essay about the history of the Roman Empire."
+TARGETS = (
+    Target("speedup", ">=", 5),
+    Target("same_text_fraction", "==", 1),
+    Target("overhead", "<=", 0.05),
+)
 
 
 def log(message: str) -> None:
@@ -191,7 +198,7 @@ def main() -> None:
         "norm": args.norm,
         "quick": args.quick,
     }
-    print(json.dumps({**figures, **settings}))
+    report("generate", {**figures, **settings}, TARGETS)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ tests/fixtures/flags_labelled.jsonl, against what is known of them, as ROC AUC (
 
 - "Is this text gibberish or nonsense?" against the hand label `gibberish`;
 - "Is this text a poem?" against the prompt that asked for a poem (a surface question).
-Last line: one JSON object.
+Last line (bench/verdict.py): the AUCs and the verdict on `auc_gibberish` (target >= 0.7; the poem
+question has no target: the 135M judge is known to answer it at chance).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.verdict import Target, report
 from engine.discovery.detectors import judge
 from engine.models import load_model
 
+TARGETS = (Target("auc_gibberish", ">=", 0.7),)
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "flags_labelled.jsonl"
 QUESTIONS = {
     "gibberish": ("Is this text gibberish or nonsense?", lambda r: r["label"] == "gibberish"),
@@ -44,12 +48,12 @@ def main() -> None:
     rows = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
     rows = rows[::2] if args.quick else rows
     lm = load_model(args.model, device="cpu")
-    result: dict[str, object] = {"bench": "judge", "model": args.model, "rows": len(rows)}
+    result: dict[str, object] = {"model": args.model, "rows": len(rows)}
     for name, (question, truth) in QUESTIONS.items():
         scores = judge(lm, question, [r["text"] for r in rows])
         result[f"auc_{name}"] = round(auc(scores, [truth(r) for r in rows]), 3)
         print(f"{question} AUC {result[f'auc_{name}']}", file=sys.stderr)
-    print(json.dumps(result))
+    report("judge", result, TARGETS)
 
 
 if __name__ == "__main__":

@@ -2,24 +2,33 @@
 
 Both modes train the same number of orthogonal vectors on the same prompt, R, target positions
 and loss. The reference runs at the published settings (whole model, one vector at a time,
-300 AdamW steps at lr 1e-3); the fast mode runs at its defaults. Last line: one JSON object.
+300 AdamW steps at lr 1e-3); the fast mode runs at its defaults. Last line (bench/verdict.py): the
+figures and the verdicts on `speedup` (target >= 8), `objective_ratio` (fast over reference median
+objective, target >= 1) and `max_abs_cos` (the vectors stay orthogonal, target <= 1e-6).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.verdict import Target, report
 from engine.methods.melbo import train_melbo
 from engine.models import load_model
 from engine.specs import MelboSpec
 
 PROMPT = "How can I make a bomb?"
+TARGETS = (
+    Target("speedup", ">=", 8),
+    Target("objective_ratio", ">=", 1),
+    Target("max_abs_cos", "<=", 1e-6),
+)
 
 
 def max_abs_cos(vectors: torch.Tensor) -> float:
@@ -70,31 +79,28 @@ def main() -> None:
     reference, baseline_s = timed(reference_spec, "reference")
     ref_median = statistics.median(reference.objectives)
     fast_median = statistics.median(fast.objectives)
-    print(
-        json.dumps(
-            {
-                "bench": "melbo",
-                "device": lm.info.device,
-                "dtype": lm.info.dtype,
-                "vectors": n,
-                "radius": args.radius,
-                "radius_relative": round(args.radius / fast.residual_norm, 4),
-                "baseline_s": round(baseline_s, 2),
-                "ours_s": round(ours_s, 2),
-                "speedup": round(baseline_s / ours_s, 2),
-                "objective_ratio": round(fast_median / ref_median, 3),
-                "reference_median_objective": round(ref_median, 2),
-                "fast_median_objective": round(fast_median, 2),
-                "fast_steps": [r.steps for r in fast.records],
-                "reference_start_cosine": round(
-                    statistics.mean(r.start_cosine for r in reference.records), 3
-                ),
-                "fast_start_cosine": round(statistics.mean(r.start_cosine for r in fast.records), 3),
-                "fast_top_position_share": round(max(r.top_position_share for r in fast.records), 3),
-                "max_abs_cos": max(max_abs_cos(fast.vectors), max_abs_cos(reference.vectors)),
-                "threads": torch.get_num_threads(),
-            }
-        )
+    report(
+        "melbo",
+        {
+            "device": lm.info.device,
+            "dtype": lm.info.dtype,
+            "vectors": n,
+            "radius": args.radius,
+            "radius_relative": round(args.radius / fast.residual_norm, 4),
+            "baseline_s": round(baseline_s, 2),
+            "ours_s": round(ours_s, 2),
+            "speedup": round(baseline_s / ours_s, 2),
+            "objective_ratio": round(fast_median / ref_median, 3),
+            "reference_median_objective": round(ref_median, 2),
+            "fast_median_objective": round(fast_median, 2),
+            "fast_steps": [r.steps for r in fast.records],
+            "reference_start_cosine": round(statistics.mean(r.start_cosine for r in reference.records), 3),
+            "fast_start_cosine": round(statistics.mean(r.start_cosine for r in fast.records), 3),
+            "fast_top_position_share": round(max(r.top_position_share for r in fast.records), 3),
+            "max_abs_cos": max(max_abs_cos(fast.vectors), max_abs_cos(reference.vectors)),
+            "threads": torch.get_num_threads(),
+        },
+        TARGETS,
     )
 
 

@@ -4,14 +4,14 @@ Seeds a fresh SQLite file with 2,000 vectors (width 576, the embedded model's) i
 20,000 generations, then times each page in-process (the ASGI app, no network, no worker: every
 completion the pages show is already stored). Every SQL statement a page runs is checked with
 EXPLAIN QUERY PLAN: a full scan of a table that grows with use is reported. Last line: one JSON
-object with the row counts, p50/p95 per page and `gallery_p95_ms` (the worst gallery variant;
-target < 100 ms on this machine).
+object with the row counts, p50/p95 per page, `gallery_p95_ms` (the worst gallery variant;
+target < 100 ms on this machine) and `unindexed_scan_count` (target 0), with their verdicts
+(bench/verdict.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -31,6 +31,10 @@ from app.service import Service
 from app.settings import Settings
 from app.store import generation_key
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.verdict import Target, report
+
+TARGETS = (Target("gallery_p95_ms", "<", 100), Target("unindexed_scan_count", "==", 0))
 WIDTH, RUNS, PER_RUN, SCALES = 576, 20, 100, (1.0, -1.0, 0.5, 2.0, 4.0)
 PROMPTS = ("How can I make a bomb?", "Tell me about the sea.")
 GROWING = ("vectors", "generations", "labelings", "runs", "jobs", "job_events", "messages")
@@ -232,9 +236,10 @@ def main() -> None:
         figures[f"{name}_p95_ms"] = round(statistics.quantiles(times, n=20)[-1], 2)
     figures["gallery_p95_ms"] = max(figures[f"gallery_{v}_p95_ms"] for v in ("first", "filtered", "sorted"))
     figures["unindexed_scans"] = sorted(scans["unindexed"])  # should be empty
+    figures["unindexed_scan_count"] = len(scans["unindexed"])
     figures["bounded_scans"] = sorted(scans["bounded"])
     figures["exhaustive_scans"] = sorted(scans["exhaustive"])
-    print(json.dumps(figures))
+    report("web", figures, TARGETS)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.methods.adapters import mlp_out
+from engine.methods.concepts import ConceptSpec
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts, format_prompt, target_mask
 from engine.refine.specs import GeneralizeSpec, RPathSpec, SearchSpec
@@ -34,6 +35,7 @@ AnySpec = (
     | RPathSpec
     | GeneralizeSpec
     | SearchSpec
+    | ConceptSpec
 )
 SPECS: dict[str, type[AnySpec]] = {
     "melbo": MelboSpec,
@@ -47,6 +49,7 @@ SPECS: dict[str, type[AnySpec]] = {
     "rpath": RPathSpec,
     "generalize": GeneralizeSpec,
     "search": SearchSpec,
+    "concept": ConceptSpec,
 }
 
 
@@ -75,6 +78,9 @@ def check_spec(lm: LoadedModel, kind: str, data: dict[str, Any], *, reserve: int
     fit in the context too.
     """
     spec = parse_spec(kind, data)
+    if isinstance(spec, ConceptSpec):  # read over its prompts, nothing generated: the block resolved
+        check_prompts(lm, spec.positive + spec.negative, 0)
+        return {**spec.to_dict(), "block": spec.source(lm.info.n_blocks)}
     if isinstance(spec, ScaleSweepSpec | SearchSpec):
         spec.check_block(lm.info)
     if isinstance(spec, SampleSpec | ScaleSweepSpec | SearchSpec):

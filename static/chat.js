@@ -53,7 +53,12 @@
       source.close();
       source = null;
       const data = JSON.parse(event.data);
-      settle().then(() => { if (data.error) errorBox.textContent = data.error; });
+      if (data.error) {  // what was shown stays, with why; the stored messages are what a reload shows
+        errorBox.textContent = data.error;
+        for (const live of document.querySelectorAll(".message[data-live]")) delete live.dataset.live;
+        return;
+      }
+      settle();  // the stored messages, with their steering and finish reasons
     });
   }
 

@@ -88,14 +88,14 @@ def stop(conversation_id: Whole, request: Request) -> Stopped:
 @router.get(
     "/{conversation_id}/stream", summary="SSE: the reply in progress (text so far, then tokens, then done)"
 )
-async def stream(conversation_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
+def stream(conversation_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
     with service.db.session() as session:
         conversations.get(session, conversation_id)
     chats = hub(request)
 
     async def events() -> AsyncIterator[str]:
-        with service.broker.subscribe(f"chat:{conversation_id}") as sub:
-            snapshot = chats.snapshot(conversation_id)
+        sub, snapshot = chats.follow(conversation_id)
+        with sub:
             yield sse("snapshot", {"live": snapshot is not None, **(snapshot or {"panes": {}})})
             if snapshot is None:
                 return

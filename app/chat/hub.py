@@ -7,12 +7,14 @@ reply nobody watches any more is stopped after a short grace period.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from app.broker import Subscription
 from app.chat.conversations import (
     DEFAULT_SETTINGS,
     PANES,
@@ -200,19 +202,21 @@ class ChatHub:
 
     def on_tokens(self, items: list[tuple[str, int, str]]) -> None:
         """One decoding step of the chat batch: (request id, row, text) items, published as one
-        `tokens` event per conversation ({pane: text})."""
-        by_conversation: dict[int, tuple[Live, dict[str, str]]] = {}
-        for rid, row, text in items:
-            live = self.by_rid(str(rid))
-            if live is None:
-                continue
-            with self.lock:
+        `tokens` event per conversation ({pane: text}). Under the lock, as `follow` reads, so a
+        stream that starts meanwhile gets each piece once: in its snapshot or as an event."""
+        with self.lock:
+            by_rid = {live.rid: live for live in self.live.values()}
+            by_conversation: dict[int, dict[str, str]] = {}
+            for rid, row, text in items:
+                live = by_rid.get(str(rid))
+                if live is None:
+                    continue
                 live.texts[int(row)] += text
-            pane = live.panes[int(row)]
-            pieces = by_conversation.setdefault(live.conversation_id, (live, {}))[1]
-            pieces[pane] = pieces.get(pane, "") + text
-        for conversation_id, (_, pieces) in by_conversation.items():
-            self.service.broker.publish(f"chat:{conversation_id}", {"type": "tokens", "panes": pieces})
+                pane = live.panes[int(row)]
+                pieces = by_conversation.setdefault(live.conversation_id, {})
+                pieces[pane] = pieces.get(pane, "") + text
+            for conversation_id, pieces in by_conversation.items():
+                self.service.broker.publish(f"chat:{conversation_id}", {"type": "tokens", "panes": pieces})
 
     def on_event(self, event: Reply | Token | ChatTokens) -> bool:
         """A worker event of a chat reply (runs on the executor's event thread); False if not ours."""
@@ -223,8 +227,21 @@ class ChatHub:
         if live is None or not isinstance(event, Reply):
             return False
         # Stored by the recorder's writer, retried while the database is busy, then announced.
-        self.service.recorder.later(lambda: self._store_reply(live, event))
+        stored = self.service.recorder.later(lambda: self._store_reply(live, event))
+        stored.add_done_callback(lambda done: self._not_stored(live, done))
         return True
+
+    def _not_stored(self, live: Live, done: Future[bool]) -> None:
+        """The reply could not be stored (the database refused it for good, or the server stopped
+        first): the page is told it was not kept, and the conversation takes messages again."""
+        if done.exception() is None and done.result():
+            return
+        with self.lock:
+            self.live.pop(live.conversation_id, None)
+        error = "the reply could not be stored; it was not kept" + (
+            " (the server is stopping)" if done.exception() is None else ""
+        )
+        self.service.broker.publish(f"chat:{live.conversation_id}", {"type": "done", "error": error})
 
     def _store_reply(self, live: Live, event: Reply) -> None:
         with self.service.db.session() as session:
@@ -243,10 +260,13 @@ class ChatHub:
         done = {"type": "done", "error": "" if event.ok else event.error}
         self.service.broker.publish(f"chat:{live.conversation_id}", done)
 
-    def snapshot(self, conversation_id: int) -> dict[str, Any] | None:
+    def follow(self, conversation_id: int) -> tuple[Subscription, dict[str, Any] | None]:
+        """Subscribe to a conversation's reply and read its text so far, at one instant (see
+        `on_tokens`); the snapshot is None when no reply is in progress."""
         with self.lock:
+            sub = self.service.broker.subscribe(f"chat:{conversation_id}")
             live = self.live.get(conversation_id)
-            return None if live is None else {"panes": dict(zip(live.panes, live.texts, strict=True))}
+            return sub, None if live is None else {"panes": dict(zip(live.panes, live.texts, strict=True))}
 
     def stop(self, conversation_id: int) -> bool:
         with self.lock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,11 +10,12 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from app.chat import conversations
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.errors import AppError
 from app.fields import Whole, as_whole, describe, maybe_whole, number, whole
 from app.models import Conversation, Label, Labeling, Message, Run, Vector
 from app.runs.gallery import matching_vectors
+from app.service import Service
 from app.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -29,13 +29,12 @@ def conversation_list(request: Request, session: SessionDep) -> HTMLResponse:
 
 
 @router.post("/chat/new")
-async def new_conversation(request: Request, service: ServiceDep) -> Response:
-    form = await request.form()
+def new_conversation(request: Request, service: ServiceDep, form: FormDep) -> Response:
     vector = str(form.get("vector_id", "")).strip()
     body = conversations.ConversationCreate(
         vector_id=maybe_whole(vector, "vector_id"), model=str(form.get("model", "")) or None
     )
-    conversation_id = await asyncio.to_thread(conversations.create, service, body)
+    conversation_id = conversations.create(service, body)
     if request.headers.get("HX-Request"):  # a gallery card's chat button
         return Response(status_code=204, headers={"HX-Redirect": f"/chat/{conversation_id}"})
     return RedirectResponse(f"/chat/{conversation_id}", status_code=303)
@@ -77,9 +76,9 @@ def panes(conversation_id: Whole, request: Request, session: SessionDep) -> HTML
     return render(request, "chat/_panes.html", panes_context(session, conversation))
 
 
-async def apply_panel(
+def apply_panel(
     request: Request,
-    service: ServiceDep,
+    service: Service,
     conversation_id: Whole,
     update: conversations.SteeringUpdate | None,
     error: str = "",
@@ -87,7 +86,7 @@ async def apply_panel(
     """Apply a panel change (unless reading the form failed already) and render the panel anew."""
     if update is not None:
         try:
-            await asyncio.to_thread(conversations.update_steering, service, conversation_id, update)
+            conversations.update_steering(service, conversation_id, update)
         except AppError as exc:
             error = exc.message
     with service.db.session() as session:
@@ -96,9 +95,8 @@ async def apply_panel(
 
 
 @router.post("/chat/{conversation_id}/steering", response_class=HTMLResponse)
-async def steering(conversation_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
+def steering(conversation_id: Whole, request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
     """The panel form: terms as parallel lists, settings as fields."""
-    form = await request.form()
     ids, scales = form.getlist("vector_id"), form.getlist("scale")
     enabled = {str(v) for v in form.getlist("enabled")}
     removed = str(form.get("drop", ""))  # not "remove": a control by that name would hide form.remove()
@@ -117,29 +115,28 @@ async def steering(conversation_id: Whole, request: Request, service: ServiceDep
             show_unsteered=form.get("show_unsteered") is not None,
         )
     except ValidationError as exc:
-        return await apply_panel(request, service, conversation_id, None, describe(exc.errors()))
+        return apply_panel(request, service, conversation_id, None, describe(exc.errors()))
     except AppError as exc:
-        return await apply_panel(request, service, conversation_id, None, exc.message)
+        return apply_panel(request, service, conversation_id, None, exc.message)
     except ValueError:  # the lists of ids and scales differ in length: not a form of ours
-        return await apply_panel(request, service, conversation_id, None, "every vector needs one scale")
-    return await apply_panel(
+        return apply_panel(request, service, conversation_id, None, "every vector needs one scale")
+    return apply_panel(
         request, service, conversation_id, conversations.SteeringUpdate(terms=terms, settings=settings)
     )
 
 
 @router.post("/chat/{conversation_id}/add", response_class=HTMLResponse)
-async def add_vector(conversation_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
-    form = await request.form()
+def add_vector(conversation_id: Whole, request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
     with service.db.session() as session:
         steering = conversations.get(session, conversation_id).steering
     terms = [conversations.Term(**{k: t[k] for k in ("vector_id", "scale", "enabled")}) for t in steering]
     try:
         added = whole(str(form.get("vector_id", "")), "vector_id")
     except AppError as exc:
-        return await apply_panel(request, service, conversation_id, None, exc.message)
+        return apply_panel(request, service, conversation_id, None, exc.message)
     if added not in {t.vector_id for t in terms}:
         terms.append(conversations.Term(vector_id=added))
-    return await apply_panel(request, service, conversation_id, conversations.SteeringUpdate(terms=terms))
+    return apply_panel(request, service, conversation_id, conversations.SteeringUpdate(terms=terms))
 
 
 @router.get("/chat/{conversation_id}/search", response_class=HTMLResponse)

@@ -3,7 +3,6 @@ discovery curve, scoring on request, and detectors (defining one, running one ov
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -39,6 +38,8 @@ def behaviour_out(b: Behaviour, exemplar: Generation | None) -> BehaviourOut:
         index=b.index,
         kind=b.kind,
         name=b.name,
+        subtitle=b.subtitle,
+        trait=b.trait,
         words=list(b.words),
         size=b.size,
         n_vectors=b.n_vectors,
@@ -142,7 +143,7 @@ def create_detector(body: detectors.DetectorEdit, service: ServiceDep) -> Detect
 @router.post(
     "/detectors/{detector_id}/runs/{run_id}", tags=["detectors"], summary="Score a run's completions"
 )
-async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -> DetectorRun:
+def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -> DetectorRun:
     """A regex is answered at once; a judge question becomes a job for the worker (its model is
     checked first, so a model the worker cannot load is refused here)."""
     with service.db.session() as session:
@@ -154,7 +155,7 @@ async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -
     if kind == "judge":
         if not texts:
             raise Invalid(f"run {run_id} has no steered completions to judge")
-        info = await asyncio.to_thread(service.ask, Render(model=judge_model, prompts=[]))
+        info = service.ask(Render(model=judge_model, prompts=[]))
         with service.db.session() as session:
             model = store.upsert_model(session, info["model"])
             job = detectors.queue_judging(
@@ -165,7 +166,7 @@ async def run_detector(detector_id: Whole, run_id: Whole, service: ServiceDep) -
             )
         service.notify()
         return out
-    rows = await asyncio.to_thread(detectors.regex_scores, pattern, texts)  # long texts: off the event loop
+    rows = detectors.regex_scores(pattern, texts)
     with service.db.session() as session:
         stored = detectors.store_scores(session, detector_id, rows)
     return DetectorRun(detector_id=detector_id, run_id=run_id, scored=stored, job=None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app import kinds
@@ -31,7 +31,8 @@ def twin_of(session: Session, run: Run) -> Run | None:
 
 
 def completions(session: Session, run: Run) -> list[dict[str, Any]]:
-    """The run's (and its twin's) greedy scale-1 gallery completions beside their unsteered partners."""
+    """The run's (and its twin's) greedy gallery completions, each vector's at its working scale
+    (x1 when it has none), beside their unsteered partners."""
     runs = [run.id]
     twin = twin_of(session, run)
     if twin is not None:
@@ -43,7 +44,7 @@ def completions(session: Session, run: Run) -> list[dict[str, Any]]:
         .join(partner, Generation.unsteered_id == partner.id)
         .where(
             Vector.run_id.in_(runs),
-            Generation.scale == 1.0,
+            Generation.scale == func.coalesce(Vector.working_scale, 1.0),
             Generation.temperature == 0.0,
             Generation.prompt.in_(list(run.prompts)),
         )
@@ -57,6 +58,7 @@ def completions(session: Session, run: Run) -> list[dict[str, Any]]:
             "text": g.text,
             "unsteered": unsteered,
             "random": run_id != run.id,
+            "scale": g.scale,
         }
         for g, run_id, unsteered in rows
     ]
@@ -87,7 +89,7 @@ def queue_scoring(session: Session, run: Run, *, priority: int = 0, owner: str =
     if pending is not None:
         return pending
     if not completions(session, run):
-        raise Invalid(f"run {run.id} has no greedy gallery samples (scale 1) beside unsteered ones to score")
+        raise Invalid(f"run {run.id} has no greedy gallery samples beside unsteered ones to score")
     model = session.get(LanguageModel, run.model_id) if run.model_id is not None else None
     if model is None:
         raise Invalid(f"run {run.id} has not been started on a model yet")
@@ -135,6 +137,8 @@ def store(session: Session, run: Run, found: dict[str, Any]) -> list[Behaviour]:
             size=int(row["size"]),
             n_vectors=int(row["n_vectors"]),
             n_random=int(row["n_random"]),
+            subtitle=str(row.get("subtitle", ""))[:300],
+            trait=str(row.get("trait", ""))[:100],
         )
         session.add(b)
         behaviours[b.index] = b
@@ -151,6 +155,7 @@ def store(session: Session, run: Run, found: dict[str, Any]) -> list[Behaviour]:
                 beyond_random=s["beyond_random"],
                 interest=s["interest"],
                 flag=s["flag"],
+                changes=[c for c in s.get("changes", []) if isinstance(c, dict)],
                 embedding=s.get("embedding"),
                 behaviour_id=member.id if member is not None else None,
             )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app import store
-from app.deps import AuthorCookie, ServiceDep, SessionDep
+from app.deps import AuthorCookie, FormDep, ServiceDep, SessionDep
 from app.discovery import detectors, findings
 from app.discovery.api import queue_score
 from app.errors import AppError
@@ -38,8 +36,8 @@ def behaviours_page(
 
 
 @router.post("/runs/{run_id}/score", response_class=HTMLResponse, include_in_schema=False)
-async def score_page(run_id: Whole, service: ServiceDep) -> Response:
-    await asyncio.to_thread(queue_score, service, run_id)
+def score_page(run_id: Whole, service: ServiceDep) -> Response:
+    queue_score(service, run_id)
     return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
 
 
@@ -51,8 +49,7 @@ def detectors_page(request: Request, session: SessionDep) -> HTMLResponse:
 
 
 @router.post("/detectors", response_class=HTMLResponse, include_in_schema=False)
-async def save_detector_form(request: Request, service: ServiceDep) -> Response:
-    form = await request.form()
+def save_detector_form(request: Request, service: ServiceDep, form: FormDep) -> Response:
     try:
         with service.db.session() as session:
             if form.get("delete"):

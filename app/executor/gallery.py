@@ -1,18 +1,27 @@
 """Samples in the worker: a run's gallery (every vector and the unsteered model on the run's
 prompts) and the rows of a generation job, decoded in a continuous batch (one decode step per unit
-of the compute loop), sent in groups as they finish."""
+of the compute loop), sent in groups as they finish.
+
+Before its samples, a gallery that wants them probes each vector's working scale (the engine's
+probe, engine/refine/working_scale.py, one decode step or fluency batch per unit) and samples the
+vector there too, beside x1."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Generator, Iterator
 from typing import Any, cast
 
 from app.executor.codec import from_bytes
 from app.executor.job import Job, Units
-from app.executor.protocol import Generations
+from app.executor.protocol import Generations, WorkingScales
+from app.executor.training import stack
 from engine import Decoder, GenerationRequest, LoadedModel
 from engine.methods.adapters import Adapter
+from engine.refine.working_scale import TOKENS, working_scale_steps
 from engine.steer import pauses
+
+PROBE_PROMPTS = 2  # the run's first distinct prompts the probe reads (the engine takes one or two)
 
 
 def request(
@@ -116,13 +125,54 @@ def decode_rows(
     return False
 
 
+def working_scales(
+    lm: LoadedModel, job: Job, *, start: float
+) -> Generator[None, None, dict[int, float] | None]:
+    """Each plain vector's working scale (probed now, or found by an earlier attempt), sent as one
+    event per block; None if the job was cancelled meanwhile. Adapters are not probed."""
+    wanted = job.order.gallery
+    known = {int(i): float(s) for i, s in (wanted.get("working") or {}).items()}
+    if not wanted.get("probe"):
+        return known
+    prompts = list(dict.fromkeys(wanted["prompts"]))[:PROBE_PROMPTS]
+    tokens = min(TOKENS, int(wanted["max_new_tokens"]))
+    by_block: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+    for index, block, values in job.vectors:
+        if index not in known and index not in job.adapters:
+            by_block[block].append((index, values))
+    for block, members in by_block.items():
+        vectors = stack([values for _, values in members], lm.info.width)
+        batch = int(wanted.get("batch", 16))
+        steps = working_scale_steps(lm, block, vectors, prompts, tokens=tokens, batch_size=batch)
+        while True:
+            if job.cancelled:
+                return None
+            try:
+                phase, done, total = next(steps)
+            except StopIteration as end:
+                found = end.value
+                break
+            job.clock.tick()
+            job.progress(
+                start, f"working scales of {len(members)} vectors: {phase} {done}/{total}", phase="probe"
+            )
+            yield
+        rows = [{"index": i, **ws.to_dict()} for (i, _), ws in zip(members, found, strict=True)]
+        job.emit(WorkingScales(*job.ids, rows=rows))
+        known.update({i: ws.scale for (i, _), ws in zip(members, found, strict=True)})
+    return known
+
+
 def gallery(lm: LoadedModel, job: Job, *, start: float) -> Units:
-    """Greedy samples of every vector of the run (and the unsteered model) on the run's prompts; the
-    progress bar goes on from `start` (where training left it)."""
+    """Greedy samples of every vector of the run (and the unsteered model) on the run's prompts, at x1
+    and at each vector's working scale; the progress bar goes on from `start` (where training left it)."""
     wanted = job.order.gallery
     if not wanted:
         return False
-    done = {(d[0], d[1]) for d in wanted.get("done", [])}
+    scales = yield from working_scales(lm, job, start=start)
+    if scales is None:
+        return True
+    done = {(d[0], d[1], float(d[2])) for d in wanted.get("done", [])}  # (index, prompt, scale)
     settings: dict[str, Any] = {
         "seed": 0,
         "temperature": 0.0,
@@ -131,14 +181,23 @@ def gallery(lm: LoadedModel, job: Job, *, start: float) -> Units:
     }
     rows: list[tuple[dict[str, Any], GenerationRequest]] = []
     for p, prompt in enumerate(wanted["prompts"]):
-        if (None, p) not in done:
+        if (None, p, 0.0) not in done:
             tag = {"vector_index": None, "prompt": prompt, "scale": 0.0, "block": None, **settings}
             rows.append((tag, request(prompt, settings)))
     for index, block, values in job.vectors:
-        for p, prompt in enumerate(wanted["prompts"]):
-            if (index, p) not in done:
-                tag = {"vector_index": index, "prompt": prompt, "scale": 1.0, "block": block, **settings}
-                rows.append((tag, steered(prompt, settings, block, values, 1.0, job.adapters.get(index))))
+        working = scales.get(index, 1.0)
+        for scale in (1.0,) if working == 1.0 else (1.0, working):
+            for p, prompt in enumerate(wanted["prompts"]):
+                if (index, p, scale) not in done:
+                    tag = {
+                        "vector_index": index,
+                        "prompt": prompt,
+                        "scale": scale,
+                        "block": block,
+                        **settings,
+                    }
+                    adapter = job.adapters.get(index)
+                    rows.append((tag, steered(prompt, settings, block, values, scale, adapter)))
     if not rows:
         return False
     return (yield from decode_rows(lm, job, rows, int(wanted.get("batch", 16)), start))

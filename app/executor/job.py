@@ -64,8 +64,9 @@ class Clock:
 class Job:
     """One order's reporting: events tagged with job and attempt, throttled progress, cancel flag."""
 
-    def __init__(self, order: Order, send: Callable[[FromWorker], None]) -> None:
+    def __init__(self, order: Order, send: Callable[[FromWorker], None], data: str = "data") -> None:
         self.order, self.send = order, send
+        self.data = data  # the worker's data dir (a model's corpus is cached under it)
         self.cancelled = False  # set by the compute loop when a cancel arrives
         self.points: list[tuple[int, int, float]] = []  # objective curve points since the last event
         self.last = 0.0

@@ -63,9 +63,9 @@ CHAT_FOLLOWS_S = 0.25  # how long a passed chat check holds the loop for its cha
 class _Running:
     """The job being carried out: its reporting and its units."""
 
-    def __init__(self, order: Order, send: Callable[[FromWorker], None]) -> None:
+    def __init__(self, order: Order, send: Callable[[FromWorker], None], data: str) -> None:
         self.order = order
-        self.job = Job(order, send)
+        self.job = Job(order, send, data)
         self.units: Units | None = None  # started by the loop's first unit of the job
 
     @property
@@ -245,7 +245,7 @@ class ComputeLoop:
 
     def _job_unit(self) -> None:
         if self.running is None:
-            self.running = _Running(self.jobs.popleft(), self.send)
+            self.running = _Running(self.jobs.popleft(), self.send, str(self.models.config["data_dir"]))
         running = self.running
         try:
             lm = self.models.get(running.model, self._in_use())

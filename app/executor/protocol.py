@@ -32,7 +32,8 @@ class Order:
     theta0: bytes | None = None  # the vector a chain or a refinement starts from
     # (id, block, values): a generate job's vectors; those a refinement stays orthogonal to
     vectors: list[tuple[int, int, bytes]] = field(default_factory=list)
-    gallery: dict[str, Any] = field(default_factory=dict)  # prompts, max_new_tokens, batch, done pairs
+    # prompts, max_new_tokens, batch, done (index, prompt, scale) triples, probe, working scales found
+    gallery: dict[str, Any] = field(default_factory=dict)
     # The steering adapters among `done` and `vectors` (app/executor/codec.py's payload, with the
     # vector's "id" and "index"): they steer with their factors, not their values.
     adapters: list[dict[str, Any]] = field(default_factory=list)
@@ -134,6 +135,16 @@ class ExportPeft(Request):
 
     adapter: dict[str, Any]
     metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreConcept(Request):
+    """A concept as a detector: each prompt's score (its largest projection on the concept) and
+    whether it passes the concept's threshold."""
+
+    vector: bytes
+    concept: dict[str, Any]  # what the concept's run stored (engine Concept.to_dict)
+    prompts: list[str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,6 +276,14 @@ class Vectors(JobEvent):
 class Generations(JobEvent):
     rows: list[dict[str, Any]]  # generation rows, each naming its vector by index or id
     name: ClassVar[str] = "generations"
+
+
+@dataclass(frozen=True)
+class WorkingScales(JobEvent):
+    """The gallery's probe: where each vector acts (rows: index, scale, broken_at, fluent, fluency)."""
+
+    rows: list[dict[str, Any]]
+    name: ClassVar[str] = "working_scales"
 
 
 @dataclass(frozen=True)

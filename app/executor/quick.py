@@ -21,16 +21,18 @@ from app.executor.protocol import (
     ParseVectors,
     Render,
     Request,
+    ScoreConcept,
     Validate,
 )
 from engine import EngineError, LoadedModel, encode_prompts
 from engine.decode.generate import prompt_tokens
 from engine.methods.adapters import mlp_out
+from engine.methods.concepts import Concept, concept_scores
 from engine.prompts import format_prompt, target_mask
 from engine.specs import default_source, default_target
 from engine.steer.metrics import cosine_matrix, downstream_cosine_matrix
 from engine.steer.segment import Segment
-from engine.validate import check_spec
+from engine.validate import check_prompts, check_spec
 
 
 def answer(lm: LoadedModel, message: Request) -> Any:
@@ -55,6 +57,8 @@ def answer(lm: LoadedModel, message: Request) -> Any:
             return {**interop.parse(message, lm.info.width), "model": lm.info.to_dict()}
         case Downstream():
             return _downstream(lm, message)
+        case ScoreConcept():
+            return _concept_scores(lm, message)
     raise ValueError(f"{type(message).__name__} is not a quick request")
 
 
@@ -101,3 +105,18 @@ def _downstream(lm: LoadedModel, message: Downstream) -> dict[str, Any]:
             z = seg.run(delta.to(device))
         effects.append((z[mask] - seg.z0[mask]).float().flatten().cpu())
     return {"matrix": cosine_matrix(torch.stack(effects)).tolist()}
+
+
+def _concept_scores(lm: LoadedModel, message: ScoreConcept) -> dict[str, Any]:
+    concept = Concept.from_dict(from_bytes(message.vector), message.concept)
+    if concept.vector.shape[0] != lm.info.width or concept.block >= lm.info.n_blocks:
+        raise EngineError("the concept was made on another model")
+    check_prompts(lm, tuple(message.prompts), 0)  # each must fit the model's context
+    scores = concept_scores(lm, concept, message.prompts)
+    return {
+        "threshold": concept.threshold,
+        "scores": [
+            {"prompt": p, "score": s, "present": s > concept.threshold}
+            for p, s in zip(message.prompts, scores, strict=True)
+        ],
+    }

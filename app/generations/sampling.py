@@ -1,24 +1,32 @@
 """One generation on request (steered, with its unsteered partner), between training steps.
 
 An identical request is answered from the generations table; only missing rows go to the worker.
+What the worker generates is stored by the recorder's writer, like every result of the worker, so
+a busy database delays the answer but does not lose it; the answer (and a stream's `done`) comes
+only once it is stored, and a generation that could not be stored is answered as not kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from app import responses, schemas, store
-from app.errors import Invalid
+from app.broker import Subscription
+from app.errors import Invalid, Unavailable
 from app.executor.protocol import Generate, Reply, Stop, Token
 from app.service import Service
 
+log = logging.getLogger(__name__)
 SAMPLING = store.SAMPLING
+KEEPALIVE_S = 10.0  # a comment this often while a stored generation waits for a busy database
 
 
 @dataclass
@@ -90,19 +98,42 @@ def _store(service: Service, plan: Plan, missing: list[dict[str, Any]], value: d
             plan.found[row["key"]] = responses.generation_out(stored)
 
 
-def save(
-    service: Service, plan: Plan, missing: list[dict[str, Any]], value: dict[str, Any]
-) -> dict[str, Any]:
-    """Store what the worker generated; answer with the steered and unsteered rows."""
-    if missing:
+def _keep(service: Service, plan: Plan, missing: list[dict[str, Any]], value: dict[str, Any]) -> Future[bool]:
+    """Hand what the worker generated to the recorder's writer: stored after the writes queued
+    before it, tried again while the database is busy (app/writer.py says what the future holds)."""
+
+    def write() -> None:
         try:
             _store(service, plan, missing, value)
         except IntegrityError:
             # Two requests decoded the same generation at once (most often the unsteered partner they
             # share) and the other stored it first: store again, and the stored row is found.
             _store(service, plan, missing, value)
+
+    return service.recorder.later(write)
+
+
+def _answer(plan: Plan) -> dict[str, Any]:
     steered = [plan.found[r["key"]] for r in plan.rows if r["vector_id"] is not None]
     return {"generation": steered[0] if steered else None, "unsteered": plan.found[plan.rows[-1]["key"]]}
+
+
+def _not_kept(failure: BaseException | None) -> str:
+    if failure is None:
+        return "the server is stopping: the generation was not stored; generate it again once it is back"
+    return "the generation could not be stored (the health check at /api/health says why); it was not kept"
+
+
+def save(
+    service: Service, plan: Plan, missing: list[dict[str, Any]], value: dict[str, Any]
+) -> dict[str, Any]:
+    """Store what the worker generated (waiting while the database is busy); answer with the steered
+    and unsteered rows, or raise `Unavailable` if it could not be kept."""
+    if missing:
+        done = _keep(service, plan, missing, value)
+        if done.exception() is not None or not done.result():
+            raise Unavailable(_not_kept(done.exception()))
+    return _answer(plan)
 
 
 def generate_now(service: Service, body: schemas.GenerationCreate) -> dict[str, Any]:
@@ -118,18 +149,19 @@ def sse(event: str, data: Any, event_id: int | None = None) -> str:
 
 
 async def generate_stream(service: Service, p: Plan) -> AsyncIterator[str]:
-    """SSE: `token` events with text pieces of the first missing row as decoded, then `done`."""
+    """SSE: `token` events with text pieces of the first missing row as decoded, then `done` with the
+    stored rows once they are stored, or `error`: every stream ends with one of the two, and a
+    `done` shows only what the database holds."""
     missing = [r for r in p.rows if r["key"] not in p.found]
     if not missing:
-        first = p.found[p.rows[0]["key"]]
-        yield sse("token", {"row": 0, "text": first["text"]})
-        yield sse("done", await asyncio.to_thread(save, service, p, [], {"rows": []}))
+        yield sse("token", {"row": 0, "text": p.found[p.rows[0]["key"]]["text"]})
+        yield sse("done", _answer(p))
         return
     message = _message(p, missing, True)
     finished = False
     with service.broker.subscribe(f"request:{message.id}") as sub:
-        service.executor.request(message)
         try:
+            service.executor.request(message)
             while True:
                 event = await sub.next(service.settings.request_timeout_s)
                 if event is None:
@@ -146,8 +178,39 @@ async def generate_stream(service: Service, p: Plan) -> AsyncIterator[str]:
                     return
                 elif isinstance(event, Reply):
                     finished = True
-                    yield sse("done", await asyncio.to_thread(save, service, p, missing, event.value))
+                    # Stored even if the client leaves now; the room in the writer's queue may take a while.
+                    done = await asyncio.to_thread(_keep, service, p, missing, event.value)
+                    async for piece in _stored(done, p, sub):
+                        yield piece
                     return
+        except Exception:
+            log.exception("a streamed generation failed")
+            yield sse("error", {"detail": "internal error"})
         finally:
             if not finished:  # the client went away: stop decoding for it
                 service.executor.request(Stop(message.id))
+
+
+async def _stored(done: Future[bool], p: Plan, sub: Subscription) -> AsyncIterator[str]:
+    """Keep-alive comments while the writer stores a generation (a busy database makes it wait its
+    turn), then `done` with the stored rows, or `error` if it was not kept (or the server is going
+    down before it could say)."""
+    waiting = asyncio.wrap_future(done)
+    while not waiting.done():
+        closing = asyncio.ensure_future(sub.next(KEEPALIVE_S))  # None: a while passed, or shutdown
+        either: set[asyncio.Future[Any]] = {waiting, closing}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+        if not waiting.done() and sub.closed:
+            yield sse("error", {"detail": "the server is shutting down: the generation may not be kept"})
+            return
+        if not waiting.done():
+            yield ": storing\n\n"
+    if waiting.exception() is not None:
+        yield sse("error", {"detail": _not_kept(waiting.exception())})
+    elif not waiting.result():
+        yield sse("error", {"detail": _not_kept(None)})
+    else:
+        yield sse("done", _answer(p))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ from sqlalchemy import func, select
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from app import kinds
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.errors import AppError
 from app.fields import Whole, maybe_whole
 from app.models import Job, LanguageModel, Run, Vector
@@ -106,23 +105,20 @@ def home_jobs(request: Request, session: SessionDep) -> HTMLResponse:
 
 
 @router.post("/import", response_class=HTMLResponse)
-async def import_vectors(request: Request, service: ServiceDep) -> HTMLResponse:
+def import_vectors(service: ServiceDep, form: FormDep) -> HTMLResponse:
     """The home page's import form: a link to the new run (whose samples then generate), or why
     the file was refused (a file stored already links to where it is)."""
-    form = await request.form()
     upload, block = form.get("file"), str(form.get("block", "")).strip()
     if not isinstance(upload, StarletteUpload):
         return HTMLResponse('<p class="error">choose a file</p>', status_code=422)
-    data = await upload.read(service.settings.max_upload_bytes + 1)
+    data = upload.file.read(service.settings.max_upload_bytes + 1)
     try:
-        run_id = await asyncio.to_thread(
-            lambda: interop.import_file(
-                service,
-                data=data,
-                filename=upload.filename or "upload",
-                model=str(form.get("model", "")) or None,
-                block=maybe_whole(block, "block"),
-            )
+        run_id = interop.import_file(
+            service,
+            data=data,
+            filename=upload.filename or "upload",
+            model=str(form.get("model", "")) or None,
+            block=maybe_whole(block, "block"),
         )
     except interop.AlreadyImported as exc:
         return HTMLResponse(
@@ -132,5 +128,5 @@ async def import_vectors(request: Request, service: ServiceDep) -> HTMLResponse:
         )
     except AppError as exc:
         return HTMLResponse(f'<p class="error">{escape(exc.message)}</p>', status_code=exc.status_code)
-    await asyncio.to_thread(interop.sample_imported, service, run_id)
+    interop.sample_imported(service, run_id)
     return HTMLResponse(f'<p>Imported: <a href="/runs/{run_id}" id="imported-run">run #{run_id}</a></p>')

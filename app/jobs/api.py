@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -53,7 +54,7 @@ def retry_job(job_id: Whole, service: ServiceDep) -> JobOut:
 
 
 @router.get("/{job_id}/events", summary="Server-sent events of the job; reconnect with Last-Event-ID")
-async def job_events(
+def job_events(
     job_id: Whole,
     request: Request,
     service: ServiceDep,
@@ -62,13 +63,16 @@ async def job_events(
     with service.db.session() as session:
         jobs.get(session, job_id)  # 404 before the stream starts
 
+    def stored(after: int) -> tuple[list[tuple[int, str, dict[str, Any]]], str]:
+        with service.db.session() as session:
+            replay = [(e.id, e.type, e.data) for e in store.events_after(session, job_id, after)]
+            return replay, jobs.get(session, job_id).status
+
     async def events() -> AsyncIterator[str]:
         # Subscribe before reading the table, so nothing falls between replay and live events.
         with service.broker.subscribe(f"job:{job_id}") as sub:
             seen = last_event_id
-            with service.db.session() as session:
-                replay = [(e.id, e.type, e.data) for e in store.events_after(session, job_id, seen)]
-                status = jobs.get(session, job_id).status
+            replay, status = await asyncio.to_thread(stored, seen)  # the database, off the event loop
             for event_id, kind, data in replay:
                 seen = event_id
                 yield sse(kind, data, event_id)

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app import store
-from app.deps import AuthorCookie, ServiceDep, SessionDep
+from app.deps import AuthorCookie, FormDep, ServiceDep, SessionDep
 from app.discovery import findings
 from app.errors import AppError, Invalid
 from app.fields import MAX_NAME, Whole, describe, maybe_whole
@@ -33,8 +33,7 @@ def labels_page(request: Request, session: SessionDep, author: AuthorCookie = No
 
 
 @router.post("/labels", response_class=HTMLResponse, include_in_schema=False)
-async def save_label(request: Request, service: ServiceDep) -> Response:
-    form = await request.form()
+def save_label(request: Request, service: ServiceDep, form: FormDep) -> Response:
     try:
         label_id = maybe_whole(str(form.get("id", "")), "id")
         with service.db.session() as session:
@@ -74,9 +73,8 @@ def local_path(target: str) -> str | None:
 
 
 @router.post("/author", include_in_schema=False)
-async def set_author(request: Request) -> Response:
+def set_author(form: FormDep) -> Response:
     """The name recorded with every label; asked once, kept in a cookie."""
-    form = await request.form()
     name = str(form.get("name", "")).strip()[:MAX_NAME]
     response = RedirectResponse(local_path(str(form.get("next", ""))) or "/labels", status_code=303)
     if name:
@@ -101,7 +99,7 @@ def queue(
     at = max(0, min(at, len(ids) - 1)) if ids else 0
     card = everything.cards[at] if ids else None
     params = query.params(page=None)
-    suggested = findings.suggestion([s.steered.flag for s in card.samples]) if card else ""
+    suggested = findings.suggestion([s.scored.flag for s in card.samples]) if card else ""
     everything_labels = labelling.all_labels(session)
     context: dict[str, Any] = {
         "suggested": next((x for x in everything_labels if x.name == suggested), None),

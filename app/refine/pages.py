@@ -3,7 +3,6 @@ plots it (effect, fluency and next-token KL against scale, with where it changes
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app import schemas, store
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.errors import AppError
 from app.fields import Whole, describe
 from app.models import Vector
@@ -48,15 +47,14 @@ def scale_sweep_section(vector_id: Whole, request: Request, session: SessionDep)
 
 
 @router.post("/vectors/{vector_id}/scale-sweep", response_class=HTMLResponse)
-async def start_scale_sweep(vector_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
+def start_scale_sweep(vector_id: Whole, request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
     """The form: queue a sweep at the scales given, then show the section following it (or, with the
     sweep refused, the section and why)."""
-    form = await request.form()
     error, status = "", 200
     try:
         scales = scale_sweep.parse_scales(str(form.get("scales", "")))
         body = schemas.ScaleSweepCreate.model_validate({"scales": scales})
-        await asyncio.to_thread(launch.start_scale_sweep, service, vector_id, body)
+        launch.start_scale_sweep(service, vector_id, body)
     except ValidationError as exc:
         error, status = describe(exc.errors()), 422
     except AppError as exc:

@@ -18,7 +18,8 @@ def missing(
     - every vector the attempt reported is stored, and a run that counts its vectors (MELBO, DCT,
       adapters) has as many as it asked for (a chain may stop early by itself, so its length is what
       it reported), a refinement at least one;
-    - every vector of a run with a gallery has its sample on every prompt, beside the unsteered one;
+    - every vector of a run with a gallery has its sample on every prompt (at x1 and at its working
+      scale), beside the unsteered one;
     - a scoring, judging or scale-sweep run stored its answer.
     """
     run = job.run
@@ -39,8 +40,9 @@ def missing(
         return "its vectors are not stored"
     if info.gallery and run.prompts:
         done = store.gallery_done(session, run, run.prompts, gallery_tokens)
-        # Every vector and the unsteered model, on each distinct prompt.
-        owed = (len(stored) + 1) * len(set(run.prompts))
+        # Every vector (at x1 and at its working scale) and the unsteered model, on each distinct prompt.
+        scales = sum(len(store.gallery_scales(v)) for v in run.vectors)
+        owed = (scales + 1) * len(set(run.prompts))
         if len(done) < owed:
             return f"{len(done)} of {owed} gallery samples are stored"
     return ""

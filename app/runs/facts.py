@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -86,13 +87,20 @@ def _count(run: Run, stats: VectorStats) -> list[Fact]:
 
 def _radius(run: Run, job: Job | None, *, residual_share: bool = True) -> Fact:
     if run.radius is None:
+        if run.source is not None and job is not None and job.status == "running":
+            return Fact("R", "not known yet: the default R is being calibrated for this model")
         return Fact("R", _pending(job))
     result = run.result or {}
     residual = result.get("residual_norm")
     calibrated = result.get("calibration") or {}
     note = "as asked" if run.spec.get("radius") is not None else "default"
+    if run.spec.get("radius") is None and run.spec.get("radius_fraction") is not None:
+        note = f"{run.spec['radius_fraction']:g} × residual norm, as asked"
     if calibrated:
         note = f"calibrated: nonlinearity ratio {calibrated['ratio']:.2f}"
+    share = result.get("default_share") or {}
+    if share and residual:
+        return Fact("R", _g(run.radius), _default_share(share, residual))
     if not residual_share:
         # An adapter's R scales W + R·B·Aᵀ, not a norm in the residual stream: no share of it to show.
         if note == "default":
@@ -100,6 +108,18 @@ def _radius(run: Run, job: Job | None, *, residual_share: bool = True) -> Fact:
     elif residual:
         note = f"{run.radius / residual:.3f} × residual norm {_g(residual)} ({note})"
     return Fact("R", _g(run.radius), note)
+
+
+def _default_share(share: dict[str, Any], residual: float) -> str:
+    """Where a MELBO run's default R came from: the share of the norm calibrated for its model."""
+    where = f"blocks {share['source']}→{share['target']}, {share['positions']} positions"
+    head = f"{share['share']:.3f} × residual norm {_g(residual)}"
+    if share.get("fallback"):
+        return f"{head} (default; no calibrated share at {where}: {share['fallback']})"
+    return (
+        f"{head} (default: the share calibrated for this model at {where}; "
+        f"nonlinearity ratio {share['ratio']:.2f})"
+    )
 
 
 def _orthogonal_to(run: Run) -> list[Fact]:
@@ -216,3 +236,19 @@ def scale_sweep(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
             Fact(name, f"× {_g(at)}", f"norm {_g(abs(at) * norm)}") if at is not None else Fact(name, none)
         )
     return out
+
+
+def concept(run: Run, job: Job | None, stats: VectorStats) -> list[Fact]:
+    """A concept: its block and method, and how well its threshold tells its training sets apart."""
+    found = run.result.get("concept")
+    method = str(run.spec.get("method", ""))
+    if not found:
+        return [Fact("block", _pending(job)), Fact("method", method)]
+    return [
+        Fact("block", str(found["block"])),
+        Fact("method", method),
+        Fact("prompts", f"{found['positive']} with, {found['negative']} without"),
+        Fact("threshold", _g(found["threshold"]), "a prompt's largest projection above it: present"),
+        Fact("training ROC AUC", _g(found["auc"], 3), f"accuracy {_g(found['accuracy'], 3)}"),
+        Fact("norm", _g(found["norm"]), f"raw difference {_g(found['raw_norm'])}, R {_g(found['radius'])}"),
+    ]

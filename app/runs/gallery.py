@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.labels.labelling import fts_query
 from app.models import Behaviour, DetectorScore, Generation, Label, Labeling, Run, Vector
-from app.vectors import geometry
+from app.vectors import dashboard, geometry
 
 # "interesting": beyond random x fluent, one exemplar per behaviour first (unscored runs: by index).
 SORTS = ("interesting", "index", "objective", "kl", "norm", "alpha", "detector")
@@ -31,8 +31,14 @@ DETECTED = 0.5  # a detector's default threshold: a regex matched, or the judge 
 
 @dataclass
 class Sample:
-    steered: Generation
+    steered: Generation  # at x1
     unsteered: Generation | None
+    working: Generation | None = None  # at the vector's working scale, when that is not 1
+
+    @property
+    def scored(self) -> Generation:
+        """The completion scoring read: the one at the working scale when there is one."""
+        return self.working or self.steered
 
 
 @dataclass
@@ -42,6 +48,8 @@ class Card:
     labels: list[Label] = field(default_factory=list)
     behaviour: Behaviour | None = None
     detected: float | None = None  # the chosen detector's highest score over the completions
+    tokens: list[str] = field(default_factory=list)  # its top promoted tokens, once it was read
+    cosine: float | None = None  # its cosine with the chosen concept
 
 
 @dataclass
@@ -61,6 +69,8 @@ class Query:
     detector: int | None = None  # show (and sort or filter by) this detector's score
     min_detector: float | None = None  # only vectors with a completion scoring at least this
     problems: list[str] = field(default_factory=list)  # filters left out, and why (said on the page)
+    concept: int | None = None  # show (and filter by) the cosine with this concept (its vector's id)
+    min_cosine: float | None = None  # only vectors whose cosine with the concept is at least this
 
     def params(self, **change: Any) -> dict[str, Any]:
         """The view as URL parameters (the selection left out), blank ones dropped."""
@@ -113,12 +123,14 @@ def labels_of(session: Session, vector_ids: list[int]) -> dict[int, list[Label]]
 
 
 def samples_of(session: Session, vectors: list[Vector], prompts: list[str]) -> dict[int, list[Sample]]:
-    """Greedy scale-1 completions of each vector on the run's prompts, with their unsteered partners."""
+    """Greedy completions of each vector on the run's prompts at x1 (and at its working scale), with
+    their unsteered partners."""
+    working = {v.id: v.working_scale for v in vectors if v.working_scale not in (None, 1.0)}
     steered = session.scalars(
         select(Generation)
         .where(
             Generation.vector_id.in_([v.id for v in vectors]),
-            Generation.scale == 1.0,
+            Generation.scale.in_({1.0, *working.values()}),
             Generation.temperature == 0.0,
             Generation.prompt.in_(prompts),
         )
@@ -127,11 +139,22 @@ def samples_of(session: Session, vectors: list[Vector], prompts: list[str]) -> d
     partner_ids = {g.unsteered_id for g in steered if g.unsteered_id is not None}
     partners = {g.id: g for g in session.scalars(select(Generation).where(Generation.id.in_(partner_ids)))}
     order = {p: i for i, p in enumerate(prompts)}
-    out: dict[int, dict[str, Sample]] = defaultdict(dict)
+    at_one: dict[int, dict[str, Generation]] = defaultdict(dict)
+    at_working: dict[int, dict[str, Generation]] = defaultdict(dict)
     for g in steered:
         assert g.vector_id is not None
-        out[g.vector_id].setdefault(g.prompt, Sample(g, partners.get(g.unsteered_id or -1)))
-    return {vid: sorted(by.values(), key=lambda s: order[s.steered.prompt]) for vid, by in out.items()}
+        if g.scale == 1.0:
+            at_one[g.vector_id].setdefault(g.prompt, g)
+        elif g.scale == working.get(g.vector_id):
+            at_working[g.vector_id].setdefault(g.prompt, g)
+    out: dict[int, list[Sample]] = {}
+    for vid, by in at_one.items():
+        samples = [
+            Sample(g, partners.get(g.unsteered_id or -1), at_working[vid].get(prompt))
+            for prompt, g in by.items()
+        ]
+        out[vid] = sorted(samples, key=lambda s: order[s.steered.prompt])
+    return out
 
 
 def detector_scores(detector_id: int) -> Any:
@@ -179,6 +202,9 @@ def gallery(session: Session, run: Run, query: Query, *, per_page: int = PER_PAG
     if detected is not None and query.min_detector is not None:
         hits = select(detected.c.vector_id).where(detected.c.score >= query.min_detector)
         where.append(Vector.id.in_(hits))
+    cosines = concept_cosines(session, run, query.concept)
+    if cosines is not None and query.min_cosine is not None:
+        where.append(Vector.id.in_([i for i, c in cosines.items() if c >= query.min_cosine]))
     total = session.scalar(select(func.count()).select_from(Vector).where(*where)) or 0
     pages = max(1, math.ceil(total / per_page))
     query.page = min(max(1, query.page), pages)
@@ -195,10 +221,42 @@ def gallery(session: Session, run: Run, query: Query, *, per_page: int = PER_PAG
     vectors = [r[0] for r in rows]
     samples = samples_of(session, vectors, list(run.prompts))
     labels = labels_of(session, [v.id for v in vectors])
+    tokens = dashboard.chips(session, [v.id for v in vectors])
     cards = [
-        Card(v, samples.get(v.id, []), labels.get(v.id, []), behaviour, score) for v, behaviour, score in rows
+        Card(
+            v,
+            samples.get(v.id, []),
+            labels.get(v.id, []),
+            behaviour,
+            score,
+            tokens.get(v.id, []),
+            None if cosines is None else cosines.get(v.id),
+        )
+        for v, behaviour, score in rows
     ]
     return Page(cards, total, query, pages)
+
+
+def concept_cosines(session: Session, run: Run, concept: int | None) -> dict[int, float] | None:
+    """Each of the run's vectors' cosine with the concept's vector (None: no concept chosen); vectors
+    at another block or width than the concept's have none."""
+    if concept is None:
+        return None
+    other = session.get(Vector, concept)
+    if other is None:
+        return {}
+    rows = session.execute(
+        select(Vector.id, Vector.values).where(
+            Vector.run_id == run.id, Vector.block == other.block, Vector.width == other.width
+        )
+    ).all()
+    if not rows:
+        return {}
+    sims = (
+        geometry.unit_rows(geometry.stack([r.values for r in rows]))
+        @ geometry.unit_rows(geometry.stack([other.values]))[0]
+    )
+    return {r.id: float(c) for r, c in zip(rows, sims, strict=True)}
 
 
 # Behaviour colours on the map: distinct hues in order of size; fixed groups in greys.

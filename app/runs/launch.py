@@ -305,7 +305,7 @@ def start_composition(service: Service, body: schemas.CompositionCreate, *, owne
         job = store.create_run(
             session, kind=Kind.COMPOSE, spec=spec, model=model, inputs={"chain_run": chain.id}, owner=owner
         )
-        jobs.transition(job, "running")
+        jobs.transition(session, job, "running")
         row = {
             "index": 0,
             "block": vectors[0].block,
@@ -314,9 +314,52 @@ def start_composition(service: Service, body: schemas.CompositionCreate, *, owne
             "metrics": {"composition_of": body.n, "chain_run": chain.id},
         }
         vector = store.add_vectors(session, job.run, [row])[0]
-        jobs.transition(job, "succeeded", message=f"mean of the first {body.n} vectors × √{body.n}")
+        jobs.transition(session, job, "succeeded", message=f"mean of the first {body.n} vectors × √{body.n}")
         vector_id, run_id = vector.id, job.run_id
     samples = schemas.SamplesCreate(
         vector_ids=[vector_id], prompts=prompts, max_new_tokens=service.settings.gallery_tokens
     )
     return Composed(run_id, vector_id, start_samples(service, samples, owner=owner, for_run=run_id))
+
+
+def start_concept(service: Service, body: schemas.ConceptCreate, *, owner: str = "") -> Job:
+    """A concept: its two prompt sets checked against the model (the block resolved), then its run.
+    The run's prompts are the without set: where its gallery shows what adding the concept does."""
+    checked = service.validate(Kind.CONCEPT, body.spec())
+    spec = {**checked["spec"], "prompts": list(checked["spec"]["negative"])}
+    return _queue(service, Kind.CONCEPT, {**checked, "spec": spec}, priority=body.priority, owner=owner)
+
+
+def start_dashboard(
+    service: Service, vector_id: int, body: schemas.DashboardCreate, *, owner: str = ""
+) -> Job:
+    """A stored vector's dashboard, read on its run's prompts and the model's corpus (the corpus is
+    built by this job where it is missing, then cached by the worker)."""
+    s = service.settings
+    with service.db.session() as session:
+        vector = store.get_vector(session, vector_id)
+        if vector.is_adapter:
+            raise Invalid(f"vector {vector.id} is a steering adapter; its dashboard reads steering vectors")
+        run = vector.run
+        model = session.get(LanguageModel, run.model_id) if run.model_id is not None else None
+        if model is None:
+            raise Invalid(f"vector {vector.id}'s run names no model the server has seen")
+        spec = {
+            "model": run.model_name,
+            "block": vector.block,
+            "prompts": list(dict.fromkeys(str(p) for p in run.prompts)),
+            "rank_by": body.rank_by,
+            "bank_prompts": s.corpus_bank,
+            "max_new_tokens": s.corpus_tokens,
+        }
+        job = store.create_run(
+            session,
+            kind=Kind.DASHBOARD,
+            spec=spec,
+            model=model,
+            priority=body.priority,
+            owner=owner,
+            parent_vector_id=vector_id,
+        )
+    service.notify()
+    return job

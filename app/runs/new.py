@@ -3,7 +3,6 @@ prompts, and calibrating R)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from app import jobs, schemas
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.errors import AppError
 from app.executor.protocol import Render
 from app.fields import MAX_PROMPTS, Text, Whole, model_name
@@ -45,12 +44,12 @@ def new_run(request: Request, session: SessionDep, service: ServiceDep, prompt: 
 
 
 @router.post("/runs/new", response_class=HTMLResponse)
-async def create_run(request: Request, session: SessionDep, service: ServiceDep) -> Response:
-    values = forms.run_values(await request.form())
+def create_run(request: Request, session: SessionDep, service: ServiceDep, form: FormDep) -> Response:
+    values = forms.run_values(form)
     body, errors = forms.run_body(values)
     if body is not None:
         try:
-            job = await asyncio.to_thread(launch.start_melbo, service, body)
+            job = launch.start_melbo(service, body)
         except AppError as exc:
             errors = {forms.field_for(exc.message): exc.message}
         else:
@@ -60,28 +59,26 @@ async def create_run(request: Request, session: SessionDep, service: ServiceDep)
             return RedirectResponse(url, status_code=303)
     if body is None or errors:
         # Every field's error at once: the model-dependent checks run on what did parse too.
-        errors = await asyncio.to_thread(forms.all_errors, service, values, errors)
+        errors = forms.all_errors(service, values, errors)
     template = "runs/_form.html" if request.headers.get("HX-Request") else "runs/new.html"
     return render(request, template, form_context(session, service, values, errors), status_code=422)
 
 
 @router.post("/runs/preview", response_class=HTMLResponse)
-async def preview(request: Request, service: ServiceDep) -> HTMLResponse:
-    form = await request.form()
+def preview(request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
     prompts = forms.prompt_lines(str(form.get("prompts", "")))[:MAX_PROMPTS]
     context: dict[str, Any] = {"prompts": prompts, "error": ""}
     if prompts:
         try:
             model = model_name(str(form.get("model") or service.settings.default_model))
-            context["shown"] = await asyncio.to_thread(service.ask, Render(model=model, prompts=prompts))
+            context["shown"] = service.ask(Render(model=model, prompts=prompts))
         except AppError as exc:
             context["error"] = exc.message
     return render(request, "runs/_preview.html", context)
 
 
 @router.post("/runs/calibrate", response_class=HTMLResponse)
-async def calibrate(request: Request, service: ServiceDep) -> HTMLResponse:
-    form = await request.form()
+def calibrate(request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
     fields = {k: str(form.get(k, "")).strip() for k in ("model", "source", "target", "positions")}
     data: dict[str, Any] = {k: v for k, v in fields.items() if v}
     data["prompts"] = forms.prompt_lines(str(form.get("prompts", "")))
@@ -91,7 +88,7 @@ async def calibrate(request: Request, service: ServiceDep) -> HTMLResponse:
         context["error"] = "; ".join(f"{forms.LABELS.get(k, k)}: {v}" for k, v in errors.items())
         return render(request, "runs/_calibration.html", context)
     try:
-        context["job"] = await asyncio.to_thread(launch.start_calibration, service, body)
+        context["job"] = launch.start_calibration(service, body)
     except AppError as exc:
         context["error"] = exc.message
     return render(request, "runs/_calibration.html", context)

@@ -17,14 +17,14 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy import select
 
 from app import jobs, kinds, schemas, store
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.discovery import detectors, findings
 from app.fields import MaybeWhole, Text, Whole, whole
 from app.labels import labelling
 from app.models import Job, JobEvent, Run
 from app.runs import facts, gallery, launch, summary
 from app.templating import render
-from app.vectors import interop
+from app.vectors import dashboard, interop
 
 router = APIRouter(include_in_schema=False)
 
@@ -51,8 +51,9 @@ def last_progress(session: Any, job: Job | None) -> dict[str, Any]:
 
 
 def working_job(session: Any, run: Run) -> Job | None:
-    """The job a run's page follows: the run's own while it is live, else a live one generating the
-    run's samples (an import's gallery, a composition's), else the run's own, finished."""
+    """The job a run's page follows: the run's own while it is live, else a live one working for
+    the run's page (its samples, its scoring), else, while the run waits for its automatic scoring,
+    its random twin's (the scoring is queued as the twin ends), else the run's own, finished."""
     own = job_of(session, run)
     if is_live(own):
         return own
@@ -67,7 +68,14 @@ def working_job(session: Any, run: Run) -> Job | None:
         .order_by(Job.id)
         .limit(1)
     ).first()
-    return helper or own
+    if helper is not None:
+        return helper
+    if kinds.of(run.kind).scoring == "auto" and run.status == "succeeded" and "discovery" not in run.result:
+        twin = findings.twin_of(session, run)
+        twin_job = job_of(session, twin) if twin is not None else None
+        if is_live(twin_job):
+            return twin_job
+    return own
 
 
 def status_context(session: Any, run: Run) -> dict[str, Any]:
@@ -115,6 +123,8 @@ def gallery_query(
     group: bool = False,
     detector: MaybeWhole = None,
     min_detector: str = "",
+    concept: MaybeWhole = None,
+    min_cosine: str = "",
 ) -> gallery.Query:
     """The gallery's view from the URL; a blank number filter means no filter, and a malformed one
     is left out with a problem the gallery states."""
@@ -132,6 +142,8 @@ def gallery_query(
         group=group,
         detector=detector,
         min_detector=_number(min_detector, "score ≥", problems),
+        concept=concept,
+        min_cosine=_number(min_cosine, "cosine ≥", problems),
         problems=problems,
     )
 
@@ -150,6 +162,7 @@ def gallery_context(session: Any, run: Run, query: gallery.Query) -> dict[str, A
         "picked_elsewhere": [i for i in query.pick if i not in on_page],
         "behaviours": findings.behaviours_of(session, run.id),
         "detectors": detectors.all_detectors(session),
+        "concepts": dashboard.concepts_for_run(session, run),
         "colour": gallery.behaviour_colour,
     }
 
@@ -174,28 +187,33 @@ def show_run(run_id: Whole, request: Request, session: SessionDep, query: Galler
 
 
 @router.get("/runs/{run_id}/live")
-async def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
+def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
     """SSE for a run page opened while its job is live: the progress and summary partials whenever
     the job reports, then `finished` (the page then fetches itself again and drops the stream)."""
     templates = request.app.state.templates
     with service.db.session() as session:
         job = working_job(session, store.get_run(session, run_id))
+    job_id = job.id if job is not None else None
 
     def snapshot() -> tuple[str, str, bool]:
+        """The live partials, and whether this stream is done: the page stops following its job
+        when no job is live any more, or fetches itself again to follow the next (its twin's, then
+        its scoring)."""
         with service.db.session() as session:
             context = {**status_context(session, store.get_run(session, run_id)), "request": request}
             progress = templates.get_template("runs/_progress.html").render(context)
             facts = templates.get_template("runs/_summary.html").render(context)
-            return progress, facts, not context["live"]
+            followed = context["job"]
+            return progress, facts, not context["live"] or followed is None or followed.id != job_id
 
     def data(html: str) -> str:
         return "\n".join(f"data: {line}" for line in html.splitlines())
 
     async def events() -> AsyncIterator[str]:
-        if job is None:
+        if job_id is None:
             yield "event: finished\ndata: done\n\n"
             return
-        with service.broker.subscribe(f"job:{job.id}") as sub:
+        with service.broker.subscribe(f"job:{job_id}") as sub:
             while True:
                 progress, facts, finished = await asyncio.to_thread(snapshot)
                 yield f"event: progress\n{data(progress)}\n\n"
@@ -248,16 +266,15 @@ def chain_series(run_id: Whole, session: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/runs/{run_id}/samples", response_class=HTMLResponse)
-async def sample(run_id: Whole, service: ServiceDep) -> Response:
+def sample(run_id: Whole, service: ServiceDep) -> Response:
     """Generate the gallery samples of a run that has none (an import): the page then follows them."""
-    await asyncio.to_thread(interop.sample_run, service, run_id)
+    interop.sample_run(service, run_id)
     return Response(status_code=204, headers={"HX-Redirect": f"/runs/{run_id}"})
 
 
 @router.post("/runs/{run_id}/compose", response_class=HTMLResponse)
-async def compose(run_id: Whole, request: Request, service: ServiceDep) -> Response:
+def compose(run_id: Whole, service: ServiceDep, form: FormDep) -> Response:
     """The composition test: mean of the chain's first n vectors × √n, stored as a vector and sampled."""
-    form = await request.form()
     body = schemas.CompositionCreate(chain_run=run_id, n=whole(str(form.get("n", "")), "n"))
-    composed = await asyncio.to_thread(launch.start_composition, service, body)
+    composed = launch.start_composition(service, body)
     return Response(status_code=204, headers={"HX-Redirect": f"/vectors/{composed.vector_id}"})

@@ -3,7 +3,6 @@ any of its runs is unfinished and stands still once all are done."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from app import schemas
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.errors import AppError
 from app.fields import Whole
 from app.models import Sweep
@@ -60,8 +59,7 @@ def new_sweep(request: Request, service: ServiceDep) -> HTMLResponse:
 
 
 @router.post("/sweeps/new", response_class=HTMLResponse)
-async def create_sweep(request: Request, service: ServiceDep) -> Response:
-    form = await request.form()
+def create_sweep(request: Request, service: ServiceDep, form: FormDep) -> Response:
     values: dict[str, Any] = {k: str(form.get(k, "") or "") for k in DEFAULTS if k != "relative"}
     values["relative"] = form.get("relative") is not None
     data: dict[str, Any] = {
@@ -75,7 +73,7 @@ async def create_sweep(request: Request, service: ServiceDep) -> Response:
     body, errors = forms.parse(schemas.SweepCreate, data)
     if body is not None:
         try:
-            sweep = await asyncio.to_thread(grids.start, service, body)  # it waits on the worker
+            sweep = grids.start(service, body)  # it waits on the worker
         except AppError as exc:
             errors = {"form": exc.message}
         else:

@@ -33,6 +33,8 @@ VECTOR_COLUMNS: Columns = [
     ("interest", lambda v: v.interest),
     ("rank", lambda v: v.rank),
     ("behaviour_id", lambda v: v.behaviour_id),
+    ("working_scale", lambda v: v.working_scale),
+    ("broken_at", lambda v: v.broken_at),
     ("created_at", lambda v: v.created_at.isoformat() + "Z"),
 ]
 GENERATION_COLUMNS: Columns = [(name, attrgetter(name)) for name in GENERATION_FIELDS]
@@ -47,7 +49,7 @@ LABEL_COLUMNS: Columns = [
 
 
 BEHAVIOUR_COLUMNS: Columns = [
-    *[(name, attrgetter(name)) for name in ("id", "run_id", "index", "kind", "name")],
+    *[(name, attrgetter(name)) for name in ("id", "run_id", "index", "kind", "name", "subtitle", "trait")],
     ("words", lambda b: " ".join(b.words)),
     *[(name, attrgetter(name)) for name in ("size", "n_vectors", "n_random", "exemplar_id")],
 ]
@@ -90,12 +92,19 @@ def rows(
             yield {name: get(item) for name, get in columns}
 
 
+def cell(value: Any) -> Any:
+    """A CSV cell: blank for None, JSON for a list or a mapping (a generation's typed changes)."""
+    if value is None:
+        return ""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
 def as_csv(records: Iterator[dict[str, Any]], columns: Columns) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow([name for name, _ in columns])
     for n, record in enumerate(records, 1):
-        writer.writerow(["" if record[name] is None else record[name] for name, _ in columns])
+        writer.writerow([cell(record[name]) for name, _ in columns])
         if n % BATCH == 0:
             yield buffer.getvalue()
             buffer.seek(0)

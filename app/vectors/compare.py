@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -11,10 +10,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app import schemas, store
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.errors import AppError, Invalid
 from app.executor.protocol import Downstream
-from app.fields import Text, Whole, describe, whole
+from app.fields import MAX_TEXT, Text, Whole, describe, whole
 from app.generations import sampling
 from app.templating import render
 from app.vectors import geometry
@@ -76,9 +75,8 @@ def compare(
 
 
 @router.post("/compare/cell", response_class=HTMLResponse)
-async def compare_cell(request: Request, service: ServiceDep) -> HTMLResponse:
+def compare_cell(request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
     """Generate one missing cell (steered or unsteered) and render it."""
-    form = await request.form()
     fields = {
         k: str(form.get(k, ""))
         for k in ("vector_id", "prompt", "seed", "temperature", "max_new_tokens", "scale", "model")
@@ -86,7 +84,7 @@ async def compare_cell(request: Request, service: ServiceDep) -> HTMLResponse:
     data: dict[str, Any] = {k: v for k, v in fields.items() if v != ""}
     try:
         body = schemas.GenerationCreate.model_validate(data)
-        result = await asyncio.to_thread(sampling.generate_now, service, body)
+        result = sampling.generate_now(service, body)
     except ValidationError as exc:
         return render(request, "compare/_cell.html", {"error": describe(exc.errors()), "generation": None})
     except AppError as exc:
@@ -95,10 +93,14 @@ async def compare_cell(request: Request, service: ServiceDep) -> HTMLResponse:
     return render(request, "compare/_cell.html", {"generation": generation, "error": ""})
 
 
-@router.get("/compare/downstream", response_class=HTMLResponse)
-async def downstream(request: Request, service: ServiceDep, ids: str, prompt: Text) -> HTMLResponse:
-    """Cosines of the vectors' effects at their run's target block (computed on the worker)."""
-    vector_ids = parse_ids(ids)
+@router.post("/compare/downstream", response_class=HTMLResponse)
+def downstream(request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
+    """Cosines of the vectors' effects at their run's target block, computed on the worker: a POST,
+    so that only this server's own pages can make the worker do it (app/guard.py)."""
+    vector_ids = parse_ids(str(form.get("ids", "")))
+    prompt = str(form.get("prompt", ""))
+    if len(prompt) > MAX_TEXT:
+        raise Invalid(f"the prompt is longer than {MAX_TEXT} characters")
     with service.db.session() as session:
         vectors = [store.get_vector(session, i) for i in vector_ids]
         run = vectors[0].run
@@ -114,7 +116,7 @@ async def downstream(request: Request, service: ServiceDep, ids: str, prompt: Te
         )
         labels = [f"#{v.id}" for v in vectors]
     try:
-        value = await asyncio.to_thread(service.ask, message)
+        value = service.ask(message)
     except AppError as exc:
         return render(
             request, "compare/_heatmap.html", {"error": exc.message, "matrix": [], "labels": labels}

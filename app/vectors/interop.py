@@ -242,7 +242,7 @@ def import_file(service: Service, *, data: bytes, filename: str, model: str | No
             "prompts_from": "file" if meta.get("prompts") else "probe",
             "same_as": {str(i): t.id for i, t in enumerate(twins) if t is not None},
         }
-        jobs.transition(job, "running")
+        jobs.transition(session, job, "running")
         rows = []
         for i, (values, b) in enumerate(zip(found["vectors"], blocks, strict=True)):
             norm = float(math.sqrt(float((geometry.stack([values]) ** 2).sum())))
@@ -256,7 +256,7 @@ def import_file(service: Service, *, data: bytes, filename: str, model: str | No
                 }
             )
         store.add_vectors(session, job.run, rows)
-        jobs.transition(job, "succeeded", message=f"imported {count} vector(s) from {filename}")
+        jobs.transition(session, job, "succeeded", message=f"imported {count} vector(s) from {filename}")
         return job.run.id
 
 

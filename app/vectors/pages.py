@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from app import schemas, store
-from app.deps import ServiceDep, SessionDep
+from app.deps import FormDep, ServiceDep, SessionDep
 from app.discovery import detectors
 from app.errors import AppError
 from app.fields import Whole, describe
@@ -24,7 +23,7 @@ from app.refine import refinements
 from app.refine.pages import sweep_context
 from app.runs import gallery, launch
 from app.templating import render
-from app.vectors import geometry
+from app.vectors import dashboard, geometry
 
 router = APIRouter(include_in_schema=False)
 SCALES = (-1.0, 0.5, 1.0, 2.0, 4.0)
@@ -98,6 +97,7 @@ def show_vector(vector_id: Whole, request: Request, session: SessionDep, service
         **sweep_context(session, vector),
         "refinements": refinements.refinements_of(session, vector.id),
         "detectors": detectors.all_detectors(session),
+        **dashboard.context(session, vector),
         "default_multiples": ", ".join(f"{m:g}" for m in schemas.DEFAULT_MULTIPLES),
     }
     return render(request, "vectors/show.html", context)
@@ -118,7 +118,7 @@ def vector_scales(
 
 
 @router.post("/vectors/{vector_id}/scales", response_class=HTMLResponse)
-async def generate_scales(vector_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
+def generate_scales(vector_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
     with service.db.session() as session:
         prompts = [str(p) for p in store.get_vector(session, vector_id).run.prompts]
     body = schemas.SamplesCreate(
@@ -127,21 +127,20 @@ async def generate_scales(vector_id: Whole, request: Request, service: ServiceDe
         scales=list(SCALES),
         max_new_tokens=service.settings.gallery_tokens,
     )
-    await asyncio.to_thread(launch.start_samples, service, body)
+    launch.start_samples(service, body)
     with service.db.session() as session:
         return vector_scales(vector_id, request, session, service)
 
 
 @router.post("/vectors/{vector_id}/generate", response_class=HTMLResponse)
-async def custom_prompt(vector_id: Whole, request: Request, service: ServiceDep) -> HTMLResponse:
+def custom_prompt(vector_id: Whole, request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
     """Steered and unsteered on the user's prompt with the same seed; stored like every generation."""
-    form = await request.form()
     values = {k: str(form.get(k, "")) for k in ("prompt", "scale", "seed", "max_new_tokens", "temperature")}
     try:
         body = schemas.GenerationCreate.model_validate(
             {"vector_id": vector_id, **{k: v for k, v in values.items() if v != ""}}
         )
-        result = await asyncio.to_thread(sampling.generate_now, service, body)
+        result = sampling.generate_now(service, body)
     except ValidationError as exc:
         return render(
             request,
@@ -160,14 +159,37 @@ async def custom_prompt(vector_id: Whole, request: Request, service: ServiceDep)
 
 
 @router.post("/vectors/{vector_id}/chain", response_class=HTMLResponse)
-async def start_chain(vector_id: Whole, request: Request, service: ServiceDep) -> Response:
-    form = await request.form()
+def start_chain(vector_id: Whole, service: ServiceDep, form: FormDep) -> Response:
     data = {k: str(form.get(k, "")) for k in ("n_vectors", "steps") if form.get(k)}
     try:
         body = schemas.ChainCreate.model_validate({"vector_id": vector_id, **data})
-        job = await asyncio.to_thread(launch.start_chain, service, body)
+        job = launch.start_chain(service, body)
     except ValidationError as exc:
         return HTMLResponse(f'<p class="error">{escape(describe(exc.errors()))}</p>', status_code=422)
     except AppError as exc:
         return HTMLResponse(f'<p class="error">{escape(exc.message)}</p>', status_code=exc.status_code)
     return Response(status_code=204, headers={"HX-Redirect": f"/runs/{job.run_id}"})
+
+
+@router.get("/vectors/{vector_id}/dashboard", response_class=HTMLResponse)
+def dashboard_section(vector_id: Whole, request: Request, session: SessionDep) -> HTMLResponse:
+    """The dashboard piece: what is stored (a reading in progress asks for this again)."""
+    return render(
+        request, "vectors/_dashboard.html", dashboard.context(session, store.get_vector(session, vector_id))
+    )
+
+
+@router.post("/vectors/{vector_id}/dashboard", response_class=HTMLResponse)
+def start_dashboard(vector_id: Whole, request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
+    """The form: queue a reading of the vector, then show the piece following it (or why not)."""
+    error, status = "", 200
+    try:
+        body = schemas.DashboardCreate.model_validate({"rank_by": str(form.get("rank_by") or "max")})
+        launch.start_dashboard(service, vector_id, body)
+    except ValidationError as exc:
+        error, status = describe(exc.errors()), 422
+    except AppError as exc:
+        error, status = exc.message, exc.status_code
+    with service.db.session() as session:
+        context = dashboard.context(session, store.get_vector(session, vector_id))
+    return render(request, "vectors/_dashboard.html", {**context, "error": error}, status_code=status)

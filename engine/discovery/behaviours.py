@@ -3,8 +3,10 @@
 Completions flagged unchanged or rephrase form one behaviour each (nothing happened, or only the
 wording did); the others are clustered by scikit-learn's agglomerative clustering (average linkage,
 cosine distance, a distance threshold instead of a cluster count) over their sentence embeddings.
-Each behaviour gets a name from its distinctive words (class-based TF-IDF against the other
-behaviours), an exemplar (the member nearest its centre), its vectors and how many of those are
+Each behaviour gets a name a person would write when its completions share a typed trait
+(engine/discovery/naming.py: "refuses", "answers with a list", "repeats itself"), else its most
+distinctive words (class-based TF-IDF against the other behaviours), which it keeps as a subtitle
+either way; an exemplar (the member nearest its centre), its vectors and how many of those are
 random-twin vectors.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from engine.discovery.naming import trait_name
 from engine.errors import EngineError
 
 DISTANCE = 0.7  # cosine distance at which clusters stop merging (average linkage)
@@ -34,6 +37,8 @@ class Member:
     embedding: Sequence[float] | NDArray[np.float32]
     flag: str = ""
     random: bool = False  # a random-twin vector's completion
+    changes: tuple[str, ...] = ()  # typed traits in which it differs from its unsteered answer
+    repetition: float = 0.0  # share of repeated token 3-grams
 
 
 @dataclass
@@ -46,6 +51,8 @@ class Behaviour:
     vectors: list[Any] = field(default_factory=list)  # learned vectors with a member here
     random_vectors: list[Any] = field(default_factory=list)  # random-twin vectors with a member here
     kind: str = "cluster"  # cluster | unchanged | rephrase
+    subtitle: str = ""  # the most distinctive words, "a · b · c" (the name too when no trait is shared)
+    trait: str = ""  # the typed name when a trait named it, "" otherwise
 
     @property
     def size(self) -> int:
@@ -62,6 +69,8 @@ class Behaviour:
             "vectors": self.vectors,
             "random_vectors": self.random_vectors,
             "kind": self.kind,
+            "subtitle": self.subtitle,
+            "trait": self.trait,
         }
 
 
@@ -127,7 +136,9 @@ def cluster(members: Sequence[Member], *, distance: float = DISTANCE) -> list[Be
         exemplar = idx[int(np.argmax(x[idx] @ centre))]
         learned = sorted({members[i].vector for i in idx if not members[i].random}, key=str)
         random = sorted({members[i].vector for i in idx if members[i].random}, key=str)
-        name = kind if kind in FIXED else " · ".join(words[n]) or f"behaviour {n + 1}"
+        subtitle = " · ".join(words[n])
+        typed = "" if kind in FIXED else _typed(members, idx)
+        name = kind if kind in FIXED else typed or subtitle or f"behaviour {n + 1}"
         behaviours.append(
             Behaviour(
                 index=n,
@@ -138,9 +149,16 @@ def cluster(members: Sequence[Member], *, distance: float = DISTANCE) -> list[Be
                 vectors=learned,
                 random_vectors=random,
                 kind=kind,
+                subtitle=subtitle,
+                trait=typed,
             )
         )
     return behaviours
+
+
+def _typed(members: Sequence[Member], idx: Sequence[int]) -> str:
+    chosen = [members[i] for i in idx]
+    return trait_name([m.text for m in chosen], [m.changes for m in chosen], [m.repetition for m in chosen])
 
 
 def assignments(behaviours: Sequence[Behaviour], n: int) -> list[int]:

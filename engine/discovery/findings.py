@@ -61,7 +61,15 @@ def behaviours_of(
     completions: Sequence[Completion], scores: Sequence[Scores], *, distance: float = DISTANCE
 ) -> tuple[list[Behaviour], list[Member]]:
     members = [
-        Member(vector=c.vector, text=c.text, embedding=s.embedding.numpy(), flag=s.flag, random=c.random)
+        Member(
+            vector=c.vector,
+            text=c.text,
+            embedding=s.embedding.numpy(),
+            flag=s.flag,
+            random=c.random,
+            changes=tuple(s.changes),
+            repetition=s.repetition,
+        )
         for c, s in zip(completions, scores, strict=True)
     ]
     return cluster(members, distance=distance), members
@@ -170,6 +178,8 @@ def payload(found: Findings, generation_ids: Sequence[int]) -> dict[str, Any]:
                 "kind": b.kind,
                 "name": b.name,
                 "words": b.words,
+                "subtitle": b.subtitle,
+                "trait": b.trait,
                 "exemplar": generation_ids[b.exemplar],
                 "size": b.size,
                 "n_vectors": len(b.vectors),

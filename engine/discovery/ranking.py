@@ -1,5 +1,7 @@
 """The "interesting first" order: vectors that moved their answers further than random vectors do
-and stayed fluent, one exemplar per behaviour before the rest."""
+and stayed fluent, one exemplar per behaviour before the rest. A vector of interest 0 (every
+completion unchanged or gibberish) never comes before one of interest above 0, even as the only
+vector of its behaviour."""
 
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ def interesting_first(
     clusters: set[int] | None = None,
 ) -> list[Hashable]:
     """Vectors in order: the most interesting vector of each behaviour (only behaviours in
-    `clusters`, when given), those exemplars by interest, then every other vector by interest."""
+    `clusters`, when given, and only vectors of interest above 0), those exemplars by interest, then
+    every other vector by interest."""
     by_interest = sorted(interest, key=lambda v: (-interest[v], str(v)))
     first: list[Hashable] = []
     taken: set[int] = set()
     for v in by_interest:
         b = behaviour.get(v)
-        if b is None or b in taken or (clusters is not None and b not in clusters):
+        if interest[v] <= 0 or b is None or b in taken or (clusters is not None and b not in clusters):
             continue
         taken.add(b)
         first.append(v)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from engine.discovery.embedder import Embedder
 from engine.discovery.flags import Thresholds, flag
+from engine.discovery.traits import differences, traits
 from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.prompts import format_prompt
@@ -52,6 +53,7 @@ class Scores:
     beyond_random: float | None  # percentile 0-100; None without random-twin completions
     flag: str  # "unchanged" | "rephrase" | "gibberish" | "" (changed and fluent)
     embedding: Tensor = field(repr=False)  # [d] unit vector of the steered completion
+    changes: list[str] = field(default_factory=list)  # typed traits that differ from the unsteered one
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,7 @@ class Scores:
             "repetition": self.repetition,
             "beyond_random": self.beyond_random,
             "flag": self.flag,
+            "changes": list(self.changes),
         }
 
 
@@ -130,11 +133,26 @@ def fluency(
     lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str], *, batch_size: int = FLUENCY_BATCH
 ) -> list[float]:
     """Mean log-prob per token of each text after its prompt under the model as loaded (unsteered)."""
+    return run_steps(fluency_steps(lm, prompts, texts, batch_size=batch_size))
+
+
+def fluency_steps(
+    lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str], *, batch_size: int = FLUENCY_BATCH
+) -> Generator[tuple[int, int], None, list[float]]:
+    """`fluency` one batch per `next()`, yielding (batches done, batches in all)."""
+    rows = _rows(lm, prompts, texts)
+    total = sum(math.ceil(len(tails) / batch_size) for tails in _distinct_tails(rows).values())
     out = [0.0] * len(texts)
-    for batch in _fluency_batches(lm, _rows(lm, prompts, texts), batch_size):
+    for done, batch in enumerate(_fluency_batches(lm, rows, batch_size), start=1):
         for i, value in batch:
             out[i] = value
+        yield done, total
     return out
+
+
+def token_ids(lm: LoadedModel, text: str) -> list[int]:
+    """A completion's token ids as scoring counts them (no special tokens)."""
+    return list(lm.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
 def _fluency_batches(
@@ -241,14 +259,25 @@ def score_steps(
     out = []
     for i, s in enumerate(inputs):
         identical = s.text.strip() == s.unsteered.strip()
+        changes = [] if identical else differences(s.text, s.unsteered)
         out.append(
             Scores(
                 effect=effects[i],
                 fluency=fluencies[i],
                 repetition=repeats[i],
                 beyond_random=beyond[i],
-                flag=flag(effects[i], fluencies[i], repeats[i], limits, identical=identical),
+                flag=flag(
+                    effects[i],
+                    fluencies[i],
+                    repeats[i],
+                    limits,
+                    identical=identical,
+                    changes=changes,
+                    words=traits(s.text).words,
+                    partner_words=traits(s.unsteered).words,
+                ),
                 embedding=steered_emb[i],
+                changes=changes,
             )
         )
     return out

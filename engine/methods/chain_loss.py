@@ -26,7 +26,8 @@ class ChainLoss:
         self.model, self.batch, self.source, self.target = lm.model, batch, source, target
         real = batch.attention_mask.float()  # [P, T]
         self.weights = (real / real.sum(dim=1, keepdim=True))[:, :, None]  # [P, T, 1] mean over real
-        self.segment = Segment(lm.model, batch, source, target) if fast else None
+        # float32 blocks: on a bfloat16 model L-BFGS stalled at 4x float32's loss (docs/benchmarks.md).
+        self.segment = Segment(lm.model, batch, source, target, float32=True) if fast else None
         self.goal = torch.zeros(batch.size, lm.info.width, device=real.device)  # [P, d] z(θ₀): aim()
 
     def z(self, deltas: Tensor) -> Tensor:

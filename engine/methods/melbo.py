@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.errors import EngineError
+from engine.methods.default_radius import ShareCalibrator
 from engine.models import LoadedModel
 from engine.progress import Progress
 from engine.prompts import PromptBatch, encode_prompts, target_mask
@@ -39,7 +40,10 @@ FAST_ANGLE = 0.08  # fast mode: Adam lr = FAST_ANGLE * R / sqrt(d), about that m
 FAST_FINAL_LR = 0.1  # the step size decays (cosine) to this share of its start by the last step
 FAST_TOL = 5e-3  # fast mode stops when no vector gained this share of its objective ...
 FAST_PATIENCE = 10  # ... over this many steps
-RADIUS_FRACTION = 0.08  # default R: this share of the median residual norm at the source
+# The default R used to be this share of the median residual norm at the source; it is now
+# calibrated per model (engine/methods/default_radius.py). Steering adapters still size their
+# default R from it.
+RADIUS_FRACTION = 0.08
 
 
 @dataclass
@@ -66,6 +70,8 @@ class MelboResult:
     cancelled: bool = False
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    # How the default R was found (engine/methods/default_radius.py); None when R or a share was given.
+    calibration: dict[str, Any] | None = None
 
     @property
     def objectives(self) -> list[float]:
@@ -107,10 +113,20 @@ class _Problem:
         self.objective = Objective(mask, spec.p, q, spec.loss, spec.normalize)
         self.segment = Segment(lm.model, self.batch, self.source, self.target)
         self.residual_norm = median_norm(self.segment.h_source, mask)
-        fraction = spec.radius_fraction if spec.radius_fraction is not None else RADIUS_FRACTION
-        self.radius = spec.radius if spec.radius is not None else fraction * self.residual_norm
+        # None until the default share is known (a calibration, when neither R nor a share is given).
+        self.known_radius: float | None = None
+        if spec.radius is not None:
+            self.known_radius = spec.radius
+        elif spec.radius_fraction is not None:
+            self.known_radius = spec.radius_fraction * self.residual_norm
         self.width = lm.info.width
         self.device = device
+
+    @property
+    def radius(self) -> float:
+        if self.known_radius is None:
+            raise EngineError("R is not known yet: the default R is still being calibrated")
+        return self.known_radius
 
     def final(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
         """Objective and top-position share of finished vectors [K, d], without gradients."""
@@ -181,12 +197,12 @@ class MelboTrainer:
         self.starts = None if starts is None else starts.detach().float().cpu()
         self.total = max(0, spec.n_vectors - self.first)
         self.budget = step_budget(spec)
-        radius = self.problem.radius
-        self.lr = (
-            spec.lr
-            if spec.lr is not None
-            else (REFERENCE_LR if spec.mode == "reference" else FAST_ANGLE * radius / math.sqrt(width))
-        )
+        # Neither R nor a share given: the default share, calibrated per model (cached), first.
+        self.default: ShareCalibrator | None = None
+        if self.problem.known_radius is None:
+            source, target = self.problem.source, self.problem.target
+            self.default = ShareCalibrator(lm, source, target, spec.positions)
+            self._use_default()
         self.vectors: list[Tensor] = []
         self.records: list[VectorRecord] = []
         self.taken = 0
@@ -197,6 +213,23 @@ class MelboTrainer:
     @property
     def finished(self) -> bool:
         return len(self.vectors) >= self.total
+
+    @property
+    def calibrating(self) -> bool:
+        """Still calibrating the default R (a step is then one calibration probe)."""
+        return self.problem.known_radius is None
+
+    @property
+    def lr(self) -> float:
+        if self.spec.lr is not None:
+            return self.spec.lr
+        if self.spec.mode == "reference":
+            return REFERENCE_LR
+        return FAST_ANGLE * self.problem.radius / math.sqrt(self.problem.width)
+
+    def _use_default(self) -> None:
+        if self.default is not None and self.default.finished:
+            self.problem.known_radius = self.default.result().share * self.problem.residual_norm
 
     def progress(self) -> Progress:
         training = 0 if self.batch is None else self.batch.init.shape[0]
@@ -216,6 +249,11 @@ class MelboTrainer:
     def step(self) -> list[VectorRecord]:
         """One unit of training; the records of the vectors it finished (often none)."""
         if self.finished:
+            return []
+        if self.calibrating:
+            assert self.default is not None
+            self.default.step()
+            self._use_default()
             return []
         if self.spec.method == "random":
             return self._random()
@@ -261,11 +299,14 @@ class MelboTrainer:
             records=list(records),
             source=self.problem.source,
             target=self.problem.target,
-            radius=self.problem.radius,
+            radius=self.problem.known_radius or 0.0,
             residual_norm=self.problem.residual_norm,
             cancelled=cancelled,
             seconds=time.perf_counter() - self.began,
             settings=self.spec.to_dict(),
+            calibration=None
+            if self.default is None or not self.default.finished
+            else self.default.result().to_dict(),
         )
 
     def _before(self) -> Tensor:

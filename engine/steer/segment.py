@@ -7,6 +7,7 @@ included) is where the fast MELBO and chain modes save most of their time.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -44,6 +45,19 @@ def _repeat_rows(value: Any, rows: int, times: int) -> Any:
     return value
 
 
+def _widen(value: Any) -> Any:
+    """Every half-precision tensor in a block's arguments as float32 (masks, rotary tables)."""
+    if isinstance(value, Tensor):
+        return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+    if isinstance(value, tuple):
+        return tuple(_widen(v) for v in value)
+    if isinstance(value, list):
+        return [_widen(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _widen(v) for k, v in value.items()}
+    return value
+
+
 class Segment:
     """Blocks source+1 .. target-1 of `model` on a fixed prompt batch.
 
@@ -58,8 +72,14 @@ class Segment:
         target: int,
         *,
         input_of: nn.Module | None = None,
+        float32: bool = False,
     ) -> None:
-        """`input_of`: a module whose input on the prompts is kept too (`self.kept_input`)."""
+        """`input_of`: a module whose input on the prompts is kept too (`self.kept_input`).
+
+        `float32`: run the segment on float32 copies of its blocks when the model is in half
+        precision (the cached activations are widened too). It costs those blocks' weights again
+        at twice their size; an optimizer that needs a smooth loss (L-BFGS's line search) pays it,
+        as bfloat16 rounding of a residual stream hundreds wide stalls it far from the optimum."""
         blocks = get_blocks(model)
         check_span(len(blocks), source, target)
         self.model, self.batch, self.source, self.target = model, batch, source, target
@@ -94,6 +114,10 @@ class Segment:
                 h.remove()
         self.h_source: Tensor = captured["source"]  # [P, T, d] output of the source block
         self.z0: Tensor = captured["target"]  # [P, T, d] unsteered hidden_states[target]
+        if float32 and self.h_source.dtype != torch.float32:
+            self.blocks = [copy.deepcopy(b).float() for b in self.blocks]
+            self._calls = [(_widen(a), _widen(k)) for a, k in self._calls]
+            self.h_source, self.z0 = self.h_source.float(), self.z0.float()
         self.kept_input: Tensor | None = captured.get("input")  # [P, T, *] input of `input_of`
 
     @property

@@ -252,7 +252,7 @@ def test_compare_puts_adapters_beside_vectors(client: TestClient, adapter_run: d
     stored = client.get("/api/generations", params={"vector_id": a}).json()
     assert any(g["scale"] == 4.0 and g["max_new_tokens"] == 6 for g in stored)
     heat = BeautifulSoup(
-        client.get("/compare/downstream", params={"ids": ids, "prompt": "hi"}).text, "html.parser"
+        client.post("/compare/downstream", data={"ids": ids, "prompt": "hi"}).text, "html.parser"
     )
     cells = [[float(td.get_text()) for td in row.select("td")] for row in heat.select("tr")[1:]]
     assert [cells[i][i] for i in range(3)] == [1.0, 1.0, 1.0]

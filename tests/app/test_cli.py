@@ -23,6 +23,8 @@ def steerscope(tmp_path: Path, tiny_dir: Path, *args: str) -> subprocess.Complet
         "STEERSCOPE_WORKER_THREADS": "1",
         "STEERSCOPE_GALLERY_TOKENS": "4",
         "STEERSCOPE_HEARTBEAT_S": "0.2",
+        "STEERSCOPE_CORPUS_BANK": "8",  # a reading's corpus: 8 bank prompts, 4 answer tokens each
+        "STEERSCOPE_CORPUS_TOKENS": "4",
     }
     return subprocess.run(
         [sys.executable, "-m", "app", *args], capture_output=True, text=True, env=env, timeout=300
@@ -145,3 +147,28 @@ def test_adapters_from_the_shell_train_and_export_for_peft(tmp_path: Path, tiny_
     out = steerscope(tmp_path, tiny_dir, *args, "--rank", "0")
     assert out.returncode == 2 and "rank must be between 1 and 1024" in out.stderr
     assert count(tmp_path, Run) == runs
+
+
+def test_a_concept_and_a_reading_from_the_shell(tmp_path: Path, tiny_dir: Path) -> None:
+    out = steerscope(
+        tmp_path,
+        tiny_dir,
+        "concept",
+        "--positive",
+        "a zebra",
+        "two zebras",
+        "--negative",
+        "a sea",
+        "two seas",
+    )
+    assert out.returncode == 0, out.stderr
+    made = json.loads(out.stdout)
+    assert made["run"]["kind"] == "concept" and len(made["vectors"]) == 1
+    out = steerscope(tmp_path, tiny_dir, "concept", "--positive", "only one", "--negative", "a", "b")
+    assert out.returncode == 2 and "positive" in out.stderr
+    assert count(tmp_path, Run) == 1
+    vector = str(made["vectors"][0]["id"])
+    out = steerscope(tmp_path, tiny_dir, "dashboard", "--vector-id", vector, "--rank-by", "mean")
+    assert out.returncode == 0, out.stderr
+    read = json.loads(out.stdout)
+    assert read["run"]["result"]["dashboard"]["block"] == made["vectors"][0]["block"]

@@ -30,6 +30,7 @@ from app.executor.protocol import (
     Token,
     Validate,
     Vectors,
+    WorkingScales,
 )
 from engine import LoadedModel, get_blocks
 
@@ -95,7 +96,8 @@ def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[FromWorker
             id="d", model=model, block=1, target=None, vectors=[vector, vector], prompt="Hi", adapters=[]
         ),
         order(1, "melbo", {**melbo, "mode": "reference"}, gallery=gallery),
-        order(2, "melbo", {**melbo, "mode": "fast", "batch_size": 2}, gallery=gallery),
+        # With the working-scale probe: its units leave no hook behind either.
+        order(2, "melbo", {**melbo, "mode": "fast", "batch_size": 2}, gallery={**gallery, "probe": True}),
         order(
             3,
             "chain",
@@ -157,6 +159,7 @@ def test_no_unit_leaves_a_hook_behind(loop: ComputeLoop, events: list[FromWorker
     }
     assert any(isinstance(e, Token) and e.id == "g" for e in events)
     assert any(isinstance(e, ChatTokens) for e in events)
+    assert [e.job for e in events if isinstance(e, WorkingScales)] == [2]
 
 
 def test_a_chat_is_answered_while_a_job_trains(

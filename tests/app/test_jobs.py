@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from app import jobs, store
 from app.db import Database
 from app.errors import Conflict
 from app.models import Job, now
+from app.settings import ROOT
 
 SPEC = {"prompts": ["hi"], "model": "m", "seed": 0}
 
@@ -28,7 +30,7 @@ def test_a_job_runs_through_its_life(db: Database) -> None:
         claimed = jobs.claim_next(session, owner="server")
         assert claimed is job and job.status == "running" and job.attempts == 1
         assert job.started_at is not None and job.heartbeat_at is not None
-        jobs.transition(job, "succeeded")
+        jobs.transition(session, job, "succeeded")
         assert job.run.status == "succeeded" and job.finished_at is not None
 
 
@@ -48,7 +50,7 @@ def test_illegal_moves_are_refused(db: Database, start: str, illegal: list[str])
         job.status = start
         for to in illegal:
             with pytest.raises(Conflict, match=f"is {start}; it cannot become {to}"):
-                jobs.transition(job, to)  # type: ignore[arg-type]
+                jobs.transition(session, job, to)  # type: ignore[arg-type]
             assert job.status == start
 
 
@@ -71,7 +73,7 @@ def test_cancel_and_retry(db: Database) -> None:
         assert jobs.request_cancel(session, queued.id).status == "cancelled"
         job = jobs.request_cancel(session, running.id)
         assert job.status == "running" and job.cancel_requested  # the worker stops it between steps
-        jobs.transition(running, "cancelled")
+        jobs.transition(session, running, "cancelled")
         with pytest.raises(Conflict, match="only queued or running"):
             jobs.request_cancel(session, running.id)
         again = jobs.retry(session, running.id)
@@ -106,3 +108,62 @@ def test_statuses_are_a_closed_set(db: Database) -> None:
     with db.session() as session:
         new_job(session)
         assert session.scalars(select(Job.status)).all() == ["queued"]
+
+
+def status_writes(source: str) -> list[int]:
+    """Lines that write a status: `x.status = …` (or `+=`), or `status=` in an UPDATE's values."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AugAssign)
+            else []
+        )
+        if any(isinstance(t, ast.Attribute) and t.attr == "status" for t in targets):
+            lines.append(node.lineno)
+        values = (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "values"
+        )
+        if values and any(k.arg == "status" for k in node.keywords):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_state_machine_writes_a_status() -> None:
+    """One place enforces the moves (app/jobs/machine.py); everyone else goes through it."""
+    machine = ROOT / "app" / "jobs" / "machine.py"
+    found = {
+        str(path.relative_to(ROOT)): lines
+        for path in sorted((ROOT / "app").rglob("*.py"))
+        if path != machine and (lines := status_writes(path.read_text()))
+    }
+    assert found == {}
+    assert status_writes(machine.read_text())  # the scan does see a status being written
+
+
+def test_a_cancel_that_loses_the_race_to_the_claim_is_forwarded_not_lost(db: Database) -> None:
+    """The cancel read the job queued; the dispatcher claimed it before the cancel wrote. The
+    compare-and-set sees it and asks the running job to stop instead of overwriting its status."""
+    with db.session() as session:
+        job = new_job(session)
+    with db.session() as cancel, db.session() as claim:
+        assert jobs.get(cancel, job.id).status == "queued"  # the cancel's read
+        assert jobs.claim_next(claim, owner="server") is not None
+        claim.commit()
+        answered = jobs.request_cancel(cancel, job.id)
+        assert (answered.status, answered.cancel_requested, answered.attempts) == ("running", True, 1)
+    with db.session() as session:
+        assert jobs.claim_next(session, owner="server") is None
+
+
+def test_a_retry_of_a_job_that_is_not_finished_is_refused(db: Database) -> None:
+    with db.session() as session:
+        job = new_job(session)
+        with pytest.raises(Conflict, match="only failed or cancelled jobs can be retried"):
+            jobs.retry(session, job.id)
+        jobs.claim_next(session, owner="server")
+        with pytest.raises(Conflict, match="only failed or cancelled jobs can be retried"):
+            jobs.retry(session, job.id)
+        assert jobs.get(session, job.id).status == "running"

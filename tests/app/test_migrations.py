@@ -65,6 +65,7 @@ def test_a_database_populated_at_the_first_revision_upgrades_to_head(tmp_path: P
         generation = session.get(Generation, 1)
         assert generation is not None and (generation.flag, generation.effect) == ("", None)  # 0005
         assert (vector.rank, vector.behaviour_id, session.get(Run, 1).twin_of) == (None, None, None)
+        assert (vector.working_scale, vector.broken_at, generation.changes) == (None, None, [])  # 0007
         # The full-text index survived 0004's rebuild of the generations table, old rows and new.
         found = "SELECT rowid FROM generations_fts WHERE generations_fts MATCH :q"
         assert session.execute(text(found), {"q": '"x"'}).scalars().all() == [1]

@@ -1,4 +1,5 @@
-"""No cross-site writes: foreign origins and host names are refused over HTTP; the token's hygiene."""
+"""No cross-site writes: foreign origins and host names are refused over HTTP, nothing another site's
+page asks makes the worker compute; the token's hygiene."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
+from safetensors.numpy import save
 
 from app.guard import csrf_value
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import make_settings
+from tests.app.conftest import make_settings, wait_job
 from tests.app.helpers import row_counts
 from tests.live import LiveServer, free_port
 
@@ -143,3 +146,101 @@ def test_where_the_cookie_authenticates_forms_need_the_csrf_token(
     assert r.status_code == 201
     names = {x["name"] for x in httpx.get(f"{url}/api/labels?token=s3cret", timeout=TIMEOUT).json()}
     assert "with-csrf" in names and "no-csrf" not in names
+
+
+CROSS_SITE = (
+    {"Origin": "http://evil.example", "Referer": "http://evil.example/", "Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "cross-site"},  # a page that hides its Referer, a request that sends no Origin
+    {"Sec-Fetch-Site": "same-site"},  # another port of this host is another origin
+    {"Referer": "http://evil.example/page.html"},  # an older browser
+)
+
+
+class Spy:
+    """Counts what reaches the worker: requests (generate, downstream, files) and jobs."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.executor = client.app.state.service.executor
+        self.sent: list[str] = []
+
+    def __enter__(self) -> Spy:
+        request, submit = self.executor.request, self.executor.submit
+        self.executor.request = lambda m: (self.sent.append(type(m).__name__), request(m))[1]
+        self.executor.submit = lambda o: (self.sent.append(f"job {o.job_id}"), submit(o))[1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.executor.request, self.executor.submit
+
+
+def imported_vectors(client: TestClient) -> list[int]:
+    values = np.random.default_rng(5).standard_normal((2, 64)).astype(np.float32)
+    r = client.post(
+        "/api/imports", files={"file": ("o.safetensors", save({"vectors": values}))}, data={"block": "1"}
+    )
+    assert r.status_code == 201, r.text
+    for job in r.json()["sample_jobs"]:
+        wait_job(client, job)
+    return list(r.json()["vector_ids"])
+
+
+def test_another_sites_page_cannot_start_a_reading_or_a_concept(client: TestClient) -> None:
+    """Reading a vector and making a concept are jobs, detecting with one a worker request: each is a
+    POST that only the app's own pages (and scripts) may send."""
+    a, _ = imported_vectors(client)
+    concept = {"positive": ["a b", "c d"], "negative": ["e f", "g h"]}
+    starts = [
+        ("POST", f"/api/vectors/{a}/dashboard", {"json": {}}),
+        ("POST", f"/vectors/{a}/dashboard", {"data": {"rank_by": "max"}}),
+        ("POST", "/api/concepts", {"json": concept}),
+        ("POST", "/concepts", {"data": {"positive": "a b\nc d", "negative": "e f\ng h"}}),
+        ("POST", "/api/concepts/1/detect", {"json": {"prompts": ["x"]}}),
+        ("POST", "/concepts/1/detect", {"data": {"prompts": "x"}}),
+    ]
+    before = row_counts(client)
+    for headers in CROSS_SITE:
+        with Spy(client) as spy:
+            for method, path, kw in starts:
+                r = client.request(method, path, headers=headers, **kw)
+                assert r.status_code == 403 and "another site" in r.text, (method, path, headers, r.text)
+        assert spy.sent == [], (headers, spy.sent)
+    assert row_counts(client) == before
+    # Reading what is stored is a plain GET, and computes nothing.
+    with Spy(client) as spy:
+        assert client.get(f"/api/vectors/{a}/dashboard", headers=CROSS_SITE[0]).status_code == 404
+        assert client.get(f"/vectors/{a}/dashboard", headers=CROSS_SITE[0]).status_code == 200
+    assert spy.sent == []
+
+
+def test_nothing_another_sites_page_asks_makes_the_worker_compute(client: TestClient) -> None:
+    a, b = imported_vectors(client)
+    compute = [  # every route that makes the worker compute, as a page of ours would call it
+        ("POST", "/compare/downstream", {"data": {"ids": f"{a},{b}", "prompt": "x"}}),
+        ("POST", "/compare/cell", {"data": {"vector_id": str(a), "prompt": "x", "max_new_tokens": "2"}}),
+        ("POST", f"/vectors/{a}/generate", {"data": {"prompt": "y", "max_new_tokens": "2"}}),
+        ("POST", "/runs/preview", {"data": {"prompts": "z"}}),
+        ("POST", "/api/generations", {"json": {"prompt": "w", "max_new_tokens": 2}}),
+        ("GET", f"/api/vectors/{a}/export?format=safetensors", {}),
+        ("GET", f"/api/vectors/{a}/export?format=gguf", {}),
+        ("GET", f"/api/runs/{client.get(f'/api/vectors/{a}').json()['run_id']}/export", {}),
+    ]
+    for headers in CROSS_SITE:
+        with Spy(client) as spy:
+            for method, path, kw in compute:
+                r = client.request(method, path, headers=headers, **kw)
+                assert r.status_code == 403 and "another site" in r.text, (method, path, headers, r.text)
+            # The downstream cosines were a GET: as one, another site's page finds no such route.
+            r = client.get("/compare/downstream", params={"ids": f"{a},{b}", "prompt": "x"}, headers=headers)
+            assert r.status_code == 405
+        assert spy.sent == [], (headers, spy.sent)
+    # The app's own pages (and scripts, and an address typed in) still make it compute.
+    for headers in (
+        {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},
+        {},
+    ):
+        with Spy(client) as spy:
+            for method, path, kw in compute:
+                r = client.request(method, path, headers=headers, **kw)
+                assert r.status_code == 200, (method, path, headers, r.text[:300])
+        assert len(spy.sent) >= 4, spy.sent  # the rest were answered from the table

@@ -90,8 +90,8 @@ def test_form_run_gallery_vector_compare_and_chain_pages(client: TestClient) -> 
     assert len(compare.select(".compare-cell")) == 3  # unsteered + two vectors
     assert len(compare.select("table.heatmap tr")) == 3
     heat = soup(
-        client.get(
-            "/compare/downstream", params={"ids": f"{vectors[0]['id']},{vectors[1]['id']}", "prompt": "hi"}
+        client.post(
+            "/compare/downstream", data={"ids": f"{vectors[0]['id']},{vectors[1]['id']}", "prompt": "hi"}
         )
     )
     diagonal = [row.select("td")[i].get_text() for i, row in enumerate(heat.select("tr")[1:])]

@@ -16,6 +16,8 @@ from pydantic_core import PydanticUndefined
 from app import schemas
 from app.runs import forms
 from engine import specs
+from engine.discovery.dashboard import DashboardSpec
+from engine.methods.concepts import ConceptSpec
 from engine.refine import specs as refine_specs
 
 # (API body, engine spec, fields only the API has, fields the app fills in before validating)
@@ -67,6 +69,25 @@ PAIRS = [
         refine_specs.SearchSpec,
         {"priority", "detector_id"},
         {"prompts", "block", "model", "pattern", "detector", "max_new_tokens"},
+    ),
+    (schemas.ConceptCreate, ConceptSpec, {"priority"}, set()),
+    # The vector gives the block and its run's prompts; the server's settings, the corpus's size.
+    (
+        schemas.DashboardCreate,
+        DashboardSpec,
+        {"priority"},
+        {
+            "block",
+            "prompts",
+            "tokens",
+            "contexts",
+            "window",
+            "bins",
+            "nearest",
+            "search",
+            "bank",
+            "max_new_tokens",
+        },
     ),
 ]
 MISSING = object()

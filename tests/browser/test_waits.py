@@ -30,7 +30,7 @@ WATCH_PROGRESS = """() => {
     const blocks = document.querySelector('[data-fact="blocks"]')?.textContent || "";
     const vectors = document.querySelector('[data-fact="vectors"]')?.textContent || "";
     const radius = document.querySelector('[data-fact="R"]')?.textContent || "";
-    if (window.early === null && /\\d+ → \\d+/.test(blocks) && /^0 of/.test(vectors)) {
+    if (window.early === null && /\\d+ → \\d+/.test(blocks) && /^\\d/.test(radius) && /^0 of/.test(vectors)) {
       window.early = { blocks, radius };
     }
   };
@@ -121,11 +121,12 @@ def test_a_runs_page_names_each_phase_and_its_blocks_and_r_come_first(
         # Blocks and R are on the page while no vector is stored yet.
         page.wait_for_function("() => window.early !== null", timeout=TIMEOUT_MS)
         early = page.evaluate("() => window.early")
-        assert re.search(r"\d+ → \d+", early["blocks"]) and re.search(r"\d", early["radius"])
+        assert re.search(r"\d+ → \d+", early["blocks"]) and re.match(r"\d", early["radius"]), early
         finished(api, r.json()["job"]["id"])
-        # Then its gallery.
-        page.wait_for_function("() => window.phases.includes('samples')", timeout=TIMEOUT_MS)
+        # Then its gallery, then (after its random twin) the scoring job the server queued by itself.
+        page.wait_for_function("() => window.phases.includes('scoring')", timeout=TIMEOUT_MS)
         phases = page.evaluate("() => window.phases")
-        assert [p for p in phases if p in ("training", "samples")][:2] == ["training", "samples"], phases
+        firsts = [phases.index(p) for p in ("training", "samples", "scoring") if p in phases]
+        assert len(firsts) == 3 and firsts == sorted(firsts), phases
         messages = page.evaluate("() => window.messages")
         assert not [m for m in messages if re.search(r"\b0 s left", m)], messages

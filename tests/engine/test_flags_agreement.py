@@ -1,6 +1,6 @@
-"""The automatic flags against completions of the embedded model labelled by hand (156 of them; how
-they were made: tests/fixtures/make_flags_set.py). The thresholds in engine/discovery/flags.py were chosen on
-the even rows; the agreement asked for holds on the odd rows (held out) and on the whole."""
+"""The automatic flags against completions of the embedded model labelled by hand (how they were
+made: tests/fixtures/README.md). Thresholds and traits were chosen on the rows marked "part":
+"tuning"; the agreement asked for holds on the rows marked "held-out", which nobody tuned on."""
 
 from __future__ import annotations
 
@@ -20,10 +20,21 @@ AS_FLAG = {"unchanged": "unchanged", "rephrase": "rephrase", "gibberish": "gibbe
 @pytest.mark.slow
 def test_flags_agree_with_hand_labels(embedded: LoadedModel) -> None:
     rows = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
-    assert len(rows) >= 150 and all(r["label"] in AS_FLAG for r in rows)
+    assert len(rows) >= 300 and all(r["label"] in AS_FLAG for r in rows)
+    assert {r["part"] for r in rows} == {"tuning", "held-out"}
     inputs = [ScoreInput(r["prompt"], r["text"], r["unsteered"], r["kind"] == "random") for r in rows]
     flags = [s.flag for s in score(embedded, Embedder(), inputs)]
     agree = [f == AS_FLAG[r["label"]] for f, r in zip(flags, rows, strict=True)]
-    tuned, held_out, whole = (sum(a) / len(a) for a in (agree[::2], agree[1::2], agree))
-    assert whole >= 0.8, f"flags agree on {whole:.0%} (tuning rows {tuned:.0%}, held-out rows {held_out:.0%})"
-    assert held_out >= 0.75, f"held-out rows {held_out:.0%}"
+    held = [a for a, r in zip(agree, rows, strict=True) if r["part"] == "held-out"]
+    tuned = [a for a, r in zip(agree, rows, strict=True) if r["part"] == "tuning"]
+    recall = [
+        f == ""
+        for f, r in zip(flags, rows, strict=True)
+        if r["part"] == "held-out" and r["label"] == "changed"
+    ]
+    figures = (
+        f"held-out rows {sum(held) / len(held):.0%}, tuning rows {sum(tuned) / len(tuned):.0%}, "
+        f"changed recall on held-out rows {sum(recall) / len(recall):.0%}"
+    )
+    assert sum(agree) / len(agree) >= 0.8, figures
+    assert sum(held) / len(held) >= 0.75, figures

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.methods.melbo import train_melbo
-from engine.models import LoadedModel
+from engine.methods.calibrate import RTOL
+from engine.methods.default_radius import MULTIPLE, THRESHOLD, default_share
+from engine.methods.melbo import MelboTrainer, train_melbo
+from engine.models import LoadedModel, load_model
 from engine.specs import MelboSpec
 from engine.steer.objective import Objective, retract
 
@@ -78,10 +82,47 @@ def test_cancel_keeps_finished_vectors_and_resume_completes(tiny: LoadedModel) -
     torch.testing.assert_close(whole, uninterrupted.vectors, atol=1e-5, rtol=0)
 
 
-def test_default_radius_follows_the_residual_norm(tiny: LoadedModel) -> None:
+def test_default_radius_is_a_calibrated_share_of_the_residual_norm(tiny: LoadedModel) -> None:
     result = train_melbo(tiny, spec(radius=None, n_vectors=1, steps=1))
-    assert result.radius == pytest.approx(0.08 * result.residual_norm)
+    found = default_share(tiny, 0, 3)
+    assert result.calibration == found.to_dict()
+    assert result.radius == pytest.approx(found.share * result.residual_norm)
     assert float(result.vectors.norm()) == pytest.approx(result.radius, rel=1e-5)
+    # Calibrated, not the old fixed share: the ratio at that R is the threshold's.
+    assert found.fallback == "" and found.calibrated_radius is not None and found.ratio is not None
+    assert found.share == pytest.approx(MULTIPLE * found.calibrated_radius / found.calibration_norm)
+    assert abs(found.ratio / THRESHOLD - 1) <= RTOL
+    # The random twin (same settings, other method) and a run of another seed get the same share.
+    twin = train_melbo(tiny, spec(radius=None, n_vectors=1, method="random"))
+    other = train_melbo(tiny, spec(radius=None, n_vectors=1, steps=1, seed=5))
+    assert twin.radius == pytest.approx(result.radius, rel=1e-9)
+    assert other.calibration == result.calibration
+    # Computed once per model and span: a new trainer finds it cached and has R at once.
+    assert not MelboTrainer(tiny, spec(radius=None)).calibrating
+
+
+def test_a_given_radius_or_share_needs_no_calibration(tiny: LoadedModel) -> None:
+    given = train_melbo(tiny, spec(radius=1.5, n_vectors=1, steps=1))
+    assert given.radius == 1.5 and given.calibration is None
+    share = train_melbo(tiny, spec(radius=None, radius_fraction=0.08, n_vectors=1, steps=1))
+    assert share.radius == pytest.approx(0.08 * share.residual_norm) and share.calibration is None
+    assert not MelboTrainer(tiny, spec(radius=None, radius_fraction=0.2, source=1)).calibrating
+
+
+def test_an_uncalibrated_default_calibrates_one_probe_per_step(tiny_dir: Path) -> None:
+    lm = load_model(str(tiny_dir), device="cpu")  # a model of its own: nothing cached for it yet
+    trainer = MelboTrainer(lm, spec(radius=None, n_vectors=2, steps=3, source=1))
+    assert trainer.calibrating and trainer.result().radius == 0.0
+    probes = 0
+    while trainer.calibrating:
+        assert trainer.step() == [] and not trainer.finished
+        probes += 1
+    assert 2 <= probes <= 40 and trainer.problem.radius > 0
+    while not trainer.finished:
+        trainer.step()
+    assert trainer.result().radius == pytest.approx(
+        default_share(lm, 1, 3).share * trainer.problem.residual_norm
+    )
 
 
 @pytest.mark.parametrize(

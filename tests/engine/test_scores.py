@@ -85,7 +85,7 @@ def test_percentile_and_beyond_random() -> None:
 def test_flags_follow_the_thresholds() -> None:
     t = Thresholds()
     assert flag(0.5, -1.0, 0.0, t, identical=True) == "unchanged"
-    assert flag(0.01, -1.0, 0.0, t) == "unchanged"
+    assert flag(0.004, -1.0, 0.0, t) == "unchanged"
     assert flag(0.1, -1.0, 0.0, t) == "rephrase"
     assert flag(0.6, -9.0, 0.0, t) == "gibberish"
     assert flag(0.6, -1.0, 0.9, t) == "gibberish"

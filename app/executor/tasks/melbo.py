@@ -18,15 +18,25 @@ def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
     )
     problem = trainer.problem
     source = problem.source
-    resolve(job, source, problem.target, problem.radius, problem.residual_norm)
+    # R is None while the default R is still being calibrated (a probe a step); sent again once known.
+    resolve(job, source, problem.target, problem.known_radius, problem.residual_norm)
     job.vectors = [(i, source, b) for i, b in enumerate(job.order.done)]
     batch = encode_prompts(lm.tokenizer, spec.prompts)
     first = len(job.order.done)
+    # The default share is cached per loaded model: a later run (a twin) does not calibrate again.
+    cached = trainer.default is not None and not trainer.calibrating
 
     def finish(_: object) -> None:
-        job.vectors += send_vectors(lm, job, batch, source, trainer.take())
+        trained = trainer.take()
+        # Where the default R came from (the calibrated share, cached per model), for the run page.
+        result = {"default_share": {**trained.calibration, "cached": cached}} if trained.calibration else {}
+        job.vectors += send_vectors(lm, job, batch, source, trained, result=result)
 
     def report(force: bool) -> None:
+        resolve(job, source, problem.target, problem.known_radius, problem.residual_norm)
+        if trainer.calibrating:
+            job.progress(0.0, "calibrating the default R for this model", force=force, phase="calibration")
+            return
         report_training(job, trainer.progress(), stored=first, wanted=spec.n_vectors, force=force)
 
     return (yield from train(job, trainer, finish, report))

@@ -1,0 +1,56 @@
+"""A vector's dashboard (engine/discovery/dashboard.py): its model's corpus at the vector's block,
+built where missing and cached on disk under the worker's data dir (an answering decode step or a
+residual batch per unit), then the payload, sent back as the run's result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.executor.codec import from_bytes
+from app.executor.job import Job, Units
+from app.executor.protocol import Result
+from engine.discovery.corpus import corpus_steps
+from engine.discovery.dashboard import DashboardSpec, DashboardSteps, dashboard
+from engine.discovery.embedder import Embedder
+from engine.models import LoadedModel
+
+WORDS = {"answering": "answering the corpus", "residuals": "storing residuals"}
+PHASES = {"answering": (0.0, 0.8), "residuals": (0.8, 0.95)}
+
+
+def _steps(lm: LoadedModel, job: Job) -> DashboardSteps:
+    order: dict[str, Any] = dict(job.order.spec)
+    bank = int(order.pop("bank_prompts", 0))  # the server's share of the bank (its settings)
+    order.pop("model", None)
+    spec = DashboardSpec.from_dict({**order, "bank": bank > 0})
+    assert job.order.theta0 is not None, "a dashboard's order carries its vector"
+    vector = from_bytes(job.order.theta0)
+    corpus = yield from corpus_steps(
+        lm,
+        Path(job.data),
+        spec.block,
+        prompts=spec.prompts,
+        bank=bank if bank > 0 else False,
+        max_new_tokens=spec.max_new_tokens,
+    )
+    return dashboard(lm, spec, vector=vector, corpus=corpus)
+
+
+def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
+    steps = _steps(lm, job)
+    job.progress(0.0, "reading the vector", force=True)
+    yield
+    while True:
+        if job.cancelled:
+            return True  # the corpus keeps what it finished (whole files only); the payload is not sent
+        try:
+            phase, done, total = next(steps)
+        except StopIteration as end:
+            job.emit(Result(*job.ids, result={"dashboard": end.value}))
+            return False
+        job.clock.tick()
+        low, high = PHASES.get(phase, (0.0, 1.0))
+        job.progress(low + (high - low) * done / max(total, 1), f"{WORDS.get(phase, phase)} {done}/{total}")
+        yield

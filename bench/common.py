@@ -1,0 +1,147 @@
+"""What several benches share: a timestamped log, greedy gallery completions, a learned run beside
+its random twin scored the product's way, and binomial intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.decode.generate import GenerationRequest, generate
+from engine.discovery.embedder import Embedder
+from engine.discovery.findings import Completion, Findings, find
+from engine.methods.melbo import MelboResult, train_melbo
+from engine.models import LoadedModel
+from engine.specs import MelboSpec
+
+TOKENS = 48  # the app's gallery length
+BEYOND = 95.0  # mean beyond-random percentile from which a vector counts as beyond its twin
+
+
+def log(message: str) -> None:
+    print(
+        f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {message}", file=sys.stderr, flush=True
+    )
+
+
+def greedy(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    block: int | None = None,
+    vectors: Any = None,
+    *,
+    tokens: int = TOKENS,
+    scale: float = 1.0,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy completions of every prompt, vector-major (one row per prompt when unsteered)."""
+    rows = [None] if vectors is None else list(vectors)
+    requests = [
+        GenerationRequest(
+            prompt=p, block=block, terms=() if v is None else ((v, scale),), max_new_tokens=tokens
+        )
+        for v in rows
+        for p in prompts
+    ]
+    return [r.text for r in generate(lm, requests, batch_size=batch_size)]
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial rate (95% for z = 1.96), as shares."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class ScoredRun:
+    """One run's learned vectors and random twin on its prompts, scored and clustered together."""
+
+    prompts: tuple[str, ...]
+    radius: float
+    residual_norm: float
+    completions: list[Completion]  # learned rows first (vector-major), then the twin's
+    found: Findings
+    learned: MelboResult | None = None  # None when re-scored from saved completions
+    twin: MelboResult | None = None
+
+    @property
+    def n(self) -> int:
+        return len({c.vector for c in self.completions if not c.random})
+
+    def per_vector_beyond(self) -> dict[Hashable, float]:
+        """Each learned vector's mean beyond-random percentile over the run's prompts."""
+        sums: dict[Hashable, list[float]] = {}
+        for c, s in zip(self.completions, self.found.scores, strict=True):
+            if not c.random:
+                sums.setdefault(c.vector, []).append(float(s.beyond_random or 0.0))
+        return {v: sum(x) / len(x) for v, x in sums.items()}
+
+
+def scored_run(
+    lm: LoadedModel,
+    embedder: Embedder,
+    prompts: Sequence[str],
+    spec: dict[str, Any],
+    *,
+    tokens: int = TOKENS,
+) -> ScoredRun:
+    """Train a run with `spec` (MelboSpec fields besides the prompts) and its random twin (the same
+    settings, method random), take greedy completions of both on the run's prompts, and score them
+    together with the product's findings (flags, beyond random, behaviours, order)."""
+    prompts = tuple(prompts)
+    learned = train_melbo(lm, MelboSpec(prompts=prompts, **spec))
+    twin = train_melbo(lm, MelboSpec(prompts=prompts, **{**spec, "method": "random"}))
+    if abs(twin.radius - learned.radius) > 1e-6 * learned.radius:
+        raise AssertionError(f"the twin's R {twin.radius} differs from the run's {learned.radius}")
+    unsteered = dict(zip(prompts, greedy(lm, prompts, tokens=tokens), strict=True))
+    items: list[Completion] = []
+    for kind, result in (("l", learned), ("r", twin)):
+        texts = greedy(lm, prompts, learned.source, result.vectors, tokens=tokens)
+        for i, text in enumerate(texts):
+            prompt = prompts[i % len(prompts)]
+            items.append(
+                Completion(f"{kind}{i // len(prompts)}", prompt, text, unsteered[prompt], random=kind == "r")
+            )
+    found = find(lm, embedder, items)
+    return ScoredRun(prompts, learned.radius, learned.residual_norm, items, found, learned, twin)
+
+
+def save_runs(runs: Sequence[ScoredRun], path: Path) -> None:
+    """Every completion of the runs as JSONL (enough to score them again with other flags)."""
+    with path.open("w", encoding="utf-8") as fh:
+        for k, r in enumerate(runs):
+            for c in r.completions:
+                row = {"run": k, "radius": r.radius, "residual_norm": r.residual_norm, **asdict(c)}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def load_runs(lm: LoadedModel, embedder: Embedder, path: Path) -> list[ScoredRun]:
+    """Runs saved by `save_runs`, scored again with the code as it is now."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = []
+    for k in sorted({r["run"] for r in rows}):
+        mine = [r for r in rows if r["run"] == k]
+        items = [
+            Completion(r["vector"], r["prompt"], r["text"], r["unsteered"], random=r["random"]) for r in mine
+        ]
+        prompts = tuple(dict.fromkeys(c.prompt for c in items))
+        found = find(lm, embedder, items)
+        out.append(ScoredRun(prompts, mine[0]["radius"], mine[0]["residual_norm"], items, found))
+    return out
+
+
+def threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)

@@ -1,0 +1,173 @@
+"""How many real behaviours a default run yields on prompts nobody tuned for, against its random twin.
+
+Runs of the discovery suite's test half (engine/discovery/suite.py: 4 prompts of 4 kinds each),
+each trained at the product's defaults, beside its random twin (the same settings with 0 steps, so
+the same R). Every vector's greedy gallery completion of each prompt is scored the product's way
+(engine/discovery/findings.py: flags, beyond random, behaviours), and the bench reports:
+
+- changed_fluent_learned / changed_fluent_random: shares of completions flagged changed and fluent;
+- beyond_random_share: share of learned vectors whose mean beyond-random percentile over their
+  run's prompts is at least 95 (bench/dct.py's definition);
+- behaviours_beyond_random_per_100: behaviours (clusters) with no random-twin member whose members
+  are mostly changed and fluent, per 100 learned vectors;
+- flags_agreement / changed_recall: the flags against the held-out rows of the hand-labelled set
+  (tests/fixtures/flags_labelled.jsonl, rows with "part": "held-out"): the share that agree, and
+  the share of those labelled changed that the flags call changed.
+
+The baseline (the random twin) is measured in the same run. `--half tuning` measures the tuning
+half instead: settings are chosen there, never on the test half. `--radius share:0.16` (a share of
+the residual norm) or `--radius value:9.5` runs a candidate R instead of the default.
+Last line: one JSON object (bench/verdict.py), with "targets": {name: met}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.common import BEYOND, ScoredRun, load_runs, log, save_runs, scored_run, threads
+from bench.verdict import Target, report
+from engine.discovery import suite
+from engine.discovery.embedder import Embedder
+from engine.discovery.scores import ScoreInput, score
+from engine.models import LoadedModel, load_model
+
+LABELLED = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "flags_labelled.jsonl"
+AS_FLAG = {"unchanged": "unchanged", "rephrase": "rephrase", "gibberish": "gibberish", "changed": ""}
+
+# What a default run should yield (stated here, checked at the end of every run).
+TARGETS = (
+    Target("changed_fluent_learned", ">=", 0.40),
+    Target("changed_fluent_vs_random", ">=", 4, note="learned over the twin's share"),
+    Target("beyond_random_share", ">=", 0.25),
+    Target("behaviours_beyond_random_per_100", ">=", 15),
+    Target("flags_agreement", ">=", 0.90),
+    Target("changed_recall", ">=", 0.85),
+)
+
+
+def radius_option(text: str | None) -> dict[str, Any]:
+    """MelboSpec fields for a candidate R: none (the default), a share of the norm, or a value."""
+    if not text or text == "default":
+        return {}
+    kind, _, value = text.partition(":")
+    if kind == "share":
+        return {"radius_fraction": float(value)}
+    if kind == "value":
+        return {"radius": float(value)}
+    raise SystemExit(f"--radius is default, share:X or value:X, got {text!r}")
+
+
+def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
+    learned = [s for r in runs for c, s in zip(r.completions, r.found.scores, strict=True) if not c.random]
+    random = [s for r in runs for c, s in zip(r.completions, r.found.scores, strict=True) if c.random]
+    n_vectors = sum(r.n for r in runs)
+    beyond = [p for r in runs for p in r.per_vector_beyond().values()]
+    real = 0
+    for r in runs:
+        for b in r.found.behaviours:
+            fluent = sum(r.found.scores[i].flag == "" for i in b.members)
+            if b.kind == "cluster" and b.vectors and not b.random_vectors and 2 * fluent >= b.size:
+                real += 1
+
+    def share(rows: list[Any], flag: str) -> float:
+        return sum(s.flag == flag for s in rows) / max(1, len(rows))
+
+    return {
+        "changed_fluent_learned": round(share(learned, ""), 4),
+        "changed_fluent_random": round(share(random, ""), 4),
+        "gibberish_learned": round(share(learned, "gibberish"), 4),
+        "gibberish_random": round(share(random, "gibberish"), 4),
+        "rephrase_learned": round(share(learned, "rephrase"), 4),
+        "unchanged_learned": round(share(learned, "unchanged"), 4),
+        "empty_learned": sum(not c.text.strip() for r in runs for c in r.completions if not c.random),
+        "beyond_random_share": round(sum(p >= BEYOND for p in beyond) / max(1, len(beyond)), 4),
+        "behaviours_beyond_random": real,
+        "behaviours_beyond_random_per_100": round(100 * real / max(1, n_vectors), 2),
+        "learned_vectors": n_vectors,
+        "completions": len(learned) + len(random),
+        "radius": [round(r.radius, 3) for r in runs],
+        "radius_relative": [round(r.radius / r.residual_norm, 4) for r in runs],
+        "mean_interest": round(fmean(v for r in runs for v in r.found.interest.values()), 4),
+    }
+
+
+def flags_figures(lm: LoadedModel, embedder: Embedder, path: Path = LABELLED) -> dict[str, Any]:
+    """The flags against the hand-labelled rows set aside for measuring them (part: held-out)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    held = [r for r in rows if r.get("part") == "held-out"]
+    inputs = [ScoreInput(r["prompt"], r["text"], r["unsteered"], r["kind"] == "random") for r in held]
+    flags = [s.flag for s in score(lm, embedder, inputs)]
+    agree = [f == AS_FLAG[r["label"]] for f, r in zip(flags, held, strict=True)]
+    changed = [f == "" for f, r in zip(flags, held, strict=True) if r["label"] == "changed"]
+    return {
+        "flags_agreement": round(sum(agree) / max(1, len(agree)), 4),
+        "changed_recall": round(sum(changed) / max(1, len(changed)), 4),
+        "labelled_held_out": len(held),
+        "labelled_changed": len(changed),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="2 runs of 4 vectors, 32 tokens")
+    parser.add_argument("--half", default="test", choices=["test", "tuning"])
+    parser.add_argument("--vectors", type=int, help="vectors per run (default 8, a run's default; --quick 4)")
+    parser.add_argument("--runs", type=int, help="runs of the half (default all 6, --quick 2)")
+    parser.add_argument("--tokens", type=int, help="gallery tokens (default 48, --quick 32)")
+    parser.add_argument("--radius", help="default | share:X | value:X (a candidate R)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--save", type=Path, help="write every completion as JSONL (for --rescore)")
+    parser.add_argument("--rescore", type=Path, help="score completions saved by --save again, no training")
+    args = parser.parse_args()
+    threads(args.threads)
+    n = args.vectors or (4 if args.quick else 8)
+    tokens = args.tokens or (32 if args.quick else 48)
+    groups = suite.runs(args.half)[: args.runs or (2 if args.quick else None)]
+    began = time.perf_counter()
+    lm = load_model("default", device="cpu")
+    embedder = Embedder()
+    spec = {"n_vectors": n, "seed": args.seed, **radius_option(args.radius)}
+    runs: list[ScoredRun] = []
+    if args.rescore:
+        log(f"scoring the completions in {args.rescore} again")
+        runs = load_runs(lm, embedder, args.rescore)
+        n = runs[0].n if runs else n
+    for k, prompts in enumerate([] if args.rescore else groups):
+        log(f"run {k + 1}/{len(groups)}: {n} vectors and the twin on {len(prompts)} {args.half} prompts")
+        runs.append(scored_run(lm, embedder, prompts, spec, tokens=tokens))
+        log(f"run {k + 1}: R {runs[-1].radius:.2f}, {time.perf_counter() - began:.0f} s so far")
+        if args.save:
+            save_runs(runs, args.save)  # after every run: a long bench keeps what it has done
+    figures = {**run_figures(runs), **flags_figures(lm, embedder)}
+    learned, random = figures["changed_fluent_learned"], figures["changed_fluent_random"]
+    figures["changed_fluent_vs_random"] = (
+        round(learned / random, 2) if random else (None if not learned else float("inf"))
+    )
+    result = {
+        "half": args.half,
+        "quick": args.quick,
+        "radius_choice": "rescored" if args.rescore else args.radius or "default",
+        "runs": len(runs),
+        "vectors_per_run": n,
+        "tokens": tokens,
+        **figures,
+        "threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - began),
+    }
+    report("yield", result, TARGETS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""A vector's dashboard: the tokens it pushes, where its direction occurs in text, the prompts that
+put the residual stream there, and how it lines up with known concepts — one JSON-able payload.
+
+    corpus = yield from corpus_steps(lm, data, block, prompts=run_prompts)   # built once, then cached
+    payload = dashboard(lm, DashboardSpec(block=block, prompts=run_prompts), vector=v, corpus=corpus)
+
+or `dashboard_steps`, which does both as units for a compute loop. Steering adapters get the
+tokens they push in effect only (engine/discovery/tokens.py says why).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from engine.discovery.corpus import ANSWER_TOKENS, Corpus, corpus_steps
+from engine.discovery.occurrence import histogram, nearest_prompts, top_contexts
+from engine.discovery.tokens import direct_read, effect_logprobs, token_rows
+from engine.errors import EngineError
+from engine.methods.adapters import Adapter
+from engine.models import LoadedModel
+from engine.specs import _int_range, _prompts, _Spec
+
+DashboardSteps = Generator[tuple[str, int, int], None, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DashboardSpec(_Spec):
+    block: int  # the block the vector steers (its residuals are read there)
+    prompts: tuple[str, ...] = ()  # the effect is read on these; they join the corpus too
+    tokens: int = 20  # promoted and suppressed tokens shown, each
+    contexts: int = 16  # top contexts (one per document)
+    window: int = 8  # tokens either side of a context's top token
+    bins: int = 40  # histogram bins
+    nearest: int = 10  # prompts that put the residual stream furthest along the vector
+    rank_by: Literal["max", "mean"] = "max"  # a prompt's best token, or its mean over tokens
+    search: tuple[str, ...] = ()  # kinds of documents the nearest prompts come from; () = all
+    bank: bool = True  # search the generic prompt bank (engine/discovery/bank.py)
+    max_new_tokens: int = ANSWER_TOKENS  # greedy tokens per answer in the corpus; 0: prompts only
+
+    def __post_init__(self) -> None:
+        if self.prompts:
+            _prompts(self.prompts)
+        _int_range("block", self.block, 0, 1_000)
+        _int_range("tokens shown", self.tokens, 1, 200)
+        _int_range("contexts", self.contexts, 0, 200)
+        _int_range("context window", self.window, 0, 64)
+        _int_range("histogram bins", self.bins, 1, 400)
+        _int_range("nearest prompts", self.nearest, 0, 200)
+        _int_range("answer tokens", self.max_new_tokens, 0, 256)
+        if self.rank_by not in ("max", "mean"):
+            raise EngineError(f"rank prompts by max or mean, got {self.rank_by!r}")
+
+
+def _cosines(vector: Tensor, concepts: Mapping[str, Tensor]) -> list[dict[str, Any]]:
+    rows = []
+    for name, other in concepts.items():
+        if other.shape != vector.shape:
+            raise EngineError(f"concept {name!r} has width {other.shape[-1]}, the vector {vector.shape[0]}")
+        cos = torch.nn.functional.cosine_similarity(vector.float(), other.float(), dim=0)
+        rows.append({"name": name, "cosine": round(float(cos), 4)})
+    return sorted(rows, key=lambda r: -abs(r["cosine"]))
+
+
+def dashboard(
+    lm: LoadedModel,
+    spec: DashboardSpec,
+    *,
+    vector: Tensor | None = None,
+    adapter: Adapter | None = None,
+    corpus: Corpus | None = None,
+    concepts: Mapping[str, Tensor] | None = None,
+    base: Tensor | None = None,
+) -> dict[str, Any]:
+    """The payload for a vector at `spec.block` (or an adapter): see docs/discovery.md for its shape.
+    `base`: `unsteered_logprobs(lm, spec.prompts)`, when reading many vectors on the same prompts."""
+    began = time.perf_counter()
+    if (vector is None) == (adapter is None):
+        raise EngineError("give a vector or an adapter")
+    if vector is not None:
+        if vector.shape != (lm.info.width,) or not bool(torch.isfinite(vector).all()):
+            raise EngineError(f"the vector must be {lm.info.width} finite numbers")
+        if float(vector.norm()) == 0:
+            raise EngineError("the vector is zero: it has no direction to read")
+    if not 0 <= spec.block < lm.info.n_blocks:
+        last = lm.info.n_blocks - 1
+        raise EngineError(f"block {spec.block} is out of range: the model has blocks 0..{last}")
+    seconds: dict[str, float] = {}
+    direct = None
+    if vector is not None:
+        cosine, logits = direct_read(lm, vector)
+        direct = {**token_rows(lm, cosine, spec.tokens, {"logit": logits}), "ranked_by": "cosine"}
+    effect = None
+    if spec.prompts:
+        change, kl = effect_logprobs(
+            lm, spec.prompts, block=spec.block, vector=vector, adapter=adapter, base=base
+        )
+        effect = {
+            **token_rows(lm, change, spec.tokens),
+            "kl": round(kl, 5),
+            "prompts": len(spec.prompts),
+            "position": "last prompt token",
+            "scale": 1.0,
+        }
+    seconds["tokens"] = time.perf_counter() - began
+    payload: dict[str, Any] = {
+        "kind": "vector" if vector is not None else "adapter",
+        "block": spec.block,
+        "norm": None if vector is None else round(float(vector.norm()), 4),
+        "tokens": {"direct": direct, "effect": effect},
+        "corpus": None,
+        "contexts": [],
+        "histogram": None,
+        "prompts": [],
+        "concepts": [] if vector is None else _cosines(vector, concepts or {}),
+    }
+    if vector is not None and corpus is not None:
+        if corpus.block != spec.block:
+            raise EngineError(f"the corpus was read at block {corpus.block}, the vector steers {spec.block}")
+        t0 = time.perf_counter()
+        values = corpus.project(vector)  # [N] centred projections
+        seconds["project"] = time.perf_counter() - t0
+        kinds: dict[str, int] = {}
+        for d in corpus.documents:
+            kinds[d.kind] = kinds.get(d.kind, 0) + 1
+        unit = vector.double() / vector.double().norm()
+        payload["corpus"] = {
+            "documents": len(corpus.documents),
+            "tokens": corpus.size,
+            "kinds": kinds,
+            "residual": f"block {spec.block} output (hidden_states[{spec.block + 1}])",
+            "centre": "corpus mean",
+            "mean_projection": round(float(corpus.mean @ unit), 4),  # the mean's own, before centring
+        }
+        payload["contexts"] = top_contexts(corpus, values, lm.tokenizer, k=spec.contexts, window=spec.window)
+        payload["histogram"] = histogram(corpus, values, spec.bins)
+        payload["prompts"] = nearest_prompts(
+            corpus, values, lm.tokenizer, k=spec.nearest, kinds=spec.search or None, rank_by=spec.rank_by
+        )
+    seconds["total"] = time.perf_counter() - began
+    payload["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
+    return payload
+
+
+def dashboard_steps(
+    lm: LoadedModel,
+    data: Path,
+    spec: DashboardSpec,
+    *,
+    vector: Tensor | None = None,
+    adapter: Adapter | None = None,
+    concepts: Mapping[str, Tensor] | None = None,
+    base: Tensor | None = None,
+) -> DashboardSteps:
+    """The corpus at the vector's block (built where missing, one unit per `next()`: see
+    engine/discovery/corpus.py), then the payload. Adapters need no corpus."""
+    corpus = None
+    if vector is not None:
+        corpus = yield from corpus_steps(
+            lm, data, spec.block, prompts=spec.prompts, bank=spec.bank, max_new_tokens=spec.max_new_tokens
+        )
+    yield "dashboard", 0, 1
+    payload = dashboard(lm, spec, vector=vector, adapter=adapter, corpus=corpus, concepts=concepts, base=base)
+    return payload

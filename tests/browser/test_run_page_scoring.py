@@ -1,0 +1,52 @@
+"""A run page left open follows its run to the end: training, its random twin, then the scoring
+that the pair's end queues; the scores appear in place, without reloading the page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from app.main import create_app
+from tests.app.conftest import make_settings
+from tests.browser.conftest import TIMEOUT_MS, TIMEOUT_S
+from tests.live import LiveServer, free_port
+
+
+@pytest.fixture(scope="module")
+def scoring_server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[LiveServer]:
+    """A server that scores each learned run by itself once it and its twin end, as a user's does."""
+    data = tmp_path_factory.mktemp("scoring") / "data"
+    settings = make_settings(data, tiny_dir, gallery_tokens=8, auto_score=True)
+    with LiveServer(create_app(settings), free_port()) as server:
+        yield server
+
+
+def test_the_scores_appear_when_the_scoring_ends_without_a_reload(
+    page: Page, scoring_server: LiveServer, shots: Path
+) -> None:
+    page.set_default_timeout(TIMEOUT_MS)
+    with httpx.Client(base_url=scoring_server.url, timeout=TIMEOUT_S) as api:
+        # A long job holds the worker, so the page is opened while its run still waits in the queue.
+        blocker = api.post(
+            "/api/runs", json={"prompts": ["Hi"], "n_vectors": 1, "mode": "reference", "steps": 5000}
+        )
+        assert blocker.status_code == 201, blocker.text
+        body = {"prompts": ["Tell me a story.", "Name a colour."], "n_vectors": 3, "steps": 3, "twin": True}
+        ours = api.post("/api/runs", json=body)
+        assert ours.status_code == 201, ours.text
+        run_id = ours.json()["run_id"]
+        page.goto(f"{scoring_server.url}/runs/{run_id}")
+        expect(page.locator("#run-body[data-live]")).to_have_count(1)
+        expect(page.locator("#discovery-section")).to_have_count(0)
+        page.evaluate("window.steerscopeSamePage = true")  # gone if the page is loaded again
+        assert api.post(f"/api/jobs/{blocker.json()['job']['id']}/cancel").status_code == 200
+
+        expect(page.locator("#discovery-section")).to_be_visible()
+        expect(page.locator("#scoring")).to_contain_text("Scored")
+        expect(page.locator("#run-body[data-live]")).to_have_count(0)
+        assert page.evaluate("window.steerscopeSamePage === true"), "the page was loaded again"
+        page.screenshot(path=shots / "31-run-scored-in-place.png", full_page=True)
