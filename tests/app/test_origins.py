@@ -173,8 +173,10 @@ class Spy:
         del self.executor.request, self.executor.submit
 
 
-def imported_vectors(client: TestClient) -> list[int]:
-    values = np.random.default_rng(5).standard_normal((2, 64)).astype(np.float32)
+def imported_vectors(client: TestClient, seed: int) -> list[int]:
+    """Two vectors imported from a file of their own (the module's tests share one database, and
+    the same file is refused a second time)."""
+    values = np.random.default_rng(seed).standard_normal((2, 64)).astype(np.float32)
     r = client.post(
         "/api/imports", files={"file": ("o.safetensors", save({"vectors": values}))}, data={"block": "1"}
     )
@@ -187,7 +189,7 @@ def imported_vectors(client: TestClient) -> list[int]:
 def test_another_sites_page_cannot_start_a_reading_or_a_concept(client: TestClient) -> None:
     """Reading a vector and making a concept are jobs, detecting with one a worker request: each is a
     POST that only the app's own pages (and scripts) may send."""
-    a, _ = imported_vectors(client)
+    a, _ = imported_vectors(client, seed=5)
     concept = {"positive": ["a b", "c d"], "negative": ["e f", "g h"]}
     starts = [
         ("POST", f"/api/vectors/{a}/dashboard", {"json": {}}),
@@ -213,7 +215,7 @@ def test_another_sites_page_cannot_start_a_reading_or_a_concept(client: TestClie
 
 
 def test_nothing_another_sites_page_asks_makes_the_worker_compute(client: TestClient) -> None:
-    a, b = imported_vectors(client)
+    a, b = imported_vectors(client, seed=6)
     compute = [  # every route that makes the worker compute, as a page of ours would call it
         ("POST", "/compare/downstream", {"data": {"ids": f"{a},{b}", "prompt": "x"}}),
         ("POST", "/compare/cell", {"data": {"vector_id": str(a), "prompt": "x", "max_new_tokens": "2"}}),
