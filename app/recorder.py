@@ -23,11 +23,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import jobs, kinds, store
+from app import jobs, kinds, store, stored_events
 from app.broker import Broker
 from app.db import Database
 from app.discovery import detectors, findings
@@ -52,25 +51,13 @@ from app.executor.protocol import (
     WorkerDied,
     WorkingScales,
 )
-from app.models import Detector, Job, LanguageModel, Run, Vector
+from app.models import Detector, Job, Run
 from app.refine import scale_sweep
 from app.runs import complete
 from app.writer import Write, Writer
 
 log = logging.getLogger(__name__)
 Attempt = tuple[int, int]  # (job id, attempt)
-PROGRESS_FIGURES = (  # the engine's figures a progress event may carry, stored beside its message
-    "phase",
-    "vectors_done",
-    "vectors_total",
-    "vectors_training",
-    "step",
-    "budget",
-    "early_stops",
-    "samples_done",
-    "samples_total",
-    "eta_s",
-)
 Published = list[tuple[int, dict[str, Any]]]  # (stored event id, what subscribers get)
 
 
@@ -210,19 +197,19 @@ class Recorder:
         """Apply the event to the database; what is stored of it (and streamed) as the job's event."""
         match event:
             case Started():
-                return self._started(session, job, event)
+                return stored_events.started(session, job, event)
             case Resolved():
-                return self._resolved(job, event)
+                return stored_events.resolved(job, event)
             case Progress():
-                return self._progress(job, event)
+                return stored_events.progress(job, event)
             case Vectors():
                 return self._vectors(session, job, event)
             case Generations():
-                return self._generations(session, job, event)
+                return stored_events.generations(session, job, event)
             case WorkingScales():
-                return self._working_scales(session, job, event)
+                return stored_events.working_scales(session, job, event)
             case Result():
-                return self._result(job, event)
+                return stored_events.result(job, event)
             case Findings():
                 return self._findings(session, job, event)
             case Detections():
@@ -232,32 +219,6 @@ class Recorder:
             case Finished():
                 return self._finished(session, job, event)
         raise TypeError(f"no handler stores a {type(event).__name__} event")
-
-    def _started(self, session: Session, job: Job, event: Started) -> dict[str, Any]:
-        model = store.upsert_model(session, event.model)
-        job.run.model_id = model.id
-        job.runner = event.runner
-        job.message = "running"
-        return {"status": "running", "attempt": job.attempts}
-
-    def _resolved(self, job: Job, event: Resolved) -> dict[str, Any]:
-        """Blocks and R on the run as soon as the worker knows them (the summary reads the run)."""
-        run = job.run
-        run.source = event.source if event.source is not None else run.source
-        run.target = event.target if event.target is not None else run.target
-        if event.radius is not None:
-            run.radius = float(event.radius)
-        if event.residual_norm is not None:
-            run.result = {**run.result, "residual_norm": float(event.residual_norm)}
-        return event.data()
-
-    def _progress(self, job: Job, event: Progress) -> dict[str, Any]:
-        job.progress = float(event.progress)
-        if not job.cancel_requested:
-            job.message = event.message
-        # The engine's own figures (vectors done and in training, step of budget, ETA) ride along.
-        figures = {k: event.figures[k] for k in PROGRESS_FIGURES if k in event.figures}
-        return {"progress": job.progress, "message": job.message, "points": event.points, **figures}
 
     def _vectors(self, session: Session, job: Job, event: Vectors) -> dict[str, Any]:
         run = job.run
@@ -275,35 +236,6 @@ class Recorder:
                 for v in added
             ]
         }
-
-    def _generations(self, session: Session, job: Job, event: Generations) -> dict[str, Any]:
-        run = job.run
-        model = session.get(LanguageModel, run.model_id)
-        assert model is not None, "a job reports `started` (and its model) before anything else"
-        ids = dict(session.execute(select(Vector.index, Vector.id).where(Vector.run_id == run.id)).all())
-        stored = []
-        for row in event.rows:
-            row = dict(row)  # a refused write is tried again with the event as it came
-            if "vector_index" in row:
-                index = row.pop("vector_index")
-                row["vector_id"] = None if index is None else ids[index]
-            stored.append(store.add_generation(session, model, row).id)
-        return {"generations": stored}
-
-    def _working_scales(self, session: Session, job: Job, event: WorkingScales) -> dict[str, Any]:
-        for row in event.rows:
-            session.execute(
-                update(Vector)
-                .where(Vector.run_id == job.run.id, Vector.index == int(row["index"]))
-                .values(working_scale=float(row["scale"]), broken_at=row.get("broken_at"))
-            )
-        return {"working_scales": [{"index": r["index"], "scale": r["scale"]} for r in event.rows]}
-
-    def _result(self, job: Job, event: Result) -> dict[str, Any]:
-        job.run.result = {**job.run.result, **event.result}
-        if event.radius is not None:
-            job.run.radius = float(event.radius)
-        return {"result": job.run.result}
 
     def _findings(self, session: Session, job: Job, event: Findings) -> dict[str, Any]:
         run = session.get(Run, int(job.run.inputs["for_run"]))

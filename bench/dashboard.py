@@ -49,16 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
 from bench.discovery import TRAIN_PROMPTS, greedy, hits
-from bench.organism import (
-    NEAR_MISSES,
-    RUN_PROMPTS,
-    TRAIN_TEMPLATES,
-    TRIGGERS,
-    Recipe,
-    build,
-    eval_prompts,
-    shows_planted,
-)
+from bench.organism import Recipe, build, eval_prompts, shows_planted
+from bench.organism_prompts import NEAR_MISSES, RUN_PROMPTS, TRAIN_TEMPLATES, TRIGGERS
 from bench.verdict import Target, report
 from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.corpus import Corpus, Part, corpus_steps, model_folder

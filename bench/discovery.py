@@ -43,7 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
 from bench.common import greedy as steered_greedy
 from bench.common import log, wilson
-from bench.organism import PLANTED, RUN_PROMPTS, Recipe, build, eval_prompts, shows_planted
+from bench.organism import Recipe, build, eval_prompts, shows_planted
+from bench.organism_prompts import PLANTED, RUN_PROMPTS
 from bench.verdict import Target, report
 from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.embedder import Embedder

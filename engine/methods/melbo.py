@@ -21,13 +21,11 @@ from torch import Tensor
 
 from engine.errors import EngineError
 from engine.methods.default_radius import ShareCalibrator
+from engine.methods.melbo_problem import MelboProblem
 from engine.models import LoadedModel
 from engine.progress import Progress
-from engine.prompts import PromptBatch, encode_prompts, target_mask
 from engine.specs import MelboSpec
-from engine.steer.metrics import median_norm
-from engine.steer.objective import Objective, orthonormal_basis, project_out, retract
-from engine.steer.segment import Segment
+from engine.steer.objective import orthonormal_basis, project_out, retract
 from engine.steer.steering import steer
 
 ProgressFn = Callable[[int, int, float], None]  # (vector index, step, objective)
@@ -93,49 +91,6 @@ def initial_vector(seed: int, index: int, width: int) -> Tensor:
     return torch.randn(width, generator=gen, dtype=torch.float32)
 
 
-class _Problem:
-    """Everything both modes share: prompts, target positions, objective, cached segment."""
-
-    def __init__(self, lm: LoadedModel, spec: MelboSpec) -> None:
-        self.lm, self.spec = lm, spec
-        self.source, self.target = spec.span(lm.info)
-        device = next(lm.model.parameters()).device
-        self.batch: PromptBatch = encode_prompts(lm.tokenizer, spec.prompts).to(device)
-        if self.batch.input_ids.shape[1] > lm.info.context_length:
-            raise EngineError(
-                f"a prompt is {self.batch.input_ids.shape[1]} tokens long; "
-                f"the model's context is {lm.info.context_length}"
-            )
-        mask = target_mask(self.batch, spec.positions)
-        if not bool(mask.any(dim=1).all()):
-            raise EngineError(f"positions {spec.positions!r} select no token in some prompt")
-        q = spec.q if spec.q is not None else spec.p
-        self.objective = Objective(mask, spec.p, q, spec.loss, spec.normalize)
-        self.segment = Segment(lm.model, self.batch, self.source, self.target)
-        self.residual_norm = median_norm(self.segment.h_source, mask)
-        # None until the default share is known (a calibration, when neither R nor a share is given).
-        self.known_radius: float | None = None
-        if spec.radius is not None:
-            self.known_radius = spec.radius
-        elif spec.radius_fraction is not None:
-            self.known_radius = spec.radius_fraction * self.residual_norm
-        self.width = lm.info.width
-        self.device = device
-
-    @property
-    def radius(self) -> float:
-        if self.known_radius is None:
-            raise EngineError("R is not known yet: the default R is still being calibrated")
-        return self.known_radius
-
-    def final(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
-        """Objective and top-position share of finished vectors [K, d], without gradients."""
-        with torch.no_grad():
-            z = self.segment.run(vectors.to(self.device))
-            z0 = self.segment.z0
-            return self.objective(z, z0).cpu(), self.objective.top_position_share(z, z0).cpu()
-
-
 def _with(fixed: Tensor, earlier: list[Tensor]) -> Tensor:
     """Stored vectors [F, d] followed by those finished in this call."""
     return torch.cat([fixed, torch.stack(earlier)]) if earlier else fixed
@@ -182,7 +137,7 @@ class MelboTrainer:
         start; each is still projected and put at norm R first)."""
         self.began = time.perf_counter()
         self.spec, self.on_progress = spec, on_progress
-        self.problem = _Problem(lm, spec)
+        self.problem = MelboProblem(lm, spec)
         width = self.problem.width
         fixed = torch.zeros(0, width) if orthogonal_to is None else orthogonal_to.detach().float().cpu()
         if fixed.dim() != 2 or fixed.shape[1] != width:
