@@ -116,8 +116,9 @@ def _default_share(share: dict[str, Any], residual: float) -> str:
     head = f"{share['share']:.3f} × residual norm {_g(residual)}"
     if share.get("fallback"):
         return f"{head} (default; no calibrated share at {where}: {share['fallback']})"
+    times = "" if share.get("multiple", 1) == 1 else f"{share['multiple']:g} × "
     return (
-        f"{head} (default: the share calibrated for this model at {where}; "
+        f"{head} (default: {times}the share calibrated for this model at {where}; "
         f"nonlinearity ratio {share['ratio']:.2f})"
     )
 
