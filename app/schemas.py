@@ -48,8 +48,9 @@ class MelboCreate(Body):
     target: Whole | None = Field(None, description="Block the objective reads; default L - 8.")
     radius: float | None = Field(
         None,
-        description="R, the norm of every vector; default a share of the residual norm at the source "
-        "calibrated once per model, blocks and positions (the same for a run and its random twin) "
+        description="R, the norm of every vector; default 0.7 × the share of the "
+        "residual norm at the source calibrated once per model, blocks and positions (the same for a run "
+        "and its random twin) "
         "(dct: calibrated, where the response to random vectors stops being linear; adapter: the R in "
         "W + R·B·Aᵀ, by default the one that moves the residual as far as a default-norm vector).",
     )

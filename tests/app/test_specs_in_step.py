@@ -212,14 +212,15 @@ def test_every_json_answer_has_a_declared_shape(settings: Any) -> None:
 
 def test_the_help_texts_state_the_engines_real_defaults() -> None:
     """What the form's help says a default is, is what the engine does when the field is left empty."""
-    from engine.methods import dct, melbo
+    from engine.methods import dct, default_radius, melbo
 
     fields = schemas.MelboCreate.model_fields
     steps = fields["steps"].description or ""
     assert f"default {melbo.FAST_STEPS} in fast mode" in steps
     assert f"{melbo.DEFAULT_STEPS} in reference mode" in steps
     assert f"dct: iterations, default {dct.ITERATIONS}" in steps
-    assert f"default {melbo.RADIUS_FRACTION:g} × the residual norm" in (fields["radius"].description or "")
+    radius = fields["radius"].description or ""
+    assert f"default {default_radius.MULTIPLE:g} × the share of the residual norm" in radius
     assert f"default {specs.AdapterSpec.__dataclass_fields__['rank'].default}" in (
         fields["rank"].description or ""
     )

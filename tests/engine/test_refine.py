@@ -20,7 +20,7 @@ from engine.specs import DEFAULT_SCALES, MAX_SCALES, ScaleSweepSpec
 PROMPTS = ("Tell me a story.", "What is two plus two?", "Name a colour.")
 SCALES = (0.0, 0.5, 2.0, -1.0, 8.0)
 TOKENS = 8
-NEVER_GIBBERISH = Thresholds(gibberish_logprob=-1e9, gibberish_repetition=2.0)
+NEVER_GIBBERISH = Thresholds(gibberish_logprob=-1e9, gibberish_repetition=2.0, near_empty_words=0)
 
 
 @pytest.fixture(scope="module")

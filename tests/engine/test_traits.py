@@ -74,7 +74,7 @@ def test_a_change_of_trait_is_never_a_rephrase_and_an_empty_answer_never_changed
     assert flag(0.9, -1.0, 0.0, t, words=1, partner_words=30) == ""
     assert flag(0.9, -1.0, 0.0, Thresholds(near_empty_words=3), words=2, partner_words=30) == "gibberish"
     assert flag(0.9, -1.0, 0.0, t, words=0, partner_words=0) == ""  # the unsteered answer had no words
-    assert flag(0.01, 0.0, 0.0, t, words=0, partner_words=30) == "unchanged"
+    assert flag(t.unchanged_effect / 2, 0.0, 0.0, t, words=0, partner_words=30) == "unchanged"
     assert not near_empty(None, 30, t) and near_empty(0, None, t)
 
 
