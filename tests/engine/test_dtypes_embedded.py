@@ -33,10 +33,12 @@ SOURCE, TARGET, RADIUS = 7, 22, 9.0
 TOLERANCE = {
     "bfloat16": {
         "kl": 5e-3,  # KL(float32 ‖ half) of the steered next-token distribution (measured 1.6e-3)
-        "decode": 0.2,  # float32's mean log-prob per token of the greedy continuation (measured 0.06)
+        # float32's mean log-prob per token of the greedy continuation: 0.06 on one CPU, 0.33 on an
+        # AMD EPYC (its bfloat16 matmuls round differently, and the tokens part at another near tie)
+        "decode": 0.5,
         "fluency": 0.025,  # |Δ mean log-prob per token| of a fixed completion (measured 0.008)
         "objective": 0.02,  # relative, fast MELBO objectives judged in float32 (measured 0.006)
-        "dct": 0.07,  # relative, DCT effects after one iteration (measured 0.023)
+        "dct": 0.15,  # relative, DCT effects after one iteration (measured 0.023 and, on the EPYC, 0.11)
         "chain": 0.02,  # relative, chain losses judged in float32 (measured 0.005)
     },
     "float16": {"kl": 1e-4, "decode": 0.2, "fluency": 0.001},  # measured 2.2e-5, 0.06, 1e-4
