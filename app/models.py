@@ -48,7 +48,7 @@ class Run(Base):
 
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20))  # melbo | random | dct | adapter | chain | generate | ...
+    kind: Mapped[str] = mapped_column(String(20), index=True)  # melbo | random | dct | adapter | chain | ...
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
     model_name: Mapped[str] = mapped_column(String(500))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the engine spec, exactly as validated
