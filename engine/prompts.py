@@ -157,3 +157,19 @@ def target_mask(batch: PromptBatch, positions: str) -> Tensor:
         from_end = real.long().flip(1).cumsum(dim=1).flip(1)  # 1 at the last real token
         return real & (from_end <= k)
     raise EngineError(f"unknown target positions {positions!r}: choose one of {', '.join(POSITION_CHOICES)}")
+
+
+def encode_targets(
+    tokenizer: Any, prompts: Sequence[str], positions: str, context_length: int, device: torch.device
+) -> tuple[PromptBatch, Tensor]:
+    """A training run's prompts on its device and their target positions, refused with the reason
+    when a prompt does not fit the model's context or the positions select nothing in one."""
+    batch = encode_prompts(tokenizer, prompts).to(device)
+    if batch.input_ids.shape[1] > context_length:
+        raise EngineError(
+            f"a prompt is {batch.input_ids.shape[1]} tokens long; the model's context is {context_length}"
+        )
+    mask = target_mask(batch, positions)
+    if not bool(mask.any(dim=1).all()):
+        raise EngineError(f"positions {positions!r} select no token in some prompt")
+    return batch, mask

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.errors import EngineError
 from engine.methods.adapters import Adapter, adapting, mlp_out, random_factors, stack_rows
 from engine.methods.melbo import (
     FAST_ANGLE,
@@ -32,7 +31,7 @@ from engine.methods.melbo import (
 )
 from engine.models import LoadedModel
 from engine.progress import Progress
-from engine.prompts import PromptBatch, encode_prompts, target_mask
+from engine.prompts import PromptBatch, encode_targets
 from engine.specs import AdapterSpec
 from engine.steer.metrics import median_norm
 from engine.steer.objective import Objective
@@ -85,15 +84,9 @@ class AdapterTrainer:
         self.source, self.target = spec.span(lm.info)
         self.device = next(lm.model.parameters()).device
         projection = mlp_out(lm.model, self.source)
-        self.batch: PromptBatch = encode_prompts(lm.tokenizer, spec.prompts).to(self.device)
-        if self.batch.input_ids.shape[1] > lm.info.context_length:
-            raise EngineError(
-                f"a prompt is {self.batch.input_ids.shape[1]} tokens long; the model's context is "
-                f"{lm.info.context_length}"
-            )
-        mask = target_mask(self.batch, spec.positions)
-        if not bool(mask.any(dim=1).all()):
-            raise EngineError(f"positions {spec.positions!r} select no token in some prompt")
+        self.batch, mask = encode_targets(
+            lm.tokenizer, spec.prompts, spec.positions, lm.info.context_length, self.device
+        )
         self.mask = mask  # [P, T]
         self.objective = Objective(
             mask, spec.p, spec.q if spec.q is not None else spec.p, spec.loss, spec.normalize

@@ -35,7 +35,7 @@ from engine.errors import EngineError
 from engine.methods.calibrate import Calibrator
 from engine.models import LoadedModel
 from engine.progress import Progress
-from engine.prompts import encode_prompts, target_mask
+from engine.prompts import encode_targets
 from engine.specs import CalibrateSpec, DctSpec
 from engine.steer.metrics import median_norm
 from engine.steer.segment import Segment
@@ -266,15 +266,9 @@ class DctTrainer:
         self.spec = spec
         self.source, self.target = spec.span(lm.info)
         self.device = next(lm.model.parameters()).device
-        batch = encode_prompts(lm.tokenizer, spec.prompts).to(self.device)
-        if batch.input_ids.shape[1] > lm.info.context_length:
-            raise EngineError(
-                f"a prompt is {batch.input_ids.shape[1]} tokens long; the model's context is "
-                f"{lm.info.context_length}"
-            )
-        mask = target_mask(batch, spec.positions)
-        if not bool(mask.any(dim=1).all()):
-            raise EngineError(f"positions {spec.positions!r} select no token in some prompt")
+        batch, mask = encode_targets(
+            lm.tokenizer, spec.prompts, spec.positions, lm.info.context_length, self.device
+        )
         self.segment = Segment(lm.model, batch, self.source, self.target)
         self.residual_norm = median_norm(self.segment.h_source, mask)
         self.response = SegmentResponse(self.segment, mask)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from engine.errors import EngineError
 from engine.models import LoadedModel
-from engine.prompts import PromptBatch, encode_prompts, target_mask
+from engine.prompts import encode_targets
 from engine.specs import MelboSpec
 from engine.steer.metrics import median_norm
 from engine.steer.objective import Objective
@@ -22,15 +22,9 @@ class MelboProblem:
         self.lm, self.spec = lm, spec
         self.source, self.target = spec.span(lm.info)
         device = next(lm.model.parameters()).device
-        self.batch: PromptBatch = encode_prompts(lm.tokenizer, spec.prompts).to(device)
-        if self.batch.input_ids.shape[1] > lm.info.context_length:
-            raise EngineError(
-                f"a prompt is {self.batch.input_ids.shape[1]} tokens long; "
-                f"the model's context is {lm.info.context_length}"
-            )
-        mask = target_mask(self.batch, spec.positions)
-        if not bool(mask.any(dim=1).all()):
-            raise EngineError(f"positions {spec.positions!r} select no token in some prompt")
+        self.batch, mask = encode_targets(
+            lm.tokenizer, spec.prompts, spec.positions, lm.info.context_length, device
+        )
         q = spec.q if spec.q is not None else spec.p
         self.objective = Objective(mask, spec.p, q, spec.loss, spec.normalize)
         self.segment = Segment(lm.model, self.batch, self.source, self.target)
