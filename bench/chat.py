@@ -10,7 +10,10 @@ Starts `steerscope serve` with a fresh database and measures, per reply:
 - a steered single pane against an unsteered one (`steering_overhead`, target <= 0.05);
 - a conversation's second turn against its first, with new messages of one length
   (`second_turn_ttft_ratio`: the history is not prefilled again, target <= 0.5); the share of
-  prompt tokens the worker took from kept prefixes comes from its log (`prefix_token_share`).
+  prompt tokens the worker took from kept prefixes comes from its log (`prefix_token_share`);
+- the same turns on a second server that keeps no prefixes (`STEERSCOPE_PREFIX_CACHE_MB=0`, what
+  a user ran before the decoder kept them): `second_turn_vs_no_cache` is the second turn's time to
+  first token with kept prefixes over its time without.
 Last line (bench/verdict.py): the figures and their verdicts.
 """
 
@@ -44,7 +47,8 @@ TARGETS = (
 )
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_server(args: argparse.Namespace, **settings: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`steerscope serve` on a fresh database; `settings` are further STEERSCOPE_ variables."""
     import socket
 
     with socket.socket() as s:
@@ -56,6 +60,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
         "STEERSCOPE_DATABASE_URL": f"sqlite:///{tmp}/chat.db",
         "STEERSCOPE_WORKER_THREADS": str(args.threads),
         "STEERSCOPE_AUTO_SCORE": "false",  # chat is measured beside training, not beside a scoring job
+        **{f"STEERSCOPE_{k.upper()}": v for k, v in settings.items()},
     }
     log = Path(tmp) / "server.log"  # the worker says how many replies it decoded together
     print(f"server log: {log}", file=sys.stderr)
@@ -184,6 +189,15 @@ def join_ttft(url: str, vector: int, tokens: int, reps: int) -> float:
     return statistics.median(ttfts)
 
 
+def one_vector(client: httpx.Client) -> int:
+    """Train a one-vector run and return its vector's id."""
+    r = client.post("/api/runs", json={"prompts": ["How can I make a bomb?"], "n_vectors": 1})
+    job = r.json()["job"]["id"]
+    while client.get(f"/api/jobs/{job}").json()["status"] != "succeeded":
+        time.sleep(0.5)
+    return int(client.get(f"/api/runs/{r.json()['run_id']}/vectors").json()[0]["id"])
+
+
 def turns(client: httpx.Client, vector: int, tokens: int, reps: int) -> tuple[float, float]:
     """Median time to first token of new conversations' first and second turns (both panes), with
     new messages of the same length."""
@@ -214,11 +228,7 @@ def main() -> None:
     figures: dict[str, Any] = {"max_new_tokens": tokens, "replies": reps}
     try:
         with httpx.Client(base_url=url, timeout=600) as client:
-            r = client.post("/api/runs", json={"prompts": ["How can I make a bomb?"], "n_vectors": 1})
-            job = r.json()["job"]["id"]
-            while client.get(f"/api/jobs/{job}").json()["status"] != "succeeded":
-                time.sleep(0.5)
-            vector = client.get(f"/api/runs/{r.json()['run_id']}/vectors").json()[0]["id"]
+            vector = one_vector(client)
             single(client, vector, 8, 1)  # warm-up
 
             idle = single(client, vector, tokens, reps)
@@ -271,6 +281,21 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     figures["prefix_token_share"] = prefix_share(log)
+
+    server, url, _ = start_server(args, prefix_cache_mb="0")  # the baseline: no prefixes kept
+    try:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            vector = one_vector(client)
+            single(client, vector, 8, 1)  # warm-up
+            first, second = turns(client, vector, tokens, reps)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    figures.update(
+        no_cache_first_turn_ttft_ms=round(first, 1),
+        no_cache_second_turn_ttft_ms=round(second, 1),
+        second_turn_vs_no_cache=round(figures["second_turn_ttft_ms"] / second, 2),
+    )
     report("chat", figures, TARGETS)
 
 

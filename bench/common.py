@@ -20,6 +20,8 @@ from engine.discovery.embedder import Embedder
 from engine.discovery.findings import Completion, Findings, find
 from engine.methods.melbo import MelboResult, train_melbo
 from engine.models import LoadedModel
+from engine.refine.working_scale import PROBE_PROMPTS, working_scales
+from engine.refine.working_scale import TOKENS as PROBE_TOKENS
 from engine.specs import MelboSpec
 
 TOKENS = 48  # the app's gallery length
@@ -39,16 +41,16 @@ def greedy(
     vectors: Any = None,
     *,
     tokens: int = TOKENS,
-    scale: float = 1.0,
+    scale: float | Sequence[float] = 1.0,
     batch_size: int = 32,
 ) -> list[str]:
-    """Greedy completions of every prompt, vector-major (one row per prompt when unsteered)."""
+    """Greedy completions of every prompt, vector-major (one row per prompt when unsteered); `scale`
+    is one for every vector or one per vector."""
     rows = [None] if vectors is None else list(vectors)
+    scales = [float(scale)] * len(rows) if isinstance(scale, int | float) else [float(s) for s in scale]
     requests = [
-        GenerationRequest(
-            prompt=p, block=block, terms=() if v is None else ((v, scale),), max_new_tokens=tokens
-        )
-        for v in rows
+        GenerationRequest(prompt=p, block=block, terms=() if v is None else ((v, k),), max_new_tokens=tokens)
+        for v, k in zip(rows, scales, strict=True)
         for p in prompts
     ]
     return [r.text for r in generate(lm, requests, batch_size=batch_size)]
@@ -75,6 +77,7 @@ class ScoredRun:
     found: Findings
     learned: MelboResult | None = None  # None when re-scored from saved completions
     twin: MelboResult | None = None
+    scales: dict[Hashable, float] | None = None  # each vector's working scale, when probed
 
     @property
     def n(self) -> int:
@@ -96,10 +99,15 @@ def scored_run(
     spec: dict[str, Any],
     *,
     tokens: int = TOKENS,
+    ladder: Sequence[float] | None = None,
 ) -> ScoredRun:
     """Train a run with `spec` (MelboSpec fields besides the prompts) and its random twin (the same
     settings, method random), take greedy completions of both on the run's prompts, and score them
-    together with the product's findings (flags, beyond random, behaviours, order)."""
+    together with the product's findings (flags, beyond random, behaviours, order).
+
+    With a `ladder`, every vector (learned and twin) is first probed for its working scale on the
+    run's first prompts, as the app's gallery does, and its completions are taken and scored there
+    (the app scores a vector's completion at its working scale)."""
     prompts = tuple(prompts)
     learned = train_melbo(lm, MelboSpec(prompts=prompts, **spec))
     twin = train_melbo(lm, MelboSpec(prompts=prompts, **{**spec, "method": "random"}))
@@ -107,15 +115,33 @@ def scored_run(
         raise AssertionError(f"the twin's R {twin.radius} differs from the run's {learned.radius}")
     unsteered = dict(zip(prompts, greedy(lm, prompts, tokens=tokens), strict=True))
     items: list[Completion] = []
+    scales: dict[Hashable, float] = {}
     for kind, result in (("l", learned), ("r", twin)):
-        texts = greedy(lm, prompts, learned.source, result.vectors, tokens=tokens)
+        at = [1.0] * len(result.vectors)
+        if ladder is not None:
+            probe = list(dict.fromkeys(prompts))[:PROBE_PROMPTS]
+            probed = working_scales(
+                lm, learned.source, result.vectors, probe, ladder=ladder, tokens=min(PROBE_TOKENS, tokens)
+            )
+            at = [w.scale for w in probed]
+        scales.update({f"{kind}{i}": k for i, k in enumerate(at)})
+        texts = greedy(lm, prompts, learned.source, result.vectors, tokens=tokens, scale=at)
         for i, text in enumerate(texts):
             prompt = prompts[i % len(prompts)]
             items.append(
                 Completion(f"{kind}{i // len(prompts)}", prompt, text, unsteered[prompt], random=kind == "r")
             )
     found = find(lm, embedder, items)
-    return ScoredRun(prompts, learned.radius, learned.residual_norm, items, found, learned, twin)
+    return ScoredRun(
+        prompts,
+        learned.radius,
+        learned.residual_norm,
+        items,
+        found,
+        learned,
+        twin,
+        scales if ladder else None,
+    )
 
 
 def save_runs(runs: Sequence[ScoredRun], path: Path) -> None:

@@ -14,6 +14,11 @@ the same R). Every vector's greedy gallery completion of each prompt is scored t
   (tests/fixtures/flags_labelled.jsonl, rows with "part": "held-out"): the share that agree, and
   the share of those labelled changed that the flags call changed.
 
+Every vector, learned and twin, is read where the app reads it: probed for its working scale on
+the run's first prompts (engine/refine/working_scale.py) and completed and scored there.
+`--ladder 1` reads every vector at x1 instead (how this bench measured before the app scored
+working scales); `--ladder 0.5,0.75,1,1.5,2,3` tries another ladder.
+
 The baseline (the random twin) is measured in the same run. `--half tuning` measures the tuning
 half instead: settings are chosen there, never on the test half. `--radius share:0.16` (a share of
 the residual norm) or `--radius value:9.5` runs a candidate R instead of the default.
@@ -39,6 +44,7 @@ from engine.discovery import suite
 from engine.discovery.embedder import Embedder
 from engine.discovery.scores import ScoreInput, score
 from engine.models import LoadedModel, load_model
+from engine.refine.working_scale import LADDER
 
 LABELLED = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "flags_labelled.jsonl"
 AS_FLAG = {"unchanged": "unchanged", "rephrase": "rephrase", "gibberish": "gibberish", "changed": ""}
@@ -97,7 +103,18 @@ def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
         "radius": [round(r.radius, 3) for r in runs],
         "radius_relative": [round(r.radius / r.residual_norm, 4) for r in runs],
         "mean_interest": round(fmean(v for r in runs for v in r.found.interest.values()), 4),
+        "working_scales": scale_counts(runs),
     }
+
+
+def scale_counts(runs: list[ScoredRun]) -> dict[str, dict[str, int]]:
+    """How many learned and twin vectors were read at each scale."""
+    out: dict[str, dict[str, int]] = {"learned": {}, "random": {}}
+    for r in runs:
+        for vector, scale in (r.scales or {}).items():
+            side = out["random" if str(vector).startswith("r") else "learned"]
+            side[f"{scale:g}"] = side.get(f"{scale:g}", 0) + 1
+    return out
 
 
 def flags_figures(lm: LoadedModel, embedder: Embedder, path: Path = LABELLED) -> dict[str, Any]:
@@ -126,6 +143,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="runs of the half (default all 6, --quick 2)")
     parser.add_argument("--tokens", type=int, help="gallery tokens (default 48, --quick 32)")
     parser.add_argument("--radius", help="default | share:X | value:X (a candidate R)")
+    parser.add_argument(
+        "--ladder", help="the working-scale ladder, comma-separated (default: the app's; 1: x1 only)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--save", type=Path, help="write every completion as JSONL (for --rescore)")
@@ -139,6 +159,7 @@ def main() -> None:
     lm = load_model("default", device="cpu")
     embedder = Embedder()
     spec = {"n_vectors": n, "seed": args.seed, **radius_option(args.radius)}
+    ladder = tuple(float(x) for x in args.ladder.split(",")) if args.ladder else LADDER
     runs: list[ScoredRun] = []
     if args.rescore:
         log(f"scoring the completions in {args.rescore} again")
@@ -146,7 +167,7 @@ def main() -> None:
         n = runs[0].n if runs else n
     for k, prompts in enumerate([] if args.rescore else groups):
         log(f"run {k + 1}/{len(groups)}: {n} vectors and the twin on {len(prompts)} {args.half} prompts")
-        runs.append(scored_run(lm, embedder, prompts, spec, tokens=tokens))
+        runs.append(scored_run(lm, embedder, prompts, spec, tokens=tokens, ladder=ladder))
         log(f"run {k + 1}: R {runs[-1].radius:.2f}, {time.perf_counter() - began:.0f} s so far")
         if args.save:
             save_runs(runs, args.save)  # after every run: a long bench keeps what it has done
@@ -159,6 +180,7 @@ def main() -> None:
         "half": args.half,
         "quick": args.quick,
         "radius_choice": "rescored" if args.rescore else args.radius or "default",
+        "ladder": list(ladder),
         "runs": len(runs),
         "vectors_per_run": n,
         "tokens": tokens,

@@ -18,10 +18,8 @@ from app.executor.protocol import Generations, WorkingScales
 from app.executor.training import stack
 from engine import Decoder, GenerationRequest, LoadedModel
 from engine.methods.adapters import Adapter
-from engine.refine.working_scale import TOKENS, working_scale_steps
+from engine.refine.working_scale import PROBE_PROMPTS, TOKENS, working_scale_steps
 from engine.steer import pauses
-
-PROBE_PROMPTS = 2  # the run's first distinct prompts the probe reads (the engine takes one or two)
 
 
 def request(

@@ -28,6 +28,7 @@ from engine.models import LoadedModel
 from engine.units import run_steps
 
 LADDER = (1.0, 1.5, 2.0, 3.0)  # multiples of the vector as stored
+PROBE_PROMPTS = 2  # a run's first distinct prompts that the probe reads
 TOKENS = 24  # long enough for a loop or a broken sentence to show, short enough to be cheap
 DECODE_BATCH = 32
 
@@ -120,6 +121,8 @@ def working_scale_steps(
         )
         ok[(i, k)] = ok.get((i, k), True) and fine
         low[(i, k)] = min(low.get((i, k), value), value)
+    # Broken on the first rung: read where the gallery reads every vector (x1) if the ladder has it.
+    fallback = 1.0 if 1.0 in ladder else float(ladder[0])
     out = []
     for i in range(len(vectors)):
         fluent = {float(s): ok[(i, k)] for k, s in enumerate(ladder)}
@@ -127,7 +130,7 @@ def working_scale_steps(
         held = [float(s) for s in ladder if broken is None or s < broken]
         out.append(
             WorkingScale(
-                scale=held[-1] if held else float(ladder[0]),
+                scale=held[-1] if held else fallback,
                 broken_at=broken,
                 fluent=fluent,
                 fluency={float(s): low[(i, k)] for k, s in enumerate(ladder)},

@@ -56,6 +56,17 @@ def test_the_working_scale_stops_below_the_first_rung_that_broke(tiny: LoadedMod
             assert again.fluent[rung] is False and k >= LADDER.index(first_broken)
 
 
+def test_a_ladder_below_x1_falls_back_to_x1_not_to_its_lowest_rung(tiny: LoadedModel) -> None:
+    """A vector broken on every rung is read where the gallery reads every vector (x1), even when
+    the ladder starts lower; fluent everywhere, it is read at the top rung as before."""
+    ladder = (0.5, 0.75, 1.0, 2.0)
+    v = vectors(tiny)[1:3]
+    for found in working_scales(tiny, 1, v, PROMPTS, ladder=ladder, thresholds=NOTHING, tokens=TOKENS):
+        assert found.scale == 1.0 and found.broken_at == 0.5
+    for found in working_scales(tiny, 1, v, PROMPTS, ladder=ladder, thresholds=ANYTHING, tokens=TOKENS):
+        assert found.scale == 2.0 and found.broken_at is None
+
+
 def test_a_zero_vector_is_the_unsteered_model_at_every_rung(tiny: LoadedModel) -> None:
     found = working_scales(tiny, 1, vectors(tiny)[:1], PROMPTS, thresholds=ANYTHING, tokens=TOKENS)[0]
     assert len(set(found.fluency.values())) == 1  # the same text at every rung
