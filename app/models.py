@@ -107,8 +107,9 @@ class Vector(Base):
     behaviour_id: Mapped[int | None] = mapped_column(
         ForeignKey("behaviours.id", ondelete="SET NULL"), index=True
     )
-    # From the gallery's probe: the highest scale of 1, 1.5, 2, 3 at which it still writes fluently
-    # (its gallery shows it there beside x1, and scoring reads it there), and the first that broke.
+    # From the gallery's probe (engine/refine/working_scale.py): the highest rung of its ladder at
+    # which it still writes fluently (its gallery shows it there beside x1, and scoring reads it
+    # there when that is below x1), and the first rung that broke.
     working_scale: Mapped[float | None] = mapped_column(Float)  # None: not probed (an adapter, an old run)
     broken_at: Mapped[float | None] = mapped_column(Float)  # None: fluent at every scale probed
 

@@ -14,6 +14,7 @@ from app.discovery.changes import change_words
 from app.guard import cross_site, csrf_value
 from app.models import now
 from app.settings import ROOT
+from engine.refine.working_scale import LADDER
 
 
 def ago(value: datetime | None) -> str:
@@ -100,6 +101,8 @@ def make_templates() -> Jinja2Templates:
     templates.env.globals["from_elsewhere"] = from_elsewhere
     templates.env.globals["kind_info"] = kinds.of
     templates.env.globals["kind_methods"] = kinds.methods
+    # "the highest of 0.5, 0.75, 1, 1.5, 2, 3": the probe's ladder as the pages say it
+    templates.env.globals["working_ladder"] = ", ".join(f"{s:g}" for s in LADDER)
     return templates
 
 

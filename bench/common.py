@@ -20,7 +20,7 @@ from engine.discovery.embedder import Embedder
 from engine.discovery.findings import Completion, Findings, find
 from engine.methods.melbo import MelboResult, train_melbo
 from engine.models import LoadedModel
-from engine.refine.working_scale import PROBE_PROMPTS, working_scales
+from engine.refine.working_scale import PROBE_PROMPTS, scored_scale, working_scales
 from engine.refine.working_scale import TOKENS as PROBE_TOKENS
 from engine.specs import MelboSpec
 
@@ -100,14 +100,16 @@ def scored_run(
     *,
     tokens: int = TOKENS,
     ladder: Sequence[float] | None = None,
+    above_x1: bool = False,
 ) -> ScoredRun:
     """Train a run with `spec` (MelboSpec fields besides the prompts) and its random twin (the same
     settings, method random), take greedy completions of both on the run's prompts, and score them
     together with the product's findings (flags, beyond random, behaviours, order).
 
     With a `ladder`, every vector (learned and twin) is first probed for its working scale on the
-    run's first prompts, as the app's gallery does, and its completions are taken and scored there
-    (the app scores a vector's completion at its working scale)."""
+    run's first prompts, as the app's gallery does, and its completions are taken and scored where
+    the app scores them (`scored_scale`: the working scale, at most x1; `above_x1`: the working
+    scale itself, as the app scored before)."""
     prompts = tuple(prompts)
     learned = train_melbo(lm, MelboSpec(prompts=prompts, **spec))
     twin = train_melbo(lm, MelboSpec(prompts=prompts, **{**spec, "method": "random"}))
@@ -123,7 +125,7 @@ def scored_run(
             probed = working_scales(
                 lm, learned.source, result.vectors, probe, ladder=ladder, tokens=min(PROBE_TOKENS, tokens)
             )
-            at = [w.scale for w in probed]
+            at = [w.scale if above_x1 else scored_scale(w.scale) for w in probed]
         scales.update({f"{kind}{i}": k for i, k in enumerate(at)})
         texts = greedy(lm, prompts, learned.source, result.vectors, tokens=tokens, scale=at)
         for i, text in enumerate(texts):

@@ -14,10 +14,11 @@ the same R). Every vector's greedy gallery completion of each prompt is scored t
   (tests/fixtures/flags_labelled.jsonl, rows with "part": "held-out"): the share that agree, and
   the share of those labelled changed that the flags call changed.
 
-Every vector, learned and twin, is read where the app reads it: probed for its working scale on
-the run's first prompts (engine/refine/working_scale.py) and completed and scored there.
-`--ladder 1` reads every vector at x1 instead (how this bench measured before the app scored
-working scales); `--ladder 0.5,0.75,1,1.5,2,3` tries another ladder.
+Every vector, learned and twin, is read where the app scores it: probed for its working scale on
+the run's first prompts (engine/refine/working_scale.py) and completed and scored there, or at x1
+when its working scale is above 1. `--ladder 1` reads every vector at x1 (how this bench measured
+before the app probed working scales), `--ladder 1,1.5,2,3 --above-x1` the way the app scored
+before (at the working scale, up to x3); `--ladder` with other scales tries another ladder.
 
 The baseline (the random twin) is measured in the same run. `--half tuning` measures the tuning
 half instead: settings are chosen there, never on the test half. `--radius share:0.16` (a share of
@@ -146,6 +147,9 @@ def main() -> None:
     parser.add_argument(
         "--ladder", help="the working-scale ladder, comma-separated (default: the app's; 1: x1 only)"
     )
+    parser.add_argument(
+        "--above-x1", action="store_true", help="score at the working scale even above x1 (the app before)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--save", type=Path, help="write every completion as JSONL (for --rescore)")
@@ -167,7 +171,9 @@ def main() -> None:
         n = runs[0].n if runs else n
     for k, prompts in enumerate([] if args.rescore else groups):
         log(f"run {k + 1}/{len(groups)}: {n} vectors and the twin on {len(prompts)} {args.half} prompts")
-        runs.append(scored_run(lm, embedder, prompts, spec, tokens=tokens, ladder=ladder))
+        runs.append(
+            scored_run(lm, embedder, prompts, spec, tokens=tokens, ladder=ladder, above_x1=args.above_x1)
+        )
         log(f"run {k + 1}: R {runs[-1].radius:.2f}, {time.perf_counter() - began:.0f} s so far")
         if args.save:
             save_runs(runs, args.save)  # after every run: a long bench keeps what it has done
@@ -181,6 +187,7 @@ def main() -> None:
         "quick": args.quick,
         "radius_choice": "rescored" if args.rescore else args.radius or "default",
         "ladder": list(ladder),
+        "scored_above_x1": args.above_x1,
         "runs": len(runs),
         "vectors_per_run": n,
         "tokens": tokens,

@@ -20,6 +20,7 @@ from app.errors import Invalid
 from app.kinds import Kind
 from app.models import Behaviour, Generation, Job, LanguageModel, Run, Vector
 from app.store import create_run, get_run
+from engine.refine.working_scale import SCORED_UP_TO
 
 FLAG_LABELS = ("unchanged", "rephrase", "gibberish")  # flags that have a label of the same name
 LIVE = ("queued", "running")
@@ -31,8 +32,9 @@ def twin_of(session: Session, run: Run) -> Run | None:
 
 
 def completions(session: Session, run: Run) -> list[dict[str, Any]]:
-    """The run's (and its twin's) greedy gallery completions, each vector's at its working scale
-    (x1 when it has none), beside their unsteered partners."""
+    """The run's (and its twin's) greedy gallery completions, each vector's at the scale scoring reads
+    (engine/refine/working_scale.py `scored_scale`: its working scale, at most x1; x1 when it has
+    none), beside their unsteered partners."""
     runs = [run.id]
     twin = twin_of(session, run)
     if twin is not None:
@@ -44,7 +46,7 @@ def completions(session: Session, run: Run) -> list[dict[str, Any]]:
         .join(partner, Generation.unsteered_id == partner.id)
         .where(
             Vector.run_id.in_(runs),
-            Generation.scale == func.coalesce(Vector.working_scale, 1.0),
+            Generation.scale == func.min(func.coalesce(Vector.working_scale, 1.0), SCORED_UP_TO),
             Generation.temperature == 0.0,
             Generation.prompt.in_(list(run.prompts)),
         )

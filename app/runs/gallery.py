@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app.labels.labelling import fts_query
 from app.models import Behaviour, DetectorScore, Generation, Label, Labeling, Run, Vector
 from app.vectors import dashboard, geometry
+from engine.refine.working_scale import scored_scale
 
 # "interesting": beyond random x fluent, one exemplar per behaviour first (unscored runs: by index).
 SORTS = ("interesting", "index", "objective", "kl", "norm", "alpha", "detector")
@@ -37,8 +38,10 @@ class Sample:
 
     @property
     def scored(self) -> Generation:
-        """The completion scoring read: the one at the working scale when there is one."""
-        return self.working or self.steered
+        """The completion scoring read: the one at the working scale when that is below x1."""
+        if self.working is not None and self.working.scale == scored_scale(self.working.scale):
+            return self.working
+        return self.steered
 
 
 @dataclass

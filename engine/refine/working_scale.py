@@ -1,12 +1,18 @@
 """Each vector where it acts: the largest scale on a short ladder at which it still writes fluent text.
 
-A run's vectors all have norm R, but one breaks the model at 1.5 R and another barely acts before
+A run's vectors all have norm R, but one breaks the model below R and another barely acts before
 3 R. The probe steers a short greedy completion of a prompt or two at every rung of a ladder
-(1, 1.5, 2, 3 × the vector), all vectors and rungs decoded in one batch, and scores each with the
-product's own fluency tests (engine/discovery/flags.py: the mean log-probability under the
-unsteered model, repeated 3-grams, and a near-empty answer where the unsteered one had words). A
-vector's working scale is the highest rung up to which every rung stayed fluent on every probe
-prompt; a vector already broken at the first rung keeps that rung (the gallery's own scale).
+(0.5, 0.75, 1, 1.5, 2, 3 × the vector), all vectors and rungs decoded in one batch, and scores each
+with the product's own fluency tests (engine/discovery/flags.py: the mean log-probability under
+the unsteered model, repeated 3-grams, and a near-empty answer where the unsteered one had words).
+A vector's working scale is the highest rung up to which every rung stayed fluent on every probe
+prompt; a vector already broken at the first rung is read at x1 (the gallery's own scale).
+
+Scoring reads a vector at its working scale only where that is below x1 (`scored_scale`): a vector
+that breaks the model at R is judged where it still writes, but none is judged above R. Above it
+the random twin's vectors change the answers about as often as learned ones (bench/yield.py on the
+tuning half: changed and fluent 0.59 learned against 0.47 random when read up to x3, 0.66 against
+0.22 when read at most at x1), so beyond-random scores and flags stop telling them apart.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from engine.errors import EngineError
 from engine.models import LoadedModel
 from engine.units import run_steps
 
-LADDER = (1.0, 1.5, 2.0, 3.0)  # multiples of the vector as stored
+LADDER = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # multiples of the vector as stored
+SCORED_UP_TO = 1.0  # scoring reads a vector at its working scale, but never above this
 PROBE_PROMPTS = 2  # a run's first distinct prompts that the probe reads
 TOKENS = 24  # long enough for a loop or a broken sentence to show, short enough to be cheap
 DECODE_BATCH = 32
@@ -137,6 +144,11 @@ def working_scale_steps(
             )
         )
     return out
+
+
+def scored_scale(working: float | None) -> float:
+    """The scale at which scoring reads a vector: its working scale up to x1 (x1 when not probed)."""
+    return min(SCORED_UP_TO, 1.0 if working is None else working)
 
 
 def working_scales(

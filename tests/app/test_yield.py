@@ -28,12 +28,11 @@ from app.settings import Settings
 from engine import LoadedModel
 from engine.discovery.ranking import interesting_first
 from engine.discovery.traits import differences
-from engine.refine.working_scale import WorkingScale
+from engine.refine.working_scale import LADDER, WorkingScale, scored_scale
 from tests.app.conftest import make_settings, wait_job
 from tests.app.helpers import score_run
 
 PROMPTS = ["Tell me a story.", "What is two plus two?"]
-LADDER = {1.0, 1.5, 2.0, 3.0}
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +129,7 @@ def test_every_vector_and_its_twins_are_probed_and_scored_at_their_working_scale
         rows = findings.completions(session, learned)
         by_id = {v.id: v for v in vectors}
         assert len(rows) == 6 * len(PROMPTS)
-        assert all(r["scale"] == by_id[r["vector_id"]].working_scale for r in rows)
+        assert all(r["scale"] == scored_scale(by_id[r["vector_id"]].working_scale) for r in rows)
     events = client.get(f"/api/jobs/{start_job(client, pair['run'])}/events").text
     assert "working_scales" in events
 
@@ -224,17 +223,19 @@ def test_the_real_probe_runs_in_units_and_keeps_a_scale_of_the_ladder(
             found = end.value
             break
     assert steps > 1  # one decode step or fluency batch per unit, not the whole probe at once
-    assert set(found) == {0, 1} and set(found.values()) <= LADDER
+    assert set(found) == {0, 1} and set(found.values()) <= set(LADDER)
 
 
-def with_working_scale(client: TestClient, run_id: int, scale: float) -> tuple[int, list[int]]:
-    """Give the run's first vector a working scale and its gallery samples there (as a probe that
+def with_working_scale(
+    client: TestClient, run_id: int, scale: float, index: int = 0
+) -> tuple[int, list[int]]:
+    """Give one of the run's vectors a working scale and its gallery samples there (as a probe that
     found it would have): its id and the new generations' ids."""
     with client.app.state.service.db.session() as session:
         run = session.get(Run, run_id)
         assert run is not None
         model = session.get(LanguageModel, run.model_id)
-        vector = session.scalars(select(Vector).where(Vector.run_id == run_id, Vector.index == 0)).one()
+        vector = session.scalars(select(Vector).where(Vector.run_id == run_id, Vector.index == index)).one()
         vector.working_scale, vector.broken_at = scale, 3.0
         made = []
         for prompt in PROMPTS:
@@ -256,7 +257,9 @@ def with_working_scale(client: TestClient, run_id: int, scale: float) -> tuple[i
         return vector.id, made
 
 
-def test_the_gallery_shows_the_working_scale_beside_x1_and_scoring_reads_it(client: TestClient) -> None:
+def test_the_gallery_shows_the_working_scale_beside_x1_and_scoring_reads_it_below_x1(
+    client: TestClient,
+) -> None:
     run = quiet_run(client)
     cards = soup(client.get(f"/runs/{run}/gallery")).select("article.card")
     assert cards and not [c for c in cards if c.select(".working-scale")]  # x1 only: one column
@@ -268,22 +271,29 @@ def test_the_gallery_shows_the_working_scale_beside_x1_and_scoring_reads_it(clie
     assert len(working) == len(PROMPTS) and all(w["data-scale"] == "2.0" for w in working)
     assert "at x2.0" in working[0].get_text() and "×2" in working[0].find("h4").get_text()
     assert "working scale ×2" in card.select_one(".metrics").get_text()
+    # A second vector that writes fluently only below x1 is scored there; the first, above x1, at x1.
+    lower_id, lower = with_working_scale(client, run, 0.75, index=1)
     with client.app.state.service.db.session() as session:
         learned = session.get(Run, run)
         assert learned is not None
         rows = findings.completions(session, learned)
-        mine = [r for r in rows if r["vector_id"] == vector_id]
-        assert sorted(r["generation_id"] for r in mine) == sorted(made)
-        assert all(r["scale"] == 1.0 for r in rows if r["vector_id"] != vector_id)
-        # The run owes its samples at the working scale too.
+        assert all(r["scale"] == 1.0 for r in rows if r["vector_id"] != lower_id)
+        assert sorted(r["generation_id"] for r in rows if r["vector_id"] == lower_id) == sorted(lower)
+        assert not {r["generation_id"] for r in rows} & set(made)
+        # The run owes its samples at the working scales too.
         tokens = client.app.state.service.settings.gallery_tokens
         done = store.gallery_done(session, learned, learned.prompts, tokens)
         assert sorted(d[2] for d in done if d[0] == 0) == [1.0, 1.0, 2.0, 2.0]
+        assert sorted(d[2] for d in done if d[0] == 1) == [0.75, 0.75, 1.0, 1.0]
+    card = soup(client.get(f"/runs/{run}/gallery")).find(id=f"card-{lower_id}")
+    assert [w["data-scale"] for w in card.select(".working-scale")] == ["0.75"] * len(PROMPTS)
     # The labelling queue labels (and shows) the completion scoring read.
     client.cookies.set("steerscope_author", "ada")
     queue = soup(client.get(f"/runs/{run}/label", params={"sort": "index"}))
-    assert sorted(int(x["data-generation"]) for x in queue.select("select.generation-label")) == sorted(made)
-    assert all("×2" in h.get_text() for h in queue.select(".sample .steered h4"))
+    # (the queue's first vector: the one at x2, read at x1)
+    labelled = [int(x["data-generation"]) for x in queue.select("select.generation-label")]
+    assert len(labelled) == len(PROMPTS) and not set(labelled) & set(made)
+    assert all("×1" in h.get_text() for h in queue.select(".sample .steered h4"))
     shown = soup(client.get(f"/vectors/{vector_id}")).find(id="working-scale")
     assert shown is not None and "×2" in shown.get_text() and "broke at ×3" in shown.get_text()
     vector = client.get(f"/api/vectors/{vector_id}").json()

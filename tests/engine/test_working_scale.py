@@ -10,7 +10,7 @@ import torch
 from engine.discovery.flags import Thresholds
 from engine.errors import EngineError
 from engine.models import LoadedModel
-from engine.refine.working_scale import LADDER, working_scale_steps, working_scales
+from engine.refine.working_scale import LADDER, scored_scale, working_scale_steps, working_scales
 
 PROMPTS = ("Tell me a story about a dragon.", "What is the capital of France?")
 ANYTHING = Thresholds(gibberish_logprob=-1e9, gibberish_repetition=1.0, near_empty_words=0)
@@ -29,13 +29,15 @@ def vectors(tiny: LoadedModel) -> torch.Tensor:
     )
 
 
-def test_everything_fluent_works_at_the_top_rung_and_nothing_fluent_at_the_first(tiny: LoadedModel) -> None:
+def test_everything_fluent_works_at_the_top_rung_and_nothing_fluent_at_x1(tiny: LoadedModel) -> None:
+    """Broken on every rung, a vector is read where the gallery reads every vector (x1), not at the
+    ladder's lowest rung."""
     v = vectors(tiny)
     for found in working_scales(tiny, 1, v, PROMPTS, thresholds=ANYTHING, tokens=TOKENS):
         assert found.scale == LADDER[-1] and found.broken_at is None
         assert list(found.fluent) == list(LADDER) and all(found.fluent.values())
     for found in working_scales(tiny, 1, v, PROMPTS, thresholds=NOTHING, tokens=TOKENS):
-        assert found.scale == LADDER[0] and found.broken_at == LADDER[0] and not any(found.fluent.values())
+        assert found.scale == 1.0 and found.broken_at == LADDER[0] and not any(found.fluent.values())
 
 
 def test_the_working_scale_stops_below_the_first_rung_that_broke(tiny: LoadedModel) -> None:
@@ -52,19 +54,8 @@ def test_the_working_scale_stops_below_the_first_rung_that_broke(tiny: LoadedMod
             first_broken = next(r for r in LADDER if found.fluency[r] <= found.fluency[rung])
             assert again.broken_at == first_broken
             held = [r for r in LADDER if r < first_broken]
-            assert again.scale == (held[-1] if held else LADDER[0])
+            assert again.scale == (held[-1] if held else 1.0)
             assert again.fluent[rung] is False and k >= LADDER.index(first_broken)
-
-
-def test_a_ladder_below_x1_falls_back_to_x1_not_to_its_lowest_rung(tiny: LoadedModel) -> None:
-    """A vector broken on every rung is read where the gallery reads every vector (x1), even when
-    the ladder starts lower; fluent everywhere, it is read at the top rung as before."""
-    ladder = (0.5, 0.75, 1.0, 2.0)
-    v = vectors(tiny)[1:3]
-    for found in working_scales(tiny, 1, v, PROMPTS, ladder=ladder, thresholds=NOTHING, tokens=TOKENS):
-        assert found.scale == 1.0 and found.broken_at == 0.5
-    for found in working_scales(tiny, 1, v, PROMPTS, ladder=ladder, thresholds=ANYTHING, tokens=TOKENS):
-        assert found.scale == 2.0 and found.broken_at is None
 
 
 def test_a_zero_vector_is_the_unsteered_model_at_every_rung(tiny: LoadedModel) -> None:
@@ -121,3 +112,7 @@ def test_bad_input_is_refused(tiny: LoadedModel, change: dict[str, object], mess
     ladder = args.pop("ladder", LADDER)
     with pytest.raises(EngineError, match=message):
         working_scales(tiny, args["block"], args["vectors"], args["prompts"], ladder=ladder)  # type: ignore[arg-type]
+
+
+def test_scoring_reads_a_vector_at_its_working_scale_only_below_x1() -> None:
+    assert [scored_scale(w) for w in (None, 0.5, 0.75, 1.0, 2.0, 3.0)] == [1.0, 0.5, 0.75, 1.0, 1.0, 1.0]
