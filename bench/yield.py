@@ -8,6 +8,8 @@ the same R). Every vector's greedy gallery completion of each prompt is scored t
 - changed_fluent_learned / changed_fluent_random: shares of completions flagged changed and fluent;
 - beyond_random_share: share of learned vectors whose mean beyond-random percentile over their
   run's prompts is at least 95 (bench/dct.py's definition);
+- beyond_random_fluent_share (no target): the same, counting only vectors with fewer than half
+  their completions flagged gibberish;
 - behaviours_beyond_random_per_100: behaviours (clusters) with no random-twin member whose members
   are mostly changed and fluent, per 100 learned vectors;
 - flags_agreement / changed_recall: the flags against the held-out rows of the hand-labelled set
@@ -78,6 +80,16 @@ def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
     random = [s for r in runs for c, s in zip(r.completions, r.found.scores, strict=True) if c.random]
     n_vectors = sum(r.n for r in runs)
     beyond = [p for r in runs for p in r.per_vector_beyond().values()]
+    # Beyond random and mostly fluent: a vector that breaks the model moves the embedding further
+    # than any random one, so beyond random alone also counts broken vectors.
+    beyond_fluent = 0
+    for r in runs:
+        broken: dict[Any, list[bool]] = {}
+        for c, s in zip(r.completions, r.found.scores, strict=True):
+            if not c.random:
+                broken.setdefault(c.vector, []).append(s.flag == "gibberish")
+        for vector, p in r.per_vector_beyond().items():
+            beyond_fluent += p >= BEYOND and 2 * sum(broken[vector]) < len(broken[vector])
     real = 0
     for r in runs:
         for b in r.found.behaviours:
@@ -97,6 +109,7 @@ def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
         "unchanged_learned": round(share(learned, "unchanged"), 4),
         "empty_learned": sum(not c.text.strip() for r in runs for c in r.completions if not c.random),
         "beyond_random_share": round(sum(p >= BEYOND for p in beyond) / max(1, len(beyond)), 4),
+        "beyond_random_fluent_share": round(beyond_fluent / max(1, len(beyond)), 4),
         "behaviours_beyond_random": real,
         "behaviours_beyond_random_per_100": round(100 * real / max(1, n_vectors), 2),
         "learned_vectors": n_vectors,
