@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from app.kinds import Kind
 from app.models import Generation, Job, Run, Vector
-from engine.refine.working_scale import LADDER
+from app.runs.scales import LADDER_TEXT
 
 UtcTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat() + "Z", return_type=str)]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -95,7 +95,7 @@ class VectorOut(Out):
     rank: int | None = Field(description="Place in the run's interesting-first order (0 first).")
     behaviour_id: int | None = Field(description="The behaviour most of its completions fall in.")
     working_scale: float | None = Field(
-        description=f"The highest of {', '.join(f'{s:g}' for s in LADDER)} (× the vector) at which it "
+        description=f"The highest of {LADDER_TEXT} (× the vector) at which it "
         "still writes fluently: its gallery shows it there beside ×1, and scoring reads it there when "
         "that is below ×1 (None: not probed)."
     )

@@ -13,8 +13,8 @@ from app import kinds
 from app.discovery.changes import change_words
 from app.guard import cross_site, csrf_value
 from app.models import now
+from app.runs.scales import LADDER_TEXT
 from app.settings import ROOT
-from engine.refine.working_scale import LADDER
 
 
 def ago(value: datetime | None) -> str:
@@ -101,8 +101,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.globals["from_elsewhere"] = from_elsewhere
     templates.env.globals["kind_info"] = kinds.of
     templates.env.globals["kind_methods"] = kinds.methods
-    # "the highest of 0.5, 0.75, 1, 1.5, 2, 3": the probe's ladder as the pages say it
-    templates.env.globals["working_ladder"] = ", ".join(f"{s:g}" for s in LADDER)
+    templates.env.globals["working_ladder"] = LADDER_TEXT  # "the highest of 0.5, 0.75, 1, ..."
     return templates
 
 

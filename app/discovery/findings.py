@@ -19,8 +19,8 @@ from app import kinds
 from app.errors import Invalid
 from app.kinds import Kind
 from app.models import Behaviour, Generation, Job, LanguageModel, Run, Vector
+from app.runs.scales import SCORED_UP_TO
 from app.store import create_run, get_run
-from engine.refine.working_scale import SCORED_UP_TO
 
 FLAG_LABELS = ("unchanged", "rephrase", "gibberish")  # flags that have a label of the same name
 LIVE = ("queued", "running")
@@ -33,7 +33,7 @@ def twin_of(session: Session, run: Run) -> Run | None:
 
 def completions(session: Session, run: Run) -> list[dict[str, Any]]:
     """The run's (and its twin's) greedy gallery completions, each vector's at the scale scoring reads
-    (engine/refine/working_scale.py `scored_scale`: its working scale, at most x1; x1 when it has
+    (app/runs/scales.py `scored_scale`: its working scale, at most x1; x1 when it has
     none), beside their unsteered partners."""
     runs = [run.id]
     twin = twin_of(session, run)

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.labels.labelling import fts_query
 from app.models import Behaviour, DetectorScore, Generation, Label, Labeling, Run, Vector
+from app.runs.scales import scored_scale
 from app.vectors import dashboard, geometry
-from engine.refine.working_scale import scored_scale
 
 # "interesting": beyond random x fluent, one exemplar per behaviour first (unscored runs: by index).
 SORTS = ("interesting", "index", "objective", "kl", "norm", "alpha", "detector")

@@ -225,3 +225,14 @@ def test_the_help_texts_state_the_engines_real_defaults() -> None:
         fields["rank"].description or ""
     )
     assert f"{fields['batch_size'].default}" == str(specs.MelboSpec.batch_size)
+
+
+def test_the_apps_working_scale_rules_are_the_engines() -> None:
+    """The pages' ladder and the rule scoring's query follows are the probe's and the engine's."""
+    from app.runs import scales
+    from engine.refine import working_scale
+
+    assert scales.LADDER == working_scale.LADDER
+    assert scales.SCORED_UP_TO == working_scale.SCORED_UP_TO
+    for working in (None, *working_scale.LADDER, 0.6, 5.0):
+        assert scales.scored_scale(working) == working_scale.scored_scale(working)
