@@ -79,9 +79,10 @@ def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
     learned = [s for r in runs for c, s in zip(r.completions, r.found.scores, strict=True) if not c.random]
     random = [s for r in runs for c, s in zip(r.completions, r.found.scores, strict=True) if c.random]
     n_vectors = sum(r.n for r in runs)
-    beyond = [p for r in runs for p in r.per_vector_beyond().values()]
-    # Beyond random and mostly fluent: a vector that breaks the model moves the embedding further
-    # than any random one, so beyond random alone also counts broken vectors.
+    # Each learned vector's mean beyond-random percentile, and whether most of its completions
+    # broke: a vector that breaks the model moves the embedding further than any random one, so
+    # beyond random alone also counts broken vectors.
+    beyond: list[float] = []
     beyond_fluent = 0
     for r in runs:
         broken: dict[Any, list[bool]] = {}
@@ -89,6 +90,7 @@ def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
             if not c.random:
                 broken.setdefault(c.vector, []).append(s.flag == "gibberish")
         for vector, p in r.per_vector_beyond().items():
+            beyond.append(p)
             beyond_fluent += p >= BEYOND and 2 * sum(broken[vector]) < len(broken[vector])
     real = 0
     for r in runs:
