@@ -344,9 +344,13 @@ def start_dashboard(
         model = session.get(LanguageModel, run.model_id) if run.model_id is not None else None
         if model is None:
             raise Invalid(f"vector {vector.id}'s run names no model the server has seen")
+        # The downstream search reads the block whose output the run's objective looked at (its
+        # target is a hidden_states index: block target - 1's output); a run without one has none.
+        downstream = run.target - 1 if run.target is not None and run.target - 1 > vector.block else None
         spec = {
             "model": run.model_name,
             "block": vector.block,
+            "downstream": downstream,
             "prompts": list(dict.fromkeys(str(p) for p in run.prompts)),
             "rank_by": body.rank_by,
             "bank_prompts": s.corpus_bank,

@@ -166,5 +166,6 @@ def export(session: Session, vector: Vector) -> dict[str, Any] | None:
         "contexts": payload["contexts"],
         "histogram": payload["histogram"],
         "prompts": payload["prompts"],
+        "downstream": payload.get("downstream"),  # readings stored before it have none
         "concepts": cosines(session, vector),
     }

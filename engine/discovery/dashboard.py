@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.discovery.corpus import ANSWER_TOKENS, Corpus, corpus_steps
+from engine.discovery.downstream import downstream_change, states_along
 from engine.discovery.occurrence import histogram, nearest_prompts, top_contexts
 from engine.discovery.tokens import direct_read, effect_logprobs, token_rows
 from engine.errors import EngineError
@@ -43,6 +44,9 @@ class DashboardSpec(_Spec):
     search: tuple[str, ...] = ()  # kinds of documents the nearest prompts come from; () = all
     bank: bool = True  # search the generic prompt bank (engine/discovery/bank.py)
     max_new_tokens: int = ANSWER_TOKENS  # greedy tokens per answer in the corpus; 0: prompts only
+    # Block whose output the downstream search reads (a run's target hidden state − 1: where its
+    # objective looks); None: no downstream search (engine/discovery/downstream.py).
+    downstream: int | None = None
 
     def __post_init__(self) -> None:
         if self.prompts:
@@ -54,6 +58,8 @@ class DashboardSpec(_Spec):
         _int_range("histogram bins", self.bins, 1, 400)
         _int_range("nearest prompts", self.nearest, 0, 200)
         _int_range("answer tokens", self.max_new_tokens, 0, 256)
+        if self.downstream is not None:
+            _int_range("downstream block", self.downstream, self.block + 1, 1_000)
         if self.rank_by not in ("max", "mean"):
             raise EngineError(f"rank prompts by max or mean, got {self.rank_by!r}")
 
@@ -77,9 +83,11 @@ def dashboard(
     corpus: Corpus | None = None,
     concepts: Mapping[str, Tensor] | None = None,
     base: Tensor | None = None,
+    downstream: Corpus | None = None,
 ) -> dict[str, Any]:
     """The payload for a vector at `spec.block` (or an adapter): see docs/discovery.md for its shape.
-    `base`: `unsteered_logprobs(lm, spec.prompts)`, when reading many vectors on the same prompts."""
+    `base`: `unsteered_logprobs(lm, spec.prompts)`, when reading many vectors on the same prompts;
+    `downstream`: the corpus at `spec.downstream`, for the downstream search."""
     began = time.perf_counter()
     if (vector is None) == (adapter is None):
         raise EngineError("give a vector or an adapter")
@@ -88,9 +96,10 @@ def dashboard(
             raise EngineError(f"the vector must be {lm.info.width} finite numbers")
         if float(vector.norm()) == 0:
             raise EngineError("the vector is zero: it has no direction to read")
-    if not 0 <= spec.block < lm.info.n_blocks:
-        last = lm.info.n_blocks - 1
-        raise EngineError(f"block {spec.block} is out of range: the model has blocks 0..{last}")
+    last = lm.info.n_blocks - 1
+    for name, b in (("block", spec.block), ("downstream block", spec.downstream)):
+        if b is not None and not 0 <= b <= last:
+            raise EngineError(f"{name} {b} is out of range: the model has blocks 0..{last}")
     seconds: dict[str, float] = {}
     direct = None
     if vector is not None:
@@ -119,6 +128,7 @@ def dashboard(
         "histogram": None,
         "prompts": [],
         "concepts": [] if vector is None else _cosines(vector, concepts or {}),
+        "downstream": None,
     }
     if vector is not None and corpus is not None:
         if corpus.block != spec.block:
@@ -143,6 +153,23 @@ def dashboard(
         payload["prompts"] = nearest_prompts(
             corpus, values, lm.tokenizer, k=spec.nearest, kinds=spec.search or None, rank_by=spec.rank_by
         )
+    if vector is not None and downstream is not None and spec.downstream is not None and spec.prompts:
+        if downstream.block != spec.downstream:
+            raise EngineError(
+                f"the downstream corpus was read at block {downstream.block}, not {spec.downstream}"
+            )
+        t0 = time.perf_counter()
+        change = downstream_change(lm, vector, block=spec.block, read=spec.downstream, prompts=spec.prompts)
+        payload["downstream"] = {
+            "block": spec.downstream,
+            "residual": f"block {spec.downstream} output (hidden_states[{spec.downstream + 1}])",
+            "position": "last prompt token",
+            "change_norm": round(float(change.norm()), 4),
+            "prompts": states_along(downstream, change, k=spec.nearest, kinds=spec.search or None)
+            if float(change.norm()) > 0
+            else [],
+        }
+        seconds["downstream"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - began
     payload["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
     return payload
@@ -158,13 +185,30 @@ def dashboard_steps(
     concepts: Mapping[str, Tensor] | None = None,
     base: Tensor | None = None,
 ) -> DashboardSteps:
-    """The corpus at the vector's block (built where missing, one unit per `next()`: see
-    engine/discovery/corpus.py), then the payload. Adapters need no corpus."""
-    corpus = None
+    """The corpus at the vector's block and at the downstream block (built where missing, one unit
+    per `next()`: see engine/discovery/corpus.py), then the payload. Adapters need no corpus."""
+    corpus = later = None
     if vector is not None:
         corpus = yield from corpus_steps(
             lm, data, spec.block, prompts=spec.prompts, bank=spec.bank, max_new_tokens=spec.max_new_tokens
         )
+        if spec.downstream is not None and spec.prompts:
+            later = yield from corpus_steps(
+                lm,
+                data,
+                spec.downstream,
+                prompts=spec.prompts,
+                bank=spec.bank,
+                max_new_tokens=spec.max_new_tokens,
+            )
     yield "dashboard", 0, 1
-    payload = dashboard(lm, spec, vector=vector, adapter=adapter, corpus=corpus, concepts=concepts, base=base)
-    return payload
+    return dashboard(
+        lm,
+        spec,
+        vector=vector,
+        adapter=adapter,
+        corpus=corpus,
+        concepts=concepts,
+        base=base,
+        downstream=later,
+    )

@@ -147,6 +147,7 @@ def test_a_vector_is_read_stored_shown_and_exported(
     assert found["corpus"]["kinds"]["bank"] == 8
     assert found["contexts"] and found["prompts"] and sum(found["histogram"]["prompt"]) > 0
     assert [c["name"] for c in found["concepts"]] == ["zebra"]  # concepts at its block, computed now
+    assert found["downstream"] is None  # an import has no target block to read downstream
     page = BeautifulSoup(client.get(f"/vectors/{a}").text, "html.parser")
     assert len(page.select("#dash-contexts li")) == len(found["contexts"])
     assert len(page.select("#dash-prompts form.try-unsteered")) == len(found["prompts"])
@@ -164,6 +165,26 @@ def test_a_vector_is_read_stored_shown_and_exported(
     assert len(everything.select(".concept-cosine")) == 2
     nothing = BeautifulSoup(client.get(f"/runs/{run}?concept={cv}&min_cosine=2").text, "html.parser")
     assert nothing.select("article.card") == []
+
+
+def test_a_trained_vector_is_also_read_downstream(client: TestClient) -> None:
+    """A run with an objective reads its vectors again at its target block: the prompts that leave
+    the model where the vector leaves it, shown with a try-unsteered button each; an import has
+    no target block, so none (above)."""
+    r = client.post("/api/runs", json={"prompts": ["Tell me a story.", "Hi."], "n_vectors": 1, "steps": 3})
+    assert r.status_code == 201, r.text
+    assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+    run = client.get(f"/api/runs/{r.json()['run_id']}").json()
+    vector = client.get(f"/api/runs/{run['id']}/vectors").json()[0]["id"]
+    read = client.post(f"/api/vectors/{vector}/dashboard", json={})
+    assert read.status_code == 201, read.text
+    assert wait_job(client, read.json()["job"]["id"])["status"] == "succeeded"
+    down = client.get(f"/api/vectors/{vector}/dashboard").json()["downstream"]
+    assert down["block"] == run["target"] - 1 and down["position"] == "last prompt token"
+    assert len(down["prompts"]) == 10 and down["change_norm"] > 0
+    page = BeautifulSoup(client.get(f"/vectors/{vector}").text, "html.parser")
+    assert len(page.select("#dash-downstream form.try-unsteered")) == len(down["prompts"])
+    assert down["prompts"][0]["prompt"] in page.select_one("#dash-downstream").get_text()
 
 
 def test_a_bad_reading_is_refused_and_writes_nothing(client: TestClient, imported: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
-"""A vector's dashboard (engine/discovery/dashboard.py): its model's corpus at the vector's block,
-built where missing and cached on disk under the worker's data dir (an answering decode step or a
-residual batch per unit), then the payload, sent back as the run's result."""
+"""A vector's dashboard (engine/discovery/dashboard.py): its model's corpus at the vector's block and
+at its run's downstream block, built where missing and cached on disk under the worker's data dir
+(an answering decode step or a residual batch per unit), then the payload, sent back as the run's
+result."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from app.executor.codec import from_bytes
 from app.executor.job import Job, Units
 from app.executor.protocol import Result
-from engine.discovery.corpus import corpus_steps
+from engine.discovery.corpus import CorpusSteps, corpus_steps
 from engine.discovery.dashboard import DashboardSpec, DashboardSteps, dashboard
 from engine.discovery.embedder import Embedder
 from engine.models import LoadedModel
@@ -27,15 +28,18 @@ def _steps(lm: LoadedModel, job: Job) -> DashboardSteps:
     spec = DashboardSpec.from_dict({**order, "bank": bank > 0})
     assert job.order.theta0 is not None, "a dashboard's order carries its vector"
     vector = from_bytes(job.order.theta0)
-    corpus = yield from corpus_steps(
-        lm,
-        Path(job.data),
-        spec.block,
-        prompts=spec.prompts,
-        bank=bank if bank > 0 else False,
-        max_new_tokens=spec.max_new_tokens,
-    )
-    return dashboard(lm, spec, vector=vector, corpus=corpus)
+
+    def at(block: int) -> CorpusSteps:
+        shared = bank if bank > 0 else False
+        return corpus_steps(
+            lm, Path(job.data), block, prompts=spec.prompts, bank=shared, max_new_tokens=spec.max_new_tokens
+        )
+
+    corpus = yield from at(spec.block)
+    later = None
+    if spec.downstream is not None and spec.prompts:
+        later = yield from at(spec.downstream)
+    return dashboard(lm, spec, vector=vector, corpus=corpus, downstream=later)
 
 
 def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
