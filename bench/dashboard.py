@@ -27,7 +27,12 @@
    its 10 nearest prompts (ranked by a prompt's best token; by its mean over tokens beside).
    Control: 64 random directions. References (not counted): the direction the organism was taught,
    and a cat concept (DiffMean at block 7 of the organism's own training prompts: cats against its
-   near misses). Target: a share >= 0.5 for at least one hit vector. `--part organism-corpus`
+   near misses). Beside, the downstream search of a vector's dashboard (engine/discovery/
+   downstream.py): the prompts whose state at the runs' target block (block 21 on the embedded
+   model; stored from the organism, whose blocks there it retrained) lies furthest along the
+   vector's change there on the 8 run prompts, at the last prompt position. Target: a share >= 0.5
+   for at least one hit vector, by either search (each reported with its own verdict).
+   `--part organism-corpus`
    builds the search corpus and reads the cat concept alone, without the organism.
 Last line: one JSON object (bench/verdict.py) with "targets".
 """
@@ -55,14 +60,16 @@ from bench.verdict import Target, report
 from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.corpus import Corpus, Part, corpus_steps, model_folder
 from engine.discovery.dashboard import DashboardSpec, dashboard
+from engine.discovery.downstream import downstream_change, states_along
 from engine.discovery.occurrence import nearest_prompts
 from engine.discovery.tokens import unsteered_logprobs
 from engine.methods.concepts import ConceptSpec, train_concept
 from engine.methods.dct import train_dct
 from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel, data_dir, load_model
-from engine.specs import DctSpec, MelboSpec
+from engine.specs import DctSpec, MelboSpec, default_target
 from engine.steer.capture import sequence_outputs
+from engine.units import run_steps
 
 BLOCK = 7
 TARGET_TOKENS = 100_000
@@ -73,6 +80,12 @@ TOP = 10
 TARGETS = (
     Target("dashboard_p95_s", "<", 1.0, note="the payload without the effect read, 100k corpus tokens"),
     Target("best_hit_share", ">=", 0.5, note="trigger prompts among a hit vector's 10 nearest, best hit"),
+    Target(
+        "best_hit_share_downstream",
+        ">=",
+        0.5,
+        note="the same among the 10 prompts the downstream search finds, best hit",
+    ),
 )
 
 
@@ -212,6 +225,19 @@ def shares(
     return out
 
 
+def downstream_shares(
+    lm: LoadedModel, later: Corpus, vectors: torch.Tensor, trigger: set[int]
+) -> list[float]:
+    """Per vector: the share of trigger documents among the TOP prompts the downstream search finds
+    (their state at the runs' target block, last prompt position, along the vector's change there
+    on the run prompts), as a vector's dashboard reads it."""
+    out = []
+    for v in vectors:
+        change = downstream_change(lm, v, block=BLOCK, read=later.block, prompts=RUN_PROMPTS)
+        out.append(sum(r["document"] in trigger for r in states_along(later, change, k=TOP)) / TOP)
+    return out
+
+
 def organism_corpus(root: Path) -> tuple[Corpus, dict[str, float]]:
     """The searched prompts' residuals at block 7. The organism's embeddings and blocks 0-7 are the
     base model's (bench/organism.py trains blocks 8+ only), so are its residuals there: they are
@@ -273,6 +299,13 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     labels = trigger_labels(corpus)
     n = len(corpus.documents)
     log(f"organism corpus: {n} prompts, trigger prompts { ({k: len(v) for k, v in labels.items()}) }")
+    # The downstream search reads the block the runs' objective looks at (target hidden state - 1),
+    # which the organism's training changed: stored from the organism itself, the same prompts.
+    read = default_target(lm.info.n_blocks, BLOCK) - 1
+    log(f"the organism's corpus at block {read} (downstream search)")
+    extra = tuple(Part(kind, tuple(prompts)) for kind, prompts in eval_prompts().items())
+    later = run_steps(corpus_steps(lm, root, read, bank=True, extra=extra, max_new_tokens=0))
+    assert [d.prompt for d in later.documents] == [d.prompt for d in corpus.documents]
 
     vectors: dict[str, torch.Tensor] = {}
     log("DCT factors at the product's defaults")
@@ -286,8 +319,13 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "planted_direction": torch.load(folder / "planted_direction.pt")["direction"].float()[None],
         "cat_concept": cat_concept(lm)[None],
     }
+    # At the hit vectors' norm: the search at the steered block reads directions only, the
+    # downstream one reads what the vector does there, which depends on its size.
+    size = vectors["dct"].norm(dim=1).mean()
+    controls = {name: vs / vs.norm(dim=1, keepdim=True) * size for name, vs in controls.items()}
     rows: dict[str, Any] = {}
     best: float | None = None
+    best_down: float | None = None
     for name, vs in vectors.items():
         log(f"{name}: gallery of {len(vs)} vectors")
         found = hits(greedy(lm, list(RUN_PROMPTS), BLOCK, vs), len(vs))
@@ -303,6 +341,15 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 }
                 if label == "cats" and rank_by == "max" and hit_values:
                     best = max(best or 0.0, *hit_values)
+            values = downstream_shares(lm, later, vs, trigger)
+            hit_values = [v for v, h in zip(values, found, strict=True) if h]
+            other = [v for v, h in zip(values, found, strict=True) if not h]
+            row[f"{label}_downstream"] = {
+                "hit_shares": hit_values,
+                "others_mean": round(statistics.mean(other), 3) if other else None,
+            }
+            if label == "cats" and hit_values:
+                best_down = max(best_down or 0.0, *hit_values)
         rows[name] = row
         log(f"{name}: {sum(found)} hits; {row['cats_max']}")
     for name, vs in controls.items():
@@ -311,6 +358,10 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             for label, trigger in labels.items()
             for rank_by in ("max", "mean")
         }
+        for label, trigger in labels.items():
+            values = downstream_shares(lm, later, vs, trigger)
+            rows[name][f"{label}_downstream"] = round(statistics.mean(values), 3)
+            rows[name][f"{label}_downstream_max"] = max(values)
     return {
         "documents": n,
         "stored_vs_organism_residuals": same,
@@ -319,6 +370,7 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "build": seconds,
         "methods": rows,
         "best_hit_share": best,
+        "best_hit_share_downstream": best_down,
     }
 
 
@@ -368,6 +420,7 @@ def main() -> None:
     if args.part in ("all", "organism"):
         result["organism"] = organism = organism_part(args, root)
         result["best_hit_share"] = organism["best_hit_share"]
+        result["best_hit_share_downstream"] = organism["best_hit_share_downstream"]
     result |= {
         "threads": torch.get_num_threads(),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
