@@ -382,8 +382,8 @@ class DashboardOut(BaseModel):
     histogram: dict[str, Any] | None = Field(description="Projections of every corpus token: edges, counts.")
     prompts: list[dict[str, Any]] = Field(description="The prompts that come closest (trigger candidates).")
     downstream: dict[str, Any] | None = Field(
-        description="The prompts whose state at the run's target block, as the model starts to answer, "
-        "lies furthest along the change the vector makes there (null: not read)."
+        description="The prompts whose mean state over the user turn at the run's target block lies "
+        "furthest along the change the vector makes there (null: not read)."
     )
     concepts: list[dict[str, Any]] = Field(description="Cosines with the concepts at its block, as of now.")
 

@@ -28,9 +28,9 @@
    Control: 64 random directions. References (not counted): the direction the organism was taught,
    and a cat concept (DiffMean at block 7 of the organism's own training prompts: cats against its
    near misses). Beside, the downstream search of a vector's dashboard (engine/discovery/
-   downstream.py): the prompts whose state at the runs' target block (block 21 on the embedded
-   model; stored from the organism, whose blocks there it retrained) lies furthest along the
-   vector's change there on the 8 run prompts, at the last prompt position. Target: a share >= 0.5
+   downstream.py): the prompts whose mean state over the user turn at the runs' target block
+   (block 21 on the embedded model; stored from the organism, whose blocks there it retrained)
+   lies furthest along the vector's mean change there on the 8 run prompts. Target: a share >= 0.5
    for at least one hit vector, by either search (each reported with its own verdict).
    `--part organism-corpus`
    builds the search corpus and reads the cat concept alone, without the organism.
@@ -60,7 +60,7 @@ from bench.verdict import Target, report
 from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.corpus import Corpus, Part, corpus_steps, model_folder
 from engine.discovery.dashboard import DashboardSpec, dashboard
-from engine.discovery.downstream import downstream_change, states_along
+from engine.discovery.downstream import downstream_change
 from engine.discovery.occurrence import nearest_prompts
 from engine.discovery.tokens import unsteered_logprobs
 from engine.methods.concepts import ConceptSpec, train_concept
@@ -229,12 +229,13 @@ def downstream_shares(
     lm: LoadedModel, later: Corpus, vectors: torch.Tensor, trigger: set[int]
 ) -> list[float]:
     """Per vector: the share of trigger documents among the TOP prompts the downstream search finds
-    (their state at the runs' target block, last prompt position, along the vector's change there
-    on the run prompts), as a vector's dashboard reads it."""
+    (their mean state over the user turn at the runs' target block along the vector's mean change
+    there on the run prompts), as a vector's dashboard reads it."""
     out = []
     for v in vectors:
         change = downstream_change(lm, v, block=BLOCK, read=later.block, prompts=RUN_PROMPTS)
-        out.append(sum(r["document"] in trigger for r in states_along(later, change, k=TOP)) / TOP)
+        top = nearest_prompts(later, later.project(change), lm.tokenizer, k=TOP, rank_by="mean")
+        out.append(sum(r["document"] in trigger for r in top) / TOP)
     return out
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.discovery.corpus import ANSWER_TOKENS, Corpus, corpus_steps
-from engine.discovery.downstream import downstream_change, states_along
+from engine.discovery.downstream import downstream_change
 from engine.discovery.occurrence import histogram, nearest_prompts, top_contexts
 from engine.discovery.tokens import direct_read, effect_logprobs, token_rows
 from engine.errors import EngineError
@@ -160,13 +160,21 @@ def dashboard(
             )
         t0 = time.perf_counter()
         change = downstream_change(lm, vector, block=spec.block, read=spec.downstream, prompts=spec.prompts)
+        moved = float(change.norm()) > 0
         payload["downstream"] = {
             "block": spec.downstream,
             "residual": f"block {spec.downstream} output (hidden_states[{spec.downstream + 1}])",
-            "position": "last prompt token",
+            "positions": "user turn: the change's mean over the given prompts, each prompt's mean",
             "change_norm": round(float(change.norm()), 4),
-            "prompts": states_along(downstream, change, k=spec.nearest, kinds=spec.search or None)
-            if float(change.norm()) > 0
+            "prompts": nearest_prompts(
+                downstream,
+                downstream.project(change),
+                lm.tokenizer,
+                k=spec.nearest,
+                kinds=spec.search or None,
+                rank_by="mean",
+            )
+            if moved
             else [],
         }
         seconds["downstream"] = time.perf_counter() - t0

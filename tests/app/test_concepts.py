@@ -168,9 +168,9 @@ def test_a_vector_is_read_stored_shown_and_exported(
 
 
 def test_a_trained_vector_is_also_read_downstream(client: TestClient) -> None:
-    """A run with an objective reads its vectors again at its target block: the prompts that leave
-    the model where the vector leaves it, shown with a try-unsteered button each; an import has
-    no target block, so none (above)."""
+    """A run with an objective reads its vectors again at its target block: the prompts that put
+    the model where the vector puts it there, shown with a try-unsteered button each; an import
+    has no target block, so none (above)."""
     r = client.post("/api/runs", json={"prompts": ["Tell me a story.", "Hi."], "n_vectors": 1, "steps": 3})
     assert r.status_code == 201, r.text
     assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
@@ -180,7 +180,7 @@ def test_a_trained_vector_is_also_read_downstream(client: TestClient) -> None:
     assert read.status_code == 201, read.text
     assert wait_job(client, read.json()["job"]["id"])["status"] == "succeeded"
     down = client.get(f"/api/vectors/{vector}/dashboard").json()["downstream"]
-    assert down["block"] == run["target"] - 1 and down["position"] == "last prompt token"
+    assert down["block"] == run["target"] - 1 and down["positions"].startswith("user turn")
     assert len(down["prompts"]) == 10 and down["change_norm"] > 0
     page = BeautifulSoup(client.get(f"/vectors/{vector}").text, "html.parser")
     assert len(page.select("#dash-downstream form.try-unsteered")) == len(down["prompts"])
