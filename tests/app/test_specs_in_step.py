@@ -71,13 +71,15 @@ PAIRS = [
         {"prompts", "block", "model", "pattern", "detector", "max_new_tokens"},
     ),
     (schemas.ConceptCreate, ConceptSpec, {"priority"}, set()),
-    # The vector gives the block and its run's prompts; the server's settings, the corpus's size.
+    # The vector gives the block and its run's prompts (its run's target, the downstream block); the
+    # server's settings, the corpus's size.
     (
         schemas.DashboardCreate,
         DashboardSpec,
         {"priority"},
         {
             "block",
+            "downstream",
             "prompts",
             "tokens",
             "contexts",
