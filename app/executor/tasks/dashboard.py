@@ -17,8 +17,12 @@ from engine.discovery.dashboard import DashboardSpec, DashboardSteps, dashboard
 from engine.discovery.embedder import Embedder
 from engine.models import LoadedModel
 
-WORDS = {"answering": "answering the corpus", "residuals": "storing residuals"}
-PHASES = {"answering": (0.0, 0.8), "residuals": (0.8, 0.95)}
+WORDS = {
+    "answering": "answering the corpus",
+    "residuals": "storing residuals",
+    "downstream": "storing residuals at the run's target block",
+}
+PHASES = {"answering": (0.0, 0.75), "residuals": (0.75, 0.85), "downstream": (0.85, 0.95)}
 
 
 def _steps(lm: LoadedModel, job: Job) -> DashboardSteps:
@@ -38,7 +42,14 @@ def _steps(lm: LoadedModel, job: Job) -> DashboardSteps:
     corpus = yield from at(spec.block)
     later = None
     if spec.downstream is not None and spec.prompts:
-        later = yield from at(spec.downstream)
+        steps = at(spec.downstream)  # the answers are on disk by now: only residuals are left
+        while True:
+            try:
+                _, done, total = next(steps)
+            except StopIteration as end:
+                later = end.value
+                break
+            yield "downstream", done, total
     return dashboard(lm, spec, vector=vector, corpus=corpus, downstream=later)
 
 
