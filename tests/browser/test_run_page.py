@@ -91,18 +91,19 @@ def test_a_page_opened_mid_run_updates_itself(
     page: Page, live: LiveServer, api: httpx.Client, shots: Path
 ) -> None:
     page.set_default_timeout(TIMEOUT_MS)
-    # Reference mode takes every one of its steps: long enough to open the page while it trains.
-    run_id, job = start(api, n_vectors=1, steps=1000, mode="reference")
+    # Reference mode takes every one of its steps: long enough to open the page while it trains
+    # (1,000 steps took 6 s, which a loaded machine's page could miss).
+    run_id, job = start(api, n_vectors=1, steps=3000, mode="reference")
     page.goto(f"{live.url}/runs/{run_id}")
     expect(page.locator("#run-body[data-live]")).to_have_count(1)  # opened while the job is live
     # R is said while the vector trains (the worker resolves it first), as "not known yet" before.
     expect(page.locator("[data-fact=R]")).to_contain_text(re.compile(r"× residual norm|not known yet"))
     page.evaluate("() => { window.sameDocument = true; }")
-    page.screenshot(path=shots / "13-run-live.png", full_page=True)
     progress = page.locator("#job-progress")
-    expect(progress).to_contain_text(re.compile(r"in training, step \d+/1000 · about \d+ (s|min) left"))
+    expect(progress).to_contain_text(re.compile(r"in training, step \d+/3000 · about \d+ (s|min) left"))
     assert progress.inner_text().count(" left") == 1  # one ETA, the worker's from its measured step time
     expect(progress).not_to_contain_text("eta s")  # no raw figure names beside the message
+    page.screenshot(path=shots / "13-run-live.png", full_page=True)
 
     finished(api, job)
     run = api.get(f"/api/runs/{run_id}").json()
@@ -113,7 +114,7 @@ def test_a_page_opened_mid_run_updates_itself(
     expect(page.locator("[data-fact=blocks]")).to_have_text(
         re.compile(rf"^{run['source']} → {run['target']}")
     )
-    expect(page.locator("[data-fact='steps run']")).to_contain_text("1000 of 1000 per vector")
+    expect(page.locator("[data-fact='steps run']")).to_contain_text("3000 of 3000 per vector")
     expect(page.locator("article.card .sample")).to_have_count(1)
     assert page.evaluate("() => window.sameDocument === true"), "the page was reloaded"
     page.screenshot(path=shots / "14-run-finished.png", full_page=True)
