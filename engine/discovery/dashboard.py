@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from engine.discovery.corpus import ANSWER_TOKENS, Corpus, corpus_steps
+from engine.discovery.corpus import ANSWER_TOKENS, Corpus, CorpusSteps, corpus_steps
 from engine.discovery.downstream import downstream_change
 from engine.discovery.occurrence import histogram, nearest_prompts, top_contexts
 from engine.discovery.tokens import direct_read, effect_logprobs, token_rows
@@ -192,23 +192,31 @@ def dashboard_steps(
     adapter: Adapter | None = None,
     concepts: Mapping[str, Tensor] | None = None,
     base: Tensor | None = None,
+    bank: bool | int | None = None,
 ) -> DashboardSteps:
     """The corpus at the vector's block and at the downstream block (built where missing, one unit
-    per `next()`: see engine/discovery/corpus.py), then the payload. Adapters need no corpus."""
+    per `next()`: see engine/discovery/corpus.py; the downstream block's residual pass is phase
+    "downstream"), then the payload. Adapters need no corpus. `bank`: the bank's share (True, False
+    or its first N prompts), where it is not `spec.bank`."""
     corpus = later = None
     if vector is not None:
-        corpus = yield from corpus_steps(
-            lm, data, spec.block, prompts=spec.prompts, bank=spec.bank, max_new_tokens=spec.max_new_tokens
-        )
-        if spec.downstream is not None and spec.prompts:
-            later = yield from corpus_steps(
-                lm,
-                data,
-                spec.downstream,
-                prompts=spec.prompts,
-                bank=spec.bank,
-                max_new_tokens=spec.max_new_tokens,
+        shared = spec.bank if bank is None else bank
+
+        def at(block: int) -> CorpusSteps:
+            return corpus_steps(
+                lm, data, block, prompts=spec.prompts, bank=shared, max_new_tokens=spec.max_new_tokens
             )
+
+        corpus = yield from at(spec.block)
+        if spec.downstream is not None and spec.prompts:
+            steps = at(spec.downstream)  # the answers are on disk by now: only residuals are left
+            while True:
+                try:
+                    _, done, total = next(steps)
+                except StopIteration as end:
+                    later = end.value
+                    break
+                yield "downstream", done, total
     yield "dashboard", 0, 1
     return dashboard(
         lm,

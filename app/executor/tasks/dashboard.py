@@ -12,8 +12,7 @@ from typing import Any
 from app.executor.codec import from_bytes
 from app.executor.job import Job, Units
 from app.executor.protocol import Result
-from engine.discovery.corpus import CorpusSteps, corpus_steps
-from engine.discovery.dashboard import DashboardSpec, DashboardSteps, dashboard
+from engine.discovery.dashboard import DashboardSpec, DashboardSteps, dashboard_steps
 from engine.discovery.embedder import Embedder
 from engine.models import LoadedModel
 
@@ -21,8 +20,14 @@ WORDS = {
     "answering": "answering the corpus",
     "residuals": "storing residuals",
     "downstream": "storing residuals at the run's target block",
+    "dashboard": "reading",
 }
-PHASES = {"answering": (0.0, 0.75), "residuals": (0.75, 0.85), "downstream": (0.85, 0.95)}
+PHASES = {
+    "answering": (0.0, 0.75),
+    "residuals": (0.75, 0.85),
+    "downstream": (0.85, 0.95),
+    "dashboard": (0.95, 1.0),
+}
 
 
 def _steps(lm: LoadedModel, job: Job) -> DashboardSteps:
@@ -32,25 +37,8 @@ def _steps(lm: LoadedModel, job: Job) -> DashboardSteps:
     spec = DashboardSpec.from_dict({**order, "bank": bank > 0})
     assert job.order.theta0 is not None, "a dashboard's order carries its vector"
     vector = from_bytes(job.order.theta0)
-
-    def at(block: int) -> CorpusSteps:
-        shared = bank if bank > 0 else False
-        return corpus_steps(
-            lm, Path(job.data), block, prompts=spec.prompts, bank=shared, max_new_tokens=spec.max_new_tokens
-        )
-
-    corpus = yield from at(spec.block)
-    later = None
-    if spec.downstream is not None and spec.prompts:
-        steps = at(spec.downstream)  # the answers are on disk by now: only residuals are left
-        while True:
-            try:
-                _, done, total = next(steps)
-            except StopIteration as end:
-                later = end.value
-                break
-            yield "downstream", done, total
-    return dashboard(lm, spec, vector=vector, corpus=corpus, downstream=later)
+    shared = bank if bank > 0 else False
+    return (yield from dashboard_steps(lm, Path(job.data), spec, vector=vector, bank=shared))
 
 
 def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
