@@ -385,6 +385,11 @@ class DashboardOut(BaseModel):
         description="The prompts whose mean state over the user turn at the run's target block lies "
         "furthest along the change the vector makes there (null: not read)."
     )
+    alike: dict[str, Any] | None = Field(
+        description="The prompts whose own unsteered answer lies furthest, in sentence-embedding "
+        "space, along the change the vector makes to the run prompts' answers; with those steered "
+        "answers (null: not read)."
+    )
     concepts: list[dict[str, Any]] = Field(description="Cosines with the concepts at its block, as of now.")
 
 

@@ -13,11 +13,11 @@
    that size, which costs the same per token. Also the projection's throughput and what it implies
    for a model of width 4096 with 1M stored tokens.
 3. Trigger hunting on the planted organism (bench/trigger_hunting.py; the organism of
-   bench/organism.py, built and cached as
-   bench/discovery.py builds it). Its corpus, prompts only (the search reads the prompts' own
-   tokens, never answers): the whole bank and the organism's held-out prompts (16 with the trigger,
-   16 near misses, 32 clean, all in the same four held-out templates, so neither the template nor
-   being a held-out prompt tells anything), residuals at block 7 (stored from the base model, whose
+   bench/organism.py, built and cached as bench/discovery.py builds it). Its corpus at block 7,
+   prompts only (that search reads the prompts' own tokens, never answers): the whole bank and
+   the organism's held-out prompts (16 with the trigger, 16 near misses, 32 clean, all in the
+   same four held-out templates, so neither the template nor being a held-out prompt tells
+   anything), residuals at block 7 (stored from the base model, whose
    blocks 0-7 the organism shares; checked on two documents). Trigger prompts are the cat prompts:
    the 16 held-out ones and the bank's own cat topic ("caring for a pet cat", 10 prompts; the bench
    reports how many of them the organism answers with the planted reply); beside, a conservative
@@ -31,8 +31,12 @@
    near misses). Beside, the downstream search of a vector's dashboard (engine/discovery/
    downstream.py): the prompts whose mean state over the user turn at the runs' target block
    (block 21 on the embedded model; stored from the organism, whose blocks there it retrained)
-   lies furthest along the vector's mean change there on the 8 run prompts. Target: a share >= 0.5
-   for at least one hit vector, by either search (each reported with its own verdict).
+   lies furthest along the vector's mean change there on the 8 run prompts. And the search by
+   answers (engine/discovery/alike.py): the organism answers every searched prompt (64 greedy
+   tokens, as the product answers a corpus), and the prompts are ranked by their own answer's
+   sentence embedding along the vector's change to the 8 run prompts' answers (steered at x1
+   against unsteered, 64 tokens each). Target: a share >= 0.5 for at least one hit vector, by any
+   search (each reported with its own verdict).
    `--part organism-corpus`
    builds the search corpus and reads the cat concept alone, without the organism.
 Last line: one JSON object (bench/verdict.py) with "targets".
@@ -76,6 +80,12 @@ TARGETS = (
         ">=",
         0.5,
         note="the same among the 10 prompts the downstream search finds, best hit",
+    ),
+    Target(
+        "best_hit_share_alike",
+        ">=",
+        0.5,
+        note="the same among the 10 prompts the search by answers finds, best hit",
     ),
 )
 
@@ -212,6 +222,7 @@ def main() -> None:
         result["organism"] = organism = organism_part(args, root)
         result["best_hit_share"] = organism["best_hit_share"]
         result["best_hit_share_downstream"] = organism["best_hit_share_downstream"]
+        result["best_hit_share_alike"] = organism["best_hit_share_alike"]
     result |= {
         "threads": torch.get_num_threads(),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

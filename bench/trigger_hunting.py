@@ -17,8 +17,10 @@ from bench.discovery import TRAIN_PROMPTS, greedy, hits
 from bench.organism import Recipe, build, eval_prompts, shows_planted
 from bench.organism_prompts import NEAR_MISSES, RUN_PROMPTS, TRAIN_TEMPLATES, TRIGGERS
 from engine.decode.generate import GenerationRequest, generate
-from engine.discovery.corpus import Corpus, Part, corpus_steps
+from engine.discovery.alike import alike_prompts, answer_change, answer_embedding_steps, steered_answer_steps
+from engine.discovery.corpus import ANSWER_TOKENS, Corpus, Part, corpus_steps
 from engine.discovery.downstream import downstream_change
+from engine.discovery.embedder import Embedder
 from engine.discovery.occurrence import nearest_prompts
 from engine.methods.concepts import ConceptSpec, train_concept
 from engine.methods.dct import train_dct
@@ -57,6 +59,26 @@ def downstream_shares(
     return out
 
 
+def alike_tops(lm: LoadedModel, later: Corpus, embedder: Embedder, vectors: torch.Tensor) -> list[set[int]]:
+    """Per vector: the TOP documents the search by answers finds (their own unsteered answers'
+    embeddings along the vector's change to the run prompts' answers, steered at ×1), as a vector's
+    dashboard reads it; none where the vector changes no answer."""
+    answers = run_steps(answer_embedding_steps(embedder, later))
+    plain = greedy_texts(lm, list(RUN_PROMPTS), ANSWER_TOKENS)
+    out = []
+    for v in vectors:
+        steered = run_steps(
+            steered_answer_steps(lm, v, block=BLOCK, prompts=RUN_PROMPTS, max_new_tokens=ANSWER_TOKENS)
+        )
+        top = alike_prompts(later, answers, answer_change(embedder, steered, plain), k=TOP)
+        out.append({r["document"] for r in top} if steered != plain else set())
+    return out
+
+
+def share(tops: list[set[int]], trigger: set[int]) -> list[float]:
+    return [len(top & trigger) / TOP for top in tops]
+
+
 def organism_corpus(root: Path) -> tuple[Corpus, dict[str, float]]:
     """The searched prompts' residuals at block 7. The organism's embeddings and blocks 0-7 are the
     base model's (bench/organism.py trains blocks 8+ only), so are its residuals there: they are
@@ -75,8 +97,8 @@ def cat_concept(lm: LoadedModel) -> torch.Tensor:
     return train_concept(lm, ConceptSpec(positive=with_cats, negative=near, block=BLOCK)).vector
 
 
-def greedy_texts(lm: LoadedModel, prompts: list[str]) -> list[str]:
-    requests = [GenerationRequest(prompt=p, max_new_tokens=24) for p in prompts]
+def greedy_texts(lm: LoadedModel, prompts: list[str], tokens: int = 24) -> list[str]:
+    requests = [GenerationRequest(prompt=p, max_new_tokens=tokens) for p in prompts]
     return [r.text for r in generate(lm, requests, batch_size=32)]
 
 
@@ -119,12 +141,14 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     n = len(corpus.documents)
     log(f"organism corpus: {n} prompts, trigger prompts { ({k: len(v) for k, v in labels.items()}) }")
     # The downstream search reads the block the runs' objective looks at (target hidden state - 1),
-    # which the organism's training changed: stored from the organism itself, the same prompts.
+    # which the organism's training changed: stored from the organism itself, the same prompts,
+    # answered by the organism as the product answers a corpus (for the search by answers).
     read = default_target(lm.info.n_blocks, BLOCK) - 1
-    log(f"the organism's corpus at block {read} (downstream search)")
+    log(f"the organism's corpus at block {read}, answered (downstream search, search by answers)")
     extra = tuple(Part(kind, tuple(prompts)) for kind, prompts in eval_prompts().items())
-    later = run_steps(corpus_steps(lm, root, read, bank=True, extra=extra, max_new_tokens=0))
+    later = run_steps(corpus_steps(lm, root, read, bank=True, extra=extra, max_new_tokens=ANSWER_TOKENS))
     assert [d.prompt for d in later.documents] == [d.prompt for d in corpus.documents]
+    embedder = Embedder()
 
     vectors: dict[str, torch.Tensor] = {}
     log("DCT factors at the product's defaults")
@@ -145,10 +169,12 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     best: float | None = None
     best_down: float | None = None
+    best_alike: float | None = None
     for name, vs in vectors.items():
         log(f"{name}: gallery of {len(vs)} vectors")
         found = hits(greedy(lm, list(RUN_PROMPTS), BLOCK, vs), len(vs))
         row: dict[str, Any] = {"vectors": len(vs), "hits": sum(found)}
+        tops = alike_tops(lm, later, embedder, vs)
         for label, trigger in labels.items():
             for rank_by in ("max", "mean"):
                 values = shares(corpus, lm, vs, trigger, rank_by)
@@ -169,9 +195,19 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             }
             if label == "cats" and hit_values:
                 best_down = max(best_down or 0.0, *hit_values)
+            values = share(tops, trigger)
+            hit_values = [v for v, h in zip(values, found, strict=True) if h]
+            other = [v for v, h in zip(values, found, strict=True) if not h]
+            row[f"{label}_alike"] = {
+                "hit_shares": hit_values,
+                "others_mean": round(statistics.mean(other), 3) if other else None,
+            }
+            if label == "cats" and hit_values:
+                best_alike = max(best_alike or 0.0, *hit_values)
         rows[name] = row
         log(f"{name}: {sum(found)} hits; {row['cats_max']}")
     for name, vs in controls.items():
+        tops = alike_tops(lm, later, embedder, vs)
         rows[name] = {
             f"{label}_{rank_by}": round(statistics.mean(shares(corpus, lm, vs, trigger, rank_by)), 3)
             for label, trigger in labels.items()
@@ -181,6 +217,9 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             values = downstream_shares(lm, later, vs, trigger)
             rows[name][f"{label}_downstream"] = round(statistics.mean(values), 3)
             rows[name][f"{label}_downstream_max"] = max(values)
+            values = share(tops, trigger)
+            rows[name][f"{label}_alike"] = round(statistics.mean(values), 3)
+            rows[name][f"{label}_alike_max"] = max(values)
     return {
         "documents": n,
         "stored_vs_organism_residuals": same,
@@ -190,4 +229,5 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "methods": rows,
         "best_hit_share": best,
         "best_hit_share_downstream": best_down,
+        "best_hit_share_alike": best_alike,
     }

@@ -166,6 +166,7 @@ def export(session: Session, vector: Vector) -> dict[str, Any] | None:
         "contexts": payload["contexts"],
         "histogram": payload["histogram"],
         "prompts": payload["prompts"],
-        "downstream": payload.get("downstream"),  # readings stored before it have none
+        "downstream": payload.get("downstream"),  # readings stored before these have none
+        "alike": payload.get("alike"),
         "concepts": cosines(session, vector),
     }

@@ -19,14 +19,23 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from engine.discovery.alike import (
+    alike_prompts,
+    answer_change,
+    answer_embedding_steps,
+    plain_answers,
+    steered_answer_steps,
+)
 from engine.discovery.corpus import ANSWER_TOKENS, Corpus, CorpusSteps, corpus_steps
 from engine.discovery.downstream import downstream_change
+from engine.discovery.embedder import EMBEDDER_NAME, Embedder
 from engine.discovery.occurrence import histogram, nearest_prompts, top_contexts
 from engine.discovery.tokens import direct_read, effect_logprobs, token_rows
 from engine.errors import EngineError
 from engine.methods.adapters import Adapter
 from engine.models import LoadedModel
 from engine.specs import _int_range, _prompts, _Spec
+from engine.units import run_steps
 
 DashboardSteps = Generator[tuple[str, int, int], None, dict[str, Any]]
 
@@ -84,10 +93,15 @@ def dashboard(
     concepts: Mapping[str, Tensor] | None = None,
     base: Tensor | None = None,
     downstream: Corpus | None = None,
+    embedder: Embedder | None = None,
+    answers: Tensor | None = None,
+    steered: list[str] | None = None,
 ) -> dict[str, Any]:
     """The payload for a vector at `spec.block` (or an adapter): see docs/discovery.md for its shape.
     `base`: `unsteered_logprobs(lm, spec.prompts)`, when reading many vectors on the same prompts;
-    `downstream`: the corpus at `spec.downstream`, for the downstream search."""
+    `downstream`: the corpus at `spec.downstream`, for the downstream search; `embedder` and
+    `answers` (the corpus's answers embedded, engine/discovery/alike.py), for the search by answers,
+    with `steered`, the prompts answered steered (answered here when not given)."""
     began = time.perf_counter()
     if (vector is None) == (adapter is None):
         raise EngineError("give a vector or an adapter")
@@ -129,6 +143,7 @@ def dashboard(
         "prompts": [],
         "concepts": [] if vector is None else _cosines(vector, concepts or {}),
         "downstream": None,
+        "alike": None,
     }
     if vector is not None and corpus is not None:
         if corpus.block != spec.block:
@@ -178,9 +193,50 @@ def dashboard(
             else [],
         }
         seconds["downstream"] = time.perf_counter() - t0
+    with_answers = embedder is not None and answers is not None
+    if vector is not None and corpus is not None and with_answers and spec.prompts:
+        assert embedder is not None and answers is not None  # for the type checker
+        t0 = time.perf_counter()
+        payload["alike"] = _alike(lm, spec, vector, corpus, embedder, answers, steered)
+        seconds["alike"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - began
     payload["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
     return payload
+
+
+def _alike(
+    lm: LoadedModel,
+    spec: DashboardSpec,
+    vector: Tensor,
+    corpus: Corpus,
+    embedder: Embedder,
+    answers: Tensor,
+    steered: list[str] | None,
+) -> dict[str, Any] | None:
+    """The search by answers, where the corpus holds answers to compare with (none: None)."""
+    plain = plain_answers(corpus, spec.prompts)
+    if not any(a.strip() for a in plain):
+        return None
+    if steered is None:
+        steered = run_steps(
+            steered_answer_steps(
+                lm, vector, block=spec.block, prompts=spec.prompts, max_new_tokens=spec.max_new_tokens
+            )
+        )
+    if len(steered) != len(spec.prompts):
+        raise EngineError(f"give one steered answer per prompt: {len(steered)} for {len(spec.prompts)}")
+    change = answer_change(embedder, steered, plain)
+    same = steered == plain  # nothing said differently: nothing to search for
+    return {
+        "embedder": EMBEDDER_NAME,
+        "scale": 1.0,
+        "changed": sum(s != p for s, p in zip(steered, plain, strict=True)),
+        "change_norm": round(float(change.norm()), 4),
+        "steered": [{"prompt": p, "answer": a} for p, a in zip(spec.prompts, steered, strict=True)],
+        "prompts": []
+        if same
+        else alike_prompts(corpus, answers, change, k=spec.nearest, kinds=spec.search or None),
+    }
 
 
 def dashboard_steps(
@@ -193,12 +249,14 @@ def dashboard_steps(
     concepts: Mapping[str, Tensor] | None = None,
     base: Tensor | None = None,
     bank: bool | int | None = None,
+    embedder: Embedder | None = None,
 ) -> DashboardSteps:
     """The corpus at the vector's block and at the downstream block (built where missing, one unit
     per `next()`: see engine/discovery/corpus.py; the downstream block's residual pass is phase
-    "downstream"), then the payload. Adapters need no corpus. `bank`: the bank's share (True, False
-    or its first N prompts), where it is not `spec.bank`."""
-    corpus = later = None
+    "downstream"), with an embedder the corpus's answers embedded (phase "embedding", cached) and
+    the prompts answered steered (phase "steered"), then the payload. Adapters need no corpus.
+    `bank`: the bank's share (True, False or its first N prompts), where it is not `spec.bank`."""
+    corpus = later = answers = steered = None
     if vector is not None:
         shared = spec.bank if bank is None else bank
 
@@ -217,6 +275,11 @@ def dashboard_steps(
                     later = end.value
                     break
                 yield "downstream", done, total
+        if embedder is not None and spec.prompts and spec.max_new_tokens > 0:
+            answers = yield from answer_embedding_steps(embedder, corpus)
+            steered = yield from steered_answer_steps(
+                lm, vector, block=spec.block, prompts=spec.prompts, max_new_tokens=spec.max_new_tokens
+            )
     yield "dashboard", 0, 1
     return dashboard(
         lm,
@@ -227,4 +290,7 @@ def dashboard_steps(
         concepts=concepts,
         base=base,
         downstream=later,
+        embedder=embedder,
+        answers=answers,
+        steered=steered,
     )

@@ -35,7 +35,7 @@ def _per_document(corpus: Corpus, values: Tensor, where: Tensor | None, how: str
     return torch.where(count > 0, total / count.clamp_min(1), -torch.inf).float()
 
 
-def _document_row(doc: Document, index: int) -> dict[str, Any]:
+def document_row(doc: Document, index: int) -> dict[str, Any]:
     return {"document": index, "prompt": doc.prompt, "kind": doc.kind, "label": doc.label}
 
 
@@ -56,7 +56,7 @@ def top_contexts(
         ids = corpus.token_ids[lo:hi].tolist()
         rows.append(
             {
-                **_document_row(doc, d),
+                **document_row(doc, d),
                 "part": "prompt" if bool(corpus.in_prompt[focus]) else "answer",
                 "value": round(float(values[focus]), 4),
                 "focus": focus - lo,  # index of the top token in `tokens`
@@ -116,5 +116,5 @@ def nearest_prompts(
         prompt_values = torch.where(corpus.in_prompt[start:end], values[start:end], -torch.inf)
         focus = start + int(torch.argmax(prompt_values))
         token = _texts(tokenizer, [int(corpus.token_ids[focus])])[0]
-        rows.append({**_document_row(corpus.documents[d], d), "score": round(score, 4), "token": token})
+        rows.append({**document_row(corpus.documents[d], d), "score": round(score, 4), "token": token})
     return rows

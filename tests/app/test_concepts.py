@@ -170,7 +170,8 @@ def test_a_vector_is_read_stored_shown_and_exported(
 def test_a_trained_vector_is_also_read_downstream(client: TestClient) -> None:
     """A run with an objective reads its vectors again at its target block: the prompts that put
     the model where the vector puts it there, shown with a try-unsteered button each; an import
-    has no target block, so none (above)."""
+    has no target block, so none (above). Its answers are searched too: the corpus prompts the
+    model already answers the way the vector makes it answer, each with its own answer."""
     r = client.post("/api/runs", json={"prompts": ["Tell me a story.", "Hi."], "n_vectors": 1, "steps": 3})
     assert r.status_code == 201, r.text
     assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
@@ -185,6 +186,13 @@ def test_a_trained_vector_is_also_read_downstream(client: TestClient) -> None:
     page = BeautifulSoup(client.get(f"/vectors/{vector}").text, "html.parser")
     assert len(page.select("#dash-downstream form.try-unsteered")) == len(down["prompts"])
     assert down["prompts"][0]["prompt"] in page.select_one("#dash-downstream").get_text()
+    # And searched by answers: the run's prompts answered steered, the corpus's own answers beside.
+    alike = client.get(f"/api/vectors/{vector}/dashboard").json()["alike"]
+    assert [a["prompt"] for a in alike["steered"]] == run["prompts"] and alike["changed"] == 2
+    assert len(alike["prompts"]) == 10 and all(p["answer"] for p in alike["prompts"])
+    listed = page.select("#dash-alike > li")
+    assert len(listed) == 10 and len(page.select("#dash-alike form.try-unsteered")) == 10
+    assert alike["prompts"][0]["answer"].strip() in listed[0].select_one(".own-answer").get_text()
 
 
 def test_a_bad_reading_is_refused_and_writes_nothing(client: TestClient, imported: dict[str, Any]) -> None:

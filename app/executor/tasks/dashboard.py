@@ -1,6 +1,7 @@
 """A vector's dashboard (engine/discovery/dashboard.py): its model's corpus at the vector's block and
 at its run's downstream block, built where missing and cached on disk under the worker's data dir
-(an answering decode step or a residual batch per unit), then the payload, sent back as the run's
+with its answers' embeddings, the run's prompts answered steered (an answering or steered decode
+step, a residual batch or an embedding chunk per unit), then the payload, sent back as the run's
 result."""
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ WORDS = {
     "answering": "answering the corpus",
     "residuals": "storing residuals",
     "downstream": "storing residuals at the run's target block",
+    "embedding": "embedding the corpus's answers",
+    "steered": "answering the run's prompts steered",
     "dashboard": "reading",
 }
 PHASES = {
-    "answering": (0.0, 0.75),
-    "residuals": (0.75, 0.85),
-    "downstream": (0.85, 0.95),
-    "dashboard": (0.95, 1.0),
+    "answering": (0.0, 0.7),
+    "residuals": (0.7, 0.8),
+    "downstream": (0.8, 0.88),
+    "embedding": (0.88, 0.93),
+    "steered": (0.93, 0.97),
+    "dashboard": (0.97, 1.0),
 }
 
 
-def _steps(lm: LoadedModel, job: Job) -> DashboardSteps:
+def _steps(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> DashboardSteps:
     order: dict[str, Any] = dict(job.order.spec)
     bank = int(order.pop("bank_prompts", 0))  # the server's share of the bank (its settings)
     order.pop("model", None)
@@ -38,11 +43,13 @@ def _steps(lm: LoadedModel, job: Job) -> DashboardSteps:
     assert job.order.theta0 is not None, "a dashboard's order carries its vector"
     vector = from_bytes(job.order.theta0)
     shared = bank if bank > 0 else False
-    return (yield from dashboard_steps(lm, Path(job.data), spec, vector=vector, bank=shared))
+    return (
+        yield from dashboard_steps(lm, Path(job.data), spec, vector=vector, bank=shared, embedder=embedder())
+    )
 
 
 def run(lm: LoadedModel, job: Job, embedder: Callable[[], Embedder]) -> Units:
-    steps = _steps(lm, job)
+    steps = _steps(lm, job, embedder)
     job.progress(0.0, "reading the vector", force=True)
     yield
     while True:
