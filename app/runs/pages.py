@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -21,12 +22,16 @@ from app.deps import FormDep, ServiceDep, SessionDep
 from app.discovery import detectors, findings
 from app.fields import MaybeWhole, Text, Whole, whole
 from app.labels import labelling
-from app.models import Job, JobEvent, Run
+from app.models import Job, JobEvent, Run, now
 from app.runs import facts, gallery, launch, summary
 from app.templating import render
 from app.vectors import dashboard, interop
 
 router = APIRouter(include_in_schema=False)
+
+# The recorder queues a learned run's automatic scoring in a transaction of its own right after it
+# stores the end of the run's last job (its own or its twin's); a busy writer can take a moment.
+SCORING_QUEUE_GRACE = timedelta(seconds=30)
 
 
 def job_of(session: Any, run: Run) -> Job | None:
@@ -78,14 +83,31 @@ def working_job(session: Any, run: Run) -> Job | None:
     return own
 
 
-def status_context(session: Any, run: Run) -> dict[str, Any]:
-    """What the live parts of a run page show: progress, resolved values, settings."""
+def awaiting_scoring(session: Any, run: Run, auto_score: bool) -> bool:
+    """On a server that scores runs by itself: the run's jobs (its own and its twin's) have all
+    ended, the last just now, and its scoring is not queued yet. The recorder is about to queue it,
+    so the page keeps following (else it would stop in that gap and never learn its scores came)."""
+    if not auto_score or run.twin_of is not None or kinds.of(run.kind).scoring != "auto":
+        return False
+    if run.status != "succeeded" or "discovery" in run.result:
+        return False
+    twin = findings.twin_of(session, run)
+    ran = [j for j in (job_of(session, run), job_of(session, twin) if twin else None) if j is not None]
+    if any(j.status not in jobs.FINISHED or j.finished_at is None for j in ran) or not ran:
+        return False
+    last = max(j.finished_at for j in ran if j.finished_at is not None)
+    return now() - last <= SCORING_QUEUE_GRACE and findings.scoring_job(session, run) is None
+
+
+def status_context(session: Any, run: Run, auto_score: bool) -> dict[str, Any]:
+    """What the live parts of a run page show: progress, resolved values, settings. `auto_score`:
+    whether this server queues a learned run's scoring when it ends."""
     job = working_job(session, run)
     stats = facts.vector_stats(session, run)
     return {
         "run": run,
         "job": job,
-        "live": is_live(job),
+        "live": is_live(job) or awaiting_scoring(session, run, auto_score),
         "stats": stats,
         "report": last_progress(session, job),
         "facts": summary.facts(run, job, stats),
@@ -171,11 +193,13 @@ def gallery_context(session: Any, run: Run, query: gallery.Query) -> dict[str, A
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def show_run(run_id: Whole, request: Request, session: SessionDep, query: GalleryQuery) -> HTMLResponse:
+def show_run(
+    run_id: Whole, request: Request, session: SessionDep, service: ServiceDep, query: GalleryQuery
+) -> HTMLResponse:
     run = store.get_run(session, run_id)
     info = kinds.of(run.kind)
     context = {
-        **status_context(session, run),
+        **status_context(session, run, service.settings.auto_score),
         **gallery_context(session, run, query),
         "info": info,
         "piece": info.context(session, run) if info.context else None,
@@ -200,7 +224,8 @@ def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingR
         when no job is live any more, or fetches itself again to follow the next (its twin's, then
         its scoring)."""
         with service.db.session() as session:
-            context = {**status_context(session, store.get_run(session, run_id)), "request": request}
+            run = store.get_run(session, run_id)
+            context = {**status_context(session, run, service.settings.auto_score), "request": request}
             progress = templates.get_template("runs/_progress.html").render(context)
             facts = templates.get_template("runs/_summary.html").render(context)
             followed = context["job"]

@@ -1,5 +1,6 @@
 """Discovery yield in the app: the calibrated default R, each vector seen at its working scale, typed
-trait changes and behaviour subtitles stored and shown, and the engine's interesting-first order."""
+trait changes and behaviour subtitles stored and shown, the engine's interesting-first order, and
+a run page that follows its run until the scores are in."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import io
 import json
 from collections.abc import Generator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from app.executor.codec import to_bytes
 from app.executor.job import Job as WorkerJob
 from app.executor.protocol import FromWorker, Generations, Order, WorkingScales
 from app.executor.tasks.score import with_directions
-from app.models import Generation, Job, LanguageModel, Run, Vector
+from app.models import Generation, Job, LanguageModel, Run, Vector, now
 from app.settings import Settings
 from engine import LoadedModel
 from engine.discovery.ranking import interesting_first
@@ -432,3 +434,40 @@ def test_interest_0_never_comes_first_in_the_gallery(client: TestClient) -> None
         by_index = {v.index: v.id for v in session.scalars(select(Vector).where(Vector.run_id == run))}
     cards = soup(client.get(f"/runs/{run}/gallery")).select("article.card")
     assert [int(c["id"].removeprefix("card-")) for c in cards] == [by_index[0], by_index[2], by_index[1]]
+
+
+# 4. The run page follows its run until the scores are in.
+
+
+def test_a_run_page_follows_the_moment_before_its_scoring_is_queued(
+    client: TestClient, pair: dict[str, int]
+) -> None:
+    """The recorder queues a run's scoring in a transaction of its own just after it stores the end
+    of the run's last job. A page read in that moment keeps following the run (no "Score now"); a
+    page read long after an end that queued nothing rests."""
+    service = client.app.state.service
+    run_id = pair["run"]
+
+    def ended(minutes_ago: dict[int, float]) -> None:
+        with service.db.session() as session:
+            for job_run, minutes in minutes_ago.items():
+                job = session.scalars(select(Job).where(Job.run_id == job_run)).one()
+                job.finished_at = now() - timedelta(minutes=minutes)
+
+    with service.db.session() as session:
+        run = session.get(Run, run_id)
+        assert run is not None and "discovery" in run.result
+        kept = dict(run.result)
+        run.result = {k: v for k, v in kept.items() if k != "discovery"}  # as before its scoring
+    try:
+        ended({run_id: 5, pair["twin"]: 0})  # the twin, the run's last job, has just ended
+        page = soup(client.get(f"/runs/{run_id}"))
+        assert page.select_one("#run-body[data-live]") is not None
+        assert page.select_one("#scoring") is None  # no "Score now" while it is being queued
+        ended({run_id: 6, pair["twin"]: 5})
+        page = soup(client.get(f"/runs/{run_id}"))
+        assert page.select_one("#run-body[data-live]") is None
+        assert "Not scored yet" in page.select_one("#scoring").get_text()
+    finally:
+        with service.db.session() as session:
+            session.get(Run, run_id).result = kept

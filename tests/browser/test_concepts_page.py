@@ -115,6 +115,12 @@ def test_a_vector_pages_dashboard(page: Page, live: LiveServer, api: httpx.Clien
     expect(page.locator("#dash-prompts li").first).to_contain_text(first)
     page.locator("#dash-prompts .try-unsteered button").first.click()
     expect(page.locator("#dash-prompts .tried .generation").first).not_to_be_empty()
+    # Trigger hunting by answers: the prompts the model already answers this way, each with its own.
+    alike = stored["alike"]
+    assert alike["changed"] > 0 and alike["prompts"], alike
+    expect(page.locator("#dash-alike > li")).to_have_count(len(alike["prompts"]))
+    expect(page.locator("#dash-alike > li").first).to_contain_text(alike["prompts"][0]["prompt"])
+    expect(page.locator("#dash-alike .own-answer").first).to_be_visible()
     page.screenshot(path=shots / "41-vector-dashboard.png", full_page=True)
 
     # Its top promoted tokens are chips on its gallery card.
