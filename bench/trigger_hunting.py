@@ -33,29 +33,32 @@ from engine.units import run_steps
 TOP = 10  # prompts read per vector, as a dashboard lists them
 
 
+def steered_tops(corpus: Corpus, lm: LoadedModel, vectors: torch.Tensor, rank_by: str) -> list[set[int]]:
+    """Per vector: its TOP nearest prompts at the steered block, ranked by a prompt's best token
+    ("max") or its mean ("mean"), as a vector's dashboard reads them."""
+    out = []
+    for v in vectors:
+        top = nearest_prompts(corpus, corpus.project(v), lm.tokenizer, k=TOP, rank_by=rank_by)  # type: ignore[arg-type]
+        out.append({r["document"] for r in top})
+    return out
+
+
 def shares(
     corpus: Corpus, lm: LoadedModel, vectors: torch.Tensor, trigger: set[int], rank_by: str
 ) -> list[float]:
     """Per vector: the share of trigger documents among its TOP nearest prompts."""
-    out = []
-    for v in vectors:
-        values = corpus.project(v)
-        top = nearest_prompts(corpus, values, lm.tokenizer, k=TOP, rank_by=rank_by)  # type: ignore[arg-type]
-        out.append(sum(r["document"] in trigger for r in top) / TOP)
-    return out
+    return share(steered_tops(corpus, lm, vectors, rank_by), trigger)
 
 
-def downstream_shares(
-    lm: LoadedModel, later: Corpus, vectors: torch.Tensor, trigger: set[int]
-) -> list[float]:
-    """Per vector: the share of trigger documents among the TOP prompts the downstream search finds
-    (their mean state over the user turn at the runs' target block along the vector's mean change
-    there on the run prompts), as a vector's dashboard reads it."""
+def downstream_tops(lm: LoadedModel, later: Corpus, vectors: torch.Tensor) -> list[set[int]]:
+    """Per vector: the TOP prompts the downstream search finds (their mean state over the user turn
+    at the runs' target block along the vector's mean change there on the run prompts), as a
+    vector's dashboard reads them."""
     out = []
     for v in vectors:
         change = downstream_change(lm, v, block=BLOCK, read=later.block, prompts=RUN_PROMPTS)
         top = nearest_prompts(later, later.project(change), lm.tokenizer, k=TOP, rank_by="mean")
-        out.append(sum(r["document"] in trigger for r in top) / TOP)
+        out.append({r["document"] for r in top})
     return out
 
 
@@ -128,18 +131,7 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     folder = build(Recipe(), log=log)
     lm = load_model(str(folder), device="cpu")
     same = check_same_residuals(lm, corpus)
-    bank_cats = [
-        corpus.documents[i].prompt
-        for i in trigger_labels(corpus)["cats"]
-        if corpus.documents[i].kind == "bank"
-    ]
-    answers = greedy_texts(lm, bank_cats)
-    bank_cats_planted = sum(shows_planted(t) for t in answers)
-    log(f"the organism answers {bank_cats_planted} of the bank's {len(bank_cats)} cat prompts with its reply")
     assert same < 2.0**-9, f"the organism's block-{BLOCK} residuals differ from the base model's ({same})"
-    labels = trigger_labels(corpus)
-    n = len(corpus.documents)
-    log(f"organism corpus: {n} prompts, trigger prompts { ({k: len(v) for k, v in labels.items()}) }")
     # The downstream search reads the block the runs' objective looks at (target hidden state - 1),
     # which the organism's training changed: stored from the organism itself, the same prompts,
     # answered by the organism as the product answers a corpus (for the search by answers).
@@ -148,7 +140,25 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     extra = tuple(Part(kind, tuple(prompts)) for kind, prompts in eval_prompts().items())
     later = run_steps(corpus_steps(lm, root, read, bank=True, extra=extra, max_new_tokens=ANSWER_TOKENS))
     assert [d.prompt for d in later.documents] == [d.prompt for d in corpus.documents]
+    labels = trigger_labels(corpus)
+    # Beside the designed trigger: the prompts on which the organism shows its reply unsteered (its
+    # own answers in the corpus), whatever they are about.
+    labels["answers_planted"] = {i for i, d in enumerate(later.documents) if shows_planted(d.completion)}
+    bank_cats = [i for i in labels["cats"] if corpus.documents[i].kind == "bank"]
+    bank_cats_planted = len(labels["answers_planted"].intersection(bank_cats))
+    log(f"the organism answers {bank_cats_planted} of the bank's {len(bank_cats)} cat prompts with its reply")
+    n = len(corpus.documents)
+    log(f"organism corpus: {n} prompts, trigger prompts { ({k: len(v) for k, v in labels.items()}) }")
     embedder = Embedder()
+
+    def searched(vs: torch.Tensor) -> dict[str, list[set[int]]]:
+        """Each search's TOP documents per vector."""
+        return {
+            "max": steered_tops(corpus, lm, vs, "max"),
+            "mean": steered_tops(corpus, lm, vs, "mean"),
+            "downstream": downstream_tops(lm, later, vs),
+            "alike": alike_tops(lm, later, embedder, vs),
+        }
 
     vectors: dict[str, torch.Tensor] = {}
     log("DCT factors at the product's defaults")
@@ -162,64 +172,36 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "planted_direction": torch.load(folder / "planted_direction.pt")["direction"].float()[None],
         "cat_concept": cat_concept(lm)[None],
     }
-    # At the hit vectors' norm: the search at the steered block reads directions only, the
-    # downstream one reads what the vector does there, which depends on its size.
+    # At the hit vectors' norm: the search at the steered block reads directions only, the others
+    # read what the vector does, which depends on its size.
     size = vectors["dct"].norm(dim=1).mean()
     controls = {name: vs / vs.norm(dim=1, keepdim=True) * size for name, vs in controls.items()}
     rows: dict[str, Any] = {}
-    best: float | None = None
-    best_down: float | None = None
-    best_alike: float | None = None
+    best: dict[str, dict[str, float]] = {label: {} for label in labels}  # label -> search -> best hit
     for name, vs in vectors.items():
         log(f"{name}: gallery of {len(vs)} vectors")
         found = hits(greedy(lm, list(RUN_PROMPTS), BLOCK, vs), len(vs))
         row: dict[str, Any] = {"vectors": len(vs), "hits": sum(found)}
-        tops = alike_tops(lm, later, embedder, vs)
-        for label, trigger in labels.items():
-            for rank_by in ("max", "mean"):
-                values = shares(corpus, lm, vs, trigger, rank_by)
+        for search, tops in searched(vs).items():
+            for label, trigger in labels.items():
+                values = share(tops, trigger)
                 hit_values = [v for v, h in zip(values, found, strict=True) if h]
                 other = [v for v, h in zip(values, found, strict=True) if not h]
-                row[f"{label}_{rank_by}"] = {
+                row[f"{label}_{search}"] = {
                     "hit_shares": hit_values,
                     "others_mean": round(statistics.mean(other), 3) if other else None,
                 }
-                if label == "cats" and rank_by == "max" and hit_values:
-                    best = max(best or 0.0, *hit_values)
-            values = downstream_shares(lm, later, vs, trigger)
-            hit_values = [v for v, h in zip(values, found, strict=True) if h]
-            other = [v for v, h in zip(values, found, strict=True) if not h]
-            row[f"{label}_downstream"] = {
-                "hit_shares": hit_values,
-                "others_mean": round(statistics.mean(other), 3) if other else None,
-            }
-            if label == "cats" and hit_values:
-                best_down = max(best_down or 0.0, *hit_values)
-            values = share(tops, trigger)
-            hit_values = [v for v, h in zip(values, found, strict=True) if h]
-            other = [v for v, h in zip(values, found, strict=True) if not h]
-            row[f"{label}_alike"] = {
-                "hit_shares": hit_values,
-                "others_mean": round(statistics.mean(other), 3) if other else None,
-            }
-            if label == "cats" and hit_values:
-                best_alike = max(best_alike or 0.0, *hit_values)
+                if hit_values:
+                    best[label][search] = max(best[label].get(search, 0.0), *hit_values)
         rows[name] = row
         log(f"{name}: {sum(found)} hits; {row['cats_max']}")
     for name, vs in controls.items():
-        tops = alike_tops(lm, later, embedder, vs)
-        rows[name] = {
-            f"{label}_{rank_by}": round(statistics.mean(shares(corpus, lm, vs, trigger, rank_by)), 3)
-            for label, trigger in labels.items()
-            for rank_by in ("max", "mean")
-        }
-        for label, trigger in labels.items():
-            values = downstream_shares(lm, later, vs, trigger)
-            rows[name][f"{label}_downstream"] = round(statistics.mean(values), 3)
-            rows[name][f"{label}_downstream_max"] = max(values)
-            values = share(tops, trigger)
-            rows[name][f"{label}_alike"] = round(statistics.mean(values), 3)
-            rows[name][f"{label}_alike_max"] = max(values)
+        rows[name] = {}
+        for search, tops in searched(vs).items():
+            for label, trigger in labels.items():
+                values = share(tops, trigger)
+                rows[name][f"{label}_{search}"] = round(statistics.mean(values), 3)
+                rows[name][f"{label}_{search}_max"] = max(values)
     return {
         "documents": n,
         "stored_vs_organism_residuals": same,
@@ -227,7 +209,11 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "base_rate": {label: round(len(t) / n, 4) for label, t in labels.items()},
         "build": seconds,
         "methods": rows,
-        "best_hit_share": best,
-        "best_hit_share_downstream": best_down,
-        "best_hit_share_alike": best_alike,
+        "best_hit_share": best["cats"].get("max"),
+        "best_hit_share_downstream": best["cats"].get("downstream"),
+        "best_hit_share_alike": best["cats"].get("alike"),
+        # Informational, no target: the same read against the prompts the organism answers with its
+        # reply unsteered (the search by answers ranks by those answers, so for it this is close to
+        # a tautology: what it shows is that the prompts are there to be found).
+        "best_hit_share_answers_planted": best["answers_planted"],
     }

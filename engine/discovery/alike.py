@@ -20,6 +20,7 @@ already answers the way the vector makes it answer, without any steering.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Generator, Hashable, Sequence
 from typing import Any
 
@@ -121,23 +122,32 @@ def alike_prompts(
     kinds: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
     """The k documents (of these kinds; None: all) whose own answer's embedding lies furthest along
-    `change`, each with that answer. Documents without an answer are never listed."""
+    `change`, each with that answer and the number of searched documents whose answer is the same
+    text. Documents without an answer are never listed."""
     if embedded.shape != (len(corpus.documents), change.shape[0]):
         raise EngineError(
             f"the answer embeddings are {tuple(embedded.shape)}, the corpus has {len(corpus.documents)} "
             f"documents and the change {change.shape[0]} entries"
         )
-    scores = embedded @ change.float()
+    raw = (embedded @ change.float()).tolist()
+    # Many prompts can share one answer word for word (a behaviour the model gives by heart): they
+    # share its first copy's score (embedded in other batches, copies can differ in the last bits),
+    # keep the corpus's order among them, and each row says how many searched prompts answer so.
+    first: dict[str, float] = {}
+    scores = torch.tensor(
+        [first.setdefault(d.completion, r) for d, r in zip(corpus.documents, raw, strict=True)]
+    )
     keep = torch.tensor(
         [bool(d.completion.strip()) and (kinds is None or d.kind in kinds) for d in corpus.documents]
     )
     scores = torch.where(keep, scores, -torch.inf)
-    top = torch.topk(scores, min(k, len(scores)))
+    order = torch.sort(scores, descending=True, stable=True).indices[:k].tolist()
+    same = Counter(d.completion for d, kept in zip(corpus.documents, keep.tolist(), strict=True) if kept)
     rows = []
-    for score, index in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-        if score == -float("inf"):
+    for index in order:
+        if not bool(keep[index]):
             break
         doc = corpus.documents[index]
-        answer = doc.completion[:SNIPPET]
-        rows.append({**document_row(doc, index), "score": round(score, 4), "answer": answer})
+        row = {**document_row(doc, index), "score": round(float(scores[index]), 4)}
+        rows.append({**row, "answer": doc.completion[:SNIPPET], "same_answer": same[doc.completion]})
     return rows

@@ -69,6 +69,14 @@ def test_prompts_rank_by_their_own_answer(tiny: LoadedModel, data: Path, embedde
     expected = torch.topk(embedded @ change, 5).values
     assert [r["score"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-4)
     assert {r["kind"] for r in alike_prompts(corpus, embedded, change, kinds=("given",))} == {"given"}
+    # Prompts that answer word for word alike share a score, keep the corpus's order, and say so.
+    common = max(set(answers), key=answers.count)
+    assert answers.count(common) > 1  # the tiny model repeats itself
+    rows = alike_prompts(corpus, embedded, answer_change(embedder, [common], [others[0]]), k=26)
+    assert all(r["same_answer"] == answers.count(r["answer"]) for r in rows)
+    alike = [r for r in rows if r["answer"] == common]
+    assert [r["document"] for r in alike] == [i for i, a in enumerate(answers) if a == common]
+    assert len({r["score"] for r in alike}) == 1
     with pytest.raises(EngineError, match="not in the corpus"):
         plain_answers(corpus, ["a prompt nobody stored"])
     with pytest.raises(EngineError, match="answer embeddings"):
