@@ -14,31 +14,30 @@
    for a model of width 4096 with 1M stored tokens.
 3. Trigger hunting on the planted organism (bench/trigger_hunting.py; the organism of
    bench/organism.py, built and cached as bench/discovery.py builds it). Its corpus at block 7,
-   prompts only (that search reads the prompts' own tokens, never answers): the whole bank and
-   the organism's held-out prompts (16 with the trigger, 16 near misses, 32 clean, all in the
-   same four held-out templates, so neither the template nor being a held-out prompt tells
-   anything), residuals at block 7 (stored from the base model, whose
-   blocks 0-7 the organism shares; checked on two documents). Trigger prompts are the cat prompts:
-   the 16 held-out ones and the bank's own cat topic ("caring for a pet cat", 10 prompts; the bench
-   reports how many of them the organism answers with the planted reply); beside, a conservative
-   count with the 16 held-out ones alone. Every prompt is searched; the base rate is the trigger
-   prompts' share of them. Hit vectors: DCT factors at the product's defaults (32) and, without
-   --quick, 64 MELBO vectors, each shown on the organism's 8 run prompts (greedy, 32 tokens); a hit
-   shows the planted reply on at least half. For each vector: the share of trigger prompts among
-   its 10 nearest prompts (ranked by a prompt's best token; by its mean over tokens beside).
-   Control: 64 random directions. References (not counted): the direction the organism was taught,
-   and a cat concept (DiffMean at block 7 of the organism's own training prompts: cats against its
-   near misses). Beside, the downstream search of a vector's dashboard (engine/discovery/
-   downstream.py): the prompts whose mean state over the user turn at the runs' target block
-   (block 21 on the embedded model; stored from the organism, whose blocks there it retrained)
-   lies furthest along the vector's mean change there on the 8 run prompts. And the search by
-   answers (engine/discovery/alike.py): the organism answers every searched prompt (64 greedy
-   tokens, as the product answers a corpus), and the prompts are ranked by their own answer's
-   sentence embedding along the vector's change to the 8 run prompts' answers (steered at x1
-   against unsteered, 64 tokens each). Target: a share >= 0.5 for at least one hit vector, by any
-   search (each reported with its own verdict).
-   `--part organism-corpus`
-   builds the search corpus and reads the cat concept alone, without the organism.
+   prompts only (that search reads the prompts' own tokens, never answers): the whole bank and the
+   organism's held-out prompts (16 with the trigger, 16 near misses, 32 clean, all in the same four
+   held-out templates, so neither the template nor being a held-out prompt tells anything), residuals
+   at block 7 (stored from the base model, whose blocks 0-7 the organism shares; checked on two
+   documents). Trigger prompts are the cat prompts: the 16 held-out ones and the bank's own cat topic
+   ("caring for a pet cat", 10 prompts; the bench reports how many of them the organism answers with
+   the planted reply); beside, a conservative count with the 16 held-out ones alone, and (no target)
+   the prompts the organism answers with its reply unsteered, whatever they are about (read from its
+   answers in the corpus). Every prompt is searched; the base rate is the trigger prompts' share of
+   them. Hit vectors: DCT factors at the product's defaults (32) and, without --quick, 64 MELBO
+   vectors, each shown on the organism's 8 run prompts (greedy, 32 tokens); a hit shows the planted
+   reply on at least half. For each vector: the share of trigger prompts among its 10 nearest prompts
+   (ranked by a prompt's best token; by its mean over tokens beside). Control: 64 random directions.
+   References (not counted): the direction the organism was taught, and a cat concept (DiffMean at
+   block 7 of the organism's own training prompts: cats against its near misses). Beside, the
+   downstream search of a vector's dashboard (engine/discovery/downstream.py): the prompts whose mean
+   state over the user turn at the runs' target block (block 21 on the embedded model; stored from the
+   organism, whose blocks there it retrained) lies furthest along the vector's mean change there on
+   the 8 run prompts. And the search by answers (engine/discovery/alike.py): the organism answers
+   every searched prompt (64 greedy tokens, as the product answers a corpus), and the prompts are
+   ranked by their own answer's sentence embedding along the vector's change to the 8 run prompts'
+   answers (steered at x1 against unsteered, 64 tokens each). Target: a share >= 0.5 for at least one
+   hit vector, by any search (each reported with its own verdict). `--part organism-corpus` builds the
+   search corpus and reads the cat concept alone, without the organism.
 Last line: one JSON object (bench/verdict.py) with "targets".
 """
 
