@@ -193,9 +193,13 @@ def dashboard(
             else [],
         }
         seconds["downstream"] = time.perf_counter() - t0
-    with_answers = embedder is not None and answers is not None
-    if vector is not None and corpus is not None and with_answers and spec.prompts:
-        assert embedder is not None and answers is not None  # for the type checker
+    if (
+        vector is not None
+        and corpus is not None
+        and embedder is not None
+        and answers is not None
+        and spec.prompts
+    ):
         t0 = time.perf_counter()
         payload["alike"] = _alike(lm, spec, vector, corpus, embedder, answers, steered)
         seconds["alike"] = time.perf_counter() - t0
