@@ -14,9 +14,10 @@ from app import guard, responses, schemas, store
 from app.deps import ServiceDep, SessionDep
 from app.errors import NotFound
 from app.fields import Whole, maybe_whole
-from app.responses import Created, DashboardOut, Imported, JobOut, VectorOut
+from app.responses import Created, Imported, JobOut, VectorOut
 from app.runs import launch
 from app.vectors import dashboard, interop
+from app.vectors.responses import DashboardOut
 
 router = APIRouter(prefix="/api", tags=["vectors"])
 SAME_SITE = [Depends(guard.refuse_cross_site)]
