@@ -62,12 +62,17 @@ def downstream_tops(lm: LoadedModel, later: Corpus, vectors: torch.Tensor) -> li
     return out
 
 
-def alike_tops(lm: LoadedModel, later: Corpus, embedder: Embedder, vectors: torch.Tensor) -> list[set[int]]:
+def alike_tops(
+    lm: LoadedModel,
+    later: Corpus,
+    embedder: Embedder,
+    answers: torch.Tensor,
+    plain: list[str],
+    vectors: torch.Tensor,
+) -> list[set[int]]:
     """Per vector: the TOP documents the search by answers finds (their own unsteered answers'
-    embeddings along the vector's change to the run prompts' answers, steered at ×1), as a vector's
-    dashboard reads it; none where the vector changes no answer."""
-    answers = run_steps(answer_embedding_steps(embedder, later))
-    plain = greedy_texts(lm, list(RUN_PROMPTS), ANSWER_TOKENS)
+    embeddings, `answers`, along the vector's change to the run prompts' answers, steered at ×1
+    against `plain`), as a vector's dashboard reads it; none where the vector changes no answer."""
     out = []
     for v in vectors:
         steered = run_steps(
@@ -150,6 +155,8 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     n = len(corpus.documents)
     log(f"organism corpus: {n} prompts, trigger prompts { ({k: len(v) for k, v in labels.items()}) }")
     embedder = Embedder()
+    answers = run_steps(answer_embedding_steps(embedder, later))  # once: every vector set reads them
+    plain = greedy_texts(lm, list(RUN_PROMPTS), ANSWER_TOKENS)
 
     def searched(vs: torch.Tensor) -> dict[str, list[set[int]]]:
         """Each search's TOP documents per vector."""
@@ -157,7 +164,7 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "max": steered_tops(corpus, lm, vs, "max"),
             "mean": steered_tops(corpus, lm, vs, "mean"),
             "downstream": downstream_tops(lm, later, vs),
-            "alike": alike_tops(lm, later, embedder, vs),
+            "alike": alike_tops(lm, later, embedder, answers, plain, vs),
         }
 
     vectors: dict[str, torch.Tensor] = {}
