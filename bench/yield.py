@@ -24,13 +24,15 @@ before (at the working scale, up to x3); `--ladder` with other scales tries anot
 
 The baseline (the random twin) is measured in the same run. `--half tuning` measures the tuning
 half instead: settings are chosen there, never on the test half. `--radius share:0.16` (a share of
-the residual norm) or `--radius value:9.5` runs a candidate R instead of the default.
+the residual norm) or `--radius value:9.5` runs a candidate R instead of the default, and
+`--spec positions=last:3 --spec p=4` other MELBO settings (any MelboSpec field) for learned and twin.
 Last line: one JSON object (bench/verdict.py), with "targets": {name: met}.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -48,6 +50,7 @@ from engine.discovery.embedder import Embedder
 from engine.discovery.scores import ScoreInput, score
 from engine.models import LoadedModel, load_model
 from engine.refine.working_scale import LADDER
+from engine.specs import MelboSpec
 
 LABELLED = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "flags_labelled.jsonl"
 AS_FLAG = {"unchanged": "unchanged", "rephrase": "rephrase", "gibberish": "gibberish", "changed": ""}
@@ -73,6 +76,21 @@ def radius_option(text: str | None) -> dict[str, Any]:
     if kind == "value":
         return {"radius": float(value)}
     raise SystemExit(f"--radius is default, share:X or value:X, got {text!r}")
+
+
+def spec_option(pairs: list[str] | None) -> dict[str, Any]:
+    """MelboSpec fields from KEY=VALUE pairs; a value that reads as JSON (4, 1.5, true) is taken as such."""
+    fields = {f.name for f in dataclasses.fields(MelboSpec)} - {"prompts", "n_vectors", "seed", "method"}
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--spec takes KEY=VALUE with KEY one of {', '.join(sorted(fields))}, got {pair!r}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
 
 def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
@@ -165,6 +183,9 @@ def main() -> None:
     parser.add_argument(
         "--above-x1", action="store_true", help="score at the working scale even above x1 (the app before)"
     )
+    parser.add_argument(
+        "--spec", action="append", metavar="KEY=VALUE", help="another MELBO setting (repeatable): p=4, positions=last:3"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--save", type=Path, help="write every completion as JSONL (for --rescore)")
@@ -177,7 +198,7 @@ def main() -> None:
     began = time.perf_counter()
     lm = load_model("default", device="cpu")
     embedder = Embedder()
-    spec = {"n_vectors": n, "seed": args.seed, **radius_option(args.radius)}
+    spec = {"n_vectors": n, "seed": args.seed, **radius_option(args.radius), **spec_option(args.spec)}
     ladder = tuple(float(x) for x in args.ladder.split(",")) if args.ladder else LADDER
     runs: list[ScoredRun] = []
     if args.rescore:
@@ -201,6 +222,7 @@ def main() -> None:
         "half": args.half,
         "quick": args.quick,
         "radius_choice": "rescored" if args.rescore else args.radius or "default",
+        "spec": spec_option(args.spec),
         "ladder": list(ladder),
         "scored_above_x1": args.above_x1,
         "runs": len(runs),
