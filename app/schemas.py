@@ -69,8 +69,10 @@ class MelboCreate(Body):
         "converged), 300 in reference mode (the published count); dct: iterations, default 10.",
     )
     lr: float | None = Field(None, description="Learning rate; default matched to R (MELBO only).")
-    positions: Name = Field(
-        "user", description="Positions the objective reads: user | prompt | all | last:k."
+    positions: Name | None = Field(
+        None,
+        description="Positions the objective reads: user | prompt | all | last:k; default last:3 for "
+        "MELBO and its random twin (the reply's opening), user for DCT and adapters.",
     )
     loss: Literal["token", "reference"] = Field(
         "token",

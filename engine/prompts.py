@@ -11,8 +11,9 @@ from torch import Tensor
 
 from engine.errors import EngineError
 
-# Target positions for the MELBO objective. "user" is the default: the chat template's shared
-# preamble (system prompt, first token) would otherwise dominate the objective.
+# Target positions of an objective. Reading every position would let the chat template's shared
+# preamble (system prompt, first token) dominate it: DCT, adapters and calibration read the user
+# turn by default, MELBO the last 3 tokens (engine/specs.py).
 POSITION_CHOICES = ("user", "prompt", "all", "last:<k>")
 
 

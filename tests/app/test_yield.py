@@ -79,7 +79,7 @@ def test_the_default_r_is_the_calibrated_share_shared_by_the_twin_and_cached(
         assert (share["source"], share["target"], share["positions"]) == (
             learned.source,
             learned.target,
-            "user",
+            "last:3",
         )
         assert learned.radius == pytest.approx(share["share"] * learned.result["residual_norm"], rel=1e-6)
         assert twin.radius == pytest.approx(learned.radius, rel=1e-9)
