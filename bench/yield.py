@@ -85,7 +85,8 @@ def spec_option(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, text = pair.partition("=")
         if not sep or key not in fields:
-            raise SystemExit(f"--spec takes KEY=VALUE with KEY one of {', '.join(sorted(fields))}, got {pair!r}")
+            known = ", ".join(sorted(fields))
+            raise SystemExit(f"--spec takes KEY=VALUE with KEY one of {known}, got {pair!r}")
         try:
             out[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -184,7 +185,10 @@ def main() -> None:
         "--above-x1", action="store_true", help="score at the working scale even above x1 (the app before)"
     )
     parser.add_argument(
-        "--spec", action="append", metavar="KEY=VALUE", help="another MELBO setting (repeatable): p=4, positions=last:3"
+        "--spec",
+        action="append",
+        metavar="KEY=VALUE",
+        help="another MELBO setting (repeatable): p=4, positions=last:3",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)

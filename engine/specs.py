@@ -144,7 +144,8 @@ class MelboSpec(_Spec):
     source: int | None = None  # block whose output is steered; None: from depth
     target: int | None = None  # hidden_states index read by the objective; None: L - 8
     radius: float | None = None  # R; None: radius_fraction x median residual norm at the source
-    radius_fraction: float | None = None  # R as a share of that norm; None: calibrated (engine/methods/default_radius.py)
+    # R as a share of that norm when radius is None; None: calibrated (engine/methods/default_radius.py)
+    radius_fraction: float | None = None
     p: float = 2.0  # exponent on per-position change norms
     q: float | None = None  # outer root; None: q = p
     n_vectors: int = 8

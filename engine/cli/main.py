@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-new-tokens", type=int, default=48)
     train.add_argument("--source", type=int, help="block whose output is steered (default from depth)")
     train.add_argument("--target", type=int, help="hidden_states index the objective reads (default L-8)")
-    train.add_argument("--radius", "-R", type=float, help="vector norm R (default: calibrated per model, 0.110 x residual norm on the embedded model)")
+    train.add_argument(
+        "--radius",
+        "-R",
+        type=float,
+        help="vector norm R (default: calibrated per model; 0.110 x residual norm on the embedded model)",
+    )
     train.add_argument("--p", type=float)
     train.add_argument("--q", type=float)
     train.add_argument("--n-vectors", type=int)
