@@ -151,9 +151,9 @@ class MelboSpec(_Spec):
     n_vectors: int = 8
     steps: int | None = None  # None: 100 in fast mode (may stop earlier on convergence), 300 in reference
     lr: float | None = None  # None: 1e-3 in reference mode, matched to R in fast mode
-    # user | prompt | all | last:k. The last 3 tokens (on a chat model, the reply's opening: the
-    # template's assistant header) by default: on the discovery suite's tuning half they gave 0.29 of
-    # the vectors beyond their random twin against 0.04 for the user turn (docs/benchmarks.md).
+    # user | prompt | all | last:k. The last 3 tokens by default (on a chat model, the template's
+    # opening of the reply): on the discovery suite's tuning half 0.29 of the vectors were beyond
+    # their random twin and fluent, against 0.04 on the user turn (docs/benchmarks.md).
     positions: str = "last:3"
     loss: Literal["token", "reference"] = "token"  # where the p-norm is taken (docs/methods.md)
     normalize: bool = False  # divide each position's change by its unsteered norm
