@@ -11,7 +11,7 @@ from engine.errors import EngineError
 from engine.methods.melbo import MelboTrainer
 from engine.models import LoadedModel
 from engine.prompts import encode_prompts, target_mask
-from engine.specs import MelboSpec, default_source, default_target
+from engine.specs import AdapterSpec, DctSpec, MelboSpec, default_source, default_target
 from engine.validate import check_spec
 
 
@@ -55,8 +55,6 @@ def test_positions_user_is_refused_when_the_template_changes_the_prompt(tiny: Lo
 def test_melbo_reads_the_last_three_tokens_by_default(tiny: LoadedModel) -> None:
     """MELBO's default positions are the prompt's last 3 tokens (on a chat model, the template's
     opening of the reply); DCT and adapters keep the user turn."""
-    from engine.specs import AdapterSpec, DctSpec
-
     assert MelboSpec(prompts=("Hi",)).positions == "last:3"
     assert DctSpec(prompts=("Hi",)).positions == AdapterSpec(prompts=("Hi",)).positions == "user"
     batch = encode_prompts(tiny.tokenizer, ["Hi", "Tell me a much longer story about a fox"])
