@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from engine.errors import EngineError
 from engine.models import ModelInfo
+from engine.prompts import MELBO_POSITIONS
 
 MAX_VECTORS = 1024  # vectors in one MELBO run or chain
 MAX_STEPS = 20_000  # optimizer steps per vector
@@ -151,10 +152,7 @@ class MelboSpec(_Spec):
     n_vectors: int = 8
     steps: int | None = None  # None: 100 in fast mode (may stop earlier on convergence), 300 in reference
     lr: float | None = None  # None: 1e-3 in reference mode, matched to R in fast mode
-    # user | prompt | all | last:k. The last 3 tokens by default (on a chat model, the template's
-    # opening of the reply): on the discovery suite's tuning half 0.29 of the vectors were beyond
-    # their random twin and fluent, against 0.04 on the user turn (docs/benchmarks.md).
-    positions: str = "last:3"
+    positions: str = MELBO_POSITIONS  # user | prompt | all | last:k (engine/prompts.py says why)
     loss: Literal["token", "reference"] = "token"  # where the p-norm is taken (docs/methods.md)
     normalize: bool = False  # divide each position's change by its unsteered norm
     orthogonal: bool = True

@@ -78,7 +78,7 @@ class ShareCalibrator:
     step, not in the constructor, so constructing a trainer stays cheap.
     """
 
-    def __init__(self, lm: LoadedModel, source: int, target: int, positions: str = "user") -> None:
+    def __init__(self, lm: LoadedModel, source: int, target: int, positions: str) -> None:
         self.lm, self.key = lm, (source, target, positions)
         self.found = cached_share(lm, source, target, positions)
         self.calibrator: Calibrator | None = None
@@ -136,6 +136,6 @@ class ShareCalibrator:
         _CACHE.setdefault(self.lm.model, {})[self.key] = self.found
 
 
-def default_share(lm: LoadedModel, source: int, target: int, positions: str = "user") -> DefaultShare:
+def default_share(lm: LoadedModel, source: int, target: int, positions: str) -> DefaultShare:
     """The default R of a MELBO run at these blocks and positions, as a share of its residual norm."""
     return ShareCalibrator(lm, source, target, positions).result()

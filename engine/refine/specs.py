@@ -13,6 +13,7 @@ from typing import Literal
 
 from engine.errors import EngineError
 from engine.models import ModelInfo
+from engine.prompts import MELBO_POSITIONS
 from engine.specs import (
     MAX_NEW_TOKENS,
     MelboSpec,
@@ -47,7 +48,7 @@ class _Retrain(_Spec):
     q: float | None = None  # None: q = p
     steps: int | None = None  # None: fast mode's budget (it stops once converged)
     lr: float | None = None  # None: about WARM_ANGLE radians a step (it starts near an optimum)
-    positions: str = "user"  # user | prompt | all | last:k
+    positions: str = MELBO_POSITIONS  # user | prompt | all | last:k; the app passes the run's
     loss: Literal["token", "reference"] = "token"
     normalize: bool = False
 

@@ -84,7 +84,7 @@ def test_cancel_keeps_finished_vectors_and_resume_completes(tiny: LoadedModel) -
 
 def test_default_radius_is_a_calibrated_share_of_the_residual_norm(tiny: LoadedModel) -> None:
     result = train_melbo(tiny, spec(radius=None, n_vectors=1, steps=1))
-    found = default_share(tiny, 0, 3)
+    found = default_share(tiny, 0, 3, spec().positions)
     assert result.calibration == found.to_dict()
     assert result.radius == pytest.approx(found.share * result.residual_norm)
     assert float(result.vectors.norm()) == pytest.approx(result.radius, rel=1e-5)
@@ -121,7 +121,7 @@ def test_an_uncalibrated_default_calibrates_one_probe_per_step(tiny_dir: Path) -
     while not trainer.finished:
         trainer.step()
     assert trainer.result().radius == pytest.approx(
-        default_share(lm, 1, 3).share * trainer.problem.residual_norm
+        default_share(lm, 1, 3, spec().positions).share * trainer.problem.residual_norm
     )
 
 
