@@ -181,6 +181,7 @@ class SamplesCreate(Body):
 
 
 MAX_SCALES = 32  # the engine's limit (engine/specs.py); a test keeps the two equal
+MELBO_POSITIONS = "last:3"  # what MELBO's objective reads by default (engine/prompts.py); kept equal too
 DEFAULT_SCALES = [i / 4 for i in range(13)]  # 0, 0.25, ..., 3
 
 

@@ -14,6 +14,7 @@ from app.deps import FormDep, ServiceDep, SessionDep
 from app.errors import AppError
 from app.executor.protocol import Render
 from app.fields import MAX_PROMPTS, Text, Whole, model_name
+from app.kinds import Kind
 from app.models import LanguageModel
 from app.runs import forms, launch
 from app.templating import render
@@ -81,6 +82,8 @@ def preview(request: Request, service: ServiceDep, form: FormDep) -> HTMLRespons
 def calibrate(request: Request, service: ServiceDep, form: FormDep) -> HTMLResponse:
     fields = {k: str(form.get(k, "")).strip() for k in ("model", "source", "target", "positions")}
     data: dict[str, Any] = {k: v for k, v in fields.items() if v}
+    if "positions" not in data and str(form.get("method", "")) in (Kind.MELBO, Kind.RANDOM):
+        data["positions"] = schemas.MELBO_POSITIONS  # where the run will read, left blank
     data["prompts"] = forms.prompt_lines(str(form.get("prompts", "")))
     context: dict[str, Any] = {"job": None, "error": "", "radius": None}
     body, errors = forms.parse(schemas.CalibrationCreate, data)

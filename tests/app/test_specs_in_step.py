@@ -18,6 +18,7 @@ from app.runs import forms
 from engine import specs
 from engine.discovery.dashboard import DashboardSpec
 from engine.methods.concepts import ConceptSpec
+from engine.prompts import MELBO_POSITIONS
 from engine.refine import specs as refine_specs
 
 # (API body, engine spec, fields only the API has, fields the app fills in before validating)
@@ -167,6 +168,10 @@ def test_the_run_form_opens_with_the_same_defaults() -> None:
 
 def test_the_scale_sweep_cap_is_the_engines() -> None:
     assert schemas.MAX_SCALES == specs.MAX_SCALES
+
+
+def test_melbos_default_positions_are_the_engines() -> None:
+    assert schemas.MELBO_POSITIONS == MELBO_POSITIONS == specs.MelboSpec(prompts=("Hi",)).positions
 
 
 def test_the_refinement_caps_are_the_engines() -> None:
