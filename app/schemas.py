@@ -31,6 +31,9 @@ MELBO_ONLY = ("radius_fraction", "p", "q", "lr", "loss", "normalize", "orthogona
 ADAPTER_REFUSES = ("radius_fraction", "orthogonal", "mode")  # an adapter has no norm or ortho option
 
 
+MELBO_POSITIONS = "last:3"  # MELBO's default positions (engine/prompts.py); a test keeps the two equal
+
+
 class MelboCreate(Body):
     prompts: Prompts = Field(description="Prompts to train on; each is formatted with the chat template.")
     model: ModelName | None = Field(
@@ -71,8 +74,8 @@ class MelboCreate(Body):
     lr: float | None = Field(None, description="Learning rate; default matched to R (MELBO only).")
     positions: Name | None = Field(
         None,
-        description="Positions the objective reads: user | prompt | all | last:k; default last:3 for "
-        "MELBO and its random twin (the reply's opening), user for DCT and adapters.",
+        description="Positions the objective reads: user | prompt | all | last:k; default "
+        f"{MELBO_POSITIONS} for MELBO and its random twin (the reply's opening), user for DCT and adapters.",
     )
     loss: Literal["token", "reference"] = Field(
         "token",
@@ -181,7 +184,6 @@ class SamplesCreate(Body):
 
 
 MAX_SCALES = 32  # the engine's limit (engine/specs.py); a test keeps the two equal
-MELBO_POSITIONS = "last:3"  # what MELBO's objective reads by default (engine/prompts.py); kept equal too
 DEFAULT_SCALES = [i / 4 for i in range(13)]  # 0, 0.25, ..., 3
 
 
