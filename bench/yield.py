@@ -26,6 +26,7 @@ The baseline (the random twin) is measured in the same run. `--half tuning` meas
 half instead: settings are chosen there, never on the test half. `--radius share:0.16` (a share of
 the residual norm) or `--radius value:9.5` runs a candidate R instead of the default, and
 `--spec positions=last:3 --spec p=4` other MELBO settings (any MelboSpec field) for learned and twin.
+`--run-size 1` trains runs of one prompt each (a first run's shape: *Start here* gives one prompt).
 Last line: one JSON object (bench/verdict.py), with "targets": {name: met}.
 """
 
@@ -176,6 +177,12 @@ def main() -> None:
     parser.add_argument("--half", default="test", choices=["test", "tuning"])
     parser.add_argument("--vectors", type=int, help="vectors per run (default 8, a run's default; --quick 4)")
     parser.add_argument("--runs", type=int, help="runs of the half (default all 6, --quick 2)")
+    parser.add_argument(
+        "--run-size",
+        type=int,
+        default=suite.RUN_SIZE,
+        help=f"prompts per run (default {suite.RUN_SIZE}; 1: single-prompt runs, as a first run is)",
+    )
     parser.add_argument("--tokens", type=int, help="gallery tokens (default 48, --quick 32)")
     parser.add_argument("--radius", help="default | share:X | value:X (a candidate R)")
     parser.add_argument(
@@ -198,7 +205,9 @@ def main() -> None:
     threads(args.threads)
     n = args.vectors or (4 if args.quick else 8)
     tokens = args.tokens or (32 if args.quick else 48)
-    groups = suite.runs(args.half)[: args.runs or (2 if args.quick else None)]
+    if not 1 <= args.run_size <= len(suite.KINDS):
+        raise SystemExit(f"--run-size must be between 1 and {len(suite.KINDS)}, got {args.run_size}")
+    groups = suite.runs(args.half, args.run_size)[: args.runs or (2 if args.quick else None)]
     began = time.perf_counter()
     lm = load_model("default", device="cpu")
     embedder = Embedder()
@@ -230,6 +239,7 @@ def main() -> None:
         "ladder": list(ladder),
         "scored_above_x1": args.above_x1,
         "runs": len(runs),
+        "prompts_per_run": args.run_size,
         "vectors_per_run": n,
         "tokens": tokens,
         **figures,
