@@ -177,14 +177,15 @@ def test_calibrate_r_on_the_form_reads_where_the_run_will(client: TestClient) ->
     """With positions left blank, the form's Calibrate R calibrates at MELBO's own default positions
     for a MELBO or random run (the run will read them), at the calibration's default otherwise."""
     service = client.app.state.service
-    for method, expected in (("melbo", "last:3"), ("random", "last:3"), ("dct", "user")):
-        answer = client.post("/runs/calibrate", data=form(method=method, positions=""))
+
+    def calibrated_at(method: str, positions: str) -> str:
+        answer = client.post("/runs/calibrate", data=form(method=method, positions=positions))
         assert answer.status_code == 200, answer.text
         with service.db.session() as session:
             run = session.scalars(select(Run).where(Run.kind == "calibrate").order_by(Run.id.desc())).first()
-            assert run is not None and run.spec["positions"] == expected, (method, run.spec)
-    typed = client.post("/runs/calibrate", data=form(method="melbo", positions="prompt"))
-    assert typed.status_code == 200
-    with service.db.session() as session:
-        run = session.scalars(select(Run).where(Run.kind == "calibrate").order_by(Run.id.desc())).first()
-        assert run is not None and run.spec["positions"] == "prompt"
+            assert run is not None
+            return str(run.spec["positions"])
+
+    for method, expected in (("melbo", "last:3"), ("random", "last:3"), ("dct", "user")):
+        assert calibrated_at(method, "") == expected, method
+    assert calibrated_at("melbo", "prompt") == "prompt"
