@@ -50,6 +50,15 @@ class Subscription:
             return None
         return None if message is CLOSING else message
 
+    def pending(self) -> list[Message]:
+        """The messages already waiting, taken without waiting for more (an asyncio subscriber)."""
+        taken = []
+        while not self.aqueue.empty():
+            message = self.aqueue.get_nowait()
+            if message is not CLOSING:
+                taken.append(message)
+        return taken
+
     def next_sync(self, timeout: float) -> Message | None:
         if self.closed:
             return None

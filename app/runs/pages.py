@@ -210,6 +210,16 @@ def show_run(
     return render(request, "runs/show.html", context)
 
 
+def phase_ends(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of the progress events a stream was sent since its last look, the last of each phase they
+    pass through, in order: a busy server may read a short phase's events only once the job is past
+    it, and the page should still name that phase."""
+    reports = [m for m in messages if m.get("type") == "progress" and m.get("phase")]
+    return [
+        r for i, r in enumerate(reports) if i + 1 == len(reports) or reports[i + 1]["phase"] != r["phase"]
+    ]
+
+
 @router.get("/runs/{run_id}/live")
 def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingResponse:
     """SSE for a run page opened while its job is live: the progress and summary partials whenever
@@ -219,17 +229,26 @@ def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingR
         job = working_job(session, store.get_run(session, run_id))
     job_id = job.id if job is not None else None
 
-    def snapshot() -> tuple[str, str, bool]:
-        """The live partials, and whether this stream is done: the page stops following its job
+    def snapshot(passed: list[dict[str, Any]]) -> tuple[list[str], str, bool]:
+        """The live partials (first the progress of each phase `passed`, as it was reported, then
+        the job as it is now), and whether this stream is done: the page stops following its job
         when no job is live any more, or fetches itself again to follow the next (its twin's, then
         its scoring)."""
+        progress = templates.get_template("runs/_progress.html")
         with service.db.session() as session:
             run = store.get_run(session, run_id)
             context = {**status_context(session, run, service.settings.auto_score), "request": request}
-            progress = templates.get_template("runs/_progress.html").render(context)
+            followed = session.get(Job, job_id)
+            now = context["job"]
+            if passed and now is followed and passed[-1]["phase"] == context["report"].get("phase"):
+                passed = passed[:-1]  # the phase it is still in: shown as it is now, below
+            was = [
+                progress.render({**context, "job": followed, "live": True, "report": report, "said": report})
+                for report in passed
+            ]
             facts = templates.get_template("runs/_summary.html").render(context)
-            followed = context["job"]
-            return progress, facts, not context["live"] or followed is None or followed.id != job_id
+            finished = not context["live"] or now is None or now.id != job_id
+            return [*was, progress.render(context)], facts, finished
 
     def data(html: str) -> str:
         return "\n".join(f"data: {line}" for line in html.splitlines())
@@ -239,16 +258,19 @@ def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingR
             yield "event: finished\ndata: done\n\n"
             return
         with service.broker.subscribe(f"job:{job_id}") as sub:
+            passed: list[dict[str, Any]] = []
             while True:
-                progress, facts, finished = await asyncio.to_thread(snapshot)
-                yield f"event: progress\n{data(progress)}\n\n"
+                progresses, facts, finished = await asyncio.to_thread(snapshot, passed)
+                for progress in progresses:
+                    yield f"event: progress\n{data(progress)}\n\n"
                 yield f"event: summary\n{data(facts)}\n\n"
                 if finished:
                     yield "event: finished\ndata: done\n\n"
                     return
                 if await request.is_disconnected() or sub.closed:
                     return
-                await sub.next(15.0)
+                woken = await sub.next(15.0)
+                passed = phase_ends([woken, *sub.pending()]) if woken else []
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.models import Job, Run
+from app.runs.pages import phase_ends
 from tests.app.conftest import wait_job
 from tests.app.helpers import vectors_of
 
@@ -189,3 +190,44 @@ def test_calibrate_r_on_the_form_reads_where_the_run_will(client: TestClient) ->
     for method, expected in (("melbo", "last:3"), ("random", "last:3"), ("dct", "user")):
         assert calibrated_at(method, "") == expected, method
     assert calibrated_at("melbo", "prompt") == "prompt"
+
+
+def test_a_live_stream_names_each_phase_its_job_passed_through() -> None:
+    """Progress events that piled up while the server was busy: the page is sent the last of each
+    phase in order (the progress bar and message as they were then), so a short phase is never
+    skipped."""
+    sent = [
+        {"type": "progress", "phase": "training", "progress": 0.4, "message": "step 4"},
+        {"type": "vectors", "vectors": []},
+        {"type": "progress", "phase": "training", "progress": 0.5, "message": "step 5"},
+        {"type": "progress", "phase": "samples", "progress": 0.9, "message": "gallery 1/2"},
+        {"type": "progress", "phase": "samples", "progress": 0.95, "message": "gallery 2/2"},
+        {"type": "progress", "message": "no phase"},
+        {"type": "progress", "phase": "training", "progress": 0.2, "message": "again"},
+    ]
+    ends = phase_ends(sent)
+    assert [(r["phase"], r["message"]) for r in ends] == [
+        ("training", "step 5"),
+        ("samples", "gallery 2/2"),
+        ("training", "again"),
+    ]
+    assert phase_ends([]) == [] and phase_ends([{"type": "finished"}]) == []
+
+
+def test_a_phase_already_left_is_shown_as_it_was_reported(client: TestClient) -> None:
+    r = client.post("/api/runs", json={"prompts": ["Hi."], "n_vectors": 1, "method": "random", "radius": 4.0})
+    assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+    said = {"type": "progress", "phase": "samples", "progress": 0.9, "message": "gallery 1 of 2"}
+    with client.app.state.service.db.session() as session:
+        run = session.get(Run, r.json()["run_id"])
+        job = session.get(Job, r.json()["job"]["id"])
+        template = client.app.state.templates.get_template("runs/_progress.html")
+        html = template.render(run=run, job=job, live=True, report=said, said=said)
+        finished = template.render(run=run, job=job, live=False, report={})
+    box = BeautifulSoup(html, "html.parser").find(id="job-progress")
+    assert box["data-phase"] == "samples" and box["data-status"] == "running"
+    assert box.select_one(".phase").get_text() == "gallery"
+    assert box.select_one(".message").get_text() == "gallery 1 of 2"
+    assert box.select_one("progress")["value"] == "0.9"
+    now = BeautifulSoup(finished, "html.parser").find(id="job-progress")
+    assert now["data-status"] == "succeeded" and now.get("data-phase") is None

@@ -113,9 +113,9 @@ def test_a_runs_page_names_each_phase_and_its_blocks_and_r_come_first(
     page.set_default_timeout(TIMEOUT_MS)
     with httpx.Client(base_url=scoring.url, timeout=TIMEOUT_S) as api:
         # Reference mode trains one vector at a time over many steps: its first stays a while in
-        # training. Six prompts keep the gallery on the page long enough for a loaded machine to show
-        # it (with two, it once ended before the page's next look).
-        prompts = ["Hello.", "Tell me a story.", "Name a colour.", "Count to five.", "Hi there.", "Say yes."]
+        # training. The gallery of two prompts is short, and may end before a loaded server's stream
+        # looks again: the stream still names it (it sends the last report of each phase passed).
+        prompts = ["Hello.", "Tell me a story."]
         spec = {"prompts": prompts, "n_vectors": 2, "mode": "reference", "steps": 600}
         r = api.post("/api/runs", json=spec)
         run_id = r.json()["run_id"]
