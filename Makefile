@@ -26,7 +26,8 @@ demo: install
 	$(BIN)/python -m engine demo
 
 test: install lint
-	$(BIN)/python -m pytest
+	# Two processes (pytest-xdist), each taking whole test files: a file's tests share its server.
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 	# The Ray cluster tests, in a network namespace with only loopback (Ray opens ports on every interface).
 	sh tests/loopback.sh $(BIN)/python -m pytest -m cluster
 

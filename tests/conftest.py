@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,9 @@ import torch
 from engine.models import LoadedModel, load_model
 from tests.tiny import build_model_dir
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Two threads for torch in a test process, one where the suite runs on several (make test): the
+# processes would otherwise ask for more threads than the machine has cores, and wait on each other.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +50,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[L
 
 @pytest.fixture(scope="session")
 def shots() -> Path:
-    """Where each page's screenshot goes (a CI artifact)."""
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
+    """Where each page's screenshot goes (a CI artifact). Not emptied first: the suite's processes
+    share it, and each screenshot has a name of its own."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
 
 

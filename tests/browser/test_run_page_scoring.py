@@ -4,6 +4,7 @@ that the pair's end queues; the scores appear in place, without reloading the pa
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -45,7 +46,14 @@ def test_the_scores_appear_when_the_scoring_ends_without_a_reload(
         page.evaluate("window.steerscopeSamePage = true")  # gone if the page is loaded again
         assert api.post(f"/api/jobs/{blocker.json()['job']['id']}/cancel").status_code == 200
 
-        expect(page.locator("#discovery-section")).to_be_visible()
+        try:
+            expect(page.locator("#discovery-section")).to_be_visible()
+        except AssertionError as exc:  # say where each job stood, to tell a slow page from a lost one
+            jobs = [
+                (j["id"], j["kind"], j["status"], j.get("error"), j.get("finished_at"))
+                for j in api.get("/api/jobs").json()
+            ]
+            raise AssertionError(f"{exc}\nat {datetime.now(UTC).isoformat()}, jobs: {jobs}") from None
         expect(page.locator("#scoring")).to_contain_text("Scored")
         expect(page.locator("#run-body[data-live]")).to_have_count(0)
         assert page.evaluate("window.steerscopeSamePage === true"), "the page was loaded again"
