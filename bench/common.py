@@ -101,6 +101,7 @@ def scored_run(
     tokens: int = TOKENS,
     ladder: Sequence[float] | None = None,
     above_x1: bool = False,
+    probe_tokens: int = PROBE_TOKENS,
 ) -> ScoredRun:
     """Train a run with `spec` (MelboSpec fields besides the prompts) and its random twin (the same
     settings, method random), take greedy completions of both on the run's prompts, and score them
@@ -109,7 +110,8 @@ def scored_run(
     With a `ladder`, every vector (learned and twin) is first probed for its working scale on the
     run's first prompts, as the app's gallery does, and its completions are taken and scored where
     the app scores them (`scored_scale`: the working scale, at most x1; `above_x1`: the working
-    scale itself, as the app scored before)."""
+    scale itself, as the app scored before). `probe_tokens`: the probe's completion length (at
+    most the gallery's)."""
     prompts = tuple(prompts)
     learned = train_melbo(lm, MelboSpec(prompts=prompts, **spec))
     twin = train_melbo(lm, MelboSpec(prompts=prompts, **{**spec, "method": "random"}))
@@ -123,7 +125,7 @@ def scored_run(
         if ladder is not None:
             probe = list(dict.fromkeys(prompts))[:PROBE_PROMPTS]
             probed = working_scales(
-                lm, learned.source, result.vectors, probe, ladder=ladder, tokens=min(PROBE_TOKENS, tokens)
+                lm, learned.source, result.vectors, probe, ladder=ladder, tokens=min(probe_tokens, tokens)
             )
             at = [w.scale if above_x1 else scored_scale(w.scale) for w in probed]
         scales.update({f"{kind}{i}": k for i, k in enumerate(at)})

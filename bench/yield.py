@@ -26,6 +26,7 @@ The baseline (the random twin) is measured in the same run. `--half tuning` meas
 half instead: settings are chosen there, never on the test half. `--radius share:0.16` (a share of
 the residual norm) or `--radius value:9.5` runs a candidate R instead of the default, and
 `--spec positions=last:3 --spec p=4` other MELBO settings (any MelboSpec field) for learned and twin.
+`--probe-tokens 32` probes working scales with longer completions (the app's probe reads 24 tokens).
 `--run-size 1` trains runs of one prompt each (a first run's shape: *Start here* gives one prompt).
 Last line: one JSON object (bench/verdict.py), with "targets": {name: met}.
 """
@@ -51,6 +52,7 @@ from engine.discovery.embedder import Embedder
 from engine.discovery.scores import ScoreInput, score
 from engine.models import LoadedModel, load_model
 from engine.refine.working_scale import LADDER
+from engine.refine.working_scale import TOKENS as PROBE_TOKENS
 from engine.specs import MelboSpec
 
 LABELLED = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "flags_labelled.jsonl"
@@ -189,6 +191,12 @@ def main() -> None:
         "--ladder", help="the working-scale ladder, comma-separated (default: the app's; 1: x1 only)"
     )
     parser.add_argument(
+        "--probe-tokens",
+        type=int,
+        default=PROBE_TOKENS,
+        help=f"the working-scale probe's completion length (default {PROBE_TOKENS}, the app's)",
+    )
+    parser.add_argument(
         "--above-x1", action="store_true", help="score at the working scale even above x1 (the app before)"
     )
     parser.add_argument(
@@ -205,6 +213,8 @@ def main() -> None:
     threads(args.threads)
     n = args.vectors or (4 if args.quick else 8)
     tokens = args.tokens or (32 if args.quick else 48)
+    if args.probe_tokens < 1:
+        raise SystemExit(f"--probe-tokens must be at least 1, got {args.probe_tokens}")
     if not 1 <= args.run_size <= len(suite.KINDS):
         raise SystemExit(f"--run-size must be between 1 and {len(suite.KINDS)}, got {args.run_size}")
     groups = suite.runs(args.half, args.run_size)[: args.runs or (2 if args.quick else None)]
@@ -221,7 +231,16 @@ def main() -> None:
     for k, prompts in enumerate([] if args.rescore else groups):
         log(f"run {k + 1}/{len(groups)}: {n} vectors and the twin on {len(prompts)} {args.half} prompts")
         runs.append(
-            scored_run(lm, embedder, prompts, spec, tokens=tokens, ladder=ladder, above_x1=args.above_x1)
+            scored_run(
+                lm,
+                embedder,
+                prompts,
+                spec,
+                tokens=tokens,
+                ladder=ladder,
+                above_x1=args.above_x1,
+                probe_tokens=args.probe_tokens,
+            )
         )
         log(f"run {k + 1}: R {runs[-1].radius:.2f}, {time.perf_counter() - began:.0f} s so far")
         if args.save:
@@ -238,6 +257,7 @@ def main() -> None:
         "spec": spec_option(args.spec),
         "ladder": list(ladder),
         "scored_above_x1": args.above_x1,
+        "probe_tokens": min(args.probe_tokens, tokens),
         "runs": len(runs),
         "prompts_per_run": args.run_size,
         "vectors_per_run": n,
