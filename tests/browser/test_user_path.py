@@ -9,7 +9,7 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from app.models import Generation
-from tests.browser.conftest import TIMEOUT_MS, LiveServer
+from tests.browser.conftest import TIMEOUT_MS, LiveServer, finished
 
 TIMEOUT = TIMEOUT_MS
 
@@ -90,7 +90,11 @@ def test_generated_html_is_shown_as_text(
     evil = '<img src=x onerror="document.title=\'owned\'"><script>document.title="owned"</script>'
     page.goto(f"{live.url}/runs/{run_id}")
     expect(page.locator("article.card")).to_have_count(1)
+    # The card shows once the vector is stored; its gallery sample comes after (a busy worker can
+    # leave a gap): the job's end says both are stored.
+    finished(api, r.json()["job"]["id"])
     steered_ids = [g["id"] for g in api.get("/api/generations", params={"run_id": run_id}).json()]
+    assert steered_ids, "the run's gallery stored no sample"
     with live.app.state.service.db.session() as session:
         generation = session.get(Generation, steered_ids[0])
         assert generation is not None
