@@ -224,10 +224,14 @@ def test_a_phase_already_left_is_shown_as_it_was_reported(client: TestClient) ->
         template = client.app.state.templates.get_template("runs/_progress.html")
         html = template.render(run=run, job=job, live=True, report=said, said=said)
         finished = template.render(run=run, job=job, live=False, report={})
+        probe = {**said, "phase": "probe"}
+        probing = template.render(run=run, job=job, live=True, report=probe, said=probe)
     box = BeautifulSoup(html, "html.parser").find(id="job-progress")
     assert box["data-phase"] == "samples" and box["data-status"] == "running"
     assert box.select_one(".phase").get_text() == "gallery"
     assert box.select_one(".message").get_text() == "gallery 1 of 2"
     assert box.select_one("progress")["value"] == "0.9"
+    label = BeautifulSoup(probing, "html.parser").select_one("#job-progress .phase").get_text()
+    assert label == "finding working scales"  # the gallery's probe, said in words
     now = BeautifulSoup(finished, "html.parser").find(id="job-progress")
     assert now["data-status"] == "succeeded" and now.get("data-phase") is None
