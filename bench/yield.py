@@ -215,6 +215,7 @@ def main() -> None:
     tokens = args.tokens or (32 if args.quick else 48)
     if args.probe_tokens < 1:
         raise SystemExit(f"--probe-tokens must be at least 1, got {args.probe_tokens}")
+    probe_tokens = min(args.probe_tokens, tokens)  # the probe reads at most the gallery's length
     if not 1 <= args.run_size <= len(suite.KINDS):
         raise SystemExit(f"--run-size must be between 1 and {len(suite.KINDS)}, got {args.run_size}")
     groups = suite.runs(args.half, args.run_size)[: args.runs or (2 if args.quick else None)]
@@ -239,7 +240,7 @@ def main() -> None:
                 tokens=tokens,
                 ladder=ladder,
                 above_x1=args.above_x1,
-                probe_tokens=args.probe_tokens,
+                probe_tokens=probe_tokens,
             )
         )
         log(f"run {k + 1}: R {runs[-1].radius:.2f}, {time.perf_counter() - began:.0f} s so far")
@@ -257,7 +258,7 @@ def main() -> None:
         "spec": spec_option(args.spec),
         "ladder": list(ladder),
         "scored_above_x1": args.above_x1,
-        "probe_tokens": min(args.probe_tokens, tokens),
+        "probe_tokens": probe_tokens,
         "runs": len(runs),
         "prompts_per_run": args.run_size,
         "vectors_per_run": n,

@@ -238,17 +238,17 @@ def run_live(run_id: Whole, request: Request, service: ServiceDep) -> StreamingR
         with service.db.session() as session:
             run = store.get_run(session, run_id)
             context = {**status_context(session, run, service.settings.auto_score), "request": request}
-            followed = session.get(Job, job_id)
             now = context["job"]
-            if passed and now is followed and passed[-1]["phase"] == context["report"].get("phase"):
+            following = now is not None and now.id == job_id
+            if passed and following and passed[-1]["phase"] == context["report"].get("phase"):
                 passed = passed[:-1]  # the phase it is still in: shown as it is now, below
+            followed = session.get(Job, job_id) if passed else None
             was = [
                 progress.render({**context, "job": followed, "live": True, "report": report, "said": report})
                 for report in passed
             ]
             facts = templates.get_template("runs/_summary.html").render(context)
-            finished = not context["live"] or now is None or now.id != job_id
-            return [*was, progress.render(context)], facts, finished
+            return [*was, progress.render(context)], facts, not context["live"] or not following
 
     def data(html: str) -> str:
         return "\n".join(f"data: {line}" for line in html.splitlines())
