@@ -63,6 +63,15 @@ def test_a_missing_page_says_so_and_shows_the_way_back(client: TestClient) -> No
     assert client.get("/api/no/such").json() == {"detail": "Not Found"}
 
 
+def test_a_page_address_with_a_bad_part_is_a_page_that_says_which(client: TestClient) -> None:
+    r = client.get("/runs/abc")
+    assert r.status_code == 422 and "text/html" in r.headers["content-type"]
+    assert "run_id: must be a whole number, got 'abc'" in soup(r).find("p", class_="error").get_text()
+    assert "/runs" in [a["href"] for a in soup(r).find(id="way-back").find_all("a")]
+    api = client.get("/api/runs/abc")  # the API still answers JSON
+    assert api.status_code == 422 and "run_id: must be a whole number" in api.json()["detail"]
+
+
 def test_a_vector_page_fills_its_scales_and_looks_beyond_its_run(client: TestClient) -> None:
     first, other = run(client), run(client, seed=1)
     mine, theirs = vectors_of(client, first), vectors_of(client, other)
