@@ -14,7 +14,9 @@ the same R). Every vector's greedy gallery completion of each prompt is scored t
   are mostly changed and fluent, per 100 learned vectors;
 - flags_agreement / changed_recall: the flags against the held-out rows of the hand-labelled set
   (tests/fixtures/flags_labelled.jsonl, rows with "part": "held-out"): the share that agree, and
-  the share of those labelled changed that the flags call changed.
+  the share of those labelled changed that the flags call changed;
+- second_reading_agreement (no target): how often a second blind reading of 100 labelled rows
+  agrees with the first, about the ceiling of flags_agreement.
 
 Every vector, learned and twin, is read where the app scores it: probed for its working scale on
 the run's first prompts (engine/refine/working_scale.py) and completed and scored there, or at x1
@@ -163,11 +165,18 @@ def flags_figures(lm: LoadedModel, embedder: Embedder, path: Path = LABELLED) ->
     flags = [s.flag for s in score(lm, embedder, inputs)]
     agree = [f == AS_FLAG[r["label"]] for f, r in zip(flags, held, strict=True)]
     changed = [f == "" for f, r in zip(flags, held, strict=True) if r["label"] == "changed"]
+    read_twice = [r for r in rows if "second_label" in r]
     return {
         "flags_agreement": round(sum(agree) / max(1, len(agree)), 4),
         "changed_recall": round(sum(changed) / max(1, len(changed)), 4),
         "labelled_held_out": len(held),
         "labelled_changed": len(changed),
+        # How often the reader's two readings of the same rows agree (rows of both parts): about the
+        # most agreement flags can be expected to reach with one reading.
+        "second_reading_agreement": round(
+            sum(r["second_label"] == r["label"] for r in read_twice) / max(1, len(read_twice)), 4
+        ),
+        "second_reading_rows": len(read_twice),
     }
 
 

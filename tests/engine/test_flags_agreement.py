@@ -21,6 +21,7 @@ AS_FLAG = {"unchanged": "unchanged", "rephrase": "rephrase", "gibberish": "gibbe
 def test_flags_agree_with_hand_labels(embedded: LoadedModel) -> None:
     rows = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
     assert len(rows) >= 300 and all(r["label"] in AS_FLAG for r in rows)
+    assert all(r["second_label"] in AS_FLAG for r in rows if "second_label" in r)
     assert {r["part"] for r in rows} == {"tuning", "held-out"}
     inputs = [ScoreInput(r["prompt"], r["text"], r["unsteered"], r["kind"] == "random") for r in rows]
     flags = [s.flag for s in score(embedded, Embedder(), inputs)]
