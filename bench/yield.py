@@ -30,6 +30,9 @@ the residual norm) or `--radius value:9.5` runs a candidate R instead of the def
 `--spec positions=last:3 --spec p=4` other MELBO settings (any MelboSpec field) for learned and twin.
 `--probe-tokens 32` probes working scales with longer completions (the app's probe reads 24 tokens).
 `--run-size 1` trains runs of one prompt each (a first run's shape: *Start here* gives one prompt).
+`--seed 1` trains other vectors and twins; `--rescore A.jsonl B.jsonl` scores runs saved with
+`--save` again and pools them (one setting at two seeds: 48 vectors in quick mode, where one seed's
+24 move beyond_random_share by up to 0.2).
 Last line: one JSON object (bench/verdict.py), with "targets": {name: met}.
 """
 
@@ -217,7 +220,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--save", type=Path, help="write every completion as JSONL (for --rescore)")
-    parser.add_argument("--rescore", type=Path, help="score completions saved by --save again, no training")
+    parser.add_argument(
+        "--rescore",
+        type=Path,
+        nargs="+",
+        help="score completions saved by --save again, no training; several files pool their runs "
+        "(the same setting at other seeds: more vectors, a figure nearer its mean)",
+    )
     args = parser.parse_args()
     threads(args.threads)
     n = args.vectors or (4 if args.quick else 8)
@@ -235,8 +244,9 @@ def main() -> None:
     ladder = tuple(float(x) for x in args.ladder.split(",")) if args.ladder else LADDER
     runs: list[ScoredRun] = []
     if args.rescore:
-        log(f"scoring the completions in {args.rescore} again")
-        runs = load_runs(lm, embedder, args.rescore)
+        for path in args.rescore:
+            log(f"scoring the completions in {path} again")
+            runs += load_runs(lm, embedder, path)
         n = runs[0].n if runs else n
     for k, prompts in enumerate([] if args.rescore else groups):
         log(f"run {k + 1}/{len(groups)}: {n} vectors and the twin on {len(prompts)} {args.half} prompts")
