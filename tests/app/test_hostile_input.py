@@ -43,7 +43,10 @@ def refused(client: TestClient, method: str, url: str, status: int = 422, **kwar
     r = client.request(method, url, **kwargs)
     assert r.status_code == status, (url, r.status_code, r.text[:300])
     assert row_counts(client) == before, url
-    text = r.json()["detail"] if "json" in r.headers.get("content-type", "") else r.text
+    if "json" in r.headers.get("content-type", ""):
+        text = r.json()["detail"]
+    else:  # a page: the error page's message, or a form's error, as the reader sees it
+        text = BeautifulSoup(r.text, "html.parser").get_text()
     assert "Input should be" not in text and "validation error" not in text and "[type=" not in text
     return str(text)
 
