@@ -142,14 +142,14 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(ValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError | ValidationError) -> Response:
-        # Only where and what: the offending input may not even be JSON-encodable (NaN, inf).
-        errors = [{"loc": list(e["loc"]), "msg": plain(e), "type": e["type"]} for e in exc.errors()]
         problems = [
             "the request body is not valid JSON" if e["type"] == "json_invalid" else describe([e])
             for e in exc.errors()
         ]
         if not request.url.path.startswith("/api/"):  # a page (/runs/abc): an HTML page, a way back
             return await app_error(request, Invalid("; ".join(problems)))
+        # Only where and what: the offending input may not even be JSON-encodable (NaN, inf).
+        errors = [{"loc": list(e["loc"]), "msg": plain(e), "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
 
     return app
