@@ -113,9 +113,13 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     for module in (*pages, *apis):
         app.include_router(module.router)
 
+    def for_api(request: Request) -> bool:
+        """The API answers errors in JSON; every other address is a page and answers an HTML page."""
+        return request.url.path.startswith("/api/")
+
     @app.exception_handler(AppError)
     async def app_error(request: Request, exc: AppError) -> Response:
-        if request.url.path.startswith("/api/"):
+        if for_api(request):
             return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
         context = {"status": exc.status_code, "message": exc.message}
         response: Response = app.state.templates.TemplateResponse(
@@ -126,7 +130,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     @app.exception_handler(StarletteHTTPException)
     async def no_such_page(request: Request, exc: StarletteHTTPException) -> Response:
         """A page that does not exist is an HTML page with a way back; the API answers JSON."""
-        if exc.status_code != 404 or request.url.path.startswith("/api/"):
+        if exc.status_code != 404 or for_api(request):
             return await http_exception_handler(request, exc)
         return await app_error(request, NotFound(f"there is no page at {request.url.path}"))
 
@@ -146,7 +150,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
             "the request body is not valid JSON" if e["type"] == "json_invalid" else describe([e])
             for e in exc.errors()
         ]
-        if not request.url.path.startswith("/api/"):  # a page (/runs/abc): an HTML page, a way back
+        if not for_api(request):  # a page (/runs/abc): the error page, with the way back
             return await app_error(request, Invalid("; ".join(problems)))
         # Only where and what: the offending input may not even be JSON-encodable (NaN, inf).
         errors = [{"loc": list(e["loc"]), "msg": plain(e), "type": e["type"]} for e in exc.errors()]
