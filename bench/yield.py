@@ -236,6 +236,9 @@ def main() -> None:
     probe_tokens = min(args.probe_tokens, tokens)  # the probe reads at most the gallery's length
     if not 1 <= args.run_size <= len(suite.KINDS):
         raise SystemExit(f"--run-size must be between 1 and {len(suite.KINDS)}, got {args.run_size}")
+    missing = [str(path) for path in args.rescore or () if not path.is_file()]
+    if missing:
+        raise SystemExit(f"--rescore: no such file: {', '.join(missing)}")
     groups = suite.runs(args.half, args.run_size)[: args.runs or (2 if args.quick else None)]
     began = time.perf_counter()
     lm = load_model("default", device="cpu")
