@@ -388,11 +388,19 @@ const steerscope = (() => {
   });
 
   // The job ended: fetch this page again at its current address (the gallery's view included).
-  // The fresh copy is finished, so it has no stream; the old one closes its own.
+  // The fresh copy is finished, so it has no stream; the old one closes its own. A fetch that
+  // fails (a busy or restarting server) is tried again: the old copy, its stream closed, would
+  // otherwise stay as it was and follow nothing.
+  function fetchRunAgain(old, wait) {
+    const again = () => {
+      if (old.isConnected) window.setTimeout(() => fetchRunAgain(old, Math.min(wait * 2, 16000)), wait);
+    };
+    htmx.ajax("GET", window.location.pathname + window.location.search,
+              { target: "#run-body", select: "#run-body", swap: "outerHTML" }).then(again, again);
+  }
   document.addEventListener("htmx:sseMessage", (event) => {
     if (event.detail.type !== "finished" || event.target.id !== "run-body") return;
-    htmx.ajax("GET", window.location.pathname + window.location.search,
-              { target: "#run-body", select: "#run-body", swap: "outerHTML" });
+    fetchRunAgain(event.target, 1000);
   });
   htmx.onLoad(init);
   return { chainPlot, vectorMap, discovery, scaleSweep, highlight, init, readable };

@@ -92,3 +92,30 @@ class Held:
             route.continue_()
         self.routes.clear()
         self.page.unroute(self.pattern, self.hold)
+
+
+# Set before a page loads: what its live stream and its htmx requests did, in order, so a test that
+# waits on a live page in vain can say whether the stream went quiet, failed or was never reopened.
+TRACE_STREAM = """
+window.streamTrace = [];
+const traced = (name, detail) => window.streamTrace.push(
+  `${(performance.now() / 1000).toFixed(2)} ${name}${detail ? " " + detail : ""}`);
+for (const name of ["htmx:sseOpen", "htmx:sseError", "htmx:sseClose", "htmx:sendError",
+                    "htmx:responseError", "htmx:swapError"]) {
+  document.addEventListener(name, (e) => traced(name, e.detail?.xhr?.status));
+}
+document.addEventListener("htmx:sseMessage", (e) => traced("message", e.detail.type));
+document.addEventListener("htmx:afterRequest", (e) => traced("request", e.detail.pathInfo?.requestPath));
+"""
+
+
+def trace_stream(page: Page) -> None:
+    """Record the page's stream and requests from its next load on (read with `stream_trace`)."""
+    page.add_init_script(TRACE_STREAM)
+
+
+def stream_trace(page: Page) -> str:
+    try:
+        return "\n".join(page.evaluate("() => window.streamTrace || []"))
+    except Exception as exc:  # the page itself may be what went wrong
+        return f"(no trace: {exc})"

@@ -3,17 +3,18 @@ that the pair's end queues; the scores appear in place, without reloading the pa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from app.main import create_app
 from tests.app.conftest import make_settings
-from tests.browser.conftest import TIMEOUT_MS, TIMEOUT_S
+from tests.browser.conftest import TIMEOUT_MS, TIMEOUT_S, stream_trace, trace_stream
 from tests.live import LiveServer, free_port
 
 
@@ -26,11 +27,10 @@ def scoring_server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> 
         yield server
 
 
-def test_the_scores_appear_when_the_scoring_ends_without_a_reload(
-    page: Page, scoring_server: LiveServer, shots: Path
-) -> None:
+def follow_to_the_scores(page: Page, server: LiveServer, shots: Path, shot: str) -> None:
+    """Open a run's page while its run waits in the queue, let it run, and see its scores appear."""
     page.set_default_timeout(TIMEOUT_MS)
-    with httpx.Client(base_url=scoring_server.url, timeout=TIMEOUT_S) as api:
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as api:
         # A long job holds the worker, so the page is opened while its run still waits in the queue.
         blocker = api.post(
             "/api/runs", json={"prompts": ["Hi"], "n_vectors": 1, "mode": "reference", "steps": 5000}
@@ -40,7 +40,8 @@ def test_the_scores_appear_when_the_scoring_ends_without_a_reload(
         ours = api.post("/api/runs", json=body)
         assert ours.status_code == 201, ours.text
         run_id = ours.json()["run_id"]
-        page.goto(f"{scoring_server.url}/runs/{run_id}")
+        trace_stream(page)
+        page.goto(f"{server.url}/runs/{run_id}")
         expect(page.locator("#run-body[data-live]")).to_have_count(1)
         expect(page.locator("#discovery-section")).to_have_count(0)
         page.evaluate("window.steerscopeSamePage = true")  # gone if the page is loaded again
@@ -53,8 +54,34 @@ def test_the_scores_appear_when_the_scoring_ends_without_a_reload(
                 (j["id"], j["kind"], j["status"], j.get("error"), j.get("finished_at"))
                 for j in api.get("/api/jobs").json()
             ]
-            raise AssertionError(f"{exc}\nat {datetime.now(UTC).isoformat()}, jobs: {jobs}") from None
+            at = datetime.now(UTC).isoformat()
+            raise AssertionError(
+                f"{exc}\nat {at}, jobs: {jobs}\nthe page's stream:\n{stream_trace(page)}"
+            ) from None
         expect(page.locator("#scoring")).to_contain_text("Scored")
         expect(page.locator("#run-body[data-live]")).to_have_count(0)
         assert page.evaluate("window.steerscopeSamePage === true"), "the page was loaded again"
-        page.screenshot(path=shots / "31-run-scored-in-place.png", full_page=True)
+        page.screenshot(path=shots / shot, full_page=True)
+
+
+def test_the_scores_appear_when_the_scoring_ends_without_a_reload(
+    page: Page, scoring_server: LiveServer, shots: Path
+) -> None:
+    follow_to_the_scores(page, scoring_server, shots, "31-run-scored-in-place.png")
+
+
+def test_a_page_whose_refresh_fails_tries_again(page: Page, scoring_server: LiveServer, shots: Path) -> None:
+    """A job ends while the server cannot answer the page (busy, restarting): the page fetches
+    itself again a moment later rather than stay as it was, following nothing."""
+    refused: list[str] = []
+
+    def refuse_the_first(route: Route) -> None:
+        if route.request.headers.get("hx-request") and not refused:
+            refused.append(route.request.url)
+            route.fulfill(status=503, body="busy")
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/runs/\d+(\?.*)?$"), refuse_the_first)
+    follow_to_the_scores(page, scoring_server, shots, "31-run-scored-after-a-refused-refresh.png")
+    assert refused, "no refresh of the page was refused: the test did not test a retry"

@@ -11,10 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PageTimeout
 
 from app.main import create_app
 from tests.app.conftest import make_settings
-from tests.browser.conftest import TIMEOUT_MS, TIMEOUT_S, Held, finished
+from tests.browser.conftest import TIMEOUT_MS, TIMEOUT_S, Held, finished, stream_trace, trace_stream
 from tests.live import LiveServer, free_port
 
 # Set on a run page: every phase its progress names, and every message it shows, in order.
@@ -119,6 +120,7 @@ def test_a_runs_page_names_each_phase_and_its_blocks_and_r_come_first(
         spec = {"prompts": prompts, "n_vectors": 2, "mode": "reference", "steps": 600}
         r = api.post("/api/runs", json=spec)
         run_id = r.json()["run_id"]
+        trace_stream(page)
         page.goto(f"{scoring.url}/runs/{run_id}")
         page.evaluate(WATCH_PROGRESS)
         # Blocks and R are on the page while no vector is stored yet.
@@ -128,7 +130,16 @@ def test_a_runs_page_names_each_phase_and_its_blocks_and_r_come_first(
         finished(api, r.json()["job"]["id"])
         # Then its gallery; the scoring that follows (after its twin) can end on the tiny model before
         # the page shows it, so it is checked only for its order when the page did see it.
-        page.wait_for_function("() => window.phases.includes('samples')", timeout=TIMEOUT_MS)
+        try:
+            page.wait_for_function("() => window.phases.includes('samples')", timeout=TIMEOUT_MS)
+        except PageTimeout as exc:  # say what the page saw, to tell a slow page from a lost one
+            seen = page.evaluate("() => [window.phases, window.messages]")
+            jobs = [
+                (j["id"], j["kind"], j["status"], j.get("finished_at")) for j in api.get("/api/jobs").json()
+            ]
+            raise AssertionError(
+                f"{exc}\nsaw {seen}; jobs: {jobs}\nthe page's stream:\n{stream_trace(page)}"
+            ) from None
         phases = page.evaluate("() => window.phases")
         firsts = [phases.index(p) for p in ("training", "samples", "scoring") if p in phases]
         assert len(firsts) >= 2 and firsts == sorted(firsts), phases
