@@ -16,7 +16,10 @@ the same R). Every vector's greedy gallery completion of each prompt is scored t
   (tests/fixtures/flags_labelled.jsonl, rows with "part": "held-out"): the share that agree, and
   the share of those labelled changed that the flags call changed;
 - second_reading_agreement (no target): how often a second blind reading of 100 labelled rows
-  agrees with the first, about the ceiling of flags_agreement.
+  agrees with the first, about the ceiling of flags_agreement;
+- beyond_random_share_interval, changed_fluent_vs_random_interval (no targets): 95% intervals, the
+  Wilson interval over vectors and a bootstrap that resamples whole vectors (a vector's completions
+  move together), so a figure near its target says whether more vectors could settle it.
 
 Every vector, learned and twin, is read where the app scores it: probed for its working scale on
 the run's first prompts (engine/refine/working_scale.py) and completed and scored there, or at x1
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random as rand
 import sys
 import time
 from pathlib import Path
@@ -50,7 +54,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
-from bench.common import BEYOND, ScoredRun, load_runs, log, save_runs, scored_run, threads
+from bench.common import BEYOND, ScoredRun, load_runs, log, save_runs, scored_run, threads, wilson
 from bench.verdict import Target, report
 from engine.discovery import suite
 from engine.discovery.embedder import Embedder
@@ -138,6 +142,9 @@ def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
         "unchanged_learned": round(share(learned, "unchanged"), 4),
         "empty_learned": sum(not c.text.strip() for r in runs for c in r.completions if not c.random),
         "beyond_random_share": round(sum(p >= BEYOND for p in beyond) / max(1, len(beyond)), 4),
+        "beyond_random_share_interval": [
+            round(x, 3) for x in wilson(sum(p >= BEYOND for p in beyond), len(beyond))
+        ],
         "beyond_random_fluent_share": round(beyond_fluent / max(1, len(beyond)), 4),
         "behaviours_beyond_random": real,
         "behaviours_beyond_random_per_100": round(100 * real / max(1, n_vectors), 2),
@@ -148,6 +155,27 @@ def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
         "mean_interest": round(fmean(v for r in runs for v in r.found.interest.values()), 4),
         "working_scales": scale_counts(runs),
     }
+
+
+def ratio_interval(runs: list[ScoredRun], resamples: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% bootstrap interval of changed_fluent_vs_random: learned and twin vectors are drawn again
+    with replacement, each with all its completions (None when a draw can have no random change)."""
+    by_vector: dict[tuple[bool, int, Any], list[bool]] = {}
+    for k, r in enumerate(runs):
+        for c, s in zip(r.completions, r.found.scores, strict=True):
+            by_vector.setdefault((c.random, k, c.vector), []).append(s.flag == "")
+    sides = [[v for (twin, *_), v in by_vector.items() if twin == side] for side in (False, True)]
+    if not all(sides):
+        return None
+    pick = rand.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        learned, twin = ([c for v in pick.choices(side, k=len(side)) for c in v] for side in sides)
+        if not any(twin):
+            return None
+        ratios.append((sum(learned) / len(learned)) / (sum(twin) / len(twin)))
+    ratios.sort()
+    return [round(ratios[int(0.025 * resamples)], 2), round(ratios[int(0.975 * resamples) - 1], 2)]
 
 
 def scale_counts(runs: list[ScoredRun]) -> dict[str, dict[str, int]]:
@@ -273,6 +301,7 @@ def main() -> None:
     figures["changed_fluent_vs_random"] = (
         round(learned / random, 2) if random else (None if not learned else float("inf"))
     )
+    figures["changed_fluent_vs_random_interval"] = ratio_interval(runs)
     result = {
         "half": args.half,
         "quick": args.quick,
