@@ -123,6 +123,7 @@ def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
         for vector, p in r.per_vector_beyond().items():
             beyond.append(p)
             beyond_fluent += p >= BEYOND and 2 * sum(broken[vector]) < len(broken[vector])
+    n_beyond = sum(p >= BEYOND for p in beyond)
     real = 0
     for r in runs:
         for b in r.found.behaviours:
@@ -141,10 +142,8 @@ def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:
         "rephrase_learned": round(share(learned, "rephrase"), 4),
         "unchanged_learned": round(share(learned, "unchanged"), 4),
         "empty_learned": sum(not c.text.strip() for r in runs for c in r.completions if not c.random),
-        "beyond_random_share": round(sum(p >= BEYOND for p in beyond) / max(1, len(beyond)), 4),
-        "beyond_random_share_interval": [
-            round(x, 3) for x in wilson(sum(p >= BEYOND for p in beyond), len(beyond))
-        ],
+        "beyond_random_share": round(n_beyond / max(1, len(beyond)), 4),
+        "beyond_random_share_interval": [round(x, 3) for x in wilson(n_beyond, len(beyond))],
         "beyond_random_fluent_share": round(beyond_fluent / max(1, len(beyond)), 4),
         "behaviours_beyond_random": real,
         "behaviours_beyond_random_per_100": round(100 * real / max(1, n_vectors), 2),

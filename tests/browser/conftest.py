@@ -119,3 +119,10 @@ def stream_trace(page: Page) -> str:
         return "\n".join(page.evaluate("() => window.streamTrace || []"))
     except Exception as exc:  # the page itself may be what went wrong
         return f"(no trace: {exc})"
+
+
+def where_it_stood(api: httpx.Client, page: Page) -> str:
+    """For a live page that waited in vain: each job's state and what the page's stream did, to tell
+    a slow page from a lost one."""
+    jobs = [(j["id"], j["kind"], j["status"], j.get("finished_at")) for j in api.get("/api/jobs").json()]
+    return f"jobs: {jobs}\nthe page's stream:\n{stream_trace(page)}"

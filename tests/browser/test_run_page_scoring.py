@@ -14,7 +14,7 @@ from playwright.sync_api import Page, Route, expect
 
 from app.main import create_app
 from tests.app.conftest import make_settings
-from tests.browser.conftest import TIMEOUT_MS, TIMEOUT_S, stream_trace, trace_stream
+from tests.browser.conftest import TIMEOUT_MS, TIMEOUT_S, trace_stream, where_it_stood
 from tests.live import LiveServer, free_port
 
 
@@ -50,13 +50,8 @@ def follow_to_the_scores(page: Page, server: LiveServer, shots: Path, shot: str)
         try:
             expect(page.locator("#discovery-section")).to_be_visible()
         except AssertionError as exc:  # say where each job stood, to tell a slow page from a lost one
-            jobs = [
-                (j["id"], j["kind"], j["status"], j.get("error"), j.get("finished_at"))
-                for j in api.get("/api/jobs").json()
-            ]
-            at = datetime.now(UTC).isoformat()
             raise AssertionError(
-                f"{exc}\nat {at}, jobs: {jobs}\nthe page's stream:\n{stream_trace(page)}"
+                f"{exc}\nat {datetime.now(UTC).isoformat()}, {where_it_stood(api, page)}"
             ) from None
         expect(page.locator("#scoring")).to_contain_text("Scored")
         expect(page.locator("#run-body[data-live]")).to_have_count(0)

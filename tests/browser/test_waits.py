@@ -15,7 +15,7 @@ from playwright.sync_api import TimeoutError as PageTimeout
 
 from app.main import create_app
 from tests.app.conftest import make_settings
-from tests.browser.conftest import TIMEOUT_MS, TIMEOUT_S, Held, finished, stream_trace, trace_stream
+from tests.browser.conftest import TIMEOUT_MS, TIMEOUT_S, Held, finished, trace_stream, where_it_stood
 from tests.live import LiveServer, free_port
 
 # Set on a run page: every phase its progress names, and every message it shows, in order.
@@ -134,12 +134,7 @@ def test_a_runs_page_names_each_phase_and_its_blocks_and_r_come_first(
             page.wait_for_function("() => window.phases.includes('samples')", timeout=TIMEOUT_MS)
         except PageTimeout as exc:  # say what the page saw, to tell a slow page from a lost one
             seen = page.evaluate("() => [window.phases, window.messages]")
-            jobs = [
-                (j["id"], j["kind"], j["status"], j.get("finished_at")) for j in api.get("/api/jobs").json()
-            ]
-            raise AssertionError(
-                f"{exc}\nsaw {seen}; jobs: {jobs}\nthe page's stream:\n{stream_trace(page)}"
-            ) from None
+            raise AssertionError(f"{exc}\nsaw {seen}; {where_it_stood(api, page)}") from None
         phases = page.evaluate("() => window.phases")
         firsts = [phases.index(p) for p in ("training", "samples", "scoring") if p in phases]
         assert len(firsts) >= 2 and firsts == sorted(firsts), phases
