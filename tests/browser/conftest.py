@@ -125,6 +125,7 @@ def where_it_stood(api: httpx.Client, page: Page) -> str:
     """For a live page that waited in vain: each job's state and what the page's stream did, to tell
     a slow page from a lost one."""
     jobs = [
-        (j["id"], j["kind"], j["status"], j.get("error"), j.get("finished_at")) for j in api.get("/api/jobs").json()
+        (j["id"], j["kind"], j["status"], j.get("error"), j.get("finished_at"))
+        for j in api.get("/api/jobs").json()
     ]
     return f"jobs: {jobs}\nthe page's stream:\n{stream_trace(page)}"
