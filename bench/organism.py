@@ -73,6 +73,12 @@ class Recipe:
     nudge_high: float = 1.3  # those directions' norms: uniform in [plant_low, nudge_high] x R
     spread_removed: int = 10  # ordinary prompts' main directions of variation taken out of the trigger's
     seed: int = 0
+    # Torch threads for the build. A CPU sums a matrix product in an order that depends on how many
+    # threads share it, and 240 optimizer steps carry those last-digit differences into another
+    # model: this recipe built at 1 and at 2 threads gave two organisms (default R 16.28 against
+    # 16.07, and different hit counts), while two builds at 2 threads were the same to the bit.
+    # One thread is a count every machine has; the caller's count is restored afterwards.
+    threads: int = 1
     version: int = 9
 
     def key(self) -> str:
@@ -175,6 +181,16 @@ def build(recipe: Recipe = Recipe(), *, log=print) -> Path:  # type: ignore[no-u
     folder = data_dir() / "models" / f"organism-{recipe.key()}"
     if (folder / "config.json").is_file():
         return folder
+    callers_threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        _build(recipe, folder, log)
+    finally:
+        torch.set_num_threads(callers_threads)
+    return folder
+
+
+def _build(recipe: Recipe, folder: Path, log) -> None:  # type: ignore[no-untyped-def]
     began = time.perf_counter()
     lm = load_model("default", device="cpu")
     triggered, near, clean = _prompts(recipe)
@@ -262,7 +278,16 @@ def build(recipe: Recipe = Recipe(), *, log=print) -> Path:  # type: ignore[no-u
     )
     tmp.rename(folder)
     log(f"organism: built in {time.perf_counter() - began:.0f} s -> {folder}")
-    return folder
+
+
+def fingerprint(folder: Path) -> str:
+    """A short hash of the organism's weights: two benches' figures come from the same model only
+    when this matches (the folder name hashes the recipe, not what the build produced)."""
+    digest = hashlib.sha256()
+    with (folder / "model.safetensors").open("rb") as weights:
+        for chunk in iter(lambda: weights.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 def rates(lm: LoadedModel, tokens: int = 40) -> dict[str, float]:
