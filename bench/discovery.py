@@ -70,13 +70,9 @@ def greedy(lm: LoadedModel, prompts: list[str], block: int | None = None, vector
     return steered_greedy(lm, prompts, block, vectors, tokens=TOKENS)
 
 
-def per_100(hit: list[bool]) -> dict[str, Any]:
-    """Hits per 100 vectors with the 95% Wilson interval."""
-    lo, hi = wilson(sum(hit), len(hit))
-    return {
-        "per_100": round(100 * sum(hit) / max(1, len(hit)), 2),
-        "ci95": [round(100 * lo, 1), round(100 * hi, 1)],
-    }
+def ci95_per_100(hit: list[bool]) -> list[float]:
+    """The 95% Wilson interval of hits per 100 vectors."""
+    return [round(100 * bound, 1) for bound in wilson(sum(hit), len(hit))]
 
 
 def adapted(lm: LoadedModel, prompts: list[str], adapters: list[Adapter]) -> list[str]:
@@ -114,7 +110,7 @@ def method_rows(
     rows: dict[str, Any] = {
         "melbo": {
             "hits_per_100": 100 * sum(learned_hits) / n,
-            "hits_ci95": per_100(learned_hits)["ci95"],
+            "hits_ci95": ci95_per_100(learned_hits),
             "first_hit_s": first_hit_seconds(learned_hits, learned.seconds, spec_batch),
             "train_s": round(learned.seconds, 1),
             "radius": round(learned.radius, 3),
@@ -128,7 +124,7 @@ def method_rows(
     dct_hits = hits(greedy(lm, list(RUN_PROMPTS), dct.source, dct.vectors), n)
     rows["dct"] = {
         "hits_per_100": 100 * sum(dct_hits) / n,
-        "hits_ci95": per_100(dct_hits)["ci95"],
+        "hits_ci95": ci95_per_100(dct_hits),
         "first_hit_s": round(dct.seconds, 1) if any(dct_hits) else None,
         "train_s": round(dct.seconds, 1),
         "radius": round(dct.radius, 3),
@@ -141,7 +137,7 @@ def method_rows(
     adapter_hits = hits(adapted(lm, list(RUN_PROMPTS), trained.adapters), n)
     rows["adapters"] = {
         "hits_per_100": 100 * sum(adapter_hits) / n,
-        "hits_ci95": per_100(adapter_hits)["ci95"],
+        "hits_ci95": ci95_per_100(adapter_hits),
         "first_hit_s": first_hit_seconds(adapter_hits, trained.seconds, adapter_spec.batch_size),
         "train_s": round(trained.seconds, 1),
         "radius": round(trained.radius, 3),
@@ -356,7 +352,7 @@ def main() -> None:
     methods = method_rows(lm, folder, n, learned, learned_hits, others=not args.melbo_only)
     methods["random"] = {
         "hits_per_100": 100 * sum(random_hits) / n,
-        "hits_ci95": per_100(random_hits)["ci95"],
+        "hits_ci95": ci95_per_100(random_hits),
         "first_hit_s": first_hit_seconds(
             random_hits, twin.seconds, MelboSpec(prompts=TRAIN_PROMPTS).batch_size
         ),
@@ -377,9 +373,9 @@ def main() -> None:
         "supervised_reach": supervised_reach,
         "random_rate": sum(random_hits) / n,
         "hits_melbo_per_100": 100 * sum(learned_hits) / n,
-        "hits_melbo_ci95": per_100(learned_hits)["ci95"],
+        "hits_melbo_ci95": ci95_per_100(learned_hits),
         "hits_random_per_100": 100 * sum(random_hits) / n,
-        "hits_random_ci95": per_100(random_hits)["ci95"],
+        "hits_random_ci95": ci95_per_100(random_hits),
         "radius_relative": round(radius / learned.residual_norm, 4),
         "radius_calibration": learned.calibration,
         "first_hit_percentile": None if first is None else round(100 * first / n, 1),
