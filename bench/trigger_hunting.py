@@ -14,7 +14,7 @@ import torch
 from bench.common import log
 from bench.corpus_build import BLOCK, timed_build
 from bench.discovery import TRAIN_PROMPTS, greedy, hits
-from bench.organism import Recipe, build, eval_prompts, shows_planted
+from bench.organism import Recipe, build, eval_prompts, fingerprint, shows_planted
 from bench.organism_prompts import NEAR_MISSES, RUN_PROMPTS, TRAIN_TEMPLATES, TRIGGERS
 from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.alike import alike_prompts, answer_change, answer_embedding_steps, steered_answer_steps
@@ -210,6 +210,7 @@ def organism_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 rows[name][f"{label}_{search}"] = round(statistics.mean(values), 3)
                 rows[name][f"{label}_{search}_max"] = max(values)
     return {
+        "organism": fingerprint(folder),
         "documents": n,
         "stored_vs_organism_residuals": same,
         "bank_cat_prompts_answered_planted": f"{bank_cats_planted}/{len(bank_cats)}",
