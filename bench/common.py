@@ -66,6 +66,21 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def ci95_per_100(hit: list[bool]) -> list[float]:
+    """The 95% Wilson interval of hits per 100 vectors."""
+    return [round(100 * bound, 1) for bound in wilson(sum(hit), len(hit))]
+
+
+def first_hit_seconds(found: list[bool], seconds: float, batch: int) -> float | None:
+    """Training time up to the end of the batch holding the first hit (vectors train `batch` at a
+    time, at an even cost per batch)."""
+    first = next((i for i, h in enumerate(found) if h), None)
+    if first is None:
+        return None
+    batches = -(-len(found) // batch)
+    return round(seconds * (first // batch + 1) / batches, 1)
+
+
 @dataclass
 class ScoredRun:
     """One run's learned vectors and random twin on its prompts, scored and clustered together."""

@@ -41,8 +41,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
+from bench.common import ci95_per_100, first_hit_seconds, log
 from bench.common import greedy as steered_greedy
-from bench.common import log, wilson
 from bench.organism import Recipe, build, eval_prompts, fingerprint, shows_planted
 from bench.organism_prompts import PLANTED, RUN_PROMPTS
 from bench.verdict import Target, report
@@ -70,11 +70,6 @@ def greedy(lm: LoadedModel, prompts: list[str], block: int | None = None, vector
     return steered_greedy(lm, prompts, block, vectors, tokens=TOKENS)
 
 
-def ci95_per_100(hit: list[bool]) -> list[float]:
-    """The 95% Wilson interval of hits per 100 vectors."""
-    return [round(100 * bound, 1) for bound in wilson(sum(hit), len(hit))]
-
-
 def adapted(lm: LoadedModel, prompts: list[str], adapters: list[Adapter]) -> list[str]:
     requests = [
         GenerationRequest(prompt=p, adapter=a, max_new_tokens=TOKENS) for a in adapters for p in prompts
@@ -90,16 +85,6 @@ def planted_cosine(folder: Path, vectors: torch.Tensor) -> float | None:
         return None
     direction = torch.load(saved)["direction"].float()
     return round(float(torch.nn.functional.cosine_similarity(vectors.float(), direction[None]).max()), 3)
-
-
-def first_hit_seconds(found: list[bool], seconds: float, batch: int) -> float | None:
-    """Training time up to the end of the batch holding the first hit (vectors train `batch` at a
-    time, at an even cost per batch)."""
-    first = next((i for i, h in enumerate(found) if h), None)
-    if first is None:
-        return None
-    batches = -(-len(found) // batch)
-    return round(seconds * (first // batch + 1) / batches, 1)
 
 
 def method_rows(

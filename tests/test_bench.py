@@ -1,5 +1,5 @@
-"""The benches' verdicts (bench/verdict.py), the table `make bench` prints (bench/table.py) and the
-GPU bench's CPU dry run (bench/gpu.py)."""
+"""The benches' verdicts (bench/verdict.py), their hit-rate helpers (bench/common.py), the table
+`make bench` prints (bench/table.py) and the GPU bench's CPU dry run (bench/gpu.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import ci95_per_100, first_hit_seconds
 from bench.table import main as table_main
 from bench.verdict import Target, report, verdicts
 
@@ -50,6 +51,16 @@ def write(folder: Path, name: str, out: str, rc: int) -> None:
 def line(figures: dict[str, object], targets: list[Target], capsys: pytest.CaptureFixture[str]) -> str:
     report("x", figures, targets)
     return capsys.readouterr().out
+
+
+def test_hit_rate_interval_and_first_hit_time() -> None:
+    # 15 hits in 128 vectors: the discovery figure's interval as the docs quote it.
+    assert ci95_per_100([True] * 15 + [False] * 113) == [7.2, 18.4]
+    assert ci95_per_100([False] * 128)[0] == 0.0
+    # Vectors train 8 at a time: a first hit in the third batch of four costs three quarters.
+    found = [False] * 17 + [True] + [False] * 14
+    assert first_hit_seconds(found, seconds=400.0, batch=8) == 300.0
+    assert first_hit_seconds([False] * 32, seconds=400.0, batch=8) is None
 
 
 def test_table_passes_only_when_every_bench_finished_and_met_its_targets(
