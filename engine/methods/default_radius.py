@@ -33,7 +33,7 @@ THRESHOLD = 0.5  # nonlinearity ratio of the calibration
 # The default R is this multiple of the calibrated R. On the tuning half, x1 left half of the learned
 # completions gibberish, x0.5 none beyond random; x0.7 kept the most changed-and-fluent beyond random.
 # x0.6 did a little better on ordinary prompts but found the organism's planted behaviour less often
-# (bench/discovery.py, below its target, on a 2-thread build of the organism), so it is not the default.
+# (bench/discovery.py, below its target on both builds of the organism measured), so it is not the default.
 MULTIPLE = 0.7
 DIRECTIONS = 16  # random directions averaged over (the ratio is smooth in R; 16 give it within a few %)
 SEED = 0  # fixed: every run of a model, whatever its own seed, gets the same share
