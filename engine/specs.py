@@ -27,7 +27,8 @@ DEEP = 16  # blocks from which a model is deep enough for the reference's source
 
 def default_source(n_blocks: int) -> int:
     """Source block from depth: 7 on models of 16 blocks or more (the reference default, e.g. on
-    24-block Qwen-1.8B), a quarter of the depth on shallower ones."""
+    24-block Qwen-1.8B), a quarter of the depth on shallower ones. For MELBO on the embedded model,
+    blocks 4, 10 and 13 were tried and none kept (docs/benchmarks.md, "The source block")."""
     return 7 if n_blocks >= DEEP else max(0, n_blocks // 4)
 
 
