@@ -1,8 +1,9 @@
 """What several benches share: a timestamped log, greedy gallery completions, a learned run beside
-its random twin scored the product's way, and binomial intervals."""
+its random twin scored the product's way, binomial intervals and the `--spec` option's MELBO settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import torch
 from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.embedder import Embedder
 from engine.discovery.findings import Completion, Findings, find
+from engine.errors import EngineError
 from engine.methods.melbo import MelboResult, train_melbo
 from engine.models import LoadedModel
 from engine.refine.working_scale import PROBE_PROMPTS, scored_scale, working_scales
@@ -190,3 +192,23 @@ def load_runs(lm: LoadedModel, embedder: Embedder, path: Path) -> list[ScoredRun
 def threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)
+
+
+def spec_option(pairs: list[str] | None) -> dict[str, Any]:
+    """MelboSpec fields from KEY=VALUE pairs; a value that reads as JSON (4, 1.5, true) is taken as such."""
+    fields = {f.name for f in dataclasses.fields(MelboSpec)} - {"prompts", "n_vectors", "seed", "method"}
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            known = ", ".join(sorted(fields))
+            raise SystemExit(f"--spec takes KEY=VALUE with KEY one of {known}, got {pair!r}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    try:
+        MelboSpec(prompts=("a prompt",), **out)  # a bad value stops the bench before any work
+    except (EngineError, TypeError) as err:
+        raise SystemExit(f"--spec: {err}") from None
+    return out

@@ -23,6 +23,8 @@
    that holds its first hit; DCT learns all its factors at once, so its whole time), and, for the
    vector methods, the largest cosine between a vector and the planted concept's direction.
    `--melbo-only` leaves them out (the MELBO and random figures alone).
+`--spec source=10 --spec positions=last:1` runs MELBO and its twin with other settings (any
+MelboSpec field, as in bench/yield.py): a candidate default must keep the organism's hits.
 Last line: one JSON object.
 """
 
@@ -41,7 +43,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
-from bench.common import ci95_per_100, first_hit_seconds, log
+from bench.common import ci95_per_100, first_hit_seconds, log, spec_option
 from bench.common import greedy as steered_greedy
 from bench.organism import Recipe, build, eval_prompts, fingerprint, shows_planted
 from bench.organism_prompts import PLANTED, RUN_PROMPTS
@@ -240,10 +242,17 @@ def main() -> None:
         action="store_true",
         help="skip timing the 256 x 8 x 48 workload (--quick skips it too)",
     )
+    parser.add_argument(
+        "--spec",
+        action="append",
+        metavar="KEY=VALUE",
+        help="another MELBO setting for learned and twin (repeatable): source=10, positions=last:1",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.vectors or (32 if args.quick else 128)
+    settings = spec_option(args.spec)
     load_start = os.getloadavg()[0]
     began = time.perf_counter()
 
@@ -267,9 +276,9 @@ def main() -> None:
         )
         return
 
-    log(f"training {n} MELBO vectors and the random twin (product defaults)")
-    learned = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0))
-    twin = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0, method="random"))
+    log(f"training {n} MELBO vectors and the random twin ({settings or 'product defaults'})")
+    learned = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0, **settings))
+    twin = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0, method="random", **settings))
     assert abs(twin.radius - learned.radius) < 1e-6, "the twin must share R"
     radius, block = learned.radius, learned.source
     log(f"R = {radius:.3f} at block {block}")
@@ -350,6 +359,7 @@ def main() -> None:
         "bench": "discovery",
         "organism": organism,
         "vectors": n,
+        "spec": settings,
         "radius": round(radius, 4),
         "fair": fair,
         "clean_rate": clean_rate,

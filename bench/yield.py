@@ -42,7 +42,6 @@ Last line: one JSON object (bench/verdict.py), with "targets": {name: met}.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random as rand
 import sys
@@ -54,7 +53,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
-from bench.common import BEYOND, ScoredRun, load_runs, log, save_runs, scored_run, threads, wilson
+from bench.common import (
+    BEYOND,
+    ScoredRun,
+    load_runs,
+    log,
+    save_runs,
+    scored_run,
+    spec_option,
+    threads,
+    wilson,
+)
 from bench.verdict import Target, report
 from engine.discovery import suite
 from engine.discovery.embedder import Embedder
@@ -62,7 +71,6 @@ from engine.discovery.scores import ScoreInput, score
 from engine.models import LoadedModel, load_model
 from engine.refine.working_scale import LADDER
 from engine.refine.working_scale import TOKENS as PROBE_TOKENS
-from engine.specs import MelboSpec
 
 LABELLED = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "flags_labelled.jsonl"
 AS_FLAG = {"unchanged": "unchanged", "rephrase": "rephrase", "gibberish": "gibberish", "changed": ""}
@@ -88,22 +96,6 @@ def radius_option(text: str | None) -> dict[str, Any]:
     if kind == "value":
         return {"radius": float(value)}
     raise SystemExit(f"--radius is default, share:X or value:X, got {text!r}")
-
-
-def spec_option(pairs: list[str] | None) -> dict[str, Any]:
-    """MelboSpec fields from KEY=VALUE pairs; a value that reads as JSON (4, 1.5, true) is taken as such."""
-    fields = {f.name for f in dataclasses.fields(MelboSpec)} - {"prompts", "n_vectors", "seed", "method"}
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, text = pair.partition("=")
-        if not sep or key not in fields:
-            known = ", ".join(sorted(fields))
-            raise SystemExit(f"--spec takes KEY=VALUE with KEY one of {known}, got {pair!r}")
-        try:
-            out[key] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key] = text
-    return out
 
 
 def run_figures(runs: list[ScoredRun]) -> dict[str, Any]:

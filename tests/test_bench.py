@@ -1,5 +1,6 @@
 """The benches' verdicts (bench/verdict.py), their hit-rate helpers (bench/common.py), the table
-`make bench` prints (bench/table.py) and the GPU bench's CPU dry run (bench/gpu.py)."""
+`make bench` prints (bench/table.py), the `--spec` option and the GPU bench's CPU dry run
+(bench/gpu.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import ci95_per_100, first_hit_seconds
+from bench.common import ci95_per_100, first_hit_seconds, spec_option
 from bench.table import main as table_main
 from bench.verdict import Target, report, verdicts
 
@@ -61,6 +62,21 @@ def test_hit_rate_interval_and_first_hit_time() -> None:
     found = [False] * 17 + [True] + [False] * 14
     assert first_hit_seconds(found, seconds=400.0, batch=8) == 300.0
     assert first_hit_seconds([False] * 32, seconds=400.0, batch=8) is None
+
+
+def test_spec_option_reads_melbo_settings_and_refuses_bad_ones() -> None:
+    assert spec_option(None) == {}
+    assert spec_option(["positions=last:1", "source=10", "p=4"]) == {
+        "positions": "last:1",
+        "source": 10,
+        "p": 4,
+    }
+    with pytest.raises(SystemExit, match="KEY one of"):
+        spec_option(["prompts=x"])  # the bench owns prompts, vectors, seed and method
+    with pytest.raises(SystemExit, match="last:k"):
+        spec_option(["positions=last:0"])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        spec_option(["source"])
 
 
 def test_table_passes_only_when_every_bench_finished_and_met_its_targets(
