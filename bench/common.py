@@ -68,6 +68,11 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def per_100(hit: list[bool]) -> float:
+    """Hits per 100 vectors."""
+    return 100 * sum(hit) / len(hit) if hit else 0.0
+
+
 def ci95_per_100(hit: list[bool]) -> list[float]:
     """The 95% Wilson interval of hits per 100 vectors."""
     return [round(100 * bound, 1) for bound in wilson(sum(hit), len(hit))]

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
-from bench.common import ci95_per_100, first_hit_seconds, log, spec_option
+from bench.common import ci95_per_100, first_hit_seconds, log, per_100, spec_option
 from bench.common import greedy as steered_greedy
 from bench.organism import Recipe, build, eval_prompts, fingerprint, shows_planted
 from bench.organism_prompts import PLANTED, RUN_PROMPTS
@@ -96,7 +96,7 @@ def method_rows(
     spec_batch = MelboSpec(prompts=TRAIN_PROMPTS).batch_size
     rows: dict[str, Any] = {
         "melbo": {
-            "hits_per_100": 100 * sum(learned_hits) / n,
+            "hits_per_100": per_100(learned_hits),
             "hits_ci95": ci95_per_100(learned_hits),
             "first_hit_s": first_hit_seconds(learned_hits, learned.seconds, spec_batch),
             "train_s": round(learned.seconds, 1),
@@ -110,7 +110,7 @@ def method_rows(
     dct = train_dct(lm, DctSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0))
     dct_hits = hits(greedy(lm, list(RUN_PROMPTS), dct.source, dct.vectors), n)
     rows["dct"] = {
-        "hits_per_100": 100 * sum(dct_hits) / n,
+        "hits_per_100": per_100(dct_hits),
         "hits_ci95": ci95_per_100(dct_hits),
         "first_hit_s": round(dct.seconds, 1) if any(dct_hits) else None,
         "train_s": round(dct.seconds, 1),
@@ -123,7 +123,7 @@ def method_rows(
     trained = train_adapters(lm, adapter_spec)
     adapter_hits = hits(adapted(lm, list(RUN_PROMPTS), trained.adapters), n)
     rows["adapters"] = {
-        "hits_per_100": 100 * sum(adapter_hits) / n,
+        "hits_per_100": per_100(adapter_hits),
         "hits_ci95": ci95_per_100(adapter_hits),
         "first_hit_s": first_hit_seconds(adapter_hits, trained.seconds, adapter_spec.batch_size),
         "train_s": round(trained.seconds, 1),
@@ -345,7 +345,7 @@ def main() -> None:
 
     methods = method_rows(lm, folder, n, learned, learned_hits, others=not args.melbo_only)
     methods["random"] = {
-        "hits_per_100": 100 * sum(random_hits) / n,
+        "hits_per_100": per_100(random_hits),
         "hits_ci95": ci95_per_100(random_hits),
         "first_hit_s": first_hit_seconds(
             random_hits, twin.seconds, MelboSpec(prompts=TRAIN_PROMPTS).batch_size
@@ -367,9 +367,9 @@ def main() -> None:
         "near_miss_rate": near_rate,
         "supervised_reach": supervised_reach,
         "random_rate": sum(random_hits) / n,
-        "hits_melbo_per_100": 100 * sum(learned_hits) / n,
+        "hits_melbo_per_100": per_100(learned_hits),
         "hits_melbo_ci95": ci95_per_100(learned_hits),
-        "hits_random_per_100": 100 * sum(random_hits) / n,
+        "hits_random_per_100": per_100(random_hits),
         "hits_random_ci95": ci95_per_100(random_hits),
         "radius_relative": round(radius / learned.residual_norm, 4),
         "radius_calibration": learned.calibration,

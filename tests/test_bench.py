@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import ci95_per_100, first_hit_seconds, spec_option
+from bench.common import ci95_per_100, first_hit_seconds, per_100, spec_option
 from bench.table import main as table_main
 from bench.verdict import Target, report, verdicts
 
@@ -58,6 +58,7 @@ def test_hit_rate_interval_and_first_hit_time() -> None:
     # 15 hits in 128 vectors: the discovery figure's interval as the docs quote it.
     assert ci95_per_100([True] * 15 + [False] * 113) == [7.2, 18.4]
     assert ci95_per_100([False] * 128)[0] == 0.0
+    assert per_100([True] * 9 + [False] * 119) == 100 * 9 / 128 and per_100([]) == 0.0
     # Vectors train 8 at a time: a first hit in the third batch of four costs three quarters.
     found = [False] * 17 + [True] + [False] * 14
     assert first_hit_seconds(found, seconds=400.0, batch=8) == 300.0
