@@ -25,6 +25,8 @@
    `--melbo-only` leaves them out (the MELBO and random figures alone).
 `--spec source=10 --spec positions=last:1` runs MELBO and its twin with other settings (any
 MelboSpec field, as in bench/yield.py): a candidate default must keep the organism's hits.
+`--seed 1` trains other vectors, twins, factors and adapters (how far a hit count moves with the
+seed alone).
 Last line: one JSON object.
 """
 
@@ -90,7 +92,14 @@ def planted_cosine(folder: Path, vectors: torch.Tensor) -> float | None:
 
 
 def method_rows(
-    lm: LoadedModel, folder: Path, n: int, learned: Any, learned_hits: list[bool], *, others: bool = True
+    lm: LoadedModel,
+    folder: Path,
+    n: int,
+    learned: Any,
+    learned_hits: list[bool],
+    *,
+    seed: int = 0,
+    others: bool = True,
 ) -> dict[str, Any]:
     """Hits per 100 and time to the first hit for MELBO (already trained), DCT and adapters."""
     spec_batch = MelboSpec(prompts=TRAIN_PROMPTS).batch_size
@@ -107,7 +116,7 @@ def method_rows(
     if not others:
         return rows
     log(f"DCT: {n} factors (product defaults)")
-    dct = train_dct(lm, DctSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0))
+    dct = train_dct(lm, DctSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=seed))
     dct_hits = hits(greedy(lm, list(RUN_PROMPTS), dct.source, dct.vectors), n)
     rows["dct"] = {
         "hits_per_100": per_100(dct_hits),
@@ -119,7 +128,7 @@ def method_rows(
     }
     log(f"DCT: {sum(dct_hits)} hits, R = {dct.radius:.2f}, {dct.seconds:.0f} s")
     log(f"adapters: {n} (product defaults)")
-    adapter_spec = AdapterSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0)
+    adapter_spec = AdapterSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=seed)
     trained = train_adapters(lm, adapter_spec)
     adapter_hits = hits(adapted(lm, list(RUN_PROMPTS), trained.adapters), n)
     rows["adapters"] = {
@@ -196,11 +205,12 @@ def fairness_only(
     triggered_rate: float,
     near_rate: float,
     steps: int,
+    seed: int,
     began: float,
     load_start: float,
 ) -> None:
     """The organism's fairness figures alone: no MELBO run, no scoring."""
-    twin = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0, method="random"))
+    twin = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=seed, method="random"))
     theta = supervised_vector(lm, twin.source, twin.radius, steps)
     reach = rate(greedy(lm, list(RUN_PROMPTS[4:]), twin.source, theta[None]))
     log(f"supervised_reach {reach:.2f}")
@@ -210,6 +220,7 @@ def fairness_only(
         "fairness_only": True,
         "organism": organism,
         "random_vectors": n,
+        "seed": seed,
         "radius": round(twin.radius, 4),
         "clean_rate": clean_rate,
         "triggered_rate": triggered_rate,
@@ -248,6 +259,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="another MELBO setting for learned and twin (repeatable): source=10, positions=last:1",
     )
+    parser.add_argument("--seed", type=int, default=0, help="other vectors, twins, factors and adapters")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -272,13 +284,24 @@ def main() -> None:
 
     if args.fairness_only:
         fairness_only(
-            lm, organism, n, clean_rate, triggered_rate, near_rate, args.supervised_steps, began, load_start
+            lm,
+            organism,
+            n,
+            clean_rate,
+            triggered_rate,
+            near_rate,
+            args.supervised_steps,
+            args.seed,
+            began,
+            load_start,
         )
         return
 
     log(f"training {n} MELBO vectors and the random twin ({settings or 'product defaults'})")
-    learned = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0, **settings))
-    twin = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=0, method="random", **settings))
+    learned = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=args.seed, **settings))
+    twin = train_melbo(
+        lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=args.seed, method="random", **settings)
+    )
     assert abs(twin.radius - learned.radius) < 1e-6, "the twin must share R"
     radius, block = learned.radius, learned.source
     log(f"R = {radius:.3f} at block {block}")
@@ -343,7 +366,7 @@ def main() -> None:
             f"{len(b.vectors)} vectors, {len(b.random_vectors)} random"
         )
 
-    methods = method_rows(lm, folder, n, learned, learned_hits, others=not args.melbo_only)
+    methods = method_rows(lm, folder, n, learned, learned_hits, seed=args.seed, others=not args.melbo_only)
     methods["random"] = {
         "hits_per_100": per_100(random_hits),
         "hits_ci95": ci95_per_100(random_hits),
@@ -360,6 +383,7 @@ def main() -> None:
         "organism": organism,
         "vectors": n,
         "spec": settings,
+        "seed": args.seed,
         "radius": round(radius, 4),
         "fair": fair,
         "clean_rate": clean_rate,
