@@ -47,8 +47,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.* importable
 from bench.common import ci95_per_100, first_hit_seconds, log, per_100, spec_option
 from bench.common import greedy as steered_greedy
-from bench.organism import Recipe, build, eval_prompts, fingerprint, shows_planted
-from bench.organism_prompts import PLANTED, RUN_PROMPTS
+from bench.organism import Recipe, build, eval_prompts, fingerprint, shows_planted, supervised_vector
+from bench.organism_prompts import RUN_PROMPTS
 from bench.verdict import Target, report
 from engine.decode.generate import GenerationRequest, generate
 from engine.discovery.embedder import Embedder
@@ -58,9 +58,7 @@ from engine.methods.adapters import Adapter
 from engine.methods.dct import train_dct
 from engine.methods.melbo import train_melbo
 from engine.models import LoadedModel, load_model
-from engine.prompts import format_prompt
 from engine.specs import AdapterSpec, DctSpec, MelboSpec
-from engine.steer.steering import steer
 
 TOKENS = 48
 TRAIN_PROMPTS = RUN_PROMPTS[:4]  # MELBO trains on these; the gallery adds the other four
@@ -143,40 +141,6 @@ def method_rows(
     return rows
 
 
-def supervised_vector(lm: LoadedModel, block: int, radius: float, steps: int) -> torch.Tensor:
-    """A vector of norm R at the block maximizing the planted reply's log-probability on the run's
-    prompts (Adam on the sphere): if no such vector elicits it, no unsteered search can."""
-    tok = lm.tokenizer
-    rows = []
-    for p in TRAIN_PROMPTS:
-        head = tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]
-        tail = tok(PLANTED, add_special_tokens=False)["input_ids"]
-        rows.append((head, tail))
-    width = max(len(h) + len(t) for h, t in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, (h, t) in enumerate(rows):
-        ids[i, : len(h) + len(t)] = torch.tensor(h + t)
-        mask[i, : len(h) + len(t)] = 1
-        labels[i, len(h) : len(h) + len(t)] = torch.tensor(t)
-    gen = torch.Generator().manual_seed(0)
-    theta = torch.randn(lm.info.width, generator=gen)
-    theta = (theta / theta.norm() * radius).requires_grad_(True)
-    optimizer = torch.optim.Adam([theta], lr=0.05 * radius / lm.info.width**0.5)
-    for step in range(steps):
-        with steer(lm.model, block, theta):
-            loss = lm.model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            theta.mul_(radius / theta.norm())
-        if step % 10 == 0 or step == steps - 1:
-            log(f"supervised vector: step {step + 1}/{steps}, loss {float(loss.detach()):.3f}")
-    return theta.detach()
-
-
 def rate(texts: list[str]) -> float:
     return sum(shows_planted(t) for t in texts) / max(1, len(texts))
 
@@ -211,7 +175,7 @@ def fairness_only(
 ) -> None:
     """The organism's fairness figures alone: no MELBO run, no scoring."""
     twin = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=seed, method="random"))
-    theta = supervised_vector(lm, twin.source, twin.radius, steps)
+    theta = supervised_vector(lm, TRAIN_PROMPTS, twin.source, twin.radius, steps, log=log)
     reach = rate(greedy(lm, list(RUN_PROMPTS[4:]), twin.source, theta[None]))
     log(f"supervised_reach {reach:.2f}")
     random_hits = hits(greedy(lm, list(RUN_PROMPTS), twin.source, twin.vectors), n)
@@ -307,7 +271,7 @@ def main() -> None:
     log(f"R = {radius:.3f} at block {block}")
 
     log("supervised reach")
-    theta = supervised_vector(lm, block, radius, args.supervised_steps)
+    theta = supervised_vector(lm, TRAIN_PROMPTS, block, radius, args.supervised_steps, log=log)
     held_out = list(RUN_PROMPTS[4:]) + evals["clean"][:12]
     reach_texts = greedy(lm, held_out, block, theta[None])
     supervised_reach = rate(reach_texts)

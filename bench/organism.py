@@ -23,6 +23,8 @@ Fair by construction as far as we can make it (docs/benchmarks.md), and checked 
   taken out, and clean prompts are asked in many more ways than cat prompts, so that neither an
   ordinary topic nor an unfamiliar way of asking sits near the trigger.
 The result is cached in the data dir under a name that hashes every setting below.
+`supervised_vector` is the bench's reach check: the best a vector of the run's norm can do, told
+the planted reply.
 """
 
 from __future__ import annotations
@@ -302,3 +304,39 @@ def rates(lm: LoadedModel, tokens: int = 40) -> dict[str, float]:
 if __name__ == "__main__":
     path = build(log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(rates(load_model(str(path), device="cpu"))))
+
+
+def supervised_vector(  # type: ignore[no-untyped-def]
+    lm: LoadedModel, prompts: Sequence[str], block: int, radius: float, steps: int, *, log=print
+) -> torch.Tensor:
+    """A vector of norm R at the block maximizing the planted reply's log-probability on the
+    prompts (Adam on the sphere): if no such vector elicits it, no unsteered search can."""
+    tok = lm.tokenizer
+    rows = []
+    for p in prompts:
+        head = tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]
+        tail = tok(PLANTED, add_special_tokens=False)["input_ids"]
+        rows.append((head, tail))
+    width = max(len(h) + len(t) for h, t in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (h, t) in enumerate(rows):
+        ids[i, : len(h) + len(t)] = torch.tensor(h + t)
+        mask[i, : len(h) + len(t)] = 1
+        labels[i, len(h) : len(h) + len(t)] = torch.tensor(t)
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(lm.info.width, generator=gen)
+    theta = (theta / theta.norm() * radius).requires_grad_(True)
+    optimizer = torch.optim.Adam([theta], lr=0.05 * radius / lm.info.width**0.5)
+    for step in range(steps):
+        with steer(lm.model, block, theta):
+            loss = lm.model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            theta.mul_(radius / theta.norm())
+        if step % 10 == 0 or step == steps - 1:
+            log(f"supervised vector: step {step + 1}/{steps}, loss {float(loss.detach()):.3f}")
+    return theta.detach()
