@@ -170,11 +170,14 @@ def fairness_only(
     near_rate: float,
     steps: int,
     seed: int,
+    settings: dict[str, Any],
     began: float,
     load_start: float,
 ) -> None:
     """The organism's fairness figures alone: no MELBO run, no scoring."""
-    twin = train_melbo(lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=seed, method="random"))
+    twin = train_melbo(
+        lm, MelboSpec(prompts=TRAIN_PROMPTS, n_vectors=n, seed=seed, method="random", **settings)
+    )
     theta = supervised_vector(lm, TRAIN_PROMPTS, twin.source, twin.radius, steps, log=log)
     reach = rate(greedy(lm, list(RUN_PROMPTS[4:]), twin.source, theta[None]))
     log(f"supervised_reach {reach:.2f}")
@@ -184,6 +187,7 @@ def fairness_only(
         "fairness_only": True,
         "organism": organism,
         "random_vectors": n,
+        "spec": settings,
         "seed": seed,
         "radius": round(twin.radius, 4),
         "clean_rate": clean_rate,
@@ -256,6 +260,7 @@ def main() -> None:
             near_rate,
             args.supervised_steps,
             args.seed,
+            settings,
             began,
             load_start,
         )
