@@ -53,6 +53,9 @@ def test_new_user_path(page: Page, live: LiveServer, api: httpx.Client, shots: P
     page.screenshot(path=shots / "04-chain.png", full_page=True)
 
     page.goto(run_url)
+    # The run's scoring may still be going: the page swaps its cards when it ends, so a box
+    # ticked before then would be replaced unticked. Tick once the page has stopped updating.
+    expect(page.locator("#run-body[data-live]")).to_have_count(0)
     boxes = page.locator("article.card input[name=pick]")
     boxes.nth(0).check()
     boxes.nth(1).check()
