@@ -301,22 +301,14 @@ def rates(lm: LoadedModel, tokens: int = 40) -> dict[str, float]:
     return out
 
 
-if __name__ == "__main__":
-    path = build(log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(json.dumps(rates(load_model(str(path), device="cpu"))))
-
-
 def supervised_vector(  # type: ignore[no-untyped-def]
     lm: LoadedModel, prompts: Sequence[str], block: int, radius: float, steps: int, *, log=print
 ) -> torch.Tensor:
     """A vector of norm R at the block maximizing the planted reply's log-probability on the
     prompts (Adam on the sphere): if no such vector elicits it, no unsteered search can."""
     tok = lm.tokenizer
-    rows = []
-    for p in prompts:
-        head = tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]
-        tail = tok(PLANTED, add_special_tokens=False)["input_ids"]
-        rows.append((head, tail))
+    tail = tok(PLANTED, add_special_tokens=False)["input_ids"]
+    rows = [(tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"], tail) for p in prompts]
     width = max(len(h) + len(t) for h, t in rows)
     ids = torch.zeros((len(rows), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -340,3 +332,8 @@ def supervised_vector(  # type: ignore[no-untyped-def]
         if step % 10 == 0 or step == steps - 1:
             log(f"supervised vector: step {step + 1}/{steps}, loss {float(loss.detach()):.3f}")
     return theta.detach()
+
+
+if __name__ == "__main__":
+    path = build(log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps(rates(load_model(str(path), device="cpu"))))
