@@ -395,8 +395,28 @@ const steerscope = (() => {
     const again = () => {
       if (old.isConnected) window.setTimeout(() => fetchRunAgain(old, Math.min(wait * 2, 16000)), wait);
     };
+    const swapped = () => {
+      if (!old.isConnected) keepPicks(old, document.getElementById("run-body"));
+      again();
+    };
     htmx.ajax("GET", window.location.pathname + window.location.search,
-              { target: "#run-body", select: "#run-body", swap: "outerHTML" }).then(again, again);
+              { target: "#run-body", select: "#run-body", swap: "outerHTML" }).then(swapped, again);
+  }
+
+  // The fresh copy was drawn from the address as it stood when it was asked for, so a box ticked
+  // or cleared while it was on its way would come back as it was: carry the old copy's boxes over.
+  function keepPicks(old, fresh) {
+    if (!fresh) return;
+    const boxes = "input[type=checkbox][name=pick]";
+    const before = new Map([...old.querySelectorAll(boxes)].map((box) => [box.value, box.checked]));
+    let moved = false;
+    for (const box of fresh.querySelectorAll(boxes)) {
+      if (before.has(box.value) && before.get(box.value) !== box.checked) {
+        box.checked = before.get(box.value);
+        moved = true;
+      }
+    }
+    if (moved) syncSelection(fresh.querySelector(boxes).form);
   }
   document.addEventListener("htmx:sseMessage", (event) => {
     if (event.detail.type !== "finished" || event.target.id !== "run-body") return;

@@ -80,3 +80,31 @@ def test_a_page_whose_refresh_fails_tries_again(page: Page, scoring_server: Live
     page.route(re.compile(r"/runs/\d+(\?.*)?$"), refuse_the_first)
     follow_to_the_scores(page, scoring_server, shots, "31-run-scored-after-a-refused-refresh.png")
     assert refused, "no refresh of the page was refused: the test did not test a retry"
+
+
+def test_a_box_ticked_while_the_page_fetches_itself_stays_ticked(
+    page: Page, scoring_server: LiveServer, shots: Path
+) -> None:
+    """The scoring ends and the page asks for its fresh copy; a vector ticked while that copy is on
+    its way stays ticked in it, and the address and the compare link agree."""
+    ticked: list[str] = []
+
+    def tick_while_in_flight(route: Route) -> None:
+        if not route.request.headers.get("hx-request") or ticked:
+            route.continue_()
+            return
+        answer = route.fetch()  # drawn from the address as it was: nothing ticked
+        opening = re.search(r'<div id="run-body"[^>]*>', answer.text())
+        boxes = page.locator("article.card input[name=pick]")
+        # Only the last copy counts: a later one would draw the tick from the address again.
+        if opening and "data-live" not in opening.group(0) and boxes.count():
+            ticked.append(boxes.first.get_attribute("value") or "")
+            boxes.first.check()
+        route.fulfill(response=answer)
+
+    page.route(re.compile(r"/runs/\d+(\?.*)?$"), tick_while_in_flight)
+    follow_to_the_scores(page, scoring_server, shots, "31-run-ticked-while-it-refreshed.png")
+    assert ticked, "no box was ticked while the last copy was on its way: the test tested nothing"
+    expect(page.locator(f"article.card input[name=pick][value='{ticked[0]}']")).to_be_checked()
+    expect(page.locator("#picked")).to_contain_text("1 ticked")
+    assert f"pick={ticked[0]}" in page.url

@@ -53,8 +53,8 @@ def test_new_user_path(page: Page, live: LiveServer, api: httpx.Client, shots: P
     page.screenshot(path=shots / "04-chain.png", full_page=True)
 
     page.goto(run_url)
-    # The run's scoring may still be going: the page swaps its cards when it ends, so a box
-    # ticked before then would be replaced unticked. Tick once the page has stopped updating.
+    # The run's scoring may still be going, and the page swaps its cards when it ends. Ticking
+    # across that swap has its own test (test_run_page_scoring.py); this one ticks after it.
     expect(page.locator("#run-body[data-live]")).to_have_count(0)
     boxes = page.locator("article.card input[name=pick]")
     boxes.nth(0).check()
