@@ -379,6 +379,32 @@ const steerscope = (() => {
   document.addEventListener("change", (event) => {
     if (event.target.name === "pick" && event.target.form) syncSelection(event.target.form);
   });
+
+  // A swapped-in gallery (a new view, or the run page's fresh copy when its job ends) was drawn
+  // from the request as it was sent, so a box ticked or cleared while it was on its way would
+  // come back as it was: the boxes as they stand at the swap are carried into the new copy.
+  const PICKS = "input[type=checkbox][name=pick]";
+  let picksAtSwap = null;
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const target = event.detail.target;
+    const boxes = target.id ? target.querySelectorAll(PICKS) : [];
+    picksAtSwap = boxes.length
+      ? { old: target, checked: new Map([...boxes].map((box) => [box.value, box.checked])) } : null;
+  });
+  document.addEventListener("htmx:afterSwap", () => {
+    const kept = picksAtSwap;
+    picksAtSwap = null;
+    const fresh = kept && document.getElementById(kept.old.id);
+    if (!fresh || fresh === kept.old) return;  // nothing was replaced
+    let moved = false;
+    for (const box of fresh.querySelectorAll(PICKS)) {
+      if (kept.checked.has(box.value) && kept.checked.get(box.value) !== box.checked) {
+        box.checked = kept.checked.get(box.value);
+        moved = true;
+      }
+    }
+    if (moved) syncSelection(fresh.querySelector(PICKS).form);
+  });
   document.addEventListener("click", (event) => {
     if (event.target.closest && event.target.closest("a[aria-disabled=true]")) event.preventDefault();
   });
@@ -395,28 +421,8 @@ const steerscope = (() => {
     const again = () => {
       if (old.isConnected) window.setTimeout(() => fetchRunAgain(old, Math.min(wait * 2, 16000)), wait);
     };
-    const swapped = () => {
-      if (!old.isConnected) keepPicks(old, document.getElementById("run-body"));
-      again();
-    };
     htmx.ajax("GET", window.location.pathname + window.location.search,
-              { target: "#run-body", select: "#run-body", swap: "outerHTML" }).then(swapped, again);
-  }
-
-  // The fresh copy was drawn from the address as it stood when it was asked for, so a box ticked
-  // or cleared while it was on its way would come back as it was: carry the old copy's boxes over.
-  function keepPicks(old, fresh) {
-    if (!fresh) return;
-    const boxes = "input[type=checkbox][name=pick]";
-    const before = new Map([...old.querySelectorAll(boxes)].map((box) => [box.value, box.checked]));
-    let moved = false;
-    for (const box of fresh.querySelectorAll(boxes)) {
-      if (before.has(box.value) && before.get(box.value) !== box.checked) {
-        box.checked = before.get(box.value);
-        moved = true;
-      }
-    }
-    if (moved) syncSelection(fresh.querySelector(boxes).form);
+              { target: "#run-body", select: "#run-body", swap: "outerHTML" }).then(again, again);
   }
   document.addEventListener("htmx:sseMessage", (event) => {
     if (event.detail.type !== "finished" || event.target.id !== "run-body") return;

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.sync_api import Page, Request, expect
+from playwright.sync_api import Page, Request, Route, expect
 
 from tests.browser.conftest import TIMEOUT_MS, LiveServer, finished
 
@@ -85,6 +85,32 @@ def test_a_finished_run_keeps_its_view(page: Page, live: LiveServer, api: httpx.
     page.wait_for_url(re.compile(r"/compare\?ids="))
     assert page.url.endswith(f"ids={picked[0]},{picked[1]}")
     expect(page.locator(".compare-cell h3 a")).to_have_text([f"vector #{picked[0]}", f"vector #{picked[1]}"])
+
+
+def test_a_box_ticked_while_a_new_view_loads_stays_ticked(page: Page, live: LiveServer, api: httpx.Client) -> None:
+    """A new view of the gallery is drawn from the form as it was sent; a vector ticked while it
+    is on its way stays ticked in it, and the address keeps both the view and the tick."""
+    page.set_default_timeout(TIMEOUT_MS)
+    run_id, job = start(api, n_vectors=4, method="random", radius=6.0)
+    finished(api, job)
+    ticked: list[str] = []
+
+    def tick_while_in_flight(route: Route) -> None:
+        answer = route.fetch()  # drawn from the form as sent: nothing ticked
+        boxes = page.locator("article.card input[name=pick]")
+        ticked.append(boxes.first.get_attribute("value") or "")
+        boxes.first.check()
+        route.fulfill(response=answer)
+
+    page.goto(f"{live.url}/runs/{run_id}")
+    expect(page.locator("article.card")).to_have_count(4)
+    page.route(re.compile(rf"/runs/{run_id}/gallery\?"), tick_while_in_flight)
+    page.select_option("#gallery select[name=sort]", "norm")
+    expect(page).to_have_url(re.compile(r"sort=norm"))
+    assert ticked, "the new view was never asked for: the test tested nothing"
+    expect(page.locator(f"article.card input[name=pick][value='{ticked[0]}']")).to_be_checked()
+    expect(page.locator("#picked")).to_contain_text("1 ticked")
+    expect(page).to_have_url(re.compile(rf"pick={ticked[0]}"))
 
 
 def test_a_page_opened_mid_run_updates_itself(
