@@ -87,7 +87,9 @@ def test_a_finished_run_keeps_its_view(page: Page, live: LiveServer, api: httpx.
     expect(page.locator(".compare-cell h3 a")).to_have_text([f"vector #{picked[0]}", f"vector #{picked[1]}"])
 
 
-def test_a_box_ticked_while_a_new_view_loads_stays_ticked(page: Page, live: LiveServer, api: httpx.Client) -> None:
+def test_a_box_ticked_while_a_new_view_loads_stays_ticked(
+    page: Page, live: LiveServer, api: httpx.Client
+) -> None:
     """A new view of the gallery is drawn from the form as it was sent; a vector ticked while it
     is on its way stays ticked in it, and the address keeps both the view and the tick."""
     page.set_default_timeout(TIMEOUT_MS)
