@@ -380,30 +380,12 @@ const steerscope = (() => {
     if (event.target.name === "pick" && event.target.form) syncSelection(event.target.form);
   });
 
-  // A swapped-in gallery (a new view, or the run page's fresh copy when its job ends) was drawn
-  // from the request as it was sent, so a box ticked or cleared while it was on its way would
-  // come back as it was: the boxes as they stand at the swap are carried into the new copy.
-  const PICKS = "input[type=checkbox][name=pick]";
-  let picksAtSwap = null;
-  document.addEventListener("htmx:beforeSwap", (event) => {
-    const target = event.detail.target;
-    const boxes = target.id ? target.querySelectorAll(PICKS) : [];
-    picksAtSwap = boxes.length
-      ? { old: target, checked: new Map([...boxes].map((box) => [box.value, box.checked])) } : null;
-  });
+  // A tick outlives any new copy of the gallery (a new view, or the run page's fresh copy when its
+  // job ends): each box is kept across swaps (hx-preserve). The count, the compare link and the
+  // address in that copy were drawn from the request as it was sent, so they are read again.
   document.addEventListener("htmx:afterSwap", () => {
-    const kept = picksAtSwap;
-    picksAtSwap = null;
-    const fresh = kept && document.getElementById(kept.old.id);
-    if (!fresh || fresh === kept.old) return;  // nothing was replaced
-    let moved = false;
-    for (const box of fresh.querySelectorAll(PICKS)) {
-      if (kept.checked.has(box.value) && kept.checked.get(box.value) !== box.checked) {
-        box.checked = kept.checked.get(box.value);
-        moved = true;
-      }
-    }
-    if (moved) syncSelection(fresh.querySelector(PICKS).form);
+    const form = document.getElementById("gallery");
+    if (form) syncSelection(form);
   });
   document.addEventListener("click", (event) => {
     if (event.target.closest && event.target.closest("a[aria-disabled=true]")) event.preventDefault();
