@@ -27,7 +27,8 @@ demo: install
 
 test: install lint
 	# Two processes (pytest-xdist), each taking whole test files: a file's tests share its server.
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	# The slowest tests are listed at the end, so a run that grows shows where.
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 	# The Ray cluster tests, in a network namespace with only loopback (Ray opens ports on every interface).
 	sh tests/loopback.sh $(BIN)/python -m pytest -m cluster
 
