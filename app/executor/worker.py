@@ -14,6 +14,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from app.executor.loop import ComputeLoop
 from app.executor.protocol import Ready, Shutdown, ToWorker
@@ -21,6 +22,9 @@ from app.executor.protocol import Ready, Shutdown, ToWorker
 
 def main(commands: Connection, events: Connection, config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    # Progress bars (loading weights) would otherwise make a process-shared lock, a named semaphore
+    # that os._exit below never unlinks: the parent's resource tracker then warns of a leak at exit.
+    tqdm.set_lock(threading.RLock())
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     if config.get("nice"):

@@ -85,6 +85,7 @@ def test_export_and_import_from_the_shell(tmp_path: Path, tiny_dir: Path) -> Non
         tmp_path, tiny_dir, "train", "--prompts", "Hi.", "--n-vectors", "1", "--method", "random"
     )
     vector = json.loads(out.stdout)["vectors"][0]
+    assert "leaked" not in out.stderr  # the worker leaves nothing for the resource tracker to clean
     file = tmp_path / "v.safetensors"
     out = steerscope(tmp_path, tiny_dir, "export", "--vector-id", str(vector["id"]), "--out", str(file))
     assert out.returncode == 0, out.stderr
