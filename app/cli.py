@@ -14,6 +14,7 @@ import argparse
 import ipaddress
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -197,7 +198,12 @@ def serve(settings: Settings, host: str | None, port: int | None) -> int:
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S
     )
-    Server(config).run()
+    try:
+        Server(config).run()
+    except KeyboardInterrupt:
+        # A Ctrl-C: uvicorn has shut down cleanly and raises the signal again to say so, which
+        # asyncio turns into this exception. The exit status says it; a traceback would not help.
+        return 128 + signal.SIGINT
     return 0
 
 

@@ -1,5 +1,6 @@
 """`steerscope serve` as a user runs it: SIGTERM ends open event streams at once and queues the running
-job again, which resumes after a restart; a server that cannot start says why in one line."""
+job again, which resumes after a restart; a Ctrl-C stops server and worker without a word of alarm; a
+server that cannot start says why in one line."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def serving(data: Path, tiny_dir: Path) -> Iterator[tuple[subprocess.Popen[str],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a process group of its own, as a terminal gives a command
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -61,7 +63,7 @@ def serving(data: Path, tiny_dir: Path) -> Iterator[tuple[subprocess.Popen[str],
         yield process, url
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
 
@@ -150,6 +152,38 @@ def test_sigterm_ends_streams_at_once_and_the_run_resumes_after_restart(
         assert [v["index"] for v in after] == [0, 1]
         for old in first:  # what was stored before the signal is kept as it was
             assert after[int(str(old["index"]))]["values"] == old["values"]
+
+
+def children(pid: int) -> set[int]:
+    """The live child processes of `pid` (its worker, and multiprocessing's resource tracker)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def test_ctrl_c_stops_the_server_and_its_worker_without_a_traceback_or_a_new_worker(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    with serving(tmp_path / "data", tiny_dir) as (process, url):
+        # A finished job: the worker has loaded everything and waits in its loop.
+        body = {"prompts": ["Hi."], "n_vectors": 1, "method": "random"}
+        r = httpx.post(f"{url}/api/runs", json=body, timeout=TIMEOUT)
+        assert r.status_code == 201, r.text
+        job_id = r.json()["job"]["id"]
+
+        def finished() -> dict[str, object] | None:
+            job = httpx.get(f"{url}/api/jobs/{job_id}", timeout=TIMEOUT).json()
+            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+        assert wait_for(finished, timeout=300, what="a first job")["status"] == "succeeded"
+        helpers = children(process.pid)
+        assert helpers, "the server has no worker process"
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
+        assert process.wait(timeout=60) == 128 + signal.SIGINT  # the shell's status for a Ctrl-C
+        log = process.stderr.read() if process.stderr else ""
+        assert "Traceback" not in log and "starting a new one" not in log, log
+        wait_for(lambda: not any(Path(f"/proc/{c}").exists() for c in helpers), 60, "the worker to exit")
 
 
 def test_a_server_that_cannot_start_says_why_in_one_line(tmp_path: Path, tiny_dir: Path) -> None:
