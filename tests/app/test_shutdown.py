@@ -38,11 +38,19 @@ def environment(data: Path, tiny_dir: Path, port: int) -> dict[str, str]:
     }
 
 
+# `steerscope serve` as a terminal starts it: SIGINT's default action restored first. A test
+# runner's worker may ignore SIGINT, and an ignored signal stays ignored across exec.
+AS_FROM_A_TERMINAL = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'app', 'serve'])"
+)
+
+
 @contextmanager
 def serving(data: Path, tiny_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve"],
+        [sys.executable, "-c", AS_FROM_A_TERMINAL],
         env=environment(data, tiny_dir, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
