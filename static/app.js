@@ -382,10 +382,12 @@ const steerscope = (() => {
 
   // A tick outlives any new copy of the gallery (a new view, or the run page's fresh copy when its
   // job ends): each box is kept across swaps (hx-preserve). The count, the compare link and the
-  // address in that copy were drawn from the request as it was sent, so they are read again.
-  document.addEventListener("htmx:afterSwap", () => {
+  // address in that copy were drawn from the request as it was sent, so they are read again, and
+  // only then: a live page swaps its progress many times a second, and browsers limit how often
+  // a page may rewrite its address.
+  document.addEventListener("htmx:afterSwap", (event) => {
     const form = document.getElementById("gallery");
-    if (form) syncSelection(form);
+    if (form && event.target.contains && event.target.contains(form)) syncSelection(form);
   });
   document.addEventListener("click", (event) => {
     if (event.target.closest && event.target.closest("a[aria-disabled=true]")) event.preventDefault();
