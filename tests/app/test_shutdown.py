@@ -75,6 +75,12 @@ def serving(data: Path, tiny_dir: Path) -> Iterator[tuple[subprocess.Popen[str],
         process.wait(timeout=30)
 
 
+def finished(url: str, job_id: int) -> dict[str, object] | None:
+    """The job once it has ended, None while it runs."""
+    job: dict[str, object] = httpx.get(f"{url}/api/jobs/{job_id}", timeout=TIMEOUT).json()
+    return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+
 class Stream(threading.Thread):
     """Reads an SSE stream to its end, noting what it saw and whether the server ended it."""
 
@@ -149,12 +155,7 @@ def test_sigterm_ends_streams_at_once_and_the_run_resumes_after_restart(
     database.close()
 
     with serving(data, tiny_dir) as (_, url):
-
-        def finished() -> dict[str, object] | None:
-            job = httpx.get(f"{url}/api/jobs/{job_id}", timeout=TIMEOUT).json()
-            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
-
-        job = wait_for(finished, timeout=600, what="the resumed run")
+        job = wait_for(lambda: finished(url, job_id), timeout=600, what="the resumed run")
         assert job["status"] == "succeeded", job
         after = httpx.get(f"{url}/api/runs/{run_id}/vectors", params={"values": True}, timeout=TIMEOUT).json()
         assert [v["index"] for v in after] == [0, 1]
@@ -189,11 +190,8 @@ def test_ctrl_c_stops_the_server_and_its_worker_without_a_traceback_or_a_new_wor
         assert r.status_code == 201, r.text
         job_id = r.json()["job"]["id"]
 
-        def finished() -> dict[str, object] | None:
-            job = httpx.get(f"{url}/api/jobs/{job_id}", timeout=TIMEOUT).json()
-            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
-
-        assert wait_for(finished, timeout=300, what="a first job")["status"] == "succeeded"
+        job = wait_for(lambda: finished(url, job_id), timeout=300, what="a first job")
+        assert job["status"] == "succeeded", job
         helpers = children(process.pid)
         assert helpers, "the server has no worker process"
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
