@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app import schemas, store
 from app.errors import Invalid, NotFound
+from app.jobs.machine import FINISHED
 from app.kinds import Kind
 from app.models import Generation, Job, Run, Sweep, Vector
 from app.runs import launch
@@ -146,9 +147,7 @@ def grid(session: Session, sweep: Sweep) -> dict[str, Any]:
             for source in sources:
                 learned = _side(session, runs.get((p, radius, source, Kind.MELBO)))
                 random = _side(session, runs.get((p, radius, source, Kind.RANDOM)))
-                finished &= all(
-                    side.get("status") in ("succeeded", "failed", "cancelled") for side in (learned, random)
-                )
+                finished &= all(side.get("status") in FINISHED for side in (learned, random))
                 ratio = (
                     learned["kl"] / random["kl"]
                     if learned.get("kl") is not None and random.get("kl")

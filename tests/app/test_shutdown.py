@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from app.db import Database
+from app.jobs.machine import FINISHED
 from app.models import Job
 from tests.app.conftest import wait_for
 from tests.live import free_port
@@ -78,7 +79,7 @@ def serving(data: Path, tiny_dir: Path) -> Iterator[tuple[subprocess.Popen[str],
 def finished(url: str, job_id: int) -> dict[str, object] | None:
     """The job once it has ended, None while it runs."""
     job: dict[str, object] = httpx.get(f"{url}/api/jobs/{job_id}", timeout=TIMEOUT).json()
-    return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+    return job if job["status"] in FINISHED else None
 
 
 class Stream(threading.Thread):
